@@ -1,0 +1,5 @@
+import sys
+
+from fastdit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,53 @@
+"""``attention``: the single choke point for every attention call in fastdit."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fastdit.ops import _checks as C
+from fastdit.ops.registry import dispatch
+
+
+def attention_native(q, k, v, *, causal=False, scale=None):
+    """Specification: ``softmax(q k^T * scale [+ causal mask]) v`` in fp32, per head."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    q32, k32, v32 = (t.float().transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
+    groups = q32.shape[1] // k32.shape[1]
+    if groups > 1:
+        k32 = k32.repeat_interleave(groups, dim=1)
+        v32 = v32.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q32, k32.transpose(-1, -2)) * scale  # (B, H, Lq, Lk)
+    if causal:
+        lq, lk = scores.shape[-2:]
+        mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
+        scores = scores.masked_fill(~mask, float("-inf"))
+    out = torch.matmul(scores.softmax(dim=-1), v32)  # (B, H, Lq, D)
+    return out.transpose(1, 2).to(q.dtype)
+
+
+def attention(q, k, v, *, causal=False, scale=None):
+    """Scaled dot-product attention: ``out = softmax(q k^T * scale) v``.
+
+    Layout ``[B, L, H, D]``: ``q [B, Lq, Hq, D]``, ``k``/``v`` ``[B, Lk, Hk, D]`` with
+    ``Hq % Hk == 0`` (grouped-query heads). ``scale`` defaults to ``1/sqrt(D)``; ``causal``
+    masks key ``j > i + Lk - Lq``. Returns ``[B, Lq, Hq, D]`` in q's dtype. The provider is
+    chosen per platform (SDPA with cuDNN first on CUDA; flash-attn when configured);
+    ``FASTDIT_ATTENTION_BACKEND`` forces an SDPA backend.
+    """
+    op = "attention"
+    for name, value in (("q", q), ("k", k), ("v", v)):
+        C.check_tensor(op, name, value, min_dim=4)
+    C.check_same_device(op, q=q, k=k, v=v)
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise C.fail(op, "q, k, v must be [B, L, H, D]", q=q, k=k, v=v)
+    if k.shape != v.shape[:-1] + (k.shape[-1],) or k.shape[:3] != v.shape[:3]:
+        raise C.fail(op, "k and v must agree in B, L and H", k=k, v=v)
+    if q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+        raise C.fail(op, "q and k must agree in B and D", q=q, k=k)
+    if q.shape[2] % k.shape[2]:
+        raise C.fail(op, f"Hq={q.shape[2]} is not a multiple of Hk={k.shape[2]}", q=q, k=k)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise C.fail(op, "q, k and v must share a dtype", q=q, k=k, v=v)
+    return dispatch(op, q, k, v, causal=causal, scale=scale)

@@ -1,0 +1,18 @@
+"""The ``native`` provider of every op: the plain-torch specification, which runs anywhere."""
+
+from fastdit.ops.registry import register
+
+_SPEC = {
+    "rms_norm": "fastdit.ops.norm:rms_norm_native",
+    "layer_norm_scale_shift": "fastdit.ops.norm:layer_norm_scale_shift_native",
+    "scale_residual_norm_scale_shift": "fastdit.ops.norm:scale_residual_norm_scale_shift_native",
+    "norm_tanh_mul_add": "fastdit.ops.norm:norm_tanh_mul_add_native",
+    "mul_add": "fastdit.ops.elementwise:mul_add_native",
+    "scale_shift": "fastdit.ops.elementwise:scale_shift_native",
+    "rope_qk_": "fastdit.ops.rope:rope_qk_native",
+    "rope_qk_cache_store": "fastdit.ops.rope:rope_qk_cache_store_native",
+    "attention": "fastdit.ops.attention:attention_native",
+}
+
+for _op, _impl in _SPEC.items():
+    register(_op, "native", _impl, description="plain torch (the specification)")

@@ -1,0 +1,220 @@
+"""Op providers and per-call dispatch.
+
+A *provider* is one implementation of one op (``native``, ``triton``, ``compiled``, ``aiter``,
+``sdpa``, ...). It declares two predicates:
+
+* ``supported()``: can it run on this machine at all (platform, library importable)? Asked
+  once per configuration and cached.
+* ``supports_args(*args, **kwargs)``: can it take this call (dtype, shape, device)?
+
+:func:`dispatch` walks the priority list (configuration override first, then the platform's
+default list) and runs the first provider for which both hold. Implementations are named by
+``"module:function"`` strings and imported on first use, so registering a provider imports
+nothing heavy; optional libraries are imported only inside ``supported()``.
+
+Every choice is logged once per (op, provider, reason). In strict mode
+(``FASTDIT_STRICT_OPS=1``) a provider that was asked for by configuration, or the first
+supported provider of the platform list, must take the call: otherwise dispatch raises
+:class:`ProviderError` instead of falling back.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from fastdit.config import config_generation, get_config
+
+log = logging.getLogger("fastdit.ops")
+
+# Modules whose import registers providers (declaratively: no kernel is built on import).
+PROVIDER_MODULES = (
+    "fastdit.ops.native",
+    "fastdit.kernels.triton",
+    "fastdit.kernels.compiled",
+    "fastdit.kernels.aiter",
+    "fastdit.kernels.attention",
+)
+
+
+class ProviderError(RuntimeError):
+    """A provider was required (strict mode) but cannot run the call."""
+
+
+def _always(*_args: Any, **_kwargs: Any) -> bool:
+    return True
+
+
+@dataclass
+class Provider:
+    op: str
+    name: str
+    impl: str | Callable[..., Any]
+    supported: Callable[[], bool] = _always
+    supports_args: Callable[..., bool] = _always
+    description: str = ""
+    _fn: Callable[..., Any] | None = field(default=None, repr=False)
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        """The implementation, imported on first use."""
+        if self._fn is None:
+            if callable(self.impl):
+                self._fn = self.impl
+            else:
+                module_name, _, attr = self.impl.partition(":")
+                self._fn = getattr(importlib.import_module(module_name), attr)
+        return self._fn
+
+
+_providers: dict[str, dict[str, Provider]] = {}
+_loaded = False
+_supported_cache: dict[tuple[int, str, str], bool] = {}
+_priority_cache: dict[tuple[int, str], tuple[Provider, ...]] = {}
+_logged: set[tuple[str, str, str]] = set()
+
+
+def register(op: str, name: str, impl: str | Callable[..., Any], *,
+             supported: Callable[[], bool] = _always,
+             supports_args: Callable[..., bool] = _always, description: str = "") -> None:
+    """Register provider ``name`` of ``op``; ``impl`` is a callable or ``"module:function"``."""
+    _providers.setdefault(op, {})[name] = Provider(op, name, impl, supported, supports_args,
+                                                    description)
+    _priority_cache.clear()
+
+
+def _ensure_loaded() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module_name in PROVIDER_MODULES:
+            importlib.import_module(module_name)
+
+
+def providers(op: str) -> dict[str, Provider]:
+    """All providers registered for ``op``, by name."""
+    _ensure_loaded()
+    if op not in _providers:
+        raise KeyError(f"unknown op {op!r}; known ops: {', '.join(sorted(_providers))}")
+    return _providers[op]
+
+
+def op_names() -> list[str]:
+    _ensure_loaded()
+    return list(_providers)
+
+
+def is_supported(provider: Provider) -> bool:
+    """``provider.supported()``, cached per configuration; an exception counts as no."""
+    key = (config_generation(), provider.op, provider.name)
+    if key not in _supported_cache:
+        try:
+            _supported_cache[key] = bool(provider.supported())
+        except Exception as exc:  # a broken optional library must not break dispatch
+            log.info("provider %s/%s unavailable: %s", provider.op, provider.name, exc)
+            _supported_cache[key] = False
+    return _supported_cache[key]
+
+
+def requested_providers(op: str) -> tuple[str, ...]:
+    """Provider names the configuration asks for, for ``op`` (may be empty)."""
+    kernel = get_config().kernel
+    return kernel.op_providers.get(op, kernel.default_providers)
+
+
+def priority(op: str) -> tuple[Provider, ...]:
+    """The providers of ``op`` in the order dispatch tries them (configured first)."""
+    key = (config_generation(), op)
+    cached = _priority_cache.get(key)
+    if cached is not None:
+        return cached
+    from fastdit.platforms import current_platform
+
+    registered = providers(op)
+    requested = requested_providers(op)
+    unknown = [name for name in requested if name not in registered]
+    if unknown and op in get_config().kernel.op_providers:
+        raise ProviderError(f"{op}: unknown provider(s) {unknown}; registered: {list(registered)}")
+    names = [n for n in requested if n in registered]
+    names += [n for n in current_platform().provider_priority(op) if n in registered and n not in names]
+    fallback = "sdpa" if op == "attention" else "native"
+    if fallback in registered and fallback not in names:
+        names.append(fallback)
+    ordered = tuple(registered[n] for n in names)
+    _priority_cache[key] = ordered
+    return ordered
+
+
+def _log_once(op: str, provider: str, reason: str, level: int = logging.INFO) -> None:
+    key = (op, provider, reason)
+    if key not in _logged:
+        _logged.add(key)
+        log.log(level, "op %s -> provider %s%s", op, provider, f" ({reason})" if reason else "")
+
+
+def resolve(op: str, *args: Any, **kwargs: Any) -> Provider:
+    """The provider that :func:`dispatch` would run for this call."""
+    strict = get_config().kernel.strict
+    requested = set(requested_providers(op))
+    skipped: list[str] = []
+    first_supported = True
+    for provider in priority(op):
+        if not is_supported(provider):
+            if strict and provider.name in requested:
+                raise ProviderError(f"{op}: provider {provider.name!r} was requested but is not "
+                                    f"available on this machine (strict mode)")
+            continue
+        if provider.supports_args(*args, **kwargs):
+            reason = f"fell back past {', '.join(skipped)}" if skipped else ""
+            _log_once(op, provider.name, reason, logging.WARNING if skipped else logging.INFO)
+            return provider
+        if strict and (provider.name in requested or first_supported):
+            raise ProviderError(
+                f"{op}: provider {provider.name!r} cannot take this call ({describe_args(args, kwargs)})"
+                " and strict mode forbids falling back")
+        skipped.append(f"{provider.name} cannot take {describe_args(args, kwargs)}")
+        first_supported = False
+    raise ProviderError(f"{op}: no provider can take this call ({describe_args(args, kwargs)})")
+
+
+def dispatch(op: str, *args: Any, **kwargs: Any) -> Any:
+    """Run ``op`` with the first provider that is supported here and accepts the arguments."""
+    return resolve(op, *args, **kwargs).fn(*args, **kwargs)
+
+
+def call_provider(op: str, name: str, *args: Any, **kwargs: Any) -> Any:
+    """Run one named provider directly (tests and benchmarks); raises if it cannot."""
+    provider = providers(op)[name]
+    if not is_supported(provider):
+        raise ProviderError(f"{op}: provider {name!r} is not available on this machine")
+    if not provider.supports_args(*args, **kwargs):
+        raise ProviderError(f"{op}: provider {name!r} cannot take {describe_args(args, kwargs)}")
+    return provider.fn(*args, **kwargs)
+
+
+def describe_args(args: tuple, kwargs: dict) -> str:
+    """Short text for a call's arguments: tensor shapes and dtypes, other values as repr."""
+    def one(value: Any) -> str:
+        shape = getattr(value, "shape", None)
+        if shape is not None and hasattr(value, "dtype"):
+            return f"{tuple(shape)} {str(value.dtype).replace('torch.', '')}"
+        return repr(value) if not callable(value) else getattr(value, "__name__", "fn")
+    parts = [one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items() if v is not None]
+    return ", ".join(parts)
+
+
+def provider_table() -> list[dict[str, Any]]:
+    """Per op: registered providers, which are available here, which one is tried first."""
+    rows = []
+    for op in op_names():
+        ordered = priority(op)
+        rows.append({
+            "op": op,
+            "providers": list(providers(op)),
+            "priority": [p.name for p in ordered],
+            "available": [name for name, p in providers(op).items() if is_supported(p)],
+            "chosen": next((p.name for p in ordered if is_supported(p)), None),
+        })
+    return rows

@@ -1,0 +1,99 @@
+"""The Platform interface: one object per hardware kind, asked for capabilities and defaults."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import torch
+
+log = logging.getLogger("fastdit.platforms")
+
+
+class Platform:
+    """A hardware kind (a torch device type) and what fastdit knows about it.
+
+    Subclasses set the class attributes and override the queries that differ; nothing here
+    touches the device until a method is called.
+    """
+
+    name: ClassVar[str] = "base"
+    device_type: ClassVar[str] = "cpu"
+    dist_backend: ClassVar[str] = "gloo"
+    compile_dependable: ClassVar[bool] = True
+    # Provider names tried in order for every op unless the op has its own list below.
+    default_providers: ClassVar[tuple[str, ...]] = ("native",)
+    op_providers: ClassVar[dict[str, tuple[str, ...]]] = {}
+    vae_autotune_default: ClassVar[bool] = False
+
+    # ---- detection -------------------------------------------------------------------
+    @classmethod
+    def is_available(cls) -> bool:
+        """True when this machine has this kind of device and torch can use it."""
+        raise NotImplementedError
+
+    # ---- capabilities ----------------------------------------------------------------
+    def device(self, index: int | None = None) -> torch.device:
+        if self.device_type == "cpu" or index is None:
+            return torch.device(self.device_type)
+        return torch.device(self.device_type, index)
+
+    def device_name(self) -> str:
+        return self.name
+
+    def compute_capability(self) -> tuple[int, int] | None:
+        """(major, minor) for GPUs that have one, else None."""
+        return None
+
+    def is_hopper(self) -> bool:
+        return False
+
+    def provider_priority(self, op: str) -> tuple[str, ...]:
+        """Provider names tried in order for ``op`` on this platform."""
+        return self.op_providers.get(op, self.default_providers)
+
+    def memory_allocated_peak(self) -> int | None:
+        """Peak bytes allocated on the current device since the last reset, when known."""
+        return None
+
+    def reset_peak_memory(self) -> None:
+        return None
+
+    def synchronize(self) -> None:
+        return None
+
+    # ---- hooks -----------------------------------------------------------------------
+    def optimize_vae(self, vae: Any) -> Any:
+        """Prepare a VAE for fast decoding on this platform; returns the VAE.
+
+        The base hook only applies convolution autotuning when the configuration asks for
+        it (``FASTDIT_VAE_AUTOTUNE=1``); platforms with a useful default override
+        :attr:`vae_autotune_default`.
+        """
+        from fastdit.config import get_config
+
+        wanted = get_config().platform.vae_autotune
+        if wanted is None:
+            wanted = self.vae_autotune_default
+        if wanted:
+            self._enable_conv_autotune()
+        return vae
+
+    def _enable_conv_autotune(self) -> None:
+        if not torch.backends.cudnn.benchmark:
+            torch.backends.cudnn.benchmark = True
+            log.info("%s: enabled convolution autotuning (torch.backends.cudnn.benchmark=True); "
+                     "this flag is process-wide and affects every convolution", self.name)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "platform": self.name,
+            "device": self.device_name(),
+            "compute_capability": self.compute_capability(),
+            "hopper": self.is_hopper(),
+            "compile_dependable": self.compile_dependable,
+            "dist_backend": self.dist_backend,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Platform {self.name}>"
