@@ -1,0 +1,100 @@
+"""Normalisation layers: thin modules that hold the affine parameters and call fastdit.ops.
+
+Every norm computes in fp32 and stores its result in the input's dtype (the op contract), so
+these modules double as diffusers' ``FP32LayerNorm``. Parameter names (``weight``, ``bias``)
+are those of ``torch.nn.LayerNorm`` / ``torch.nn.RMSNorm``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastdit import ops
+
+
+def _affine(dim: int, weight: bool, bias: bool) -> tuple[nn.Parameter | None, nn.Parameter | None]:
+    return (nn.Parameter(torch.ones(dim)) if weight else None,
+            nn.Parameter(torch.zeros(dim)) if bias else None)
+
+
+class RMSNorm(nn.Module):
+    """``y = x / sqrt(mean(x**2) + eps) * weight`` over the last dimension."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True) -> None:
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight, _ = _affine(dim, elementwise_affine, False)
+        if self.weight is None:
+            self.register_parameter("weight", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.rms_norm(x, self.weight, self.eps)
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}, affine={self.weight is not None}"
+
+
+class LayerNorm(nn.Module):
+    """``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last dimension."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True) -> None:
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight, self.bias = _affine(dim, elementwise_affine, elementwise_affine)
+        if not elementwise_affine:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.layer_norm_scale_shift(x, 0.0, 0.0, weight=self.weight, bias=self.bias,
+                                          eps=self.eps)
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}, affine={self.weight is not None}"
+
+
+class LayerNormScaleShift(LayerNorm):
+    """adaLN: ``y = LayerNorm(x) * (1 + scale) + shift`` (one fused op).
+
+    ``shift``/``scale`` broadcast against ``x [B, L, D]`` in any modulation mode (``[B, D]``,
+    per token ``[B, L, D]``, ...); they are usually fp32.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = False,
+                 norm: str = "layer") -> None:
+        super().__init__(dim, eps, elementwise_affine)
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor, shift, scale) -> torch.Tensor:  # type: ignore[override]
+        return ops.layer_norm_scale_shift(x, shift, scale, weight=self.weight, bias=self.bias,
+                                          eps=self.eps, norm=self.norm)
+
+
+class ScaleResidualNormScaleShift(LayerNorm):
+    """Gated residual, then adaLN, in one fused op.
+
+    ``r = residual + gate * x`` (rounded to ``residual.dtype``) and
+    ``y = LayerNorm(r) * (1 + scale) + shift``; returns ``(y, r)``. ``gate`` may be the
+    number 1 (a plain residual add), ``shift``/``scale`` may be 0 (a plain norm).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = False,
+                 norm: str = "layer") -> None:
+        super().__init__(dim, eps, elementwise_affine)
+        self.norm = norm
+
+    def forward(self, residual: torch.Tensor, x: torch.Tensor, gate, shift=0.0,  # type: ignore[override]
+                scale=0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        return ops.scale_residual_norm_scale_shift(residual, x, gate, shift, scale,
+                                                   weight=self.weight, bias=self.bias,
+                                                   eps=self.eps, norm=self.norm)
