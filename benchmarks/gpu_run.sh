@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Everything the GPU machine has to do, in one call (device time is scarce):
+#   bash benchmarks/gpu_run.sh [tests] [ops] [transformer] [e2e]    (default: all)
+# Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
+# tests, runs the benchmarks and writes JSON and logs under $OUT (or ./out/gpu).
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT="${OUT:-out/gpu}"
+mkdir -p "$OUT"
+STEPS="${*:-tests ops transformer e2e}"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/site:$PWD/src:$PWD"
+else
+  export PYTHONPATH="$PWD/src:$PWD"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton, diffusers, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/gpu.txt"
+python3 -m fastdit ops | tee "$OUT/ops-table.txt"
+
+for step in $STEPS; do
+  case "$step" in
+    tests)
+      python3 -m pytest -q -x -p no:cacheprovider tests/gpu 2>&1 | tail -25 | tee "$OUT/gpu-tests.log" ;;
+    ops)
+      python3 benchmarks/ops.py --out "$OUT/ops.json" 2>&1 | tee "$OUT/ops.log" ;;
+    transformer)
+      python3 benchmarks/transformer.py --out "$OUT/transformer.json" 2>&1 | tee "$OUT/transformer.log" ;;
+    transformer-1.3b)
+      python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B --out "$OUT/transformer.json" 2>&1 | tee "$OUT/transformer.log" ;;
+    e2e)
+      python3 benchmarks/e2e.py --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log" ;;
+    *) echo "unknown step $step"; exit 2 ;;
+  esac
+done
