@@ -13,9 +13,9 @@ from torch import nn
 from fastdit import ops
 
 
-def _affine(dim: int, weight: bool, bias: bool) -> tuple[nn.Parameter | None, nn.Parameter | None]:
-    return (nn.Parameter(torch.ones(dim)) if weight else None,
-            nn.Parameter(torch.zeros(dim)) if bias else None)
+def _register_affine(module: nn.Module, dim: int, weight: bool, bias: bool) -> None:
+    module.register_parameter("weight", nn.Parameter(torch.ones(dim)) if weight else None)
+    module.register_parameter("bias", nn.Parameter(torch.zeros(dim)) if bias else None)
 
 
 class RMSNorm(nn.Module):
@@ -24,9 +24,7 @@ class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True) -> None:
         super().__init__()
         self.dim, self.eps = dim, eps
-        self.weight, _ = _affine(dim, elementwise_affine, False)
-        if self.weight is None:
-            self.register_parameter("weight", None)
+        _register_affine(self, dim, elementwise_affine, False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.rms_norm(x, self.weight, self.eps)
@@ -45,10 +43,7 @@ class LayerNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True) -> None:
         super().__init__()
         self.dim, self.eps = dim, eps
-        self.weight, self.bias = _affine(dim, elementwise_affine, elementwise_affine)
-        if not elementwise_affine:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _register_affine(self, dim, elementwise_affine, elementwise_affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.layer_norm_scale_shift(x, 0.0, 0.0, weight=self.weight, bias=self.bias,

@@ -1,0 +1,66 @@
+"""Multi-head attention with RMSNorm across heads on q and k, in-place RoPE, and one
+attention choke point (:func:`fastdit.ops.attention`, layout ``[B, L, H, D]``).
+
+Parameter names follow diffusers' ``WanAttention`` (``to_q``, ``to_k``, ``to_v``, ``to_out.0``,
+``norm_q``, ``norm_k``, and for image tokens ``add_k_proj``, ``add_v_proj``, ``norm_added_k``),
+so state dicts load both ways.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastdit import ops
+from fastdit.layers.norm import RMSNorm
+
+
+class Attention(nn.Module):
+    """Self-attention (``context=None``) or cross-attention to ``context``.
+
+    ``q = RMSNorm(x Wq)``, ``k = RMSNorm(c Wk)``, ``v = c Wv`` (the norms span all heads, weight
+    ``[H*D]``), RoPE rotates q and k in place when ``rope=(cos, sin)`` is given, then
+    ``out = softmax(q k^T / sqrt(D)) v``. With ``added_kv_dim`` the layer also attends to
+    image tokens through its own k/v projections and adds the two results (Wan2.1 I2V).
+    """
+
+    def __init__(self, dim: int, heads: int, eps: float = 1e-6, added_kv_dim: int | None = None,
+                 qk_norm: bool = True) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"Attention: dim={dim} is not a multiple of heads={heads}")
+        self.heads, self.head_dim = heads, dim // heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.add_k_proj = self.add_v_proj = self.norm_added_k = None
+        if added_kv_dim is not None:
+            self.add_k_proj = nn.Linear(added_kv_dim, dim)
+            self.add_v_proj = nn.Linear(added_kv_dim, dim)
+            self.norm_added_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.heads, self.head_dim))  # (B, L, H*D) -> (B, L, H, D)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                image_context: torch.Tensor | None = None) -> torch.Tensor:
+        # x (B, L, C); context (B, S, C) or None; image_context (B, S_img, C_img) or None
+        source = x if context is None else context
+        q = self._heads(self.norm_q(self.to_q(x)))  # (B, L, H, D)
+        k = self._heads(self.norm_k(self.to_k(source)))  # (B, S, H, D)
+        v = self._heads(self.to_v(source))  # (B, S, H, D)
+        if rope is not None:
+            ops.rope_qk_(q, k, *rope)  # in place; cos/sin (L, D/2)
+        out = ops.attention(q, k, v)  # (B, L, H, D)
+        if image_context is not None:
+            if self.add_k_proj is None:
+                raise ValueError("Attention: image_context given but the layer has no added k/v "
+                                 "projections (added_kv_dim=None)")
+            k_img = self._heads(self.norm_added_k(self.add_k_proj(image_context)))  # (B, S_img, H, D)
+            v_img = self._heads(self.add_v_proj(image_context))
+            out = out + ops.attention(q, k_img, v_img)
+        return self.to_out[0](out.flatten(2))  # (B, L, C)

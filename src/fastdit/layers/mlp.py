@@ -1,0 +1,84 @@
+"""Feed-forward and embedding MLPs.
+
+Parameter names follow diffusers (``net.0.proj`` / ``net.2`` for ``FeedForward``,
+``linear_1`` / ``linear_2`` for the embedders) so state dicts load both ways.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+}
+
+
+def _activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class _Projection(nn.Module):
+    """``net.0`` of :class:`FeedForward`: a linear layer named ``proj``."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out)
+
+
+class FeedForward(nn.Module):
+    """``y = W2 act(W1 x + b1) + b2``; ``act`` is GELU with the tanh approximation by default."""
+
+    def __init__(self, dim: int, inner_dim: int, dim_out: int | None = None,
+                 activation: str = "gelu_tanh") -> None:
+        super().__init__()
+        self.activation = activation
+        self.act = _activation(activation)
+        # net.1 is diffusers' dropout: an identity at inference, kept for the parameter names
+        self.net = nn.ModuleList([_Projection(dim, inner_dim), nn.Identity(),
+                                  nn.Linear(inner_dim, dim_out or dim)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net[2](self.act(self.net[0].proj(x)))  # (..., dim) -> (..., inner) -> (..., dim_out)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation}"
+
+
+class MLPEmbedder(nn.Module):
+    """``y = linear_2(act(linear_1(x)))``: the timestep (SiLU) and text (GELU tanh) embedders."""
+
+    def __init__(self, dim_in: int, dim: int, activation: str) -> None:
+        super().__init__()
+        self.activation = activation
+        self.act = _activation(activation)
+        self.linear_1 = nn.Linear(dim_in, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(x)))
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation}"
+
+
+def sinusoidal_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0
+                         ) -> torch.Tensor:
+    """``[cos(t w_i), sin(t w_i)]`` with ``w_i = max_period**(-i / (dim/2))``: ``(..., dim)`` fp32.
+
+    The cosines come first (diffusers' ``flip_sin_to_cos=True``, ``downscale_freq_shift=0``,
+    the official Wan ``sinusoidal_embedding_1d``); an odd ``dim`` gets a zero last column.
+    """
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32,
+                                                    device=timesteps.device) / half
+    angles = timesteps.float().unsqueeze(-1) * torch.exp(exponent)  # (..., half)
+    emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb

@@ -1,0 +1,302 @@
+"""The Wan diffusion transformer (Wan2.1 / Wan2.2: T2V, I2V, TI2V) on fastdit's layers and ops.
+
+One block, in the order diffusers' ``WanTransformerBlock`` runs it (``mod`` = the block's
+``scale_shift_table + temb``, six rows, fp32)::
+
+    h = LayerNorm(x) * (1 + scale) + shift                        # norm1
+    x, h = x + gate * SelfAttn(h, rope),  LayerNorm_affine(x)     # norm2 (cross_attn_norm)
+    x, h = x + CrossAttn(h, text [, image]),  LayerNorm(x) * (1 + c_scale) + c_shift   # norm3
+    x = x + c_gate * FFN(h)
+
+Modulations, norms and residual sums are computed in fp32 and stored in the model dtype, as
+diffusers and the official code do; each line above is one fused op. Parameter names are
+diffusers' (``blocks.0.attn1.to_q.weight``, ...), so ``state_dict()`` loads into diffusers'
+``WanTransformer3DModel`` and back. Loading from checkpoints lives in :mod:`.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import math
+from os import PathLike
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastdit import ops
+from fastdit.layers import (
+    Attention,
+    FeedForward,
+    LayerNorm,
+    LayerNormScaleShift,
+    MLPEmbedder,
+    RotaryEmbedding3D,
+    ScaleResidualNormScaleShift,
+    sinusoidal_embedding,
+)
+from fastdit.models.wan.configs import WanConfig
+
+#: Parameters kept in fp32 whatever the model dtype: any whose dotted name contains one of
+#: these parts (diffusers' ``_keep_in_fp32_modules`` for Wan, applied the same way).
+FP32_PARTS = ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")
+
+
+def keeps_fp32(name: str) -> bool:
+    return any(part in FP32_PARTS for part in name.split("."))
+
+
+class WanImageEmbedding(nn.Module):
+    """CLIP image tokens -> model width: LayerNorm -> Linear, GELU, Linear -> LayerNorm.
+
+    With ``pos_embed_seq_len`` (FLF2V) the two images' tokens of a batch row are joined into
+    one sequence and a learned position embedding is added first.
+    """
+
+    def __init__(self, image_dim: int, dim: int, pos_embed_seq_len: int | None = None) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm(image_dim, eps=1e-5)
+        self.ff = FeedForward(image_dim, image_dim, dim, activation="gelu")
+        self.norm2 = LayerNorm(dim, eps=1e-5)
+        self.pos_embed = (nn.Parameter(torch.zeros(1, pos_embed_seq_len, image_dim))
+                          if pos_embed_seq_len is not None else None)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.pos_embed is not None:
+            _, tokens, width = image.shape
+            image = image.view(-1, 2 * tokens, width) + self.pos_embed  # (B/2, 2 S_img, C_img)
+        return self.norm2(self.ff(self.norm1(image)))  # (B, S_img, D)
+
+
+class WanConditionEmbedder(nn.Module):
+    """Timestep, text and image conditions, computed once per forward.
+
+    ``temb = MLP_silu(sinusoid(t))`` (fp32 weights, result in the model dtype),
+    ``temb6 = Linear(silu(temb))`` split into six modulation rows; text tokens go through a
+    GELU-tanh MLP. ``t`` is ``[B]`` or, per token (Wan2.2 TI2V), ``[B, L]``.
+    """
+
+    def __init__(self, config: WanConfig) -> None:
+        super().__init__()
+        dim = config.dim
+        self.freq_dim = config.freq_dim
+        self.time_embedder = MLPEmbedder(config.freq_dim, dim, activation="silu")
+        self.time_proj = nn.Linear(dim, 6 * dim)
+        self.text_embedder = MLPEmbedder(config.text_dim, dim, activation="gelu_tanh")
+        self.image_embedder = (WanImageEmbedding(config.image_dim, dim, config.pos_embed_seq_len)
+                               if config.has_image_input else None)
+
+    def forward(self, timestep: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None):
+        freq = sinusoidal_embedding(timestep, self.freq_dim)  # (B, F) or (B, L, F), fp32
+        temb = self.time_embedder(freq.to(self.time_embedder.linear_1.weight.dtype))
+        temb = temb.to(text.dtype)  # (B, D) or (B, L, D)
+        temb6 = self.time_proj(F.silu(temb)).unflatten(-1, (6, -1))  # (B, 6, D) or (B, L, 6, D)
+        text = self.text_embedder(text)  # (B, S, D)
+        if image is not None:
+            image = self.image_embedder(image)  # (B, S_img, D)
+        return temb, temb6, text, image
+
+
+class WanBlock(nn.Module):
+    """adaLN self-attention with 3D RoPE, cross-attention to text (and image) tokens, FFN."""
+
+    def __init__(self, config: WanConfig) -> None:
+        super().__init__()
+        dim, eps = config.dim, config.eps
+        self.norm1 = LayerNormScaleShift(dim, eps)
+        self.attn1 = Attention(dim, config.num_attention_heads, eps)
+        self.norm2 = (ScaleResidualNormScaleShift(dim, eps, elementwise_affine=True)
+                      if config.cross_attn_norm else None)
+        self.attn2 = Attention(dim, config.num_attention_heads, eps,
+                               added_kv_dim=config.added_kv_proj_dim)
+        self.norm3 = ScaleResidualNormScaleShift(dim, eps)
+        self.ffn = FeedForward(dim, config.ffn_dim, activation="gelu_tanh")
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, temb6: torch.Tensor, text: torch.Tensor,
+                image: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        # x (B, L, D); temb6 (B, 6, D) or per token (B, L, 6, D); text (B, S, D)
+        table = self.scale_shift_table if temb6.dim() == 3 else self.scale_shift_table.unsqueeze(0)
+        mod = table + temb6.float()  # (B, 6, D) or (B, L, 6, D), fp32
+        shift, scale, gate, c_shift, c_scale, c_gate = mod.unbind(-2)  # (B, D) or (B, L, D)
+
+        h = self.norm1(x, shift, scale)  # (B, L, D)
+        attn = self.attn1(h, rope=rope)
+        if self.norm2 is not None:
+            h, x = self.norm2(x, attn, gate)  # x += gate * attn; h = LayerNorm_affine(x)
+        else:
+            x = h = ops.mul_add(attn, gate, x)
+        attn = self.attn2(h, text, image_context=image)
+        h, x = self.norm3(x, attn, 1, c_shift, c_scale)  # x += attn; h = adaLN(x)
+        return ops.mul_add(self.ffn(h), c_gate, x)  # x + c_gate * FFN(h)
+
+
+class WanTransformer(nn.Module):
+    """Wan DiT: ``model(latents, timestep, text_embeds, image_embeds=None) -> [B, C_out, T, H, W]``.
+
+    * ``latents``: ``[B, in_channels, T, H, W]`` (I2V: noise and condition channels already
+      concatenated); T, H, W divisible by the patch size.
+    * ``timestep``: ``[B]`` (or one value), or per token ``[B, L]`` with ``L`` the number of
+      patches (Wan2.2 TI2V holds the first frame at t=0 this way).
+    * ``text_embeds``: ``[B, S, text_dim]`` (UMT5 states); ``image_embeds``: ``[B, 257,
+      image_dim]`` CLIP states for Wan2.1 I2V/FLF2V models, None otherwise.
+
+    Equal to diffusers' ``WanTransformer3DModel(latents, timestep, text_embeds,
+    encoder_hidden_states_image=image_embeds).sample`` for the same weights.
+    """
+
+    def __init__(self, config: WanConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim, patch = config.dim, config.patch_size
+        self.rope = RotaryEmbedding3D(config.attention_head_dim)
+        self.patch_embedding = nn.Conv3d(config.in_channels, dim, kernel_size=patch, stride=patch)
+        self.condition_embedder = WanConditionEmbedder(config)
+        self.blocks = nn.ModuleList(WanBlock(config) for _ in range(config.num_layers))
+        self.norm_out = LayerNormScaleShift(dim, config.eps)
+        self.proj_out = nn.Linear(dim, config.out_channels * math.prod(patch))
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    # ------------------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch_embedding.weight.device
+
+    def _check_inputs(self, latents, timestep, text_embeds, image_embeds) -> tuple[int, int, int]:
+        cfg = self.config
+        if not isinstance(latents, torch.Tensor) or latents.dim() != 5 \
+                or latents.shape[1] != cfg.in_channels:
+            raise ValueError(f"WanTransformer: latents must be [B, {cfg.in_channels}, T, H, W], got "
+                             f"{_shape(latents)}")
+        batch, _, *sizes = latents.shape
+        if any(s % p for s, p in zip(sizes, cfg.patch_size)):
+            raise ValueError(f"WanTransformer: latent T, H, W {tuple(sizes)} must be divisible by "
+                             f"the patch size {cfg.patch_size}")
+        grid = tuple(s // p for s, p in zip(sizes, cfg.patch_size))
+        tokens = math.prod(grid)
+        if not isinstance(timestep, torch.Tensor) or not (
+                timestep.dim() == 0 or (timestep.dim() == 1 and timestep.shape[0] in (1, batch))
+                or (timestep.dim() == 2 and timestep.shape[0] in (1, batch)
+                    and timestep.shape[1] == tokens)):
+            raise ValueError(f"WanTransformer: timestep must be [B={batch}] or per token "
+                             f"[B, L={tokens}], got {_shape(timestep)}")
+        if not isinstance(text_embeds, torch.Tensor) or text_embeds.dim() != 3 \
+                or text_embeds.shape[0] != batch or text_embeds.shape[2] != cfg.text_dim:
+            raise ValueError(f"WanTransformer: text_embeds must be [B={batch}, S, {cfg.text_dim}], "
+                             f"got {_shape(text_embeds)}")
+        if cfg.has_image_input:
+            if not isinstance(image_embeds, torch.Tensor) or image_embeds.dim() != 3 \
+                    or image_embeds.shape[0] != batch or image_embeds.shape[2] != cfg.image_dim:
+                raise ValueError(f"WanTransformer: this I2V model needs image_embeds "
+                                 f"[B={batch}, S_img, {cfg.image_dim}], got {_shape(image_embeds)}")
+        elif image_embeds is not None:
+            raise ValueError("WanTransformer: image_embeds given, but this model has no image "
+                             "embedder (image_dim=None)")
+        for name, t in (("timestep", timestep), ("text_embeds", text_embeds),
+                        ("image_embeds", image_embeds)):
+            if isinstance(t, torch.Tensor) and t.device != latents.device:
+                raise ValueError(f"WanTransformer: {name} is on {t.device}, latents on "
+                                 f"{latents.device}")
+        return grid  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------------------
+    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text_embeds: torch.Tensor,
+                image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        frames, height, width = self._check_inputs(latents, timestep, text_embeds, image_embeds)
+        batch, dtype = latents.shape[0], self.dtype
+        rope = self.rope(frames, height, width, latents.device)  # cos, sin (L, D_head/2) fp32
+
+        x = self.patch_embedding(latents.to(dtype))  # (B, D, F, H, W)
+        x = x.flatten(2).transpose(1, 2).contiguous()  # (B, L, D)
+
+        if timestep.dim() == 0:
+            timestep = timestep.expand(batch)
+        temb, temb6, text, image = self.condition_embedder(
+            timestep, text_embeds.to(dtype), None if image_embeds is None else image_embeds.to(dtype))
+
+        for block in self.blocks:
+            x = block(x, temb6, text, image, rope)
+
+        # output adaLN: (shift, scale) = scale_shift_table + temb, fp32
+        if temb.dim() == 2:
+            shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).unbind(1)  # (B, D)
+        else:
+            shift, scale = (self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).unbind(2)  # (B, L, D)
+        x = self.proj_out(self.norm_out(x, shift, scale))  # (B, L, C_out * pt * ph * pw)
+        return self.unpatchify(x, (frames, height, width))
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """``(B, F*H*W, C*pt*ph*pw)`` -> ``(B, C, F*pt, H*ph, W*pw)``."""
+        (frames, height, width), (pt, ph, pw) = grid, self.config.patch_size
+        x = x.reshape(x.shape[0], frames, height, width, pt, ph, pw, -1)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, F, pt, H, ph, W, pw)
+        return x.reshape(x.shape[0], x.shape[1], frames * pt, height * ph, width * pw)
+
+    # ------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: WanConfig | str | dict, dtype: torch.dtype = torch.bfloat16,
+                    device: str | torch.device = "cpu", seed: int | None = None) -> "WanTransformer":
+        """A randomly initialised model (nn defaults, as diffusers' ``from_config``), built on
+        the meta device and materialised straight in ``dtype`` on ``device`` (the fp32 parameters
+        stay fp32). ``config`` is a :class:`WanConfig`, a name in ``WAN_CONFIGS``, or a
+        diffusers config dict."""
+        from fastdit.models.wan.checkpoint import materialize, resolve_config
+
+        config = resolve_config(config)
+        with torch.device("meta"):
+            model = cls(config)
+        materialize(model, dtype, device)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=torch.device(device)).manual_seed(seed)
+        model.init_weights(generator)
+        return model.eval().requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, path: str | PathLike, dtype: torch.dtype = torch.bfloat16,
+                        device: str | torch.device = "cpu", subfolder: str | None = None
+                        ) -> "WanTransformer":
+        """Load a diffusers model root (``transformer/`` inside, or ``subfolder=``), a transformer
+        folder, or a folder in the official Wan layout. Tensors go from memory-mapped
+        safetensors straight to ``device`` in ``dtype`` (fp32 for :data:`FP32_PARTS`)."""
+        from fastdit.models.wan.checkpoint import load_pretrained
+
+        return load_pretrained(cls, path, dtype=dtype, device=device, subfolder=subfolder)
+
+    def save_pretrained(self, folder: str | PathLike, max_shard_size: int | None = None,
+                        layout: str = "diffusers") -> None:
+        """Write ``config.json`` and safetensors (sharded above ``max_shard_size`` bytes) in the
+        diffusers layout, or with ``layout="original"`` under the official Wan key names."""
+        from fastdit.models.wan.checkpoint import save_pretrained
+
+        save_pretrained(self, folder, max_shard_size=max_shard_size, layout=layout)
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """Random initialisation in place: torch's defaults for linear and conv layers, ones and
+        zeros for norms, ``randn / sqrt(dim)`` for the modulation tables, zero position embedding."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv3d)):
+                fan_in = module.weight[0].numel()
+                bound = 1.0 / math.sqrt(fan_in)
+                # torch's default: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+                module.weight.uniform_(-bound, bound, generator=generator)
+                module.bias.uniform_(-bound, bound, generator=generator)
+            elif hasattr(module, "reset_parameters") and module is not self:
+                module.reset_parameters()
+        dim = self.config.dim
+        for name, param in self.named_parameters():
+            if name.endswith("scale_shift_table"):
+                param.copy_(torch.randn(param.shape, generator=generator, device=param.device,
+                                        dtype=torch.float32) / dim**0.5)
+            elif name.endswith("pos_embed"):
+                param.zero_()
+
+
+def _shape(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{list(value.shape)} {str(value.dtype).replace('torch.', '')}"
+    return type(value).__name__
