@@ -1,0 +1,262 @@
+"""One Wan transformer forward: fastdit vs diffusers (eager and compile_repeated_blocks).
+
+    python benchmarks/transformer.py --out benchmarks/results/transformer-h100.json
+    python benchmarks/transformer.py --tiny --out /tmp/t.json      # CPU smoke run
+
+Random weights (one seed) in bf16, loaded identically into fastdit's WanTransformer and
+diffusers' WanTransformer3DModel; inputs 480x832, 81 frames (latents [B, 16, 21, 60, 104]
+= 32,760 tokens), 512 text tokens, batch 1 and batch 2 (cond + uncond in one call). Reports
+median seconds per forward (CUDA events), TFLOP/s (FLOPs by formula, checked against the
+DESIGN figure of 283 TFLOP for 1.3B), peak memory above the weights, cosine similarity of
+fastdit's output with diffusers', and time to first forward (load from safetensors + first
+call) for fastdit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from fastdit.models.wan import WanTransformer
+from fastdit.models.wan.configs import WAN_CONFIGS, WanConfig
+
+TEXT_LEN = 512
+
+
+def forward_flops(cfg: WanConfig, batch: int, tokens: int, text_len: int = TEXT_LEN) -> float:
+    """Matrix-product FLOPs of one forward (2 per multiply-add), attention included."""
+    d, f = cfg.dim, cfg.ffn_dim
+    per_layer = (
+        8 * tokens * d * d  # self-attention q, k, v, o
+        + 4 * tokens * tokens * d  # self-attention scores and values
+        + 4 * tokens * d * d + 4 * text_len * d * d  # cross-attention q, o and k, v
+        + 4 * tokens * text_len * d  # cross-attention scores and values
+        + 4 * tokens * d * f  # feed-forward
+    )
+    return batch * cfg.num_layers * per_layer
+
+
+def inputs(cfg: WanConfig, batch: int, frames: int, height: int, width: int, device, dtype, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    latent_frames = (frames - 1) // 4 + 1
+    latents = torch.randn(batch, cfg.in_channels, latent_frames, height // 8, width // 8, generator=g)
+    timestep = torch.tensor([999.0, 500.0][:batch] + [999.0] * max(0, batch - 2))
+    text = torch.randn(batch, TEXT_LEN, cfg.text_dim, generator=g)
+    return latents.to(device, dtype), timestep.to(device), text.to(device, dtype)
+
+
+def time_forward(fn, warmup: int, repeat: int, device) -> list[float]:
+    """Seconds per call: CUDA events around each call after warm-up (wall clock on CPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def peak_during(fn, device) -> int | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def diffusers_model(cfg: WanConfig, state_dict, device, dtype):
+    """diffusers' WanTransformer3DModel with fastdit's weights, fp32 where diffusers keeps fp32."""
+    from diffusers import WanTransformer3DModel
+
+    with torch.device("meta"):
+        model = WanTransformer3DModel.from_config(cfg.to_diffusers_config())
+    model = model.to_empty(device=device)
+    keep = tuple(getattr(WanTransformer3DModel, "_keep_in_fp32_modules", None) or ())
+    for name, param in model.named_parameters():
+        fp32 = any(part in name.split(".") for part in keep)
+        param.data = param.data.to(torch.float32 if fp32 else dtype)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    # the rope tables are non-persistent buffers computed in __init__: rebuild them on the device
+    with torch.device(device):
+        model.rope = type(model.rope)(cfg.attention_head_dim, cfg.patch_size, cfg.rope_max_seq_len)
+    return model.eval().requires_grad_(False)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0))
+
+
+def run_model(name: str, args, device, dtype) -> dict:
+    cfg = WAN_CONFIGS[name] if not args.tiny else WanConfig(
+        num_attention_heads=2, attention_head_dim=16, ffn_dim=64, num_layers=2, text_dim=32, freq_dim=16)
+    result = {"model": name, "config": cfg.to_diffusers_config(), "runs": []}
+    warmup, repeat = (1, 3) if cfg.num_layers * cfg.dim > 30 * 1536 else (2, 5)
+    if args.tiny:
+        warmup, repeat = 1, 2
+
+    # ---- fastdit: time to first forward (load from disk + first call) ------------------
+    model = WanTransformer.from_config(cfg, dtype=dtype, device=device, seed=0)
+    if args.ttff:
+        with tempfile.TemporaryDirectory(dir=args.tmp) as folder:
+            model.save_pretrained(folder)
+            del model
+            gc.collect()
+            torch.cuda.empty_cache() if device.type == "cuda" else None
+            x = inputs(cfg, 1, args.frames, args.height, args.width, device, dtype)
+            t0 = time.perf_counter()
+            model = WanTransformer.from_pretrained(folder, dtype=dtype, device=device)
+            load_s = time.perf_counter() - t0
+            with torch.no_grad():
+                model(*x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            result["time_to_first_forward_s"] = time.perf_counter() - t0
+            result["load_s"] = load_s
+    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    result["weights_gb"] = weights_bytes / 1e9
+
+    outputs = {}
+    for batch in args.batches:
+        x = inputs(cfg, batch, args.frames, args.height, args.width, device, dtype)
+        tokens = x[0].shape[2] * x[0].shape[3] * x[0].shape[4] // 4
+        flops = forward_flops(cfg, batch, tokens)
+        with torch.no_grad():
+            times = time_forward(lambda: model(*x), warmup, repeat, device)
+            peak = peak_during(lambda: model(*x), device)
+            outputs[batch] = model(*x).float().cpu()
+        s = statistics.median(times)
+        result["runs"].append({"impl": "fastdit", "batch": batch, "tokens": tokens, "s": s,
+                               "all_s": times, "tflops": flops / s / 1e12, "tflop": flops / 1e12,
+                               "peak_activation_gb": None if peak is None else peak / 1e9})
+        print(f"{name} B={batch} fastdit {s:.4f}s {flops / s / 1e12:.0f} TFLOP/s", flush=True)
+    if args.profile and device.type == "cuda":
+        result["profile"] = profile(model, inputs(cfg, 1, args.frames, args.height, args.width, device, dtype))
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    if cfg.num_layers * cfg.dim > 30 * 1536:  # 14B: keep only one model on the GPU
+        state = {k: v.cpu() for k, v in state.items()}
+    del model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # ---- diffusers eager and compiled ---------------------------------------------------
+    ref = diffusers_model(cfg, state, device, dtype)
+    del state
+    for impl in ("diffusers-eager", "diffusers-compiled"):
+        if impl == "diffusers-compiled":
+            if args.no_compile:
+                break
+            ref.compile_repeated_blocks(fullgraph=True)
+        for batch in args.batches:
+            x = inputs(cfg, batch, args.frames, args.height, args.width, device, dtype)
+            call = lambda: ref(x[0], x[1], x[2], return_dict=False)[0]  # noqa: E731
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                call()  # first call (compilation for the compiled variant)
+                first = time.perf_counter() - t0
+                times = time_forward(call, max(0, warmup - 1), repeat, device)
+                peak = peak_during(call, device)
+                out = call().float().cpu()
+            s = statistics.median(times)
+            flops = forward_flops(cfg, batch, result["runs"][0]["tokens"])
+            run = {"impl": impl, "batch": batch, "s": s, "all_s": times, "tflops": flops / s / 1e12,
+                   "first_call_s": first, "peak_activation_gb": None if peak is None else peak / 1e9}
+            if impl == "diffusers-eager":
+                run["cosine_vs_fastdit"] = cosine(out, outputs[batch])
+                run["max_abs_diff_vs_fastdit"] = float((out - outputs[batch]).abs().max())
+            result["runs"].append(run)
+            print(f"{name} B={batch} {impl} {s:.4f}s {flops / s / 1e12:.0f} TFLOP/s"
+                  + (f" cos={run['cosine_vs_fastdit']:.6f}" if "cosine_vs_fastdit" in run else ""),
+                  flush=True)
+    del ref
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    result["ratios"] = ratios(result["runs"])
+    return result
+
+
+def ratios(runs: list[dict]) -> dict:
+    """fastdit seconds / peer seconds, per batch size."""
+    by = {(r["impl"], r["batch"]): r["s"] for r in runs}
+    out = {}
+    for (impl, batch), s in by.items():
+        if impl != "fastdit" and ("fastdit", batch) in by:
+            out[f"B{batch}_vs_{impl}"] = by[("fastdit", batch)] / s
+    return out
+
+
+def profile(model, x, top: int = 15) -> list[dict]:
+    """Top CUDA kernels of one forward by total time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch.no_grad(), torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        model(*x)
+        torch.cuda.synchronize()
+    rows = []
+    for evt in sorted(prof.key_averages(), key=lambda e: -getattr(e, "device_time_total", 0))[:top]:
+        rows.append({"kernel": evt.key[:120], "calls": evt.count,
+                     "ms": getattr(evt, "device_time_total", 0) / 1e3})
+    for row in rows:
+        print(f"  {row['ms']:9.2f} ms  {row['calls']:5d}x  {row['kernel']}")
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--models", default="Wan2.1-T2V-1.3B,Wan2.1-T2V-14B")
+    parser.add_argument("--batches", default="1,2")
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--tiny", action="store_true", help="tiny config on CPU (smoke test)")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--no-ttff", dest="ttff", action="store_false")
+    parser.add_argument("--no-profile", dest="profile", action="store_false")
+    parser.add_argument("--tmp", default=None, help="folder for the time-to-first-forward checkpoint")
+    args = parser.parse_args(argv)
+    args.batches = [int(b) for b in args.batches.split(",")]
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.tiny:
+        args.height, args.width, args.frames = 32, 32, 5
+    env = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+           "torch": torch.__version__, "cuda": torch.version.cuda,
+           "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    result = {"env": env, "shape": {"height": args.height, "width": args.width, "frames": args.frames,
+                                    "text_len": TEXT_LEN}, "models": []}
+    for name in args.models.split(","):
+        result["models"].append(run_model(name, args, device, dtype))
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
