@@ -1,0 +1,247 @@
+"""When the Triton provider can run, and the launch parameters of its kernels.
+
+Nothing here imports Triton at module level: :func:`supported` imports it when asked, the
+kernel modules (``norm``, ``elementwise``, ``rope``) import it when the registry loads them.
+
+The launch tables (:func:`norm_launch`, :func:`elementwise_launch`, :func:`rope_launch`) are
+plain functions of the shapes so that they can be tuned in one place (see README.md).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Iterable
+
+import torch
+
+from fastdit.config import get_config
+from fastdit.ops import _checks as C
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INDEX_DTYPES = (torch.int32, torch.int64)
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+CACHE_DTYPES = FLOAT_DTYPES + FP8_DTYPES
+MAX_ROW = 65536  # widest row a norm kernel keeps in registers
+
+
+# ---------------------------------------------------------------------------------------
+# availability
+# ---------------------------------------------------------------------------------------
+def interpreting() -> bool:
+    return bool(get_config().kernel.triton_interpret)
+
+
+def supported() -> bool:
+    """Triton importable, and a CUDA/ROCm platform (or the Triton interpreter)."""
+    from fastdit.platforms import current_platform
+
+    if not (interpreting() or current_platform().name in ("cuda", "rocm")):
+        return False
+    import triton  # noqa: F401  (raises ImportError when missing: the registry reads that as no)
+
+    return True
+
+
+def device_ok(*values: object) -> bool:
+    """Every tensor among ``values`` is on a CUDA/HIP device, or on the CPU when interpreting."""
+    want = "cpu" if interpreting() else "cuda"
+    return all(v.device.type == want for v in values if isinstance(v, torch.Tensor))
+
+
+def float_ok(*values: object) -> bool:
+    return all(v.dtype in FLOAT_DTYPES for v in values if isinstance(v, torch.Tensor))
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def modulation_ok(value: object, x: torch.Tensor) -> bool:
+    """A number, or a float tensor on a usable device that broadcasts against ``x``."""
+    if is_number(value):
+        return True
+    if not isinstance(value, torch.Tensor) or value.dtype not in FLOAT_DTYPES or not device_ok(value):
+        return False
+    try:
+        C.modulation_layout(value, x.shape)
+    except ValueError:
+        return False
+    return True
+
+
+def row_ok(x: torch.Tensor) -> bool:
+    return x.dim() >= 1 and 0 < x.shape[-1] <= MAX_ROW
+
+
+# ---------------------------------------------------------------------------------------
+# launch tables
+# ---------------------------------------------------------------------------------------
+def next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def _warps_for(elements: int) -> int:
+    """Warps for a tile of ``elements`` values: about 16 values (two 16-byte bf16 vectors) per
+    thread up to 2048, then more warps so registers stay bounded (4 for <=2048, 8 for <=8192)."""
+    if elements <= 256:
+        return 1
+    if elements <= 1024:
+        return 2
+    if elements <= 2048:
+        return 4
+    if elements <= 8192:
+        return 8
+    return 16
+
+
+def norm_launch(dim: int) -> tuple[int, int, int]:
+    """``(BLOCK_D, num_warps, max_rows_per_program)`` for the row-norm kernels.
+
+    The whole row lives in registers (BLOCK_D = next power of two >= D). A program handles up
+    to ``max_rows`` consecutive rows so that per-batch/per-frame modulation rows (and the norm
+    weight) are loaded once per program instead of once per row.
+    """
+    block = next_pow2(dim)
+    rows = max(1, min(16, 8192 // block))  # 2048 -> 4 rows, 8192 -> 1 row
+    return block, _warps_for(block), rows
+
+
+def elementwise_launch(dim: int) -> tuple[int, int, int]:
+    """``(BLOCK_D, ROWS, num_warps)`` for the elementwise kernels: 2-D tiles of about 4096 values.
+
+    BLOCK_D is the largest power of two <= 1024 that divides D when there is one of at least
+    256 (1536 -> 512, 5120 -> 1024: no masked lanes), else next_pow2(D) capped at 1024.
+    """
+    block = min(next_pow2(dim), 1024)
+    if dim > 1024:
+        for candidate in (1024, 512, 256):
+            if dim % candidate == 0:
+                block = candidate
+                break
+    rows = max(1, 4096 // block)
+    return block, rows, _warps_for(block * rows)
+
+
+def rope_launch(tokens: int, heads_q: int, heads_k: int, dim: int) -> tuple[int, int, int, int]:
+    """``(BLOCK_T, BLOCK_HQ, BLOCK_HK, num_warps)`` for the RoPE kernels.
+
+    Heads are processed in chunks of BLOCK_H (the largest power of two <= 16 that divides H, so
+    12 -> 4 and 40 -> 8 heads need no masked lanes); a program handles BLOCK_T tokens and all
+    their q and k heads, loading each token's cos/sin once. Tiles are about 2048 values.
+    """
+    block_d = next_pow2(dim)
+
+    def head_block(heads: int) -> int:
+        for candidate in (16, 8, 4, 2):
+            if heads % candidate == 0 and candidate * block_d <= 4096:
+                return candidate
+        return max(1, min(next_pow2(heads), max(1, 2048 // block_d)))
+
+    bhq, bhk = head_block(heads_q), head_block(heads_k)
+    block_t = max(1, min(16, 2048 // (max(bhq, bhk) * block_d)))
+    block_t = min(block_t, next_pow2(max(tokens, 1)))
+    return block_t, bhq, bhk, _warps_for(block_t * max(bhq, bhk) * block_d)
+
+
+# ---------------------------------------------------------------------------------------
+# supports_args: same signatures as the ops; False (never an exception) for what the kernels
+# cannot take, so that dispatch falls back
+# ---------------------------------------------------------------------------------------
+def _affine_ok(x, weight, bias) -> bool:
+    return all(t is None or (isinstance(t, torch.Tensor) and float_ok(t) and device_ok(t)
+                             and tuple(t.shape) == (x.shape[-1],)) for t in (weight, bias))
+
+
+def _tensor_ok(*values) -> bool:
+    return all(isinstance(v, torch.Tensor) for v in values) and float_ok(*values) and device_ok(*values)
+
+
+def rms_norm_args(x, weight, eps=1e-6, *, residual=None, variance_size=None) -> bool:
+    if not (_tensor_ok(x) and row_ok(x) and _affine_ok(x, weight, None) and is_number(eps)):
+        return False
+    if residual is not None and not (_tensor_ok(residual) and residual.shape == x.shape):
+        return False
+    return variance_size is None or (is_number(variance_size) and 0 < variance_size <= x.shape[-1])
+
+
+def _norm_family_ok(x, mods, weight, bias, eps, norm, residual=None) -> bool:
+    if not (_tensor_ok(x) and row_ok(x) and norm in ("layer", "rms") and is_number(eps)):
+        return False
+    if residual is not None and not (_tensor_ok(residual) and residual.shape == x.shape):
+        return False
+    return _affine_ok(x, weight, bias) and all(modulation_ok(m, x) for m in mods)
+
+
+def layer_norm_scale_shift_args(x, shift, scale, *, weight=None, bias=None, eps=1e-6,
+                                norm="layer") -> bool:
+    return _norm_family_ok(x, (shift, scale), weight, bias, eps, norm)
+
+
+def scale_residual_norm_scale_shift_args(residual, x, gate, shift, scale, *, weight=None,
+                                         bias=None, eps=1e-6, norm="layer") -> bool:
+    return _norm_family_ok(x, (gate, shift, scale), weight, bias, eps, norm, residual=residual)
+
+
+def norm_tanh_mul_add_args(x, scale, shift, *, weight=None, bias=None, eps=1e-6,
+                           norm="layer") -> bool:
+    return _norm_family_ok(x, (scale, shift), weight, bias, eps, norm)
+
+
+def mul_add_args(a, b, c, k=0) -> bool:
+    return (_tensor_ok(a, c) and a.shape == c.shape and a.dim() >= 1 and is_number(k)
+            and modulation_ok(b, a))
+
+
+def scale_shift_args(x, scale, shift, scale_constant=1.0) -> bool:
+    return (_tensor_ok(x) and x.dim() >= 1 and is_number(scale_constant)
+            and modulation_ok(scale, x) and modulation_ok(shift, x))
+
+
+def _index_ok(t, length) -> bool:
+    return (isinstance(t, torch.Tensor) and t.dtype in INDEX_DTYPES and device_ok(t)
+            and t.dim() == 1 and t.shape[0] == length)
+
+
+def _qk_ok(q, k) -> bool:
+    return (_tensor_ok(q, k) and q.dim() >= 3 and k.dim() >= 3 and q.shape[:-2] == k.shape[:-2]
+            and q.shape[-1] == k.shape[-1] and q.shape[-1] > 0 and q.shape[-1] % 2 == 0)
+
+
+def rope_qk_args(q, k, cos, sin, *, positions=None, interleaved=True) -> bool:
+    if not (_qk_ok(q, k) and _tensor_ok(cos, sin) and cos.dim() == 2 and sin.shape == cos.shape
+            and cos.shape[1] == q.shape[-1] // 2):
+        return False
+    if positions is None:
+        return cos.shape[0] == q.shape[-3]
+    return _index_ok(positions, q.shape[-3])
+
+
+def rope_qk_cache_store_args(q, k, v, key_cache, value_cache, slot_mapping, positions,
+                             cos_sin_cache, *, interleaved=True, k_scale=None, v_scale=None,
+                             swa_slot_mapping=None) -> bool:
+    if not (_qk_ok(q, k) and q.dim() == 3 and _tensor_ok(v) and v.shape == k.shape
+            and q.shape[1] % max(k.shape[1], 1) == 0):
+        return False
+    caches = (key_cache, value_cache)
+    if not all(isinstance(c, torch.Tensor) and c.dtype in CACHE_DTYPES and device_ok(c)
+               and c.dim() == 4 and tuple(c.shape[2:]) == tuple(k.shape[1:]) for c in caches):
+        return False
+    if key_cache.shape != value_cache.shape or key_cache.shape[1] < 1:
+        return False
+    tokens = q.shape[0]
+    if not (_index_ok(slot_mapping, tokens) and _index_ok(positions, tokens)):
+        return False
+    if not (_tensor_ok(cos_sin_cache) and cos_sin_cache.dim() == 2
+            and cos_sin_cache.shape[1] == q.shape[-1]):
+        return False
+    if swa_slot_mapping is not None and not (
+            isinstance(swa_slot_mapping, torch.Tensor) and swa_slot_mapping.dtype in INDEX_DTYPES
+            and device_ok(swa_slot_mapping) and swa_slot_mapping.dim() == 1):
+        return False
+    for scale in (k_scale, v_scale):
+        if scale is None or is_number(scale):
+            continue
+        if not (isinstance(scale, torch.Tensor) and scale.numel() == 1 and device_ok(scale)
+                and scale.dtype in FLOAT_DTYPES):
+            return False
+    return True

@@ -1,0 +1,218 @@
+"""Triton kernels of the norm family: ``rms_norm`` and the adaLN ops.
+
+One launch per op, a single pass over memory: each program keeps whole rows in registers
+(fp32 math), handles ``ROWS`` consecutive rows, and loads per-batch/per-frame modulation rows
+and the norm weight/bias once for all of them. See README.md for the launch parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fastdit.kernels.triton import _common as K
+from fastdit.kernels.triton._support import norm_launch
+from fastdit.ops import _checks as C
+
+
+# ---------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, sx_row, sx_d, res_ptr, sr_row, sr_d, y_ptr, s_ptr, w_ptr,
+    n_rows, D, N_VAR, eps,
+    HAS_WEIGHT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # y = s * rsqrt(mean(s[:N_VAR]^2) + eps) * w, s = x (+ residual, rounded to its dtype)
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    var_mask = cols < N_VAR
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    for i in range(ROWS):
+        row = (pid * ROWS + i).to(tl.int64)
+        mask = cols < tl.where(row < n_rows, D, 0)  # (not `cmask & scalar`: interpreter bug)
+        s = tl.load(x_ptr + row * sx_row + cols * sx_d, mask=mask, other=0.0).to(tl.float32)
+        if HAS_RESIDUAL:
+            res = tl.load(res_ptr + row * sr_row + cols * sr_d, mask=mask, other=0.0).to(tl.float32)
+            s_out = (s + res).to(s_ptr.dtype.element_ty)
+            tl.store(s_ptr + row * D + cols, s_out, mask=mask)
+            s = s_out.to(tl.float32)
+        sq = tl.where(var_mask, s * s, 0.0)
+        rstd = tl.rsqrt(tl.sum(sq, axis=0) / N_VAR + eps)
+        y = s * rstd
+        if HAS_WEIGHT:
+            y = y * w
+        tl.store(y_ptr + row * D + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _mod_factor(ptr, sb, sg, sd, tpg, value, row, L, cols, cmask, TANH: tl.constexpr):
+    """The scale factor of a row: ``1 + scale`` or ``tanh(scale)``."""
+    sc = K.load_mod_row(ptr, sb, sg, sd, tpg, row, L, cols, cmask)
+    if TANH:
+        return K.tanh_f32(sc)
+    else:
+        return 1.0 + sc
+
+
+@triton.jit
+def _norm_modulate_kernel(
+    x_ptr, sxb, sxl, sxd,
+    res_ptr, srb, srl, srd,
+    y_ptr, r_ptr, w_ptr, bias_ptr,
+    g_ptr, g_sb, g_sg, g_sd, g_tpg, g_val,
+    sc_ptr, sc_sb, sc_sg, sc_sd, sc_tpg, sc_val,
+    sh_ptr, sh_sb, sh_sg, sh_sd, sh_tpg, sh_val,
+    n_rows, L, D, eps,
+    IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, TANH_SCALE: tl.constexpr,
+    GATE_MODE: tl.constexpr, SCALE_MODE: tl.constexpr, SHIFT_MODE: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # [r = residual + gate * x (rounded to residual's dtype); h = r] else h = x
+    # y = norm(h) * weight + bias;  y = y * factor + shift, factor = 1 + scale or tanh(scale)
+    # Modes: 0 = number (sc_val holds the factor itself), 1 = hoisted row, 2 = row per row.
+    pid = tl.program_id(0)
+    row0 = pid * ROWS
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        if GATE_MODE == 1:
+            gate0 = K.load_mod_row(g_ptr, g_sb, g_sg, g_sd, g_tpg, row0, L, cols, cmask)
+    if SCALE_MODE == 1:
+        fac0 = _mod_factor(sc_ptr, sc_sb, sc_sg, sc_sd, sc_tpg, sc_val, row0, L, cols, cmask,
+                           TANH_SCALE)
+    if SHIFT_MODE == 1:
+        shift0 = K.load_mod_row(sh_ptr, sh_sb, sh_sg, sh_sd, sh_tpg, row0, L, cols, cmask)
+
+    for i in range(ROWS):
+        row = row0 + i
+        mask = cols < tl.where(row < n_rows, D, 0)
+        b = (row // L).to(tl.int64)
+        l = (row % L).to(tl.int64)
+        h = tl.load(x_ptr + b * sxb + l * sxl + cols * sxd, mask=mask, other=0.0).to(tl.float32)
+        if HAS_RESIDUAL:
+            res = tl.load(res_ptr + b * srb + l * srl + cols * srd, mask=mask, other=0.0)
+            if GATE_MODE == 0:
+                gate = g_val
+            elif GATE_MODE == 1:
+                gate = gate0
+            else:
+                gate = K.load_mod_row(g_ptr, g_sb, g_sg, g_sd, g_tpg, row, L, cols, mask)
+            r = (res.to(tl.float32) + h * gate).to(r_ptr.dtype.element_ty)
+            tl.store(r_ptr + row.to(tl.int64) * D + cols, r, mask=mask)
+            h = r.to(tl.float32)
+        if IS_RMS:
+            y = h * tl.rsqrt(tl.sum(h * h, axis=0) / D + eps)
+        else:
+            mean = tl.sum(h, axis=0) / D
+            centered = tl.where(mask, h - mean, 0.0)
+            y = centered * tl.rsqrt(tl.sum(centered * centered, axis=0) / D + eps)
+        if HAS_WEIGHT:
+            y = y * w
+        if HAS_BIAS:
+            y = y + bias
+        if SCALE_MODE == 0:
+            fac = sc_val
+        elif SCALE_MODE == 1:
+            fac = fac0
+        else:
+            fac = _mod_factor(sc_ptr, sc_sb, sc_sg, sc_sd, sc_tpg, sc_val, row, L, cols, mask,
+                              TANH_SCALE)
+        if SHIFT_MODE == 0:
+            shift = sh_val
+        elif SHIFT_MODE == 1:
+            shift = shift0
+        else:
+            shift = K.load_mod_row(sh_ptr, sh_sb, sh_sg, sh_sd, sh_tpg, row, L, cols, mask)
+        y = y * fac + shift
+        tl.store(y_ptr + row.to(tl.int64) * D + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------
+# host side
+# ---------------------------------------------------------------------------------------
+def _rows_view(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as ``[rows, D]`` (a view when the leading dims merge, else a copy)."""
+    return t.reshape(-1, t.shape[-1])
+
+
+def rms_norm(x, weight, eps=1e-6, *, residual=None, variance_size=None):
+    dim = x.shape[-1]
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    s = None if residual is None else torch.empty(x.shape, dtype=residual.dtype, device=x.device)
+    x2 = _rows_view(x)
+    n_rows = x2.shape[0]
+    if n_rows:
+        r2 = x2 if residual is None else _rows_view(residual)
+        w = x2 if weight is None else weight.contiguous()
+        block, warps, rows = norm_launch(dim)
+        rows = max(1, min(rows, triton.next_power_of_2(n_rows)))
+        _rms_norm_kernel[(triton.cdiv(n_rows, rows),)](
+            x2, x2.stride(0), x2.stride(1), r2, r2.stride(0), r2.stride(1),
+            y, y if s is None else s, w,
+            n_rows, dim, int(variance_size or dim), float(eps),
+            HAS_WEIGHT=weight is not None, HAS_RESIDUAL=residual is not None,
+            ROWS=rows, BLOCK_D=block, num_warps=warps,
+        )
+    return y if residual is None else (y, s)
+
+
+def _as_bld(t: torch.Tensor) -> torch.Tensor:
+    """``t`` seen as ``[B, L, D]`` (view when possible)."""
+    return t.reshape(C.canonical_shape(t.shape))
+
+
+def _norm_modulate(x, residual, gate, shift, scale, weight, bias, eps, norm, tanh_scale):
+    batch, length, dim = C.canonical_shape(x.shape)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    r = None if residual is None else torch.empty(x.shape, dtype=residual.dtype, device=x.device)
+    n_rows = batch * length
+    if n_rows == 0:
+        return y, r
+    x3 = _as_bld(x)
+    r3 = x3 if residual is None else _as_bld(residual)
+    if tanh_scale:
+        factor = lambda v: float(torch.tanh(torch.tensor(v)))  # noqa: E731  (as the native op)
+    else:
+        factor = lambda v: 1.0 + v  # noqa: E731
+    g = K.pack_modulation(1.0 if gate is None else gate, x.shape, x3)
+    sc = K.pack_modulation(scale, x.shape, x3, number=factor)
+    sh = K.pack_modulation(shift, x.shape, x3)
+    block, warps, max_rows = norm_launch(dim)
+    mods = [sc, sh] + ([g] if residual is not None else [])
+    rows = K.choose_rows(max_rows, length, mods)
+    _norm_modulate_kernel[(triton.cdiv(n_rows, rows),)](
+        x3, *x3.stride(), r3, *r3.stride(),
+        y, y if r is None else r,
+        x3 if weight is None else weight.contiguous(), x3 if bias is None else bias.contiguous(),
+        *g.args(), *sc.args(), *sh.args(),
+        n_rows, length, dim, float(eps),
+        IS_RMS=norm == "rms", HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        HAS_RESIDUAL=residual is not None, TANH_SCALE=tanh_scale,
+        GATE_MODE=g.mode, SCALE_MODE=sc.mode, SHIFT_MODE=sh.mode,
+        ROWS=rows, BLOCK_D=block, num_warps=warps,
+    )
+    return y, r
+
+
+def layer_norm_scale_shift(x, shift, scale, *, weight=None, bias=None, eps=1e-6, norm="layer"):
+    return _norm_modulate(x, None, None, shift, scale, weight, bias, eps, norm, False)[0]
+
+
+def scale_residual_norm_scale_shift(residual, x, gate, shift, scale, *, weight=None, bias=None,
+                                    eps=1e-6, norm="layer"):
+    return _norm_modulate(x, residual, gate, shift, scale, weight, bias, eps, norm, False)
+
+
+def norm_tanh_mul_add(x, scale, shift, *, weight=None, bias=None, eps=1e-6, norm="layer"):
+    return _norm_modulate(x, None, None, shift, scale, weight, bias, eps, norm, True)[0]
