@@ -1,0 +1,64 @@
+"""Wan video pipelines: ``load(path)`` reads a diffusers-format folder and returns a pipeline.
+
+    import fastdit, torch
+    pipe = fastdit.load("Wan2.1-T2V-1.3B-Diffusers", device="cuda", dtype=torch.bfloat16)
+    result = pipe.generate("a red fox running through snow", seed=0)
+    result.save("fox.mp4")
+
+Stages live in :mod:`fastdit.pipelines.stages`, the pipeline in :mod:`fastdit.pipelines.wan`,
+known models and folder checks in :mod:`fastdit.pipelines.spec`, tiny random models in
+:mod:`fastdit.pipelines.tiny`. Nothing heavy is imported until it is used.
+"""
+
+from __future__ import annotations
+
+from fastdit.pipelines.result import GenerationResult, write_video
+from fastdit.pipelines.spec import (
+    HUB_IDS,
+    KNOWN_MODELS,
+    InputError,
+    ModelDefaults,
+    ModelFolderError,
+    ModelSpec,
+    inspect_model,
+)
+
+
+def load(path, device=None, dtype=None, **kwargs):
+    """Load a diffusers-format Wan model folder (or Hub id) as a :class:`WanVideoPipeline`.
+
+    The task (T2V, I2V, TI2V, Wan2.2 A14B experts) comes from the folder's model_index.json.
+    Keyword options: ``scheduler="unipc"|"euler"``, ``flow_shift``, ``offload="auto"|"none"|
+    "experts"|"model"``, ``vae_dtype``, ``vae_tiling``.
+    """
+    from fastdit.pipelines.wan import WanVideoPipeline
+
+    return WanVideoPipeline.from_pretrained(path, device=device, dtype=dtype, **kwargs)
+
+
+def __getattr__(name):  # lazy: the pipeline module imports diffusers
+    if name in ("WanVideoPipeline", "Request", "resolve_request"):
+        from fastdit.pipelines import wan
+
+        return getattr(wan, name)
+    if name == "make_tiny_model":
+        from fastdit.pipelines.tiny import make_tiny_model
+
+        return make_tiny_model
+    raise AttributeError(f"module 'fastdit.pipelines' has no attribute {name!r}")
+
+
+__all__ = [
+    "GenerationResult",
+    "HUB_IDS",
+    "InputError",
+    "KNOWN_MODELS",
+    "ModelDefaults",
+    "ModelFolderError",
+    "ModelSpec",
+    "WanVideoPipeline",
+    "inspect_model",
+    "load",
+    "make_tiny_model",
+    "write_video",
+]
