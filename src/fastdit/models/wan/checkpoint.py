@@ -152,9 +152,9 @@ def read_json(file: Path) -> dict[str, Any]:
     return data
 
 
-def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of a checkpoint folder: those of the index, else every
-    ``*.safetensors`` file in the folder."""
+def weight_files(folder: Path) -> tuple[list[Path], dict[str, Path] | None]:
+    """The safetensors files of a checkpoint folder, and the index's ``{tensor: file}`` map:
+    the files of the index when there is one, else every ``*.safetensors`` file."""
     indexes = sorted(folder.glob("*.safetensors.index.json"))
     if len(indexes) > 1:
         raise CheckpointError(f"{folder} holds several safetensors indexes: "
@@ -167,11 +167,11 @@ def weight_files(folder: Path) -> list[Path]:
         for file in files:
             if not file.is_file():
                 raise CheckpointError(f"{indexes[0].name} lists {file.name}, which is not in {folder}")
-        return files
+        return files, {key: folder / name for key, name in weight_map.items()}
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"no .safetensors weights in {folder}")
-    return files
+    return files, None
 
 
 def _open(file: Path):
@@ -261,8 +261,12 @@ def load_pretrained(cls, path, *, dtype: torch.dtype, device, subfolder: str | N
     folder = find_model_dir(path, subfolder)
     config_file = folder / CONFIG_NAME
     raw = read_json(config_file)
-    files = weight_files(folder)
+    files, weight_map = weight_files(folder)
     stored = index_tensors(files)
+    for key, file in (weight_map or {}).items():
+        if stored.get(key, (None,))[0] != file:
+            raise CheckpointError(f"the safetensors index of {folder} puts tensor {key!r} in "
+                                  f"{file.name}, which does not hold it")
     config, original = config_for_checkpoint(raw, stored, config_file)
 
     # checkpoint name -> parameter name

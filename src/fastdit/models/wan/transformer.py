@@ -138,7 +138,8 @@ class WanTransformer(nn.Module):
     * ``timestep``: ``[B]`` (or one value), or per token ``[B, L]`` with ``L`` the number of
       patches (Wan2.2 TI2V holds the first frame at t=0 this way).
     * ``text_embeds``: ``[B, S, text_dim]`` (UMT5 states); ``image_embeds``: ``[B, 257,
-      image_dim]`` CLIP states for Wan2.1 I2V/FLF2V models, None otherwise.
+      image_dim]`` CLIP states for Wan2.1 I2V models (FLF2V: ``[2B, 257, image_dim]``, first
+      and last frame of each row), None otherwise.
 
     Equal to diffusers' ``WanTransformer3DModel(latents, timestep, text_embeds,
     encoder_hidden_states_image=image_embeds).sample`` for the same weights.
@@ -188,10 +189,15 @@ class WanTransformer(nn.Module):
             raise ValueError(f"WanTransformer: text_embeds must be [B={batch}, S, {cfg.text_dim}], "
                              f"got {_shape(text_embeds)}")
         if cfg.has_image_input:
+            # FLF2V: first- and last-frame tokens, [2B, S_img, C] with 2 * S_img == pos_embed_seq_len
+            images, tokens_img = ((2 * batch, cfg.pos_embed_seq_len // 2) if cfg.pos_embed_seq_len
+                                  else (batch, None))
             if not isinstance(image_embeds, torch.Tensor) or image_embeds.dim() != 3 \
-                    or image_embeds.shape[0] != batch or image_embeds.shape[2] != cfg.image_dim:
-                raise ValueError(f"WanTransformer: this I2V model needs image_embeds "
-                                 f"[B={batch}, S_img, {cfg.image_dim}], got {_shape(image_embeds)}")
+                    or image_embeds.shape[0] != images or image_embeds.shape[2] != cfg.image_dim \
+                    or tokens_img not in (None, image_embeds.shape[1]):
+                raise ValueError(f"WanTransformer: this image-conditioned model needs image_embeds "
+                                 f"[{images}, {tokens_img or 'S_img'}, {cfg.image_dim}], got "
+                                 f"{_shape(image_embeds)}")
         elif image_embeds is not None:
             raise ValueError("WanTransformer: image_embeds given, but this model has no image "
                              "embedder (image_dim=None)")
@@ -212,8 +218,8 @@ class WanTransformer(nn.Module):
         x = self.patch_embedding(latents.to(dtype))  # (B, D, F, H, W)
         x = x.flatten(2).transpose(1, 2).contiguous()  # (B, L, D)
 
-        if timestep.dim() == 0:
-            timestep = timestep.expand(batch)
+        if timestep.dim() == 0 or timestep.shape[0] != batch:  # one value (or row) for all
+            timestep = timestep.expand(batch, *timestep.shape[1:])
         temb, temb6, text, image = self.condition_embedder(
             timestep, text_embeds.to(dtype), None if image_embeds is None else image_embeds.to(dtype))
 
