@@ -73,14 +73,36 @@ def _add_ops(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_ops)
 
 
+# ---------------------------------------------------------------------------------------
+# fastdit generate | make-tiny-model (implemented in fastdit.pipelines.cli_commands)
+# ---------------------------------------------------------------------------------------
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    from fastdit.pipelines.cli_commands import add_generate
+
+    add_generate(sub)
+
+
+def _add_make_tiny_model(sub: argparse._SubParsersAction) -> None:
+    from fastdit.pipelines.cli_commands import add_make_tiny_model
+
+    add_make_tiny_model(sub)
+
+
 # Sub-command builders; other modules add theirs here.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ops]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ops, _add_generate, _add_make_tiny_model]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is ONE line on stderr (exit code 2), like fastdit's own errors."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastdit", description="fast inference for Wan video DiTs")
+    parser = _Parser(prog="fastdit", description="fast inference for Wan video DiTs")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in COMMANDS:
         add(sub)
     return parser

@@ -150,10 +150,7 @@ def _loading(spec: ModelSpec, component: str):
 
 
 def load_transformer(spec: ModelSpec, subfolder: str, device: torch.device, dtype: torch.dtype):
-    try:  # TEMPORARY until fastdit.models.wan lands
-        from fastdit.models.wan import WanTransformer
-    except ImportError:
-        from fastdit.pipelines._dev_transformer import WanTransformer
+    from fastdit.models.wan import WanTransformer
 
     with _loading(spec, subfolder):
         model = WanTransformer.from_pretrained(str(spec.root), dtype=dtype, device=device, subfolder=subfolder)
