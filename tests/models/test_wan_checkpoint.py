@@ -110,6 +110,10 @@ def test_missing_folder_and_subfolder(tmp_path, saved):
         WanTransformer.from_pretrained(tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match="transformer_2"):
         WanTransformer.from_pretrained(tmp_path, subfolder="transformer_2")
+    # an official Wan2.2 A14B root: the experts are in subfolders, which the error names
+    saved[0].rename(tmp_path / "high_noise_model")
+    with pytest.raises(CheckpointError, match=r"subfolder= one of \['high_noise_model'\]"):
+        WanTransformer.from_pretrained(tmp_path)
 
 
 def test_no_weights(saved):

@@ -137,8 +137,10 @@ def find_model_dir(path: str | Path, subfolder: str | None = None) -> Path:
         return root / "transformer"
     if (root / CONFIG_NAME).is_file():
         return root
+    candidates = sorted(p.name for p in root.iterdir() if (p / CONFIG_NAME).is_file())
+    hint = f"; pass subfolder= one of {candidates}" if candidates else ""
     raise CheckpointError(f"no {CONFIG_NAME} in {root} nor in {root / 'transformer'}: not a Wan "
-                          "transformer checkpoint")
+                          f"transformer checkpoint{hint}")
 
 
 def read_json(file: Path) -> dict[str, Any]:
@@ -168,7 +170,8 @@ def weight_files(folder: Path) -> tuple[list[Path], dict[str, Path] | None]:
             if not file.is_file():
                 raise CheckpointError(f"{indexes[0].name} lists {file.name}, which is not in {folder}")
         return files, {key: folder / name for key, name in weight_map.items()}
-    files = sorted(folder.glob("*.safetensors"))
+    files = (sorted(folder.glob("diffusion_pytorch_model*.safetensors"))
+             or sorted(folder.glob("*.safetensors")))
     if not files:
         raise CheckpointError(f"no .safetensors weights in {folder}")
     return files, None
