@@ -290,6 +290,8 @@ def test_bad_inputs(models):
         i2v(latents, timestep, text)
     with pytest.raises(ValueError, match="needs image_embeds"):
         i2v(latents, timestep, text, image[:1])
+    with pytest.raises(ValueError, match="latents is on meta, the model on cpu"):
+        i2v(latents.to("meta"), timestep, text, image)
 
 
 def test_scalar_and_shared_timestep(models):

@@ -201,11 +201,11 @@ class WanTransformer(nn.Module):
         elif image_embeds is not None:
             raise ValueError("WanTransformer: image_embeds given, but this model has no image "
                              "embedder (image_dim=None)")
-        for name, t in (("timestep", timestep), ("text_embeds", text_embeds),
+        for name, t in (("latents", latents), ("text_embeds", text_embeds),
                         ("image_embeds", image_embeds)):
-            if isinstance(t, torch.Tensor) and t.device != latents.device:
-                raise ValueError(f"WanTransformer: {name} is on {t.device}, latents on "
-                                 f"{latents.device}")
+            if isinstance(t, torch.Tensor) and t.device != self.device:
+                raise ValueError(f"WanTransformer: {name} is on {t.device}, the model on "
+                                 f"{self.device}")
         return grid  # type: ignore[return-value]
 
     # ------------------------------------------------------------------------------------
@@ -218,6 +218,7 @@ class WanTransformer(nn.Module):
         x = self.patch_embedding(latents.to(dtype))  # (B, D, F, H, W)
         x = x.flatten(2).transpose(1, 2).contiguous()  # (B, L, D)
 
+        timestep = timestep.to(latents.device)  # schedulers often keep timesteps on the CPU
         if timestep.dim() == 0 or timestep.shape[0] != batch:  # one value (or row) for all
             timestep = timestep.expand(batch, *timestep.shape[1:])
         temb, temb6, text, image = self.condition_embedder(
@@ -252,12 +253,14 @@ class WanTransformer(nn.Module):
         from fastdit.models.wan.checkpoint import materialize, resolve_config
 
         config = resolve_config(config)
+        device = torch.device(device if device is not None else "cpu")
+        dtype = dtype if dtype is not None else torch.bfloat16
         with torch.device("meta"):
             model = cls(config)
         materialize(model, dtype, device)
         generator = None
         if seed is not None:
-            generator = torch.Generator(device=torch.device(device)).manual_seed(seed)
+            generator = torch.Generator(device=device).manual_seed(seed)
         model.init_weights(generator)
         return model.eval().requires_grad_(False)
 
@@ -270,6 +273,8 @@ class WanTransformer(nn.Module):
         safetensors straight to ``device`` in ``dtype`` (fp32 for :data:`FP32_PARTS`)."""
         from fastdit.models.wan.checkpoint import load_pretrained
 
+        device = torch.device(device if device is not None else "cpu")
+        dtype = dtype if dtype is not None else torch.bfloat16
         return load_pretrained(cls, path, dtype=dtype, device=device, subfolder=subfolder)
 
     def save_pretrained(self, folder: str | PathLike, max_shard_size: int | None = None,
