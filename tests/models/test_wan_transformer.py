@@ -161,3 +161,16 @@ def test_bf16_matches_diffusers_dtype_policy(tmp_path):
     assert out.dtype == torch.bfloat16
     cos = torch.nn.functional.cosine_similarity(out.float().flatten(), expected.float().flatten(), 0)
     assert cos > 0.999
+
+
+def test_ti2v_per_frame_timesteps_equal_per_token(tmp_path):
+    """timestep [B, F] (one value per latent frame) == the per-token form diffusers takes."""
+    model, ref = _check(tmp_path, TI2V, batch=2, per_token=True)
+    latents, per_token, text, _ = inputs(TI2V, batch=2, per_token=True)
+    frames = latents.shape[2]
+    per_frame = per_token.view(2, frames, -1)[:, :, 0]  # (B, F)
+    assert torch.equal(per_frame.repeat_interleave(per_token.shape[1] // frames, dim=1), per_token)
+    with torch.no_grad():
+        out = model(latents, per_frame, text)
+        assert rel_err(out, reference_output(ref, latents, per_token, text, None)) <= TOL
+        assert rel_err(out, model(latents, per_token, text)) <= 1e-6

@@ -72,7 +72,8 @@ class WanConditionEmbedder(nn.Module):
 
     ``temb = MLP_silu(sinusoid(t))`` (fp32 weights, result in the model dtype),
     ``temb6 = Linear(silu(temb))`` split into six modulation rows; text tokens go through a
-    GELU-tanh MLP. ``t`` is ``[B]`` or, per token (Wan2.2 TI2V), ``[B, L]``.
+    GELU-tanh MLP. ``t`` is ``[B]``, or ``[B, T]`` with one value per token or per latent frame
+    (Wan2.2 TI2V).
     """
 
     def __init__(self, config: WanConfig) -> None:
@@ -86,10 +87,10 @@ class WanConditionEmbedder(nn.Module):
                                if config.has_image_input else None)
 
     def forward(self, timestep: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None):
-        freq = sinusoidal_embedding(timestep, self.freq_dim)  # (B, F) or (B, L, F), fp32
+        freq = sinusoidal_embedding(timestep, self.freq_dim)  # ([B] or [B, T], freq_dim) fp32
         temb = self.time_embedder(freq.to(self.time_embedder.linear_1.weight.dtype))
-        temb = temb.to(text.dtype)  # (B, D) or (B, L, D)
-        temb6 = self.time_proj(F.silu(temb)).unflatten(-1, (6, -1))  # (B, 6, D) or (B, L, 6, D)
+        temb = temb.to(text.dtype)  # (B, D) or (B, T, D)
+        temb6 = self.time_proj(F.silu(temb)).unflatten(-1, (6, -1))  # (B, 6, D) or (B, T, 6, D)
         text = self.text_embedder(text)  # (B, S, D)
         if image is not None:
             image = self.image_embedder(image)  # (B, S_img, D)
@@ -114,10 +115,10 @@ class WanBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb6: torch.Tensor, text: torch.Tensor,
                 image: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        # x (B, L, D); temb6 (B, 6, D) or per token (B, L, 6, D); text (B, S, D)
-        table = self.scale_shift_table if temb6.dim() == 3 else self.scale_shift_table.unsqueeze(0)
-        mod = table + temb6.float()  # (B, 6, D) or (B, L, 6, D), fp32
-        shift, scale, gate, c_shift, c_scale, c_gate = mod.unbind(-2)  # (B, D) or (B, L, D)
+        # x (B, L, D); temb6 (B, 6, D), or (B, T, 6, D) per token (T = L) or per frame; text (B, S, D)
+        mod = self.scale_shift_table + temb6.float()  # (B, [T,] 6, D) fp32
+        # each (B, 1, D), or (B, T, 1, D): the ops' per-frame mode, per token when T = L
+        shift, scale, gate, c_shift, c_scale, c_gate = mod.split(1, dim=-2)
 
         h = self.norm1(x, shift, scale)  # (B, L, D)
         attn = self.attn1(h, rope=rope)
@@ -136,7 +137,9 @@ class WanTransformer(nn.Module):
     * ``latents``: ``[B, in_channels, T, H, W]`` (I2V: noise and condition channels already
       concatenated); T, H, W divisible by the patch size.
     * ``timestep``: ``[B]`` (or one value), or per token ``[B, L]`` with ``L`` the number of
-      patches (Wan2.2 TI2V holds the first frame at t=0 this way).
+      patches (Wan2.2 TI2V holds the first frame at t=0 this way), or per latent frame
+      ``[B, F]`` (the same result as the per-token form with each frame's value repeated over
+      its tokens, for a fraction of the modulation work).
     * ``text_embeds``: ``[B, S, text_dim]`` (UMT5 states); ``image_embeds``: ``[B, 257,
       image_dim]`` CLIP states for Wan2.1 I2V models (FLF2V: ``[2B, 257, image_dim]``, first
       and last frame of each row), None otherwise.
@@ -181,9 +184,10 @@ class WanTransformer(nn.Module):
         if not isinstance(timestep, torch.Tensor) or not (
                 timestep.dim() == 0 or (timestep.dim() == 1 and timestep.shape[0] in (1, batch))
                 or (timestep.dim() == 2 and timestep.shape[0] in (1, batch)
-                    and timestep.shape[1] == tokens)):
-            raise ValueError(f"WanTransformer: timestep must be [B={batch}] or per token "
-                             f"[B, L={tokens}], got {_shape(timestep)}")
+                    and timestep.shape[1] in (tokens, grid[0]))):
+            raise ValueError(f"WanTransformer: timestep must be [B={batch}], per token "
+                             f"[B, L={tokens}] or per frame [B, F={grid[0]}], got "
+                             f"{_shape(timestep)}")
         if not isinstance(text_embeds, torch.Tensor) or text_embeds.dim() != 3 \
                 or text_embeds.shape[0] != batch or text_embeds.shape[2] != cfg.text_dim:
             raise ValueError(f"WanTransformer: text_embeds must be [B={batch}, S, {cfg.text_dim}], "
@@ -227,11 +231,8 @@ class WanTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, temb6, text, image, rope)
 
-        # output adaLN: (shift, scale) = scale_shift_table + temb, fp32
-        if temb.dim() == 2:
-            shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).unbind(1)  # (B, D)
-        else:
-            shift, scale = (self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).unbind(2)  # (B, L, D)
+        # output adaLN: (shift, scale) = scale_shift_table + temb, fp32, each (B, [T,] 1, D)
+        shift, scale = (self.scale_shift_table + temb.unsqueeze(-2)).split(1, dim=-2)
         x = self.proj_out(self.norm_out(x, shift, scale))  # (B, L, C_out * pt * ph * pw)
         return self.unpatchify(x, (frames, height, width))
 
