@@ -51,9 +51,10 @@ def round_to_fp8_grid(x, MANT: tl.constexpr, EMIN: tl.constexpr):
     e = ((bits >> 23) & 0xFF) - 127
     e = tl.maximum(e, EMIN)
     quantum = ((e - MANT + 127) << 23).to(tl.float32, bitcast=True)
-    z = x / quantum
+    z = tl.abs(x) / quantum
     z = (z + 12582912.0) - 12582912.0  # 1.5 * 2**23: round to nearest even for |z| < 2**22
-    return z * quantum
+    z = z * quantum
+    return tl.where(bits < 0, -z, z)  # the sign bit: -0 and values rounding to zero keep it
 
 
 FP8_GRID = {  # cache dtype -> (mantissa bits, smallest normal exponent)

@@ -80,29 +80,32 @@ def next_pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
-def _warps_for(elements: int) -> int:
-    """Warps for a tile of ``elements`` values: about 16 values (two 16-byte bf16 vectors) per
-    thread up to 2048, then more warps so registers stay bounded (4 for <=2048, 8 for <=8192)."""
-    if elements <= 256:
-        return 1
-    if elements <= 1024:
-        return 2
-    if elements <= 2048:
-        return 4
-    if elements <= 8192:
-        return 8
-    return 16
+def _warp_size() -> int:
+    """Threads per warp: 64 on AMD GPUs (wavefronts), 32 elsewhere (and in the interpreter)."""
+    from fastdit.platforms import current_platform
+
+    return 64 if current_platform().name == "rocm" and not interpreting() else 32
+
+
+def _warps_for(elements: int, per_thread: int = 8, max_warps: int = 32) -> int:
+    """Warps for a tile of ``elements`` values at about ``per_thread`` values per thread (one
+    16-byte bf16 vector), as a power of two in ``[1, max_warps]``."""
+    threads = max(1, elements // per_thread)
+    return max(1, min(max_warps, next_pow2(threads) // _warp_size()))
 
 
 def norm_launch(dim: int) -> tuple[int, int, int]:
     """``(BLOCK_D, num_warps, max_rows_per_program)`` for the row-norm kernels.
 
-    The whole row lives in registers (BLOCK_D = next power of two >= D). A program handles up
-    to ``max_rows`` consecutive rows so that per-batch/per-frame modulation rows (and the norm
-    weight) are loaded once per program instead of once per row.
+    The whole row lives in registers (BLOCK_D = next power of two >= D), 8 values per thread:
+    D=1536 -> 2048 and 8 warps, D=5120 -> 8192 and 32 warps (on sm_90 that keeps every variant
+    at or under ~100 registers and 32+ resident warps per SM, no spills; 8 warps for 8192 needs
+    120-190 registers and leaves 8-16 warps per SM). A program handles up to ``max_rows``
+    consecutive rows (2048 -> 4, 8192 -> 1) so that per-batch/per-frame modulation rows and the
+    norm weight are loaded once per program instead of once per row.
     """
     block = next_pow2(dim)
-    rows = max(1, min(16, 8192 // block))  # 2048 -> 4 rows, 8192 -> 1 row
+    rows = max(1, min(16, 8192 // block))
     return block, _warps_for(block), rows
 
 
@@ -119,7 +122,7 @@ def elementwise_launch(dim: int) -> tuple[int, int, int]:
                 block = candidate
                 break
     rows = max(1, 4096 // block)
-    return block, rows, _warps_for(block * rows)
+    return block, rows, _warps_for(block * rows, per_thread=16, max_warps=8)
 
 
 def rope_launch(tokens: int, heads_q: int, heads_k: int, dim: int) -> tuple[int, int, int, int]:
@@ -140,7 +143,8 @@ def rope_launch(tokens: int, heads_q: int, heads_k: int, dim: int) -> tuple[int,
     bhq, bhk = head_block(heads_q), head_block(heads_k)
     block_t = max(1, min(16, 2048 // (max(bhq, bhk) * block_d)))
     block_t = min(block_t, next_pow2(max(tokens, 1)))
-    return block_t, bhq, bhk, _warps_for(block_t * max(bhq, bhk) * block_d)
+    return block_t, bhq, bhk, _warps_for(block_t * max(bhq, bhk) * block_d, per_thread=16,
+                                         max_warps=8)
 
 
 # ---------------------------------------------------------------------------------------
