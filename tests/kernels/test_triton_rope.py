@@ -179,3 +179,16 @@ def test_supports_args(device):
     assert not S.rope_qk_args(q, k, cos[:4], sin[:4])  # rows != tokens without positions
     assert not S.rope_qk_args(q, k[..., :8], cos, sin)
     assert not S.rope_qk_args(q.double(), k, cos, sin)
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+def test_cache_holds_rounded_k(device, dtype):
+    # a wider cache than k: it must hold k_rot as rounded to k's dtype (what is returned),
+    # not the unrounded fp32 rotation
+    q, k, v, kc, vc, slots, positions, cos_sin = _cache_case(device, dtype, torch.float32)
+    _, k_rot = call_provider("rope_qk_cache_store", "triton", q, k, v, kc, vc, slots, positions,
+                             cos_sin)
+    keep = slots >= 0
+    stored = kc[slots[keep] // kc.shape[1], slots[keep] % kc.shape[1]]
+    assert torch.equal(stored, k_rot[keep].float())
+    assert torch.equal(vc[slots[keep] // kc.shape[1], slots[keep] % kc.shape[1]], v[keep].float())
