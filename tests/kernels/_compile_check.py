@@ -135,7 +135,8 @@ def wan_calls():
         cos = torch.empty(tokens, 64, dtype=torch.float32)
         for interleaved in (True, False):
             calls.append((f"rope_qk_ H={heads} interleaved={interleaved}",
-                          lambda q=q, c=cos, i=interleaved: rope.rope_qk_(q, q, c, c, interleaved=i)))
+                          lambda q=q, c=cos, i=interleaved: rope.rope_qk_(
+                              q, q, c, c, interleaved=i)))
         cache = torch.empty(tokens // 16, 16, heads, 128, dtype=torch.bfloat16)
         fp8 = torch.empty(tokens // 16, 16, heads, 128, dtype=torch.float8_e4m3fn)
         idx = torch.empty(tokens, dtype=torch.int64)

@@ -231,7 +231,8 @@ def test_supports_args_and_fallback(rocm):
         assert not rms_ok(x, t(64, dtype=torch.float32), 1e-6)  # weight dtype must match
         assert not rms_ok(x, w, 1e-6, variance_size=32)
         assert not rms_ok(x, w, 1e-6, residual=t(4, 64, dtype=torch.float32))
-        assert not rms_ok(torch.empty(4, 64, dtype=torch.bfloat16), torch.empty(64, dtype=torch.bfloat16), 1e-6)  # noqa: E501  (CPU)
+        cpu = dict(dtype=torch.bfloat16, device="cpu")
+        assert not rms_ok(torch.empty(4, 64, **cpu), torch.empty(64, **cpu), 1e-6)  # on the CPU
 
         q, k, cos = t(5, 4, 16), t(5, 2, 16), t(5, 8, dtype=torch.float32)
         assert rope_ok(q, k, cos, cos) and rope_ok(t(2, 5, 4, 16), t(2, 5, 2, 16), cos, cos)

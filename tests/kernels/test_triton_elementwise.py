@@ -79,7 +79,8 @@ def test_layouts(device):
     compare("scale_shift", x4, 0.1, rand((), device=device))
     x2 = rand((6, 8), torch.float32, device)
     compare("scale_shift", x2, rand((6, 8), device=device), rand((1, 8), device=device))
-    compare("mul_add", rand((8,), device=device), rand((8,), device=device), rand((8,), device=device))
+    x1 = rand((8,), device=device)
+    compare("mul_add", x1, rand((8,), device=device), rand((8,), device=device))
 
 
 def test_empty(device):

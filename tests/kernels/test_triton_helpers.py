@@ -31,7 +31,8 @@ def tanh_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
     tl.store(y_ptr + offs, K.tanh_f32(x), mask=offs < n)
 
 
-@pytest.mark.parametrize("dtype,limit", ((torch.float8_e4m3fn, 448.0), (torch.float8_e5m2, 57344.0)))
+@pytest.mark.parametrize("dtype,limit", ((torch.float8_e4m3fn, 448.0),
+                                         (torch.float8_e5m2, 57344.0)))
 def test_fp8_rounding_matches_torch(device, dtype, limit):
     g = torch.Generator().manual_seed(1)
     values = [torch.randn(4096, generator=g) * 10.0 ** torch.randint(-6, 3, (4096,), generator=g)]

@@ -10,8 +10,6 @@ plain functions of the shapes so that they can be tuned in one place (see README
 from __future__ import annotations
 
 import numbers
-from typing import Iterable
-
 import torch
 
 from fastdit.config import get_config
@@ -60,7 +58,7 @@ def modulation_ok(value: object, x: torch.Tensor) -> bool:
     """A number, or a float tensor on a usable device that broadcasts against ``x``."""
     if is_number(value):
         return True
-    if not isinstance(value, torch.Tensor) or value.dtype not in FLOAT_DTYPES or not device_ok(value):
+    if not (isinstance(value, torch.Tensor) and value.dtype in FLOAT_DTYPES and device_ok(value)):
         return False
     try:
         C.modulation_layout(value, x.shape)
@@ -78,6 +76,11 @@ def row_ok(x: torch.Tensor) -> bool:
 # ---------------------------------------------------------------------------------------
 def next_pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division (plain Python: ``triton.cdiv`` is a JIT function, slower on the host)."""
+    return -(-a // b)
 
 
 def _warp_size() -> int:
@@ -157,7 +160,8 @@ def _affine_ok(x, weight, bias) -> bool:
 
 
 def _tensor_ok(*values) -> bool:
-    return all(isinstance(v, torch.Tensor) for v in values) and float_ok(*values) and device_ok(*values)
+    return (all(isinstance(v, torch.Tensor) for v in values) and float_ok(*values)
+            and device_ok(*values))
 
 
 def rms_norm_args(x, weight, eps=1e-6, *, residual=None, variance_size=None) -> bool:

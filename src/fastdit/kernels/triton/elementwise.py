@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from fastdit.kernels.triton import _common as K
-from fastdit.kernels.triton._support import elementwise_launch
+from fastdit.kernels.triton._support import cdiv, elementwise_launch, next_pow2
 from fastdit.ops import _checks as C
 
 
@@ -82,13 +82,13 @@ def _fma(x, mul, add, k, out_dtype, add_is_full=False):
     else:
         a = K.pack_modulation(add, x.shape, x3)
     block, rows, warps = elementwise_launch(dim)
-    rows = min(rows, triton.next_power_of_2(n_rows))
+    rows = min(rows, next_pow2(n_rows))
     # hoist a modulation when every tile's rows share its row (tiles never straddle b or a group)
     for mod in (m, a):
         if mod.mode != K.MOD_NUMBER and mod.tpg % rows == 0 and length % rows == 0:
             mod.mode = K.MOD_HOISTED
     k_total = float(k) + (m.value if m.mode == K.MOD_NUMBER else 0.0)
-    grid = (triton.cdiv(n_rows, rows), triton.cdiv(dim, block))
+    grid = (cdiv(n_rows, rows), cdiv(dim, block))
     _fma_kernel[grid](
         x3, *x3.stride(), *a.args(), *m.args(), out, n_rows, length, dim, k_total,
         ADD_MODE=a.mode, MUL_MODE=m.mode, ROWS=rows, BLOCK_D=block, num_warps=warps,

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from fastdit.kernels.triton import _common as K
-from fastdit.kernels.triton._support import norm_launch
+from fastdit.kernels.triton._support import cdiv, next_pow2, norm_launch
 from fastdit.ops import _checks as C
 
 
@@ -156,8 +156,8 @@ def rms_norm(x, weight, eps=1e-6, *, residual=None, variance_size=None):
         r2 = x2 if residual is None else _rows_view(residual)
         w = x2 if weight is None else weight.contiguous()
         block, warps, rows = norm_launch(dim)
-        rows = max(1, min(rows, triton.next_power_of_2(n_rows)))
-        _rms_norm_kernel[(triton.cdiv(n_rows, rows),)](
+        rows = max(1, min(rows, next_pow2(n_rows)))
+        _rms_norm_kernel[(cdiv(n_rows, rows),)](
             x2, x2.stride(0), x2.stride(1), r2, r2.stride(0), r2.stride(1),
             y, y if s is None else s, w,
             n_rows, dim, int(variance_size or dim), float(eps),
@@ -191,7 +191,7 @@ def _norm_modulate(x, residual, gate, shift, scale, weight, bias, eps, norm, tan
     block, warps, max_rows = norm_launch(dim)
     mods = [sc, sh] + ([g] if residual is not None else [])
     rows = K.choose_rows(max_rows, length, mods)
-    _norm_modulate_kernel[(triton.cdiv(n_rows, rows),)](
+    _norm_modulate_kernel[(cdiv(n_rows, rows),)](
         x3, *x3.stride(), r3, *r3.stride(),
         y, y if r is None else r,
         x3 if weight is None else weight.contiguous(), x3 if bias is None else bias.contiguous(),

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from fastdit.kernels.triton import _common as K
-from fastdit.kernels.triton._support import interpreting, next_pow2, rope_launch
+from fastdit.kernels.triton._support import cdiv, interpreting, next_pow2, rope_launch
 
 
 # ---------------------------------------------------------------------------------------
@@ -143,8 +143,10 @@ def _rope_cache_store_kernel(
     i = tl.arange(0, BLOCK_HALF)
     cmask = tmask[:, None] & (i < HALF)[None, :]
     row = cs_ptr + p[:, None] * cs_t
-    cos = tl.load(row + (i * cs_d)[None, :], mask=cmask, other=0.0).to(tl.float32)[:, None, :]
-    sin = tl.load(row + ((i + HALF) * cs_d)[None, :], mask=cmask, other=0.0).to(tl.float32)[:, None, :]
+    cos = tl.load(row + (i * cs_d)[None, :], mask=cmask, other=0.0)
+    sin = tl.load(row + ((i + HALF) * cs_d)[None, :], mask=cmask, other=0.0)
+    cos = cos.to(tl.float32)[:, None, :]  # (BLOCK_T, 1, BLOCK_HALF)
+    sin = sin.to(tl.float32)[:, None, :]
 
     slot = tl.load(slot_ptr + t, mask=tmask, other=-1).to(tl.int64)
     if HAS_SWA:
@@ -229,7 +231,7 @@ def rope_qk_(q, k, cos, sin, *, positions=None, interleaved=True):
     if tokens == 0 or batch == 0 or heads_q + heads_k == 0:
         return q, k
     block_t, bhq, bhk, warps = rope_launch(tokens, heads_q, heads_k, dim)
-    grid = (triton.cdiv(tokens, block_t), batch)
+    grid = (cdiv(tokens, block_t), batch)
     _rope_qk_kernel[grid](
         q4, *q4.stride(), k4, *k4.stride(),
         cos, *cos.stride(), sin, *sin.stride(), q4 if positions is None else positions,
@@ -269,7 +271,7 @@ def rope_qk_cache_store(q, k, v, key_cache, value_cache, slot_mapping, positions
     k_mant, k_emin = K.FP8_GRID.get(key_cache.dtype, (0, 0)) if soft else (0, 0)
     v_mant, v_emin = K.FP8_GRID.get(value_cache.dtype, (0, 0)) if soft else (0, 0)
     block_t, bhq, bhk, warps = rope_launch(tokens, heads_q, heads_k, dim)
-    _rope_cache_store_kernel[(triton.cdiv(tokens, block_t),)](
+    _rope_cache_store_kernel[(cdiv(tokens, block_t),)](
         q, *q.stride(), k, *k.stride(), v, *v.stride(), q_rot, k_rot,
         key_cache, *key_cache.stride(), value_cache, *value_cache.stride(),
         slot_mapping, slot_mapping if swa_slot_mapping is None else swa_slot_mapping,
