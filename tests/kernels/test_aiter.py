@@ -130,8 +130,12 @@ def test_fastdit_import_does_not_import_aiter_or_triton():
 def test_supported_needs_rocm_and_the_library(rocm, monkeypatch):
     assert is_supported(providers("rms_norm")["aiter"])
     assert is_supported(providers("rope_qk_")["aiter"])
-    monkeypatch.setitem(sys.modules, "aiter", None)  # `import aiter` raises ImportError
+    del rocm.rope_cached_2c_fwd_inplace  # an older aiter without the in-place 2-channel rope
     set_config(dataclasses.replace(get_config()))  # new config generation: re-ask supported()
+    assert is_supported(providers("rms_norm")["aiter"])
+    assert not is_supported(providers("rope_qk_")["aiter"])
+    monkeypatch.setitem(sys.modules, "aiter", None)  # `import aiter` raises ImportError
+    set_config(dataclasses.replace(get_config()))
     assert not is_supported(providers("rms_norm")["aiter"])
 
 

@@ -10,15 +10,24 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 ROPE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def supported() -> bool:
-    """ROCm, and ``import aiter`` works (an ImportError reads as "no" in the registry)."""
+def _aiter_has(*names: str) -> bool:
+    """ROCm, ``import aiter`` works (an ImportError reads as "no" in the registry) and this
+    aiter has the functions (older releases lack ``rope_cached_2c_fwd_inplace``)."""
     from fastdit.platforms import current_platform
 
     if current_platform().name != "rocm":
         return False
-    import aiter  # noqa: F401
+    import aiter
 
-    return True
+    return all(callable(getattr(aiter, name, None)) for name in names)
+
+
+def rms_norm_supported() -> bool:
+    return _aiter_has("rmsnorm2d_fwd", "rmsnorm2d_fwd_with_add")
+
+
+def rope_qk_supported() -> bool:
+    return _aiter_has("rope_cached_2c_fwd_inplace")
 
 
 def _on_gpu(*values) -> bool:
