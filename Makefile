@@ -13,8 +13,11 @@ install:
 install-test:
 	@scripts/install.sh test
 
+# A tiny random model makes noise: the demo shows the whole path (prompt -> mp4) in seconds on a CPU.
 demo: install
-	$(PY) -m fastdit ops
+	$(PY) -m fastdit make-tiny-model $(DEMO_DIR)/tiny-wan
+	$(PY) -m fastdit generate --model $(DEMO_DIR)/tiny-wan --prompt "a red fox running through snow" \
+		--output $(DEMO_DIR)/demo.mp4
 
 test: install-test
 	$(PY) -m pytest -q tests

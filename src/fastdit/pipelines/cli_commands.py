@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from fastdit.cli import UsageError
+from fastdit.pipelines.result import _umask
 
 log = logging.getLogger("fastdit")
 
@@ -211,6 +212,7 @@ def _cli_words(message: str) -> str:
 def _save_frames_atomically(result, frames_dir: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{frames_dir.name}.partial-", dir=frames_dir.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())
         result.save_frames(tmp)
         if frames_dir.exists():
             for old in frames_dir.glob("frame_*.png"):

@@ -21,7 +21,14 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 def _partial_path(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the video gets the usual mode
     return Path(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16, quality: float = 8) -> Path:

@@ -318,6 +318,8 @@ def inspect_model(path: str | os.PathLike, check_files: bool = True) -> ModelSpe
                      boundary_ratio=boundary, expand_timesteps=expand, param_counts=param_counts)
     spec.name = recognise(spec, str(path))
     spec.defaults = _defaults_for(spec)
+    if spec.name is None and (root / DEFAULTS_FILE).is_file():
+        spec.name = read_json(root / DEFAULTS_FILE).get("name") or None
     return spec
 
 

@@ -166,7 +166,7 @@ def make_tiny_model(directory: str | os.PathLike, task: str = "t2v", seed: int =
         _amplify_decoder(vae)
     directory.mkdir(parents=True, exist_ok=True)
     _quiet_save(pipe, directory)
-    defaults = dict(TINY_DEFAULTS)
+    defaults = {"name": "tiny random Wan", **TINY_DEFAULTS}
     if task in ("a14b", "i2v-a14b"):
         defaults["guidance_scale_2"] = 4.0
     if task == "ti2v":
