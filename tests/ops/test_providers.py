@@ -164,6 +164,15 @@ def cache_store_cases():
     return cases
 
 
+def linear_gelu_cases():
+    cases = []
+    for dtype in DTYPES:
+        def build(dtype=dtype):
+            return (rand((2, 5, 64), dtype), rand((96, 64), dtype, 0.1), rand((96,), dtype)), {}
+        cases.append(Case(f"{str(dtype)[6:]}", build, dtype))
+    return cases
+
+
 CASES = {
     "rms_norm": rms_norm_cases(),
     "layer_norm_scale_shift": norm_cases("layer_norm_scale_shift"),
@@ -173,6 +182,7 @@ CASES = {
     "scale_shift": elementwise_cases("scale_shift"),
     "rope_qk_": rope_cases(),
     "rope_qk_cache_store": cache_store_cases(),
+    "linear_gelu_tanh": linear_gelu_cases(),
 }
 LIGHT_PROVIDERS = {"compiled"}
 

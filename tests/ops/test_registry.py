@@ -95,7 +95,7 @@ def test_provider_table_lists_every_op():
     rows = {row["op"]: row for row in ops.provider_table()}
     assert set(rows) >= {"rms_norm", "layer_norm_scale_shift", "scale_residual_norm_scale_shift",
                          "norm_tanh_mul_add", "mul_add", "scale_shift", "rope_qk_",
-                         "rope_qk_cache_store", "attention"}
+                         "rope_qk_cache_store", "attention", "linear_gelu_tanh"}
     for op, row in rows.items():
         assert row["chosen"] in row["available"], op
         assert ("sdpa" if op == "attention" else "native") in row["available"]
@@ -146,6 +146,9 @@ BAD_CALLS = [
         torch.randn(9, 8)), "key_cache must be"),
     ("attention", lambda: ops.attention(torch.randn(1, 4, 3, 8), torch.randn(1, 4, 2, 8),
                                         torch.randn(1, 4, 2, 8)), "not a multiple"),
+    ("linear_gelu_tanh", lambda: ops.linear_gelu_tanh(torch.randn(2, 8), torch.randn(4, 7)), "weight must be"),
+    ("linear_gelu_tanh", lambda: ops.linear_gelu_tanh(torch.randn(2, 8), torch.randn(4, 8),
+                                                      torch.randn(5)), "bias must be"),
     ("attention", lambda: ops.attention(torch.randn(4, 3, 8), torch.randn(4, 3, 8),
                                         torch.randn(4, 3, 8)), "dimension"),
 ]

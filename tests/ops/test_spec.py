@@ -221,3 +221,14 @@ def test_attention_native_matches_sdpa_gqa_and_causal():
     torch.testing.assert_close(call_provider("attention", "native", qc, kc, vc, causal=True), ref_c,
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ops.attention(qc, kc, vc, causal=True), ref_c, atol=1e-5, rtol=1e-5)
+
+
+def gelu_tanh64(u):
+    return 0.5 * u * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (u + 0.044715 * u**3)))
+
+
+def test_linear_gelu_tanh_spec():
+    x, w, b = rand((2, 3, 16)), rand((24, 16)), rand((24,))
+    close64(ops.linear_gelu_tanh(x, w, b), gelu_tanh64(x.double() @ w.double().T + b.double()),
+            torch.float32)
+    close64(ops.linear_gelu_tanh(x, w), gelu_tanh64(x.double() @ w.double().T), torch.float32)

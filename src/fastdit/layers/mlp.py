@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastdit import ops
+
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -46,7 +48,12 @@ class FeedForward(nn.Module):
                                   nn.Linear(inner_dim, dim_out or dim)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net[2](self.act(self.net[0].proj(x)))  # (..., dim) -> (..., inner) -> (..., dim_out)
+        if self.activation == "gelu_tanh":  # fused product + activation where a provider has one
+            proj = self.net[0].proj
+            hidden = ops.linear_gelu_tanh(x, proj.weight, proj.bias)  # (..., inner)
+        else:
+            hidden = self.act(self.net[0].proj(x))  # (..., inner)
+        return self.net[2](hidden)  # (..., dim_out)
 
     def extra_repr(self) -> str:
         return f"activation={self.activation}"

@@ -12,6 +12,7 @@ _SPEC = {
     "rope_qk_": "fastdit.ops.rope:rope_qk_native",
     "rope_qk_cache_store": "fastdit.ops.rope:rope_qk_cache_store_native",
     "attention": "fastdit.ops.attention:attention_native",
+    "linear_gelu_tanh": "fastdit.ops.linear:linear_gelu_tanh_native",
 }
 
 for _op, _impl in _SPEC.items():

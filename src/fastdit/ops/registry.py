@@ -36,6 +36,7 @@ PROVIDER_MODULES = (
     "fastdit.kernels.compiled",
     "fastdit.kernels.aiter",
     "fastdit.kernels.attention",
+    "fastdit.kernels.cublaslt",
 )
 
 
