@@ -34,6 +34,7 @@ class Case:
     name: str
     make: Callable[[], tuple[tuple, dict]]
     nbytes: int
+    flops: int = 0  # matrix products: reported as TFLOP/s too
 
 
 def nbytes(*tensors) -> int:
@@ -96,6 +97,17 @@ def cache_cases() -> list[Case]:
                  lambda: ((q, k, v, kc, vc, slots, positions, cos_sin), {}), moved)]
 
 
+def linear_cases() -> list[Case]:
+    """The Wan FFN's first product + GELU (1.3B and 14B widths)."""
+    cases = []
+    for dim, ffn in ((1536, 8960), (5120, 13824)):
+        x, w, b = _rand(TOKENS, dim), _rand(ffn, dim) * 0.02, _rand(ffn)
+        cases.append(Case("linear_gelu_tanh", f"[{TOKENS}, {dim}] x [{ffn}, {dim}]",
+                          lambda x=x, w=w, b=b: ((x, w, b), {}), nbytes(x, w, b) + TOKENS * ffn * 2,
+                          flops=2 * TOKENS * dim * ffn))
+    return cases
+
+
 def two_step_cache_store(q, k, v, kc, vc, slots, positions, cos_sin):
     """Baseline: rotate q and k with rope_qk_ (its chosen provider), then scatter with torch."""
     import fastdit.ops as ops
@@ -107,6 +119,30 @@ def two_step_cache_store(q, k, v, kc, vc, slots, positions, cos_sin):
     kc.view(-1, *kc.shape[2:])[slots] = k_rot
     vc.view(-1, *vc.shape[2:])[slots] = v
     return q_rot, k_rot
+
+
+def _diffusers_adaln(x, shift, scale, eps=1e-6):
+    """diffusers' Wan formulation: ``(FP32LayerNorm(x.float()) * (1 + scale) + shift).type_as(x)``."""
+    y = torch.nn.functional.layer_norm(x.float(), (x.shape[-1],), eps=eps)
+    return (y * (1 + scale) + shift).type_as(x)
+
+
+def _diffusers_residual_adaln(residual, x, gate, shift, scale, weight=None, bias=None, eps=1e-6):
+    """diffusers' Wan formulation of the gated residual followed by norm2 and modulation."""
+    r = (residual.float() + x.float() * gate).type_as(residual)
+    y = torch.nn.functional.layer_norm(r.float(), (r.shape[-1],), weight, bias, eps)
+    return (y * (1 + scale) + shift).type_as(x), r
+
+
+_DIFFUSERS_STYLE = {"layer_norm_scale_shift": _diffusers_adaln,
+                    "scale_residual_norm_scale_shift": _diffusers_residual_adaln}
+_compiled_baselines: dict = {}
+
+
+def diffusers_style_compiled(op: str):
+    if op not in _compiled_baselines:
+        _compiled_baselines[op] = torch.compile(_DIFFUSERS_STYLE[op], fullgraph=True)
+    return _compiled_baselines[op]
 
 
 def copy_bandwidth() -> float:
@@ -132,12 +168,16 @@ def bench_case(case: Case) -> list[dict]:
     if case.op == "rms_norm" and "residual" not in kwargs:
         timers["torch F.rms_norm"] = lambda: torch.nn.functional.rms_norm(
             args[0], (args[0].shape[-1],), args[1], args[2])
+    if case.op in _DIFFUSERS_STYLE:
+        fn = diffusers_style_compiled(case.op)
+        kw = {k: v for k, v in kwargs.items() if k != "norm"}
+        timers["torch.compile (diffusers formulation)"] = lambda: fn(*args, **kw)
     chosen = resolve(case.op, *args, **kwargs).name
     for label, fn in timers.items():
         ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
         rows.append({"op": case.op, "case": case.name, "provider": label, "ms": ms,
                      "tb_s": case.nbytes / (ms * 1e-3) / 1e12, "chosen": label == chosen,
-                     "bytes": case.nbytes})
+                     "bytes": case.nbytes, "tflops": case.flops / (ms * 1e-3) / 1e12})
     return rows
 
 
@@ -171,7 +211,7 @@ def main(argv=None) -> int:
         print("benchmarks/ops.py needs a GPU", file=sys.stderr)
         return 2
     wanted = set(filter(None, args.ops.split(",")))
-    cases = [c for c in norm_cases() + rope_cases() + cache_cases() if not wanted or c.op in wanted]
+    cases = [c for c in norm_cases() + rope_cases() + cache_cases() + linear_cases() if not wanted or c.op in wanted]
     result = {"env": environment(), "copy_tb_s": copy_bandwidth(), "rows": [], "checks": [],
               "priority": {c.op: [p.name for p in priority(c.op)] for c in cases}}
     for case in cases:
