@@ -56,7 +56,8 @@ def test_tanh(device):
     tanh_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), BLOCK=1024)
     expected = torch.tanh(x.double())
     err = (y.double() - expected).abs() / expected.abs().clamp(min=1e-30)
-    assert err.max().item() < 1e-6, x[err.argmax()].item()
+    # exact fp32 exp/division in the interpreter; approximate (a few ulp) on a GPU
+    assert err.max().item() < (1e-6 if device == "cpu" else 4e-6), x[err.argmax()].item()
 
 
 def test_launch_tables():
