@@ -123,6 +123,29 @@ class ModelSpec:
     def latent_channels(self) -> int:
         return int(self.vae_config.get("z_dim", 16))
 
+    @classmethod
+    def from_configs(cls, transformer_config: dict[str, Any], vae_config: dict[str, Any],
+                     scheduler_config: dict[str, Any], *, pipeline_class: str = "WanPipeline",
+                     boundary_ratio: float | None = None, expand_timesteps: bool = False,
+                     name: str | None = None, root: str | os.PathLike = "<in memory>") -> "ModelSpec":
+        """A spec for components built in memory (benchmarks, tests): no folder behind it."""
+        if pipeline_class not in PIPELINE_CLASSES:
+            raise ValueError(f"pipeline_class must be one of {PIPELINE_CLASSES}, got {pipeline_class!r}")
+        has = ("diffusers", "WanTransformer3DModel")
+        components = {"tokenizer": ("transformers", "T5TokenizerFast"),
+                      "text_encoder": ("transformers", "UMT5EncoderModel"),
+                      "vae": ("diffusers", "AutoencoderKLWan"),
+                      "scheduler": ("diffusers", "UniPCMultistepScheduler"), "transformer": has,
+                      "transformer_2": has if boundary_ratio is not None else None}
+        kind = "i2v" if pipeline_class == "WanImageToVideoPipeline" else "t2v"
+        task = f"{kind}-a14b" if boundary_ratio is not None else ("ti2v" if expand_timesteps else kind)
+        spec = cls(root=Path(root), pipeline_class=pipeline_class, task=task, components=components,
+                   transformer_config=dict(transformer_config), vae_config=dict(vae_config),
+                   scheduler_config=dict(scheduler_config), boundary_ratio=boundary_ratio,
+                   expand_timesteps=expand_timesteps, name=name)
+        spec.defaults = KNOWN_MODELS.get(name or "", ModelDefaults())
+        return spec
+
     def describe(self) -> str:
         return f"{self.name or 'unrecognised Wan model'} ({self.task}) at {self.root}"
 

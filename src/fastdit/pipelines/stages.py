@@ -212,9 +212,14 @@ def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts:
     # Text (and image tokens) for the batch of 2, built once.
     cfg_text = torch.cat([text_embeds, negative_embeds]) if negative_embeds is not None else None
     cfg_image = torch.cat([image_embeds, image_embeds]) if image_embeds is not None else None
+    # which expert runs each step, decided once on the host (no device sync inside the loop)
+    if boundary_timestep is None:
+        plan = [0] * len(timesteps)
+    else:
+        plan = [0 if float(t) >= boundary_timestep else 1 for t in timesteps.cpu()]
     current = -1
     for i, t in enumerate(timesteps):
-        index = 0 if boundary_timestep is None or t >= boundary_timestep else 1
+        index = plan[i]
         if index != current:
             if on_expert is not None:
                 on_expert(index)

@@ -254,8 +254,10 @@ class WanVideoPipeline:
 
         with _loading(spec, "tokenizer"):
             tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
+        place = {} if home.type == "cpu" else {"device_map": {"": home}}  # straight to the GPU
         with _loading(spec, "text_encoder"):
-            text_encoder = UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder", **_dtype_kw(dtype))
+            text_encoder = UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder", **_dtype_kw(dtype),
+                                                            **place)
             text_encoder.to(home).eval()
         image_encoder = image_processor = None
         if spec.has_clip:
@@ -268,7 +270,8 @@ class WanVideoPipeline:
                 processor_cls = getattr(transformers, entry[1], transformers.CLIPImageProcessor)
                 image_processor = processor_cls.from_pretrained(root, subfolder="image_processor")
             with _loading(spec, "image_encoder"):
-                image_encoder = CLIPVisionModel.from_pretrained(root, subfolder="image_encoder", **_dtype_kw(dtype))
+                image_encoder = CLIPVisionModel.from_pretrained(root, subfolder="image_encoder", **_dtype_kw(dtype),
+                                                                **place)
                 image_encoder.to(home).eval()
         with _loading(spec, "vae"):
             from diffusers import AutoencoderKLWan
