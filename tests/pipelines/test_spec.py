@@ -208,3 +208,19 @@ def test_request_defaults(tiny_model):
     assert req.guidance_scale_2 == 2.5  # as diffusers: guidance_scale_2 follows guidance_scale
     assert resolve_request(spec, guidance_scale=2.5, guidance_scale_2=1.0).guidance_scale_2 == 1.0
     assert resolve_request(inspect_model(tiny_model("ti2v")), has_image=True).num_frames == 9
+
+
+def test_choose_offload(tiny_model):
+    """Wan2.2 A14B in bf16 (UMT5 5.7B + two 14.3B experts): everything fits on an H200, the idle
+    expert goes to CPU memory on an H100, everything idle on a 24 GB card."""
+    import torch
+
+    from fastdit.pipelines.wan import choose_offload
+
+    spec = inspect_model(tiny_model("a14b"))
+    spec.param_counts = {"text_encoder": 5_700_000_000, "vae": 127_000_000, "transformer": 14_300_000_000,
+                         "transformer_2": 14_300_000_000}
+    assert choose_offload(spec, torch.bfloat16, 140 * 2**30) == "none"
+    assert choose_offload(spec, torch.bfloat16, 79 * 2**30) == "experts"
+    assert choose_offload(spec, torch.bfloat16, 24 * 2**30) == "model"
+    assert choose_offload(spec, torch.float32, 140 * 2**30) == "experts"

@@ -464,6 +464,13 @@ def _auto_offload(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
         free, _total = backend.mem_get_info(device)
     except Exception:
         return "none"
+    return choose_offload(spec, dtype, free)
+
+
+def choose_offload(spec: ModelSpec, dtype: torch.dtype, free_bytes: int) -> str:
+    """'none' if all weights fit in 3/4 of ``free_bytes`` (the rest is for activations and the
+    VAE), else 'experts' if dropping the idle Wan2.2 expert is enough, else 'model'."""
+    free = free_bytes
     if not spec.param_counts:
         return "none"
     width = torch.finfo(dtype).bits // 8

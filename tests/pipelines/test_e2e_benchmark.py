@@ -1,0 +1,24 @@
+"""benchmarks/e2e.py runs (toy sizes, CPU) and writes its JSON; fastdit's frames equal diffusers'."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e.py"
+
+
+def test_e2e_benchmark_tiny(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("e2e_benchmark", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "e2e.json"
+    assert module.main(["--tiny", "--impls", "fastdit,diffusers-eager", "--out", str(out),
+                        "--markdown", str(tmp_path / "e2e.md")]) == 0
+    result = json.loads(out.read_text())
+    assert [r["impl"] for r in result["runs"]] == ["fastdit", "diffusers-eager"]
+    for run in result["runs"]:
+        assert set(run["stages"]) >= {"text", "denoise", "decode", "total", "per_step"}
+        assert run["stages"]["total"] > 0
+    assert result["runs"][1]["frames_vs_fastdit"]["max_abs"] < 1e-4
+    assert "total_vs_diffusers-eager" in result["ratios"]
+    assert "| fastdit |" in (tmp_path / "e2e.md").read_text()
