@@ -178,10 +178,11 @@ def encode_image_condition(vae, video_processor, image, latents: torch.Tensor, n
 # ---------------------------------------------------------------------------------------
 @dataclass
 class Expert:
-    """One transformer and the guidance scale it runs with."""
+    """One transformer and the guidance scale it runs with (``guided``: cond + uncond)."""
 
     model: Callable[..., torch.Tensor]
     guidance_scale: float
+    guided: bool = True
 
 
 @torch.no_grad()
@@ -195,8 +196,9 @@ def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts:
     """The denoising loop; returns the final latents (fp32, first frame restored for TI2V).
 
     ``experts[0]`` runs for ``t >= boundary_timestep`` (or always), ``experts[1]`` below.
-    With guidance (the expert's scale > 1) cond and uncond run as ONE batch of 2:
-    ``noise = uncond + g * (cond - uncond)``. ``on_expert(i)`` is called before expert i first runs.
+    A guided expert runs cond and uncond as ONE batch of 2: ``noise = uncond + g * (cond - uncond)``;
+    an unguided one runs the prompt alone (batch 1). ``on_expert(i)`` is called before expert i
+    first runs.
     """
     scheduler.set_timesteps(num_inference_steps, device=latents.device)
     timesteps = scheduler.timesteps
@@ -238,8 +240,7 @@ def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts:
         else:
             ts = t.expand(batch)  # (B,)
 
-        guided = expert.guidance_scale > 1.0 and cfg_text is not None
-        if guided:
+        if expert.guided and cfg_text is not None:
             out = expert.model(torch.cat([x, x]), torch.cat([ts, ts]), cfg_text, cfg_image)
             noise_cond, noise_uncond = out.chunk(2)
             noise = noise_uncond + expert.guidance_scale * (noise_cond - noise_uncond)

@@ -364,8 +364,12 @@ class WanVideoPipeline:
         timings: dict[str, float] = {}
         clock = _StageClock(platform, timings)
         spec, device, dtype = self.spec, self.device, self.dtype
-        scales = [req.guidance_scale] + ([req.guidance_scale_2] if req.guidance_scale_2 is not None else [])
-        guided = any(g > 1.0 for g in scales)
+        # As diffusers: guidance is on when guidance_scale > 1, and then every expert applies its own
+        # scale (an expert whose scale is exactly 1 runs the prompt alone: the same math, half the work).
+        guided = req.guidance_scale > 1.0
+        if not guided and (req.guidance_scale_2 or 0.0) > 1.0:
+            log.warning("guidance_scale <= 1 turns guidance off for both experts (as in diffusers); "
+                        "guidance_scale_2=%s is not used", req.guidance_scale_2)
 
         with clock("text"), self._on_device(self.text_encoder):
             prompts = [prompt] + ([negative_prompt or ""] if guided else [])
@@ -389,10 +393,11 @@ class WanVideoPipeline:
                     self.vae, self.video_processor, pil_image, latents, req.num_frames, req.height,
                     req.width, spec.vae_stride_temporal, spec.expand_timesteps)
 
-        experts = [stages.Expert(self.transformer, req.guidance_scale)]
+        experts = [stages.Expert(self.transformer, req.guidance_scale, guided)]
         boundary = None
         if spec.two_experts:
-            experts.append(stages.Expert(self.transformer_2, req.guidance_scale_2))
+            experts.append(stages.Expert(self.transformer_2, req.guidance_scale_2,
+                                         guided and req.guidance_scale_2 != 1.0))
             boundary = spec.boundary_ratio * self.scheduler.config.num_train_timesteps
         bar = _progress_bar(req.num_inference_steps) if progress else None
 
