@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -183,10 +184,6 @@ def default_device() -> torch.device:
     from fastdit.platforms import current_platform
 
     return current_platform().device()
-
-
-def _module_bytes(module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters()) if module is not None else 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -359,6 +356,8 @@ class WanVideoPipeline:
                 raise InputError(f"cannot read image {image if isinstance(image, (str, os.PathLike)) else ''}: "
                                  f"{_first_line(exc)}".replace("image : ", "image: ")) from None
 
+        if seed is None:  # a random seed, recorded in the result so the video can be made again
+            seed = random.SystemRandom().randrange(2**63)
         platform = current_platform()
         platform.reset_peak_memory()
         timings: dict[str, float] = {}
