@@ -87,14 +87,15 @@ def _call(op, x, scale, shift, gate=1, weight=None, bias=None, norm="layer", res
     return compare(op, residual, x, gate, shift, scale, **kw)
 
 
-# (scale, shift, gate) shapes for x [B=2, L=8, D]: the kernel takes up to 16 rows per program
-# for small D, so per-batch and per-frame modulations are hoisted (loaded once per program)
-# while per-token ones are loaded per row in the same program.
+# (scale, shift, gate) shapes for x [B=2, L=8, D=1536]: the kernel normalises tiles of 4 rows,
+# so per-batch modulations and frames of 4 tokens are hoisted (loaded once per tile), frames of
+# 2 tokens and per-token modulations are loaded row by row in the same tile.
+D = 1536
 MIXES = {
-    "hoisted+per_token": ((2, 1, 8), (2, 8, 8), (8,)),
-    "frames4+per_token": ((2, 4, 1, 8), (2, 8, 8), (2, 4, 1, 8)),
-    "frames2+2d": ((2, 2, 1, 8), (2, 8), ()),
-    "per_token_all": ((2, 8, 8), (2, 8, 8), (2, 8, 8)),
+    "batch+token+channel": ((2, 1, D), (2, 8, D), (D,)),
+    "frames2+token+frames4": ((2, 4, 1, D), (2, 8, D), (2, 2, 1, D)),
+    "frames4+2d+0d": ((2, 2, 1, D), (2, D), ()),
+    "token_all": ((2, 8, D), (2, 8, D), (2, 8, D)),
     "last_dim_1": ((2, 1, 1), (2, 8, 1), (1,)),
     "numbers": (None, None, None),
 }
@@ -106,14 +107,29 @@ def _mod(shape, dtype, device):
     return rand(shape, dtype, device, scale=0.5)
 
 
+def test_mixes_use_both_load_modes():
+    from fastdit.kernels.triton import _common as K
+
+    x = torch.empty(2, 8, D)
+    rows = S.norm_launch(D, 16)[2]
+    assert rows == 4
+    modes = {}
+    for shape in ((2, 1, D), (D,), (2, 2, 1, D), (2, 4, 1, D), (2, 8, D)):
+        m = K.pack_modulation(torch.empty(shape), x.shape, x)
+        K.mark_hoisted(rows, 8, [m])
+        modes[shape] = m.mode
+    assert modes == {(2, 1, D): K.MOD_HOISTED, (D,): K.MOD_HOISTED, (2, 2, 1, D): K.MOD_HOISTED,
+                     (2, 4, 1, D): K.MOD_PER_ROW, (2, 8, D): K.MOD_PER_ROW}
+
+
 @pytest.mark.parametrize("mix", MIXES)
 @pytest.mark.parametrize("op", NORM_OPS)
 def test_modulation_mixes(device, op, mix):
     scale_shape, shift_shape, gate_shape = MIXES[mix]
-    x = rand((2, 8, 8), torch.float32, device)
+    x = rand((2, 8, D), torch.float32, device)
     _call(op, x, _mod(scale_shape, torch.float32, device), _mod(shift_shape, torch.float32, device),
-          gate=_mod(gate_shape, torch.float32, device), weight=rand((8,), device=device),
-          bias=rand((8,), device=device))
+          gate=_mod(gate_shape, torch.float32, device), weight=rand((D,), device=device),
+          bias=rand((D,), device=device))
 
 
 @pytest.mark.parametrize("norm", ("layer", "rms"))

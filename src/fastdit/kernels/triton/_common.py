@@ -13,17 +13,28 @@ from fastdit.ops import _checks as C
 
 # Modulation modes (constexpr): how a kernel gets the scale/shift/gate value of a row.
 MOD_NUMBER = 0  # a Python number, passed as a scalar
-MOD_HOISTED = 1  # a tensor whose row is the same for all rows of a program: loaded once
-MOD_PER_ROW = 2  # a tensor loaded for every row (per-token modulation, or unaligned groups)
+MOD_HOISTED = 1  # a tensor whose row is the same for all rows of a tile: loaded once
+MOD_PER_ROW = 2  # a tensor loaded row by row (per-token modulation, or unaligned groups)
 
 
 @triton.jit
-def load_mod_row(ptr, sb, sg, sd, tpg, row, L, cols, cmask):
-    """Row ``row`` of a modulation laid out as ``[Bm, G, D]`` (see ``_checks.modulation_layout``),
-    as fp32; ``row`` indexes x seen as ``[B*L, D]``."""
-    b = (row // L).to(tl.int64)
-    g = ((row % L) // tpg).to(tl.int64)
-    return tl.load(ptr + b * sb + g * sg + cols * sd, mask=cmask, other=0.0).to(tl.float32)
+def load_mod_tile(ptr, sb, sg, sd, tpg, row0, rows, L, cols, cmask, mask, MODE: tl.constexpr):
+    """A modulation laid out as ``[Bm, G, D]`` (see ``_checks.modulation_layout``) over a tile of
+    rows ``rows`` (of x seen as ``[B*L, D]``) and columns ``cols``, as fp32.
+
+    MODE 1: every row of the tile uses the row of ``row0``: loaded once, ``[1, BLOCK_D]``.
+    MODE 2: a row per row, ``[ROWS, BLOCK_D]``.
+    """
+    if MODE == 1:
+        b0 = (row0 // L).to(tl.int64)
+        g0 = ((row0 % L) // tpg).to(tl.int64)
+        v = tl.load(ptr + b0 * sb + g0 * sg + cols * sd, mask=cmask, other=0.0)
+        return v.to(tl.float32)[None, :]
+    else:
+        b = (rows // L).to(tl.int64)
+        g = ((rows % L) // tpg).to(tl.int64)
+        v = tl.load(ptr + (b * sb + g * sg)[:, None] + (cols * sd)[None, :], mask=mask, other=0.0)
+        return v.to(tl.float32)
 
 
 @triton.jit
@@ -80,7 +91,7 @@ class ModArgs:
 def pack_modulation(value, x_shape, dummy: torch.Tensor, number=None) -> ModArgs:
     """Pack ``value`` (number or tensor) for a kernel; ``number(v)`` maps a Python number to the
     scalar the kernel uses (e.g. ``1 + v``). The mode is MOD_NUMBER or MOD_PER_ROW here;
-    :func:`choose_rows` upgrades aligned modulations to MOD_HOISTED."""
+    :func:`mark_hoisted` upgrades aligned modulations to MOD_HOISTED."""
     layout, per_group = C.modulation_layout(value, x_shape)
     if not isinstance(layout, torch.Tensor):
         scalar = float(layout) if number is None else float(number(float(layout)))
@@ -89,22 +100,14 @@ def pack_modulation(value, x_shape, dummy: torch.Tensor, number=None) -> ModArgs
     return ModArgs(layout, sb, sg, sd, max(int(per_group), 1), 0.0, MOD_PER_ROW)
 
 
-def choose_rows(max_rows: int, length: int, mods) -> int:
-    """Rows per program, and mark tensor modulations constant over a program as hoisted.
-
-    A program handles rows ``[p*R, (p+1)*R)``; R is the largest power of two <= ``max_rows``
-    dividing L and the group size of every per-batch/per-frame modulation, so such a block
-    never straddles a batch row or a frame. Per-token modulations (1 token per group) stay
-    per-row and do not constrain R.
-    """
-    groups = [m.tpg for m in mods if m.mode != MOD_NUMBER and m.tpg > 1]
-    rows = max_rows
-    while rows > 1 and (length % rows or any(g % rows for g in groups)):
-        rows //= 2
+def mark_hoisted(rows: int, length: int, mods) -> None:
+    """Mark the tensor modulations whose row is the same for every row of every tile as
+    hoisted (loaded once per tile). Tiles are ``[p*rows, (p+1)*rows)``: when ``rows`` divides
+    L and the modulation's group size (tokens per frame, or L), no tile straddles a batch row
+    or a group. Per-token modulations (1 token per group) stay per-row unless rows == 1."""
     for m in mods:
         if m.mode != MOD_NUMBER and m.tpg % rows == 0 and length % rows == 0:
             m.mode = MOD_HOISTED
-    return rows
 
 
 def torch_dtype_to_triton_fp8(dtype: torch.dtype):

@@ -97,19 +97,23 @@ def _warps_for(elements: int, per_thread: int = 8, max_warps: int = 32) -> int:
     return max(1, min(max_warps, next_pow2(threads) // _warp_size()))
 
 
-def norm_launch(dim: int) -> tuple[int, int, int]:
-    """``(BLOCK_D, num_warps, max_rows_per_program)`` for the row-norm kernels.
+def norm_launch(dim: int, n_rows: int | None = None) -> tuple[int, int, int]:
+    """``(BLOCK_D, num_warps, ROWS)`` for the row-norm kernels: a program normalises a
+    ``[ROWS, BLOCK_D]`` tile of whole rows (BLOCK_D = next power of two >= D).
 
-    The whole row lives in registers (BLOCK_D = next power of two >= D), 8 values per thread:
-    D=1536 -> 2048 and 8 warps, D=5120 -> 8192 and 32 warps (on sm_90 that keeps every variant
-    at or under ~100 registers and 32+ resident warps per SM, no spills; 8 warps for 8192 needs
-    120-190 registers and leaves 8-16 warps per SM). A program handles up to ``max_rows``
-    consecutive rows (2048 -> 4, 8192 -> 1) so that per-batch/per-frame modulation rows and the
-    norm weight are loaded once per program instead of once per row.
+    Tiles of 8192 values at 16 values per thread (16 warps on CUDA) while a row fits:
+    D=1536 -> 4 rows of 2048; wider rows take one row at 8 values per thread, up to 32 warps:
+    D=5120 -> 1 row of 8192, 32 warps. Compiled for sm_90 these keep every variant at <= 64
+    registers and 32-64 resident warps per SM without spills (8 warps for 8192 would need
+    120-190 registers). ROWS shrinks for small inputs (``n_rows``).
     """
     block = next_pow2(dim)
-    rows = max(1, min(16, 8192 // block))
-    return block, _warps_for(block), rows
+    if block < 8192:
+        rows = min(64, 8192 // block)
+        if n_rows is not None:
+            rows = max(1, min(rows, next_pow2(n_rows)))
+        return block, _warps_for(rows * block, per_thread=16), rows
+    return block, _warps_for(block, per_thread=8), 1
 
 
 def elementwise_launch(dim: int) -> tuple[int, int, int]:

@@ -22,21 +22,6 @@ from fastdit.ops import _checks as C
 
 
 @triton.jit
-def _tile_mod(ptr, sb, sg, sd, tpg, row0, rows, L, cols, cmask, mask, MODE: tl.constexpr):
-    """A modulation over a tile: ``[1, BLOCK_D]`` when hoisted, ``[ROWS, BLOCK_D]`` per row."""
-    if MODE == 1:
-        b0 = (row0 // L).to(tl.int64)
-        g0 = ((row0 % L) // tpg).to(tl.int64)
-        v = tl.load(ptr + b0 * sb + g0 * sg + cols * sd, mask=cmask, other=0.0)
-        return v.to(tl.float32)[None, :]
-    else:
-        b = (rows // L).to(tl.int64)
-        g = ((rows % L) // tpg).to(tl.int64)
-        v = tl.load(ptr + (b * sb + g * sg)[:, None] + (cols * sd)[None, :], mask=mask, other=0.0)
-        return v.to(tl.float32)
-
-
-@triton.jit
 def _fma_kernel(
     x_ptr, sxb, sxl, sxd,
     a_ptr, a_sb, a_sg, a_sd, a_tpg, a_val,
@@ -58,12 +43,12 @@ def _fma_kernel(
     if MUL_MODE == 0:
         y = x * k
     else:
-        y = x * (k + _tile_mod(m_ptr, m_sb, m_sg, m_sd, m_tpg, row0, rows, L, cols, cmask, mask,
+        y = x * (k + K.load_mod_tile(m_ptr, m_sb, m_sg, m_sd, m_tpg, row0, rows, L, cols, cmask, mask,
                                MUL_MODE))
     if ADD_MODE == 0:
         y = a_val + y
     else:
-        y = _tile_mod(a_ptr, a_sb, a_sg, a_sd, a_tpg, row0, rows, L, cols, cmask, mask,
+        y = K.load_mod_tile(a_ptr, a_sb, a_sg, a_sd, a_tpg, row0, rows, L, cols, cmask, mask,
                       ADD_MODE) + y
     out = out_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :]
     tl.store(out, y.to(out_ptr.dtype.element_ty), mask=mask)
@@ -83,10 +68,7 @@ def _fma(x, mul, add, k, out_dtype, add_is_full=False):
         a = K.pack_modulation(add, x.shape, x3)
     block, rows, warps = elementwise_launch(dim)
     rows = min(rows, next_pow2(n_rows))
-    # hoist a modulation when every tile's rows share its row (tiles never straddle b or a group)
-    for mod in (m, a):
-        if mod.mode != K.MOD_NUMBER and mod.tpg % rows == 0 and length % rows == 0:
-            mod.mode = K.MOD_HOISTED
+    K.mark_hoisted(rows, length, (m, a))
     k_total = float(k) + (m.value if m.mode == K.MOD_NUMBER else 0.0)
     grid = (cdiv(n_rows, rows), cdiv(dim, block))
     _fma_kernel[grid](

@@ -1,8 +1,8 @@
 """Triton kernels of the norm family: ``rms_norm`` and the adaLN ops.
 
-One launch per op, a single pass over memory: each program keeps whole rows in registers
-(fp32 math), handles ``ROWS`` consecutive rows, and loads per-batch/per-frame modulation rows
-and the norm weight/bias once for all of them. See README.md for the launch parameters.
+One launch per op, a single pass over memory: each program keeps a tile of ``ROWS`` whole
+rows in registers (fp32 math) and loads a per-batch/per-frame modulation row and the norm
+weight/bias once for all of them. See README.md for the launch parameters.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import triton
 import triton.language as tl
 
 from fastdit.kernels.triton import _common as K
-from fastdit.kernels.triton._support import cdiv, next_pow2, norm_launch
+from fastdit.kernels.triton._support import cdiv, norm_launch
 from fastdit.ops import _checks as C
 
 
 # ---------------------------------------------------------------------------------------
-# kernels
+# kernels: a program normalises a [ROWS, BLOCK_D] tile (ROWS consecutive rows, whole rows)
 # ---------------------------------------------------------------------------------------
 @triton.jit
 def _rms_norm_kernel(
@@ -27,37 +27,23 @@ def _rms_norm_kernel(
     ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # y = s * rsqrt(mean(s[:N_VAR]^2) + eps) * w, s = x (+ residual, rounded to its dtype)
-    pid = tl.program_id(0)
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
-    cmask = cols < D
-    var_mask = cols < N_VAR
+    mask = (rows < n_rows)[:, None] & (cols < D)[None, :]
+    s = tl.load(x_ptr + (rows * sx_row)[:, None] + (cols * sx_d)[None, :], mask=mask, other=0.0)
+    s = s.to(tl.float32)
+    out_offs = (rows * D)[:, None] + cols[None, :]
+    if HAS_RESIDUAL:
+        res = tl.load(res_ptr + (rows * sr_row)[:, None] + (cols * sr_d)[None, :], mask=mask,
+                      other=0.0)
+        s_out = (s + res.to(tl.float32)).to(s_ptr.dtype.element_ty)
+        tl.store(s_ptr + out_offs, s_out, mask=mask)
+        s = s_out.to(tl.float32)
+    sq = tl.where((cols < N_VAR)[None, :], s * s, 0.0)
+    y = s * tl.rsqrt(tl.sum(sq, axis=1) / N_VAR + eps)[:, None]
     if HAS_WEIGHT:
-        w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    for i in range(ROWS):
-        row = (pid * ROWS + i).to(tl.int64)
-        mask = cols < tl.where(row < n_rows, D, 0)  # (not `cmask & scalar`: interpreter bug)
-        s = tl.load(x_ptr + row * sx_row + cols * sx_d, mask=mask, other=0.0).to(tl.float32)
-        if HAS_RESIDUAL:
-            res = tl.load(res_ptr + row * sr_row + cols * sr_d, mask=mask, other=0.0).to(tl.float32)
-            s_out = (s + res).to(s_ptr.dtype.element_ty)
-            tl.store(s_ptr + row * D + cols, s_out, mask=mask)
-            s = s_out.to(tl.float32)
-        sq = tl.where(var_mask, s * s, 0.0)
-        rstd = tl.rsqrt(tl.sum(sq, axis=0) / N_VAR + eps)
-        y = s * rstd
-        if HAS_WEIGHT:
-            y = y * w
-        tl.store(y_ptr + row * D + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _mod_factor(ptr, sb, sg, sd, tpg, value, row, L, cols, cmask, TANH: tl.constexpr):
-    """The scale factor of a row: ``1 + scale`` or ``tanh(scale)``."""
-    sc = K.load_mod_row(ptr, sb, sg, sd, tpg, row, L, cols, cmask)
-    if TANH:
-        return K.tanh_f32(sc)
-    else:
-        return 1.0 + sc
+        y = y * tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + out_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -76,66 +62,55 @@ def _norm_modulate_kernel(
 ):
     # [r = residual + gate * x (rounded to residual's dtype); h = r] else h = x
     # y = norm(h) * weight + bias;  y = y * factor + shift, factor = 1 + scale or tanh(scale)
-    # Modes: 0 = number (sc_val holds the factor itself), 1 = hoisted row, 2 = row per row.
-    pid = tl.program_id(0)
-    row0 = pid * ROWS
+    # Modes: 0 = number (sc_val holds the factor itself), 1 = one row for the whole tile
+    # (loaded once, [1, BLOCK_D]), 2 = a row per row ([ROWS, BLOCK_D]).
+    row0 = tl.program_id(0) * ROWS
+    rows = row0 + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_D)
     cmask = cols < D
-    if HAS_WEIGHT:
-        w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    mask = (rows < n_rows)[:, None] & cmask[None, :]
+    b = (rows // L).to(tl.int64)
+    l = (rows % L).to(tl.int64)
+    h = tl.load(x_ptr + (b * sxb + l * sxl)[:, None] + (cols * sxd)[None, :], mask=mask,
+                other=0.0).to(tl.float32)
+    out_offs = (rows.to(tl.int64) * D)[:, None] + cols[None, :]
     if HAS_RESIDUAL:
-        if GATE_MODE == 1:
-            gate0 = K.load_mod_row(g_ptr, g_sb, g_sg, g_sd, g_tpg, row0, L, cols, cmask)
-    if SCALE_MODE == 1:
-        fac0 = _mod_factor(sc_ptr, sc_sb, sc_sg, sc_sd, sc_tpg, sc_val, row0, L, cols, cmask,
-                           TANH_SCALE)
-    if SHIFT_MODE == 1:
-        shift0 = K.load_mod_row(sh_ptr, sh_sb, sh_sg, sh_sd, sh_tpg, row0, L, cols, cmask)
-
-    for i in range(ROWS):
-        row = row0 + i
-        mask = cols < tl.where(row < n_rows, D, 0)
-        b = (row // L).to(tl.int64)
-        l = (row % L).to(tl.int64)
-        h = tl.load(x_ptr + b * sxb + l * sxl + cols * sxd, mask=mask, other=0.0).to(tl.float32)
-        if HAS_RESIDUAL:
-            res = tl.load(res_ptr + b * srb + l * srl + cols * srd, mask=mask, other=0.0)
-            if GATE_MODE == 0:
-                gate = g_val
-            elif GATE_MODE == 1:
-                gate = gate0
-            else:
-                gate = K.load_mod_row(g_ptr, g_sb, g_sg, g_sd, g_tpg, row, L, cols, mask)
-            r = (res.to(tl.float32) + h * gate).to(r_ptr.dtype.element_ty)
-            tl.store(r_ptr + row.to(tl.int64) * D + cols, r, mask=mask)
-            h = r.to(tl.float32)
-        if IS_RMS:
-            y = h * tl.rsqrt(tl.sum(h * h, axis=0) / D + eps)
+        res = tl.load(res_ptr + (b * srb + l * srl)[:, None] + (cols * srd)[None, :], mask=mask,
+                      other=0.0)
+        if GATE_MODE == 0:
+            gate = g_val
         else:
-            mean = tl.sum(h, axis=0) / D
-            centered = tl.where(mask, h - mean, 0.0)
-            y = centered * tl.rsqrt(tl.sum(centered * centered, axis=0) / D + eps)
-        if HAS_WEIGHT:
-            y = y * w
-        if HAS_BIAS:
-            y = y + bias
-        if SCALE_MODE == 0:
-            fac = sc_val
-        elif SCALE_MODE == 1:
-            fac = fac0
+            gate = K.load_mod_tile(g_ptr, g_sb, g_sg, g_sd, g_tpg, row0, rows, L, cols, cmask,
+                                   mask, GATE_MODE)
+        r = (res.to(tl.float32) + h * gate).to(r_ptr.dtype.element_ty)
+        tl.store(r_ptr + out_offs, r, mask=mask)
+        h = r.to(tl.float32)
+    if IS_RMS:
+        y = h * tl.rsqrt(tl.sum(h * h, axis=1) / D + eps)[:, None]
+    else:
+        mean = tl.sum(h, axis=1) / D
+        centered = tl.where(mask, h - mean[:, None], 0.0)
+        y = centered * tl.rsqrt(tl.sum(centered * centered, axis=1) / D + eps)[:, None]
+    if HAS_WEIGHT:
+        y = y * tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if SCALE_MODE == 0:
+        factor = sc_val
+    else:
+        sc = K.load_mod_tile(sc_ptr, sc_sb, sc_sg, sc_sd, sc_tpg, row0, rows, L, cols, cmask,
+                             mask, SCALE_MODE)
+        if TANH_SCALE:
+            factor = K.tanh_f32(sc)
         else:
-            fac = _mod_factor(sc_ptr, sc_sb, sc_sg, sc_sd, sc_tpg, sc_val, row, L, cols, mask,
-                              TANH_SCALE)
-        if SHIFT_MODE == 0:
-            shift = sh_val
-        elif SHIFT_MODE == 1:
-            shift = shift0
-        else:
-            shift = K.load_mod_row(sh_ptr, sh_sb, sh_sg, sh_sd, sh_tpg, row, L, cols, mask)
-        y = y * fac + shift
-        tl.store(y_ptr + row.to(tl.int64) * D + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+            factor = 1.0 + sc
+    if SHIFT_MODE == 0:
+        shift = sh_val
+    else:
+        shift = K.load_mod_tile(sh_ptr, sh_sb, sh_sg, sh_sd, sh_tpg, row0, rows, L, cols, cmask,
+                                mask, SHIFT_MODE)
+    y = y * factor + shift
+    tl.store(y_ptr + out_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,8 +130,7 @@ def rms_norm(x, weight, eps=1e-6, *, residual=None, variance_size=None):
     if n_rows:
         r2 = x2 if residual is None else _rows_view(residual)
         w = x2 if weight is None else weight.contiguous()
-        block, warps, rows = norm_launch(dim)
-        rows = max(1, min(rows, next_pow2(n_rows)))
+        block, warps, rows = norm_launch(dim, n_rows)
         _rms_norm_kernel[(cdiv(n_rows, rows),)](
             x2, x2.stride(0), x2.stride(1), r2, r2.stride(0), r2.stride(1),
             y, y if s is None else s, w,
@@ -188,9 +162,8 @@ def _norm_modulate(x, residual, gate, shift, scale, weight, bias, eps, norm, tan
     g = K.pack_modulation(1.0 if gate is None else gate, x.shape, x3)
     sc = K.pack_modulation(scale, x.shape, x3, number=factor)
     sh = K.pack_modulation(shift, x.shape, x3)
-    block, warps, max_rows = norm_launch(dim)
-    mods = [sc, sh] + ([g] if residual is not None else [])
-    rows = K.choose_rows(max_rows, length, mods)
+    block, warps, rows = norm_launch(dim, n_rows)
+    K.mark_hoisted(rows, length, [sc, sh] + ([g] if residual is not None else []))
     _norm_modulate_kernel[(cdiv(n_rows, rows),)](
         x3, *x3.stride(), r3, *r3.stride(),
         y, y if r is None else r,
