@@ -224,3 +224,11 @@ def test_choose_offload(tiny_model):
     assert choose_offload(spec, torch.bfloat16, 79 * 2**30) == "experts"
     assert choose_offload(spec, torch.bfloat16, 24 * 2**30) == "model"
     assert choose_offload(spec, torch.float32, 140 * 2**30) == "experts"
+
+
+def test_mistyped_local_path_is_not_a_hub_id(tmp_path, monkeypatch):
+    """'out/tiny-wna' (with out/ here) is a local path gone wrong, not a Hub id to download."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ModelFolderError, match=r"^model folder not found: out/tiny-wna$"):
+        inspect_model("out/tiny-wna")

@@ -264,10 +264,15 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
             raise ModelFolderError(f"cannot read model folder {p}: permission denied")
         return p
     text = str(path)
-    if _HUB_ID.match(text) and not text.startswith("."):
+    # "org/name" is a Hub id unless "org" is a local folder (then it is a mistyped local path)
+    if _HUB_ID.match(text) and not text.startswith(".") and not Path(text.split("/")[0]).exists():
         try:
             from huggingface_hub import snapshot_download
 
+            try:  # the local Hugging Face cache first, without the network
+                return Path(snapshot_download(text, local_files_only=True))
+            except Exception:
+                pass
             log.info("%s is not a local folder: fetching it from the Hugging Face Hub", text)
             return Path(snapshot_download(text))
         except Exception as exc:  # network, auth, missing repo
