@@ -27,6 +27,8 @@ for step in $STEPS; do
       python3 benchmarks/ops.py --out "$OUT/ops.json" 2>&1 | tee "$OUT/ops.log" ;;
     transformer)
       python3 benchmarks/transformer.py --out "$OUT/transformer.json" 2>&1 | tee "$OUT/transformer.log" ;;
+    tune)
+      python3 benchmarks/tune_triton.py --out "$OUT/tune.json" 2>&1 | grep -E "BEST|error" | tee "$OUT/tune.log" ;;
     transformer-1.3b)
       python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B --out "$OUT/transformer.json" 2>&1 | tee "$OUT/transformer.log" ;;
     e2e)

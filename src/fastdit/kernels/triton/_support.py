@@ -97,6 +97,12 @@ def _warps_for(elements: int, per_thread: int = 8, max_warps: int = 32) -> int:
     return max(1, min(max_warps, next_pow2(threads) // _warp_size()))
 
 
+# Launch parameters measured best on a GPU (benchmarks/tune_triton.py), keyed by
+# ("norm", D), ("elementwise", D) or ("rope", Hq, Hk, D); they take precedence over the rules
+# below for large inputs. Values: the tuple the launch function returns.
+TUNED: dict[tuple, tuple] = {}
+
+
 def norm_launch(dim: int, n_rows: int | None = None) -> tuple[int, int, int]:
     """``(BLOCK_D, num_warps, ROWS)`` for the row-norm kernels: a program normalises a
     ``[ROWS, BLOCK_D]`` tile of whole rows (BLOCK_D = next power of two >= D).
@@ -107,6 +113,9 @@ def norm_launch(dim: int, n_rows: int | None = None) -> tuple[int, int, int]:
     registers and 32-64 resident warps per SM without spills (8 warps for 8192 would need
     120-190 registers). ROWS shrinks for small inputs (``n_rows``).
     """
+    tuned = TUNED.get(("norm", dim))
+    if tuned is not None and (n_rows is None or n_rows >= 1024 * tuned[2]):
+        return tuned
     block = next_pow2(dim)
     if block < 8192:
         rows = min(64, 8192 // block)
@@ -122,6 +131,8 @@ def elementwise_launch(dim: int) -> tuple[int, int, int]:
     BLOCK_D is the largest power of two <= 1024 that divides D when there is one of at least
     256 (1536 -> 512, 5120 -> 1024: no masked lanes), else next_pow2(D) capped at 1024.
     """
+    if ("elementwise", dim) in TUNED:
+        return TUNED[("elementwise", dim)]
     block = min(next_pow2(dim), 1024)
     if dim > 1024:
         for candidate in (1024, 512, 256):
@@ -139,6 +150,9 @@ def rope_launch(tokens: int, heads_q: int, heads_k: int, dim: int) -> tuple[int,
     12 -> 4 and 40 -> 8 heads need no masked lanes); a program handles BLOCK_T tokens and all
     their q and k heads, loading each token's cos/sin once. Tiles are about 2048 values.
     """
+    tuned = TUNED.get(("rope", heads_q, heads_k, dim))
+    if tuned is not None and tokens >= 16 * tuned[0]:
+        return tuned
     block_d = next_pow2(dim)
 
     def head_block(heads: int) -> int:

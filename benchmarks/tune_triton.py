@@ -1,0 +1,153 @@
+"""Sweep the Triton launch parameters at Wan shapes on a GPU and print the best per table.
+
+    python benchmarks/tune_triton.py --out tune.json
+
+Sets ``fastdit.kernels.triton._support.TUNED`` entries one candidate at a time (the tuning
+hook), times the ops with ``triton.testing.do_bench`` (median) and reports TB/s; the winners
+are then written into ``TUNED`` by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from fastdit.kernels.triton import _support as S
+from fastdit.ops.registry import call_provider
+
+TOKENS = 32760
+
+
+def _rand(*shape, dtype=torch.bfloat16):
+    return torch.randn(*shape, device="cuda").to(dtype)
+
+
+def bench(fn) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
+
+
+def norm_sweep(dim: int) -> list[dict]:
+    x, res = _rand(1, TOKENS, dim), _rand(1, TOKENS, dim)
+    mods = [_rand(1, 1, dim, dtype=torch.float32) * 0.1 for _ in range(3)]
+    w, b = _rand(dim, dtype=torch.float32), _rand(dim, dtype=torch.float32)
+    gb = x.numel() * 2
+    calls = {
+        "layer_norm_scale_shift": (lambda: call_provider("layer_norm_scale_shift", "triton", x, mods[0], mods[1]), 2 * gb),
+        "scale_residual_norm_scale_shift": (lambda: call_provider(
+            "scale_residual_norm_scale_shift", "triton", res, x, mods[2], mods[0], mods[1], weight=w, bias=b), 4 * gb),
+        "rms_norm": (lambda: call_provider("rms_norm", "triton", x[0], w.bfloat16(), 1e-6), 2 * gb),
+    }
+    block = S.next_pow2(dim)
+    candidates = []
+    for rows in (1, 2, 4, 8):
+        for warps in (4, 8, 16, 32):
+            if rows * block <= 16384 and rows * block // (warps * 32) >= 2:
+                candidates.append((block, warps, rows))
+    out = []
+    for cand in candidates:
+        S.TUNED[("norm", dim)] = cand
+        row = {"dim": dim, "cand": cand}
+        try:
+            for name, (fn, nbytes) in calls.items():
+                row[name] = nbytes / (bench(fn) * 1e-3) / 1e12
+        except Exception as exc:  # a candidate that does not compile (resources)
+            row["error"] = str(exc)[:200]
+        out.append(row)
+        print(row, flush=True)
+    S.TUNED.pop(("norm", dim), None)
+    return out
+
+
+def elementwise_sweep(dim: int) -> list[dict]:
+    x, c = _rand(1, TOKENS, dim), _rand(1, TOKENS, dim)
+    g = _rand(1, 1, dim, dtype=torch.float32)
+    out = []
+    for block in (256, 512, 1024):
+        if dim % block:
+            continue
+        for rows in (2, 4, 8, 16):
+            for warps in (4, 8):
+                S.TUNED[("elementwise", dim)] = (block, rows, warps)
+                ms = bench(lambda: call_provider("mul_add", "triton", x, g, c))
+                row = {"dim": dim, "cand": (block, rows, warps), "mul_add": 3 * x.numel() * 2 / (ms * 1e-3) / 1e12}
+                out.append(row)
+                print(row, flush=True)
+    S.TUNED.pop(("elementwise", dim), None)
+    return out
+
+
+def rope_sweep(heads: int) -> list[dict]:
+    q, k = _rand(TOKENS, heads, 128), _rand(TOKENS, heads, 128)
+    theta = torch.rand(TOKENS, 64, device="cuda") * 6
+    cos, sin = theta.cos(), theta.sin()
+    nbytes = 4 * q.numel() * 2 + 2 * cos.numel() * 4
+    out = []
+    for bt in (1, 2, 4, 8):
+        for bh in (2, 4, 8):
+            if heads % bh:
+                continue
+            for warps in (2, 4, 8):
+                S.TUNED[("rope", heads, heads, 128)] = (bt, bh, bh, warps)
+                ms = bench(lambda: call_provider("rope_qk_", "triton", q, k, cos, sin))
+                row = {"heads": heads, "cand": (bt, bh, bh, warps), "rope_qk_": nbytes / (ms * 1e-3) / 1e12}
+                out.append(row)
+                print(row, flush=True)
+    S.TUNED.pop(("rope", heads, heads, 128), None)
+    return out
+
+
+def cache_sweep() -> list[dict]:
+    tokens, hq, hk, dim, block = 4096, 32, 8, 128, 16
+    q, k, v = _rand(tokens, hq, dim), _rand(tokens, hk, dim), _rand(tokens, hk, dim)
+    blocks = 2 * tokens // block
+    kc = torch.zeros(blocks, block, hk, dim, device="cuda", dtype=torch.bfloat16)
+    vc = torch.zeros_like(kc)
+    slots = torch.randperm(blocks * block, device="cuda")[:tokens]
+    pos = torch.arange(tokens, device="cuda")
+    theta = torch.rand(8192, dim // 2, device="cuda") * 6
+    cs = torch.cat([theta.cos(), theta.sin()], 1)
+    nbytes = 2 * q.numel() * 2 + 4 * k.numel() * 2 + tokens * dim * 4
+    out = []
+    for bt in (1, 2, 4, 8):
+        for bh in (2, 4, 8):
+            for warps in (2, 4, 8):
+                S.TUNED[("rope", hq, hk, dim)] = (bt, bh, min(bh, hk), warps)
+                ms = bench(lambda: call_provider("rope_qk_cache_store", "triton", q, k, v, kc, vc, slots, pos, cs))
+                row = {"cand": (bt, bh, min(bh, hk), warps), "rope_qk_cache_store": nbytes / (ms * 1e-3) / 1e12}
+                out.append(row)
+                print(row, flush=True)
+    S.TUNED.pop(("rope", hq, hk, dim), None)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    result = {"gpu": torch.cuda.get_device_name()}
+    for dim in (1536, 5120):
+        result[f"norm_{dim}"] = norm_sweep(dim)
+        result[f"elementwise_{dim}"] = elementwise_sweep(dim)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    for heads in (12, 40):
+        result[f"rope_{heads}"] = rope_sweep(heads)
+    result["cache"] = cache_sweep()
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    for key, rows in result.items():
+        if isinstance(rows, list):
+            metric = [m for m in rows[0] if m not in ("dim", "cand", "heads", "error")]
+            for m in metric:
+                best = max((r for r in rows if m in r), key=lambda r: r[m])
+                print(f"BEST {key} {m}: {best['cand']} {best[m]:.2f} TB/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
