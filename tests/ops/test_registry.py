@@ -168,3 +168,22 @@ def test_bad_input_raises_on_every_provider(fresh_config, provider):
         ops.rms_norm(torch.randn(2, 8), torch.randn(7))
     with pytest.raises(ValueError, match="different devices"):
         ops.mul_add(torch.randn(2, 3), 1.0, torch.randn(2, 3, device="meta"))
+
+
+def test_a_provider_defers_shapes_a_later_provider_runs_faster(fake_op, caplog):
+    from fastdit.config import PlatformConfig
+    from fastdit.platforms import current_platform
+
+    registry.register("fake_op", "triton", lambda x: fake_op.append("triton") or x,
+                      prefers=lambda x: x < 100)
+    set_config(EngineConfig(platform=PlatformConfig(platform="cuda")))  # triton > ... > native
+    current_platform.cache_clear()
+    registry.dispatch("fake_op", 5)
+    with caplog.at_level(logging.INFO, logger="fastdit.ops"):
+        registry.dispatch("fake_op", 500)
+    assert fake_op == ["triton", "native"]
+    assert any("triton defers this shape" in r.message for r in caplog.records)
+    set_config(EngineConfig(kernel=KernelConfig(op_providers={"fake_op": ("triton",)}, strict=True),
+                            platform=PlatformConfig(platform="cuda")))
+    registry.dispatch("fake_op", 500)  # asked for by name: it runs, also in strict mode
+    assert fake_op[-1] == "triton"

@@ -12,9 +12,11 @@ default list) and runs the first provider for which both hold. Implementations a
 ``"module:function"`` strings and imported on first use, so registering a provider imports
 nothing heavy; optional libraries are imported only inside ``supported()``.
 
-Every choice is logged once per (op, provider, reason). In strict mode
-(``FASTDIT_STRICT_OPS=1``) a provider that was asked for by configuration, or the first
-supported provider of the platform list, must take the call: otherwise dispatch raises
+A provider may also *defer* a call it can take (``prefers(...)`` is False) when a later
+provider is measured faster for that shape; a provider named in the configuration never
+defers. Every choice is logged once per (op, provider, reason); falling back past a provider
+that cannot take a call is a warning. In strict mode (``FASTDIT_STRICT_OPS=1``) a provider
+asked for by configuration must take the call: otherwise dispatch raises
 :class:`ProviderError` instead of falling back.
 """
 
@@ -56,6 +58,9 @@ class Provider:
     supported: Callable[[], bool] = _always
     supports_args: Callable[..., bool] = _always
     description: str = ""
+    # Can take the call but a later provider in the list is measured faster for it: dispatch
+    # then moves on (logged), unless this provider was asked for by configuration.
+    prefers: Callable[..., bool] = _always
     _fn: Callable[..., Any] | None = field(default=None, repr=False)
 
     @property
@@ -79,10 +84,11 @@ _logged: set[tuple[str, str, str]] = set()
 
 def register(op: str, name: str, impl: str | Callable[..., Any], *,
              supported: Callable[[], bool] = _always,
-             supports_args: Callable[..., bool] = _always, description: str = "") -> None:
+             supports_args: Callable[..., bool] = _always, description: str = "",
+             prefers: Callable[..., bool] = _always) -> None:
     """Register provider ``name`` of ``op``; ``impl`` is a callable or ``"module:function"``."""
     _providers.setdefault(op, {})[name] = Provider(op, name, impl, supported, supports_args,
-                                                    description)
+                                                    description, prefers)
     _priority_cache.clear()
 
 
@@ -160,7 +166,7 @@ def resolve(op: str, *args: Any, **kwargs: Any) -> Provider:
     strict = get_config().kernel.strict
     requested = set(requested_providers(op))
     skipped: list[str] = []
-    first_supported = True
+    deferred: list[Provider] = []
     for provider in priority(op):
         if not is_supported(provider):
             if strict and provider.name in requested:
@@ -168,16 +174,26 @@ def resolve(op: str, *args: Any, **kwargs: Any) -> Provider:
                                     f"available on this machine (strict mode)")
             continue
         if provider.supports_args(*args, **kwargs):
-            reason = f"fell back past {', '.join(skipped)}" if skipped else ""
-            _log_once(op, provider.name, reason, logging.WARNING if skipped else logging.INFO)
+            if provider.name not in requested and not provider.prefers(*args, **kwargs):
+                deferred.append(provider)
+                continue
+            _log_choice(op, provider.name, skipped, deferred)
             return provider
-        if strict and (provider.name in requested or first_supported):
+        if strict and provider.name in requested:
             raise ProviderError(
                 f"{op}: provider {provider.name!r} cannot take this call ({describe_args(args, kwargs)})"
                 " and strict mode forbids falling back")
         skipped.append(f"{provider.name} cannot take {describe_args(args, kwargs)}")
-        first_supported = False
+    if deferred:
+        _log_choice(op, deferred[0].name, skipped, [])
+        return deferred[0]
     raise ProviderError(f"{op}: no provider can take this call ({describe_args(args, kwargs)})")
+
+
+def _log_choice(op: str, name: str, skipped: list[str], deferred: list[Provider]) -> None:
+    reasons = [f"fell back past {', '.join(skipped)}"] if skipped else []
+    reasons += [f"{p.name} defers this shape to a faster provider" for p in deferred]
+    _log_once(op, name, "; ".join(reasons), logging.WARNING if skipped else logging.INFO)
 
 
 def dispatch(op: str, *args: Any, **kwargs: Any) -> Any:

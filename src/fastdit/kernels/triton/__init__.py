@@ -22,6 +22,13 @@ _OPS = {
     "rope_qk_cache_store": ("rope:rope_qk_cache_store", S.rope_qk_cache_store_args),
 }
 
+_PREFERS = {
+    "layer_norm_scale_shift": S.prefers_norm_modulate,
+    "norm_tanh_mul_add": S.prefers_norm_modulate,
+    "scale_residual_norm_scale_shift": S.prefers_scale_residual,
+}
+
 for _op, (_impl, _args) in _OPS.items():
     register(_op, "triton", f"fastdit.kernels.triton.{_impl}", supported=S.supported,
-             supports_args=_args, description="Triton kernel (CUDA/ROCm; CPU via the interpreter)")
+             supports_args=_args, prefers=_PREFERS.get(_op, lambda *a, **k: True),
+             description="Triton kernel (CUDA/ROCm; CPU via the interpreter)")

@@ -100,10 +100,34 @@ def _warps_for(elements: int, per_thread: int = 8, max_warps: int = 32) -> int:
 # Launch parameters measured best on a GPU (benchmarks/tune_triton.py), keyed by
 # ("norm", D), ("elementwise", D) or ("rope", Hq, Hk, D); they take precedence over the rules
 # below for large inputs. Values: the tuple the launch function returns.
-TUNED: dict[tuple, tuple] = {}
+# ("rms", D) is the rms_norm kernel, ("norm", D) the modulated-norm kernel.
+# Measured on an H100 (benchmarks/results/run2/tune.json).
+TUNED: dict[tuple, tuple] = {
+    ("norm", 1536): (2048, 4, 4),  # layer_norm_scale_shift 2.65 TB/s, residual variant 2.83
+    ("norm", 5120): (8192, 16, 2),  # 1.42 / 1.95 TB/s (4 warps: 2.36 / 1.73 but spills): wide rows defer to torch.compile (below)
+    ("rms", 1536): (2048, 8, 2),  # 2.69 TB/s
+    ("rms", 5120): (8192, 8, 1),  # 2.95 TB/s
+    ("elementwise", 1536): (512, 2, 4),  # mul_add 2.79 TB/s
+    ("elementwise", 5120): (1024, 2, 8),  # 2.91 TB/s
+    ("rope", 12, 12, 128): (4, 4, 4, 4),  # rope_qk_ 2.80 TB/s (best 2.85: within noise; 16-byte NeoX access)
+    ("rope", 40, 40, 128): (2, 8, 8, 4),  # 2.88 TB/s (best 2.93)
+    ("rope", 32, 8, 128): (8, 8, 8, 2),  # rope_qk_cache_store 2.32 TB/s
+}
+# Rows wider than this go to the next provider (torch.compile) for the modulated norms on a
+# GPU: on an H100 at D=5120 the whole-row kernel reached 1.7-2.4 TB/s, compiled 2.7-2.8.
+WIDE_NORM_ROW = 4096
 
 
-def norm_launch(dim: int, n_rows: int | None = None) -> tuple[int, int, int]:
+def prefers_norm_modulate(x, *args, **kwargs) -> bool:
+    """False for modulated-norm rows wider than :data:`WIDE_NORM_ROW` on a GPU."""
+    return interpreting() or x.shape[-1] <= WIDE_NORM_ROW
+
+
+def prefers_scale_residual(residual, x, *args, **kwargs) -> bool:
+    return prefers_norm_modulate(x)
+
+
+def norm_launch(dim: int, n_rows: int | None = None, kind: str = "norm") -> tuple[int, int, int]:
     """``(BLOCK_D, num_warps, ROWS)`` for the row-norm kernels: a program normalises a
     ``[ROWS, BLOCK_D]`` tile of whole rows (BLOCK_D = next power of two >= D).
 
@@ -113,7 +137,7 @@ def norm_launch(dim: int, n_rows: int | None = None) -> tuple[int, int, int]:
     registers and 32-64 resident warps per SM without spills (8 warps for 8192 would need
     120-190 registers). ROWS shrinks for small inputs (``n_rows``).
     """
-    tuned = TUNED.get(("norm", dim))
+    tuned = TUNED.get((kind, dim))
     if tuned is not None and (n_rows is None or n_rows >= 1024 * tuned[2]):
         return tuned
     block = next_pow2(dim)

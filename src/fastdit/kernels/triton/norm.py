@@ -130,7 +130,7 @@ def rms_norm(x, weight, eps=1e-6, *, residual=None, variance_size=None):
     if n_rows:
         r2 = x2 if residual is None else _rows_view(residual)
         w = x2 if weight is None else weight.contiguous()
-        block, warps, rows = norm_launch(dim, n_rows)
+        block, warps, rows = norm_launch(dim, n_rows, kind="rms")
         _rms_norm_kernel[(cdiv(n_rows, rows),)](
             x2, x2.stride(0), x2.stride(1), r2, r2.stride(0), r2.stride(1),
             y, y if s is None else s, w,
