@@ -22,11 +22,13 @@ python3 -m fastdit ops | tee "$OUT/ops-table.txt"
 for step in $STEPS; do
   case "$step" in
     tests)
-      python3 -m pytest -q -x -p no:cacheprovider tests/gpu 2>&1 | tail -25 | tee "$OUT/gpu-tests.log" ;;
+      python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tail -25 | tee "$OUT/gpu-tests.log" ;;
     ops)
       python3 benchmarks/ops.py --out "$OUT/ops.json" 2>&1 | tee "$OUT/ops.log" ;;
     transformer)
       python3 benchmarks/transformer.py --out "$OUT/transformer.json" 2>&1 | tee "$OUT/transformer.log" ;;
+    diag)
+      python3 benchmarks/diag_diffusers.py 2>&1 | tee "$OUT/diag.log" ;;
     tune)
       python3 benchmarks/tune_triton.py --out "$OUT/tune.json" 2>&1 | grep -E "BEST|error" | tee "$OUT/tune.log" ;;
     transformer-1.3b)

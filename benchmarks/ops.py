@@ -171,7 +171,7 @@ def bench_case(case: Case) -> list[dict]:
     if case.op in _DIFFUSERS_STYLE:
         fn = diffusers_style_compiled(case.op)
         kw = {k: v for k, v in kwargs.items() if k != "norm"}
-        timers["torch.compile (diffusers formulation)"] = lambda: fn(*args, **kw)
+        timers["torch.compile (diffusers formulation)"] = lambda fn=fn, kw=kw: fn(*args, **kw)
     chosen = resolve(case.op, *args, **kwargs).name
     for label, fn in timers.items():
         ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")

@@ -20,6 +20,7 @@ import gc
 import json
 import statistics
 import sys
+import shutil
 import tempfile
 import time
 
@@ -85,26 +86,6 @@ def peak_during(fn, device) -> int | None:
     return torch.cuda.max_memory_allocated() - before
 
 
-def diffusers_model(cfg: WanConfig, state_dict, device, dtype):
-    """diffusers' WanTransformer3DModel with fastdit's weights, fp32 where diffusers keeps fp32."""
-    from diffusers import WanTransformer3DModel
-
-    with torch.device("meta"):
-        model = WanTransformer3DModel.from_config(cfg.to_diffusers_config())
-    model = model.to_empty(device=device)
-    keep = tuple(getattr(WanTransformer3DModel, "_keep_in_fp32_modules", None) or ())
-    for name, param in model.named_parameters():
-        fp32 = any(part in name.split(".") for part in keep)
-        param.data = param.data.to(torch.float32 if fp32 else dtype)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    # the rope tables are non-persistent buffers computed in __init__: rebuild them on the device
-    with torch.device(device):
-        model.rope = type(model.rope)(cfg.attention_head_dim, cfg.patch_size, cfg.rope_max_seq_len)
-    return model.eval().requires_grad_(False)
-
-
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0))
 
@@ -118,26 +99,22 @@ def run_model(name: str, args, device, dtype) -> dict:
         warmup, repeat = 1, 2
 
     # ---- fastdit: time to first forward (load from disk + first call) ------------------
+    # The checkpoint folder is also what diffusers loads, with its own from_pretrained.
+    folder = tempfile.mkdtemp(dir=args.tmp)
     model = WanTransformer.from_config(cfg, dtype=dtype, device=device, seed=0)
-    if args.ttff:
-        with tempfile.TemporaryDirectory(dir=args.tmp) as folder:
-            model.save_pretrained(folder)
-            del model
-            gc.collect()
-            torch.cuda.empty_cache() if device.type == "cuda" else None
-            x = inputs(cfg, 1, args.frames, args.height, args.width, device, dtype)
-            t0 = time.perf_counter()
-            model = WanTransformer.from_pretrained(folder, dtype=dtype, device=device)
-            load_s = time.perf_counter() - t0
-            with torch.no_grad():
-                model(*x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            result["time_to_first_forward_s"] = time.perf_counter() - t0
-            result["load_s"] = load_s
-    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    result["weights_gb"] = weights_bytes / 1e9
-
+    model.save_pretrained(folder)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache() if device.type == "cuda" else None
+    x = inputs(cfg, 1, args.frames, args.height, args.width, device, dtype)
+    t0 = time.perf_counter()
+    model = WanTransformer.from_pretrained(folder, dtype=dtype, device=device)
+    result["load_s"] = time.perf_counter() - t0
+    with torch.no_grad():
+        model(*x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    result["time_to_first_forward_s"] = time.perf_counter() - t0
     outputs = {}
     for batch in args.batches:
         x = inputs(cfg, batch, args.frames, args.height, args.width, device, dtype)
@@ -154,17 +131,20 @@ def run_model(name: str, args, device, dtype) -> dict:
         print(f"{name} B={batch} fastdit {s:.4f}s {flops / s / 1e12:.0f} TFLOP/s", flush=True)
     if args.profile and device.type == "cuda":
         result["profile"] = profile(model, inputs(cfg, 1, args.frames, args.height, args.width, device, dtype))
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    if cfg.num_layers * cfg.dim > 30 * 1536:  # 14B: keep only one model on the GPU
-        state = {k: v.cpu() for k, v in state.items()}
     del model
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
-    # ---- diffusers eager and compiled ---------------------------------------------------
-    ref = diffusers_model(cfg, state, device, dtype)
-    del state
+    # ---- diffusers eager and compiled: loaded as a user loads it --------------------------
+    from diffusers import WanTransformer3DModel
+
+    ref = WanTransformer3DModel.from_pretrained(folder, torch_dtype=dtype).to(device)
+    ref = ref.eval().requires_grad_(False)
+    shutil.rmtree(folder, ignore_errors=True)
+    if args.profile and device.type == "cuda":
+        x = inputs(cfg, 1, args.frames, args.height, args.width, device, dtype)
+        result["profile_diffusers"] = profile(lambda *a: ref(*a, return_dict=False)[0], x, top=6)
     for impl in ("diffusers-eager", "diffusers-compiled"):
         if impl == "diffusers-compiled":
             if args.no_compile:
@@ -236,7 +216,6 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--tiny", action="store_true", help="tiny config on CPU (smoke test)")
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--no-ttff", dest="ttff", action="store_false")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--tmp", default=None, help="folder for the time-to-first-forward checkpoint")
     args = parser.parse_args(argv)
