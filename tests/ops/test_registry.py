@@ -187,3 +187,13 @@ def test_a_provider_defers_shapes_a_later_provider_runs_faster(fake_op, caplog):
                             platform=PlatformConfig(platform="cuda")))
     registry.dispatch("fake_op", 500)  # asked for by name: it runs, also in strict mode
     assert fake_op[-1] == "triton"
+
+
+def test_sdpa_auto_leaves_torch_backend_priority_alone(fresh_config):
+    from fastdit.kernels.attention.sdpa import forced_backend
+
+    assert forced_backend("auto") is None
+    before = torch._C._get_sdp_priority_order()
+    q = torch.randn(1, 5, 2, 8)
+    ops.attention(q, q, q)
+    assert torch._C._get_sdp_priority_order() == before

@@ -19,28 +19,36 @@ _BACKENDS = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "math": SDPBackend.MATH,
 }
-# cuDNN measured fastest on an H100 (581 TFLOP/s at L=32760 vs flash 368, efficient 179).
-_AUTO_ORDER = ("cudnn", "flash", "efficient", "math")
 
 
 @functools.lru_cache(maxsize=None)
-def backend_list(choice: str) -> tuple:
-    """SDPA backends to allow for ``choice`` ("auto" or one name), in priority order."""
+def forced_backend(choice: str):
+    """The one SDPA backend a forced choice allows (None for "auto")."""
     if choice == "auto":
-        return tuple(_BACKENDS[name] for name in _AUTO_ORDER)
+        return None
     log.info("attention: SDPA backend forced to %s", choice)
-    return (_BACKENDS[choice],)
+    return _BACKENDS[choice]
 
 
 def attention_sdpa(q, k, v, *, causal=False, scale=None):
-    backends = backend_list(get_config().kernel.attention_backend)
+    """SDPA on ``[B, L, H, D]`` tensors.
+
+    "auto" lets torch choose: on an H100 with torch 2.11 its default order already picks cuDNN
+    for Wan's shapes (581 TFLOP/s at L=32760 vs flash 368). No priority order is set per call:
+    ``sdpa_kernel(..., set_priority=True)`` leaves torch's order changed after it exits (the
+    Hopper preference for cuDNN is lost), which slowed every later SDPA call in the process
+    (measured: diffusers' forward 0.65 s -> 0.88 s after one fastdit forward). A forced
+    backend only toggles the enable flags, which ``sdpa_kernel`` restores exactly.
+    """
+    backend = forced_backend(get_config().kernel.attention_backend)
     q_, k_, v_ = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
     gqa = q_.shape[1] != k_.shape[1]
-    if q.device.type == "cpu":  # the CPU has math and flash; let torch choose
-        out = F.scaled_dot_product_attention(q_, k_, v_, is_causal=causal and q.shape[1] > 1,
-                                             scale=scale, enable_gqa=gqa)
+    is_causal = causal and q.shape[1] > 1
+    if backend is None or q.device.type == "cpu":
+        out = F.scaled_dot_product_attention(q_, k_, v_, is_causal=is_causal, scale=scale,
+                                             enable_gqa=gqa)
     else:
-        with sdpa_kernel(list(backends), set_priority=True):
-            out = F.scaled_dot_product_attention(q_, k_, v_, is_causal=causal and q.shape[1] > 1,
-                                                 scale=scale, enable_gqa=gqa)
+        with sdpa_kernel([backend]):
+            out = F.scaled_dot_product_attention(q_, k_, v_, is_causal=is_causal, scale=scale,
+                                                 enable_gqa=gqa)
     return out.transpose(1, 2)  # (B, L, H, D)
