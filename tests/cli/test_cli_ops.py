@@ -37,3 +37,15 @@ def test_ops_unknown_provider_is_one_line_error():
     out = run_cli("ops", env={"FASTDIT_OP_PROVIDERS": "rms_norm=warp"})
     assert out.returncode == 2
     assert "unknown provider" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_ops_with_a_forced_platform_whose_device_is_absent():
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = run_cli("ops", env={"FASTDIT_PLATFORM": "rocm"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("platform: rocm  device: unavailable")
+    assert "rms_norm" in out.stdout and "aiter" in out.stdout

@@ -86,11 +86,16 @@ class Platform:
                      "this flag is process-wide and affects every convolution", self.name)
 
     def describe(self) -> dict[str, Any]:
+        """Capabilities for ``fastdit ops``; a forced platform whose device is absent says so."""
+        try:
+            device, capability, hopper = self.device_name(), self.compute_capability(), self.is_hopper()
+        except (RuntimeError, AssertionError, AttributeError) as exc:
+            device, capability, hopper = f"unavailable ({str(exc).splitlines()[0][:80]})", None, False
         return {
             "platform": self.name,
-            "device": self.device_name(),
-            "compute_capability": self.compute_capability(),
-            "hopper": self.is_hopper(),
+            "device": device,
+            "compute_capability": capability,
+            "hopper": hopper,
             "compile_dependable": self.compile_dependable,
             "dist_backend": self.dist_backend,
         }
