@@ -15,6 +15,8 @@ import sys
 
 import torch
 
+sys.path.insert(0, __file__.rsplit('/', 1)[0])  # benchmarks/ (for ops.py's cases)
+
 from fastdit.kernels.triton import _support as S
 from fastdit.ops.registry import call_provider
 
@@ -102,23 +104,19 @@ def rope_sweep(heads: int) -> list[dict]:
 
 
 def cache_sweep() -> list[dict]:
-    tokens, hq, hk, dim, block = 4096, 32, 8, 128, 16
-    q, k, v = _rand(tokens, hq, dim), _rand(tokens, hk, dim), _rand(tokens, hk, dim)
-    blocks = 2 * tokens // block
-    kc = torch.zeros(blocks, block, hk, dim, device="cuda", dtype=torch.bfloat16)
-    vc = torch.zeros_like(kc)
-    slots = torch.randperm(blocks * block, device="cuda")[:tokens]
-    pos = torch.arange(tokens, device="cuda")
-    theta = torch.rand(8192, dim // 2, device="cuda") * 6
-    cs = torch.cat([theta.cos(), theta.sin()], 1)
-    nbytes = 2 * q.numel() * 2 + 4 * k.numel() * 2 + tokens * dim * 4
+    from ops import cache_cases  # the benchmark's own paged-cache case
+
+    case = cache_cases()[0]
+    args, _ = case.make()
+    hq, hk, dim = args[0].shape[1], args[1].shape[1], args[0].shape[2]
     out = []
     for bt in (1, 2, 4, 8):
         for bh in (2, 4, 8):
             for warps in (2, 4, 8):
                 S.TUNED[("rope", hq, hk, dim)] = (bt, bh, min(bh, hk), warps)
-                ms = bench(lambda: call_provider("rope_qk_cache_store", "triton", q, k, v, kc, vc, slots, pos, cs))
-                row = {"cand": (bt, bh, min(bh, hk), warps), "rope_qk_cache_store": nbytes / (ms * 1e-3) / 1e12}
+                ms = bench(lambda: call_provider("rope_qk_cache_store", "triton", *args))
+                row = {"cand": (bt, bh, min(bh, hk), warps),
+                       "rope_qk_cache_store": case.nbytes / (ms * 1e-3) / 1e12}
                 out.append(row)
                 print(row, flush=True)
     S.TUNED.pop(("rope", hq, hk, dim), None)
