@@ -232,3 +232,18 @@ def test_linear_gelu_tanh_spec():
     close64(ops.linear_gelu_tanh(x, w, b), gelu_tanh64(x.double() @ w.double().T + b.double()),
             torch.float32)
     close64(ops.linear_gelu_tanh(x, w), gelu_tanh64(x.double() @ w.double().T), torch.float32)
+
+
+def test_attention_masks_match_sdpa():
+    q, k, v = rand((2, 5, 4, 8)), rand((2, 7, 4, 8)), rand((2, 7, 4, 8))
+    keep = torch.rand(2, 1, 5, 7) > 0.3
+    keep[..., 0] = True  # every query keeps a key
+    bias = rand((1, 4, 5, 7))
+    for mask in (keep, bias):
+        ref = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=mask).transpose(1, 2)
+        torch.testing.assert_close(call_provider("attention", "native", q, k, v, attn_mask=mask), ref,
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ops.attention(q, k, v, attn_mask=mask), ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="attn_mask does not broadcast"):
+        ops.attention(q, k, v, attn_mask=torch.ones(3, 1, 5, 7, dtype=torch.bool))

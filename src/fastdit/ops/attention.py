@@ -10,8 +10,8 @@ from fastdit.ops import _checks as C
 from fastdit.ops.registry import dispatch
 
 
-def attention_native(q, k, v, *, causal=False, scale=None):
-    """Specification: ``softmax(q k^T * scale [+ causal mask]) v`` in fp32, per head."""
+def attention_native(q, k, v, *, causal=False, scale=None, attn_mask=None):
+    """Specification: ``softmax(q k^T * scale [+ mask]) v`` in fp32, per head."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     q32, k32, v32 = (t.float().transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
     groups = q32.shape[1] // k32.shape[1]
@@ -23,16 +23,22 @@ def attention_native(q, k, v, *, causal=False, scale=None):
         lq, lk = scores.shape[-2:]
         mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
         scores = scores.masked_fill(~mask, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask.float()
     out = torch.matmul(scores.softmax(dim=-1), v32)  # (B, H, Lq, D)
     return out.transpose(1, 2).to(q.dtype)
 
 
-def attention(q, k, v, *, causal=False, scale=None):
+def attention(q, k, v, *, causal=False, scale=None, attn_mask=None):
     """Scaled dot-product attention: ``out = softmax(q k^T * scale) v``.
 
     Layout ``[B, L, H, D]``: ``q [B, Lq, Hq, D]``, ``k``/``v`` ``[B, Lk, Hk, D]`` with
     ``Hq % Hk == 0`` (grouped-query heads). ``scale`` defaults to ``1/sqrt(D)``; ``causal``
-    masks key ``j > i + Lk - Lq``. Returns ``[B, Lq, Hq, D]`` in q's dtype. The provider is
+    masks key ``j > i + Lk - Lq``; ``attn_mask`` broadcasts to ``[B, Hq, Lq, Lk]`` (bool: True
+    keeps a key; float: added to the scores). Returns ``[B, Lq, Hq, D]`` in q's dtype. The provider is
     chosen per platform (SDPA with cuDNN first on CUDA; flash-attn when configured);
     ``FASTDIT_ATTENTION_BACKEND`` forces an SDPA backend.
     """
@@ -50,4 +56,14 @@ def attention(q, k, v, *, causal=False, scale=None):
         raise C.fail(op, f"Hq={q.shape[2]} is not a multiple of Hk={k.shape[2]}", q=q, k=k)
     if not (q.dtype == k.dtype == v.dtype):
         raise C.fail(op, "q, k and v must share a dtype", q=q, k=k, v=v)
-    return dispatch(op, q, k, v, causal=causal, scale=scale)
+    if attn_mask is not None:
+        C.check_tensor(op, "attn_mask", attn_mask, dtypes=(torch.bool,) + C.FLOAT_DTYPES)
+        C.check_same_device(op, q=q, attn_mask=attn_mask)
+        try:
+            torch.broadcast_shapes(attn_mask.shape, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
+        except RuntimeError:
+            raise C.fail(op, "attn_mask does not broadcast to [B, Hq, Lq, Lk]", q=q, k=k,
+                         attn_mask=attn_mask) from None
+        if causal:
+            raise C.fail(op, "give causal or attn_mask, not both")
+    return dispatch(op, q, k, v, causal=causal, scale=scale, attn_mask=attn_mask)

@@ -25,12 +25,12 @@ def flash_attn_supported() -> bool:
     return _gpu() and _flash_module() is not None
 
 
-def flash_attn_supports_args(q, k, v, *, causal=False, scale=None) -> bool:
-    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
+def flash_attn_supports_args(q, k, v, *, causal=False, scale=None, attn_mask=None) -> bool:
+    return (attn_mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
             and all(t.stride(-1) == 1 for t in (q, k, v)))
 
 
-def attention_flash_attn(q, k, v, *, causal=False, scale=None):
+def attention_flash_attn(q, k, v, *, causal=False, scale=None, attn_mask=None):
     out = _flash_module().flash_attn_func(q, k, v, softmax_scale=scale, causal=causal)
     return out[0] if isinstance(out, tuple) else out  # FA3 returns (out, lse)
 
@@ -39,10 +39,10 @@ def sage_supported() -> bool:
     return _gpu() and importlib.util.find_spec("sageattention") is not None
 
 
-def sage_supports_args(q, k, v, *, causal=False, scale=None) -> bool:
-    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
+def sage_supports_args(q, k, v, *, causal=False, scale=None, attn_mask=None) -> bool:
+    return attn_mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
 
 
-def attention_sage(q, k, v, *, causal=False, scale=None):
+def attention_sage(q, k, v, *, causal=False, scale=None, attn_mask=None):
     sageattention = importlib.import_module("sageattention")
     return sageattention.sageattn(q, k, v, tensor_layout="NHD", is_causal=causal, sm_scale=scale)

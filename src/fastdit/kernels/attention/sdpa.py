@@ -30,7 +30,7 @@ def forced_backend(choice: str):
     return _BACKENDS[choice]
 
 
-def attention_sdpa(q, k, v, *, causal=False, scale=None):
+def attention_sdpa(q, k, v, *, causal=False, scale=None, attn_mask=None):
     """SDPA on ``[B, L, H, D]`` tensors.
 
     "auto" lets torch choose: on an H100 with torch 2.11 its default order already picks cuDNN
@@ -45,10 +45,10 @@ def attention_sdpa(q, k, v, *, causal=False, scale=None):
     gqa = q_.shape[1] != k_.shape[1]
     is_causal = causal and q.shape[1] > 1
     if backend is None or q.device.type == "cpu":
-        out = F.scaled_dot_product_attention(q_, k_, v_, is_causal=is_causal, scale=scale,
-                                             enable_gqa=gqa)
+        out = F.scaled_dot_product_attention(q_, k_, v_, attn_mask=attn_mask, is_causal=is_causal,
+                                             scale=scale, enable_gqa=gqa)
     else:
         with sdpa_kernel([backend]):
-            out = F.scaled_dot_product_attention(q_, k_, v_, is_causal=is_causal, scale=scale,
-                                                 enable_gqa=gqa)
+            out = F.scaled_dot_product_attention(q_, k_, v_, attn_mask=attn_mask,
+                                                 is_causal=is_causal, scale=scale, enable_gqa=gqa)
     return out.transpose(1, 2)  # (B, L, H, D)
