@@ -31,6 +31,8 @@ for step in $STEPS; do
       python3 benchmarks/diag_diffusers.py 2>&1 | tee "$OUT/diag.log" ;;
     tune)
       python3 benchmarks/tune_triton.py --out "$OUT/tune.json" 2>&1 | grep -E "BEST|error" | tee "$OUT/tune.log" ;;
+    transformer-14b)
+      python3 benchmarks/transformer.py --models Wan2.1-T2V-14B --out "$OUT/transformer-14b.json" 2>&1 | tee "$OUT/transformer-14b.log" ;;
     transformer-1.3b)
       python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B --out "$OUT/transformer.json" 2>&1 | tee "$OUT/transformer.log" ;;
     e2e)
