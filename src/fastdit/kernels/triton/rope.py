@@ -81,29 +81,29 @@ def _rope_qk_kernel(
     sin = sin.to(tl.float32)[:, None, :]
     t64 = t.to(tl.int64)
 
-    q_base = q_ptr + n * sqn
-    q_rows = t64 * sqt
-    for h0 in tl.static_range(0, HQ, BLOCK_HQ):
-        h = h0 + tl.arange(0, BLOCK_HQ)
-        mth = tmask[:, None] & (h < HQ)[None, :]
-        x1, x2 = _load_pairs(q_base, q_rows, sqh, sqd, h, mth, HALF, INTERLEAVED,
-                             BLOCK_T, BLOCK_HQ, BLOCK_HALF)
-        o1 = (x1 * cos - x2 * sin).to(q_ptr.dtype.element_ty)
-        o2 = (x1 * sin + x2 * cos).to(q_ptr.dtype.element_ty)
-        _store_pairs(q_base, q_rows, sqh, sqd, h, mth, HALF, o1, o2, INTERLEAVED,
-                     BLOCK_T, BLOCK_HQ, BLOCK_HALF)
+    q_base, q_rows = q_ptr + n * sqn, t64 * sqt
+    k_base, k_rows = k_ptr + n * skn, t64 * skt
+    _rotate_heads(q_base, q_rows, sqh, sqd, q_base, q_rows, sqh, sqd, tmask, cos, sin, HALF,
+                  HQ, INTERLEAVED, BLOCK_T, BLOCK_HQ, BLOCK_HALF)
+    _rotate_heads(k_base, k_rows, skh, skd, k_base, k_rows, skh, skd, tmask, cos, sin, HALF,
+                  HK, INTERLEAVED, BLOCK_T, BLOCK_HK, BLOCK_HALF)
 
-    k_base = k_ptr + n * skn
-    k_rows = t64 * skt
-    for h0 in tl.static_range(0, HK, BLOCK_HK):
-        h = h0 + tl.arange(0, BLOCK_HK)
-        mth = tmask[:, None] & (h < HK)[None, :]
-        x1, x2 = _load_pairs(k_base, k_rows, skh, skd, h, mth, HALF, INTERLEAVED,
-                             BLOCK_T, BLOCK_HK, BLOCK_HALF)
-        o1 = (x1 * cos - x2 * sin).to(k_ptr.dtype.element_ty)
-        o2 = (x1 * sin + x2 * cos).to(k_ptr.dtype.element_ty)
-        _store_pairs(k_base, k_rows, skh, skd, h, mth, HALF, o1, o2, INTERLEAVED,
-                     BLOCK_T, BLOCK_HK, BLOCK_HALF)
+
+@triton.jit
+def _rotate_heads(src, src_rows, src_sh, src_sd, dst, dst_rows, dst_sh, dst_sd, tmask, cos, sin,
+                  HALF, H: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCK_T: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """Rotate all ``H`` heads of ``BLOCK_T`` tokens from ``src`` into ``dst`` (may be the same
+    memory: in place), ``BLOCK_H`` heads at a time."""
+    for h0 in tl.static_range(0, H, BLOCK_H):
+        h = h0 + tl.arange(0, BLOCK_H)
+        mth = tmask[:, None] & (h < H)[None, :]
+        x1, x2 = _load_pairs(src, src_rows, src_sh, src_sd, h, mth, HALF, INTERLEAVED,
+                             BLOCK_T, BLOCK_H, BLOCK_HALF)
+        o1 = (x1 * cos - x2 * sin).to(dst.dtype.element_ty)
+        o2 = (x1 * sin + x2 * cos).to(dst.dtype.element_ty)
+        _store_pairs(dst, dst_rows, dst_sh, dst_sd, h, mth, HALF, o1, o2, INTERLEAVED,
+                     BLOCK_T, BLOCK_H, BLOCK_HALF)
 
 
 @triton.jit
@@ -168,17 +168,8 @@ def _rope_cache_store_kernel(
     else:
         v_scale = vs_val
 
-    q_rows = t64 * sqt
-    qo_rows = t64 * (HQ * 2 * HALF)
-    for h0 in tl.static_range(0, HQ, BLOCK_HQ):
-        h = h0 + tl.arange(0, BLOCK_HQ)
-        mth = tmask[:, None] & (h < HQ)[None, :]
-        x1, x2 = _load_pairs(q_ptr, q_rows, sqh, sqd, h, mth, HALF, INTERLEAVED,
-                             BLOCK_T, BLOCK_HQ, BLOCK_HALF)
-        o1 = (x1 * cos - x2 * sin).to(qo_ptr.dtype.element_ty)
-        o2 = (x1 * sin + x2 * cos).to(qo_ptr.dtype.element_ty)
-        _store_pairs(qo_ptr, qo_rows, 2 * HALF, 1, h, mth, HALF, o1, o2, INTERLEAVED,
-                     BLOCK_T, BLOCK_HQ, BLOCK_HALF)
+    _rotate_heads(q_ptr, t64 * sqt, sqh, sqd, qo_ptr, t64 * (HQ * 2 * HALF), 2 * HALF, 1, tmask,
+                  cos, sin, HALF, HQ, INTERLEAVED, BLOCK_T, BLOCK_HQ, BLOCK_HALF)
 
     k_rows = t64 * skt
     ko_rows = t64 * (HK * 2 * HALF)
