@@ -13,49 +13,44 @@ from torch import nn
 from fastdit import ops
 
 
-def _register_affine(module: nn.Module, dim: int, weight: bool, bias: bool) -> None:
-    module.register_parameter("weight", nn.Parameter(torch.ones(dim)) if weight else None)
-    module.register_parameter("bias", nn.Parameter(torch.zeros(dim)) if bias else None)
+class _AffineNorm(nn.Module):
+    """Holds a norm's optional ``weight`` (ones) and ``bias`` (zeros) of shape ``[dim]``."""
 
-
-class RMSNorm(nn.Module):
-    """``y = x / sqrt(mean(x**2) + eps) * weight`` over the last dimension."""
-
-    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True) -> None:
+    def __init__(self, dim: int, eps: float, weight: bool, bias: bool) -> None:
         super().__init__()
         self.dim, self.eps = dim, eps
-        _register_affine(self, dim, elementwise_affine, False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.rms_norm(x, self.weight, self.eps)
+        self.register_parameter("weight", nn.Parameter(torch.ones(dim)) if weight else None)
+        self.register_parameter("bias", nn.Parameter(torch.zeros(dim)) if bias else None)
 
     def reset_parameters(self) -> None:
         if self.weight is not None:
             nn.init.ones_(self.weight)
-
-    def extra_repr(self) -> str:
-        return f"{self.dim}, eps={self.eps}, affine={self.weight is not None}"
-
-
-class LayerNorm(nn.Module):
-    """``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last dimension."""
-
-    def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True) -> None:
-        super().__init__()
-        self.dim, self.eps = dim, eps
-        _register_affine(self, dim, elementwise_affine, elementwise_affine)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.layer_norm_scale_shift(x, 0.0, 0.0, weight=self.weight, bias=self.bias,
-                                          eps=self.eps)
-
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
+        if self.bias is not None:
             nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}, affine={self.weight is not None}"
+
+
+class RMSNorm(_AffineNorm):
+    """``y = x / sqrt(mean(x**2) + eps) * weight`` over the last dimension."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True) -> None:
+        super().__init__(dim, eps, elementwise_affine, False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.rms_norm(x, self.weight, self.eps)
+
+
+class LayerNorm(_AffineNorm):
+    """``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last dimension."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True) -> None:
+        super().__init__(dim, eps, elementwise_affine, elementwise_affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.layer_norm_scale_shift(x, 0.0, 0.0, weight=self.weight, bias=self.bias,
+                                          eps=self.eps)
 
 
 class LayerNormScaleShift(LayerNorm):

@@ -138,8 +138,11 @@ def broadcast_modulation(value: "torch.Tensor | float", x_shape: Sequence[int]
     layout, per_group = modulation_layout(value, x_shape)
     if not isinstance(layout, torch.Tensor):
         return layout
-    batch, length, dim = canonical_shape(x_shape)
+    _, length, dim = canonical_shape(x_shape)
     if layout.shape[1] not in (1, length):  # per frame: repeat each frame's row over its tokens
         layout = layout.repeat_interleave(per_group, dim=1)
-    return layout.reshape(*x_shape[:-1] if layout.shape[1] == length else
-                          (*x_shape[:-2], 1) if len(x_shape) >= 2 else (), dim)
+    if layout.shape[1] == length:  # a row per token: x's own shape
+        return layout.reshape(*x_shape[:-1], dim)
+    if len(x_shape) >= 2:  # one row per batch entry, broadcast over the tokens
+        return layout.reshape(*x_shape[:-2], 1, dim)
+    return layout.reshape(dim)

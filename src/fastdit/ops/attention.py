@@ -39,8 +39,8 @@ def attention(q, k, v, *, causal=False, scale=None, attn_mask=None):
     ``Hq % Hk == 0`` (grouped-query heads). ``scale`` defaults to ``1/sqrt(D)``; ``causal``
     masks key ``j > i + Lk - Lq``; ``attn_mask`` broadcasts to ``[B, Hq, Lq, Lk]`` (bool: True
     keeps a key; float: added to the scores). Returns ``[B, Lq, Hq, D]`` in q's dtype. The provider is
-    chosen per platform (SDPA with cuDNN first on CUDA; flash-attn when configured);
-    ``FASTDIT_ATTENTION_BACKEND`` forces an SDPA backend.
+    chosen per platform (SDPA, whose own order picks cuDNN on an H100; flash-attn or
+    SageAttention when configured); ``FASTDIT_ATTENTION_BACKEND`` forces an SDPA backend.
     """
     op = "attention"
     for name, value in (("q", q), ("k", k), ("v", v)):

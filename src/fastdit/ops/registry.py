@@ -14,7 +14,7 @@ nothing heavy; optional libraries are imported only inside ``supported()``.
 
 A provider may also *defer* a call it can take (``prefers(...)`` is False) when a later
 provider is measured faster for that shape; a provider named in the configuration never
-defers. Every choice is logged once per (op, provider, reason); falling back past a provider
+defers. Every choice is logged once per (op, provider, providers passed over); falling back past a provider
 that cannot take a call is a warning. In strict mode (``FASTDIT_STRICT_OPS=1``) a provider
 asked for by configuration must take the call: otherwise dispatch raises
 :class:`ProviderError` instead of falling back.
@@ -79,7 +79,7 @@ _providers: dict[str, dict[str, Provider]] = {}
 _loaded = False
 _supported_cache: dict[tuple[int, str, str], bool] = {}
 _priority_cache: dict[tuple[int, str], tuple[Provider, ...]] = {}
-_logged: set[tuple[str, str, str]] = set()
+_logged: set[tuple] = set()
 
 
 def register(op: str, name: str, impl: str | Callable[..., Any], *,
@@ -154,19 +154,12 @@ def priority(op: str) -> tuple[Provider, ...]:
     return ordered
 
 
-def _log_once(op: str, provider: str, reason: str, level: int = logging.INFO) -> None:
-    key = (op, provider, reason)
-    if key not in _logged:
-        _logged.add(key)
-        log.log(level, "op %s -> provider %s%s", op, provider, f" ({reason})" if reason else "")
-
-
 def resolve(op: str, *args: Any, **kwargs: Any) -> Provider:
     """The provider that :func:`dispatch` would run for this call."""
     strict = get_config().kernel.strict
     requested = set(requested_providers(op))
-    skipped: list[str] = []
-    deferred: list[Provider] = []
+    skipped: list[str] = []  # providers that cannot take the call
+    deferred: list[str] = []  # providers that can, but leave it to a faster one
     for provider in priority(op):
         if not is_supported(provider):
             if strict and provider.name in requested:
@@ -175,25 +168,34 @@ def resolve(op: str, *args: Any, **kwargs: Any) -> Provider:
             continue
         if provider.supports_args(*args, **kwargs):
             if provider.name not in requested and not provider.prefers(*args, **kwargs):
-                deferred.append(provider)
+                deferred.append(provider.name)
                 continue
-            _log_choice(op, provider.name, skipped, deferred)
+            _log_choice(op, provider.name, skipped, deferred, args, kwargs)
             return provider
         if strict and provider.name in requested:
             raise ProviderError(
                 f"{op}: provider {provider.name!r} cannot take this call ({describe_args(args, kwargs)})"
                 " and strict mode forbids falling back")
-        skipped.append(f"{provider.name} cannot take {describe_args(args, kwargs)}")
+        skipped.append(provider.name)
     if deferred:
-        _log_choice(op, deferred[0].name, skipped, [])
-        return deferred[0]
+        _log_choice(op, deferred[0], skipped, [], args, kwargs)
+        return providers(op)[deferred[0]]
     raise ProviderError(f"{op}: no provider can take this call ({describe_args(args, kwargs)})")
 
 
-def _log_choice(op: str, name: str, skipped: list[str], deferred: list[Provider]) -> None:
-    reasons = [f"fell back past {', '.join(skipped)}"] if skipped else []
-    reasons += [f"{p.name} defers this shape to a faster provider" for p in deferred]
-    _log_once(op, name, "; ".join(reasons), logging.WARNING if skipped else logging.INFO)
+def _log_choice(op: str, name: str, skipped: list[str], deferred: list[str], args: tuple,
+                kwargs: dict) -> None:
+    """Log the choice once per (op, provider, providers passed over); the arguments are only
+    formatted then, so a repeated call costs a set lookup."""
+    key = (op, name, tuple(skipped), tuple(deferred))
+    if key in _logged:
+        return
+    _logged.add(key)
+    reasons = [f"fell back past {', '.join(skipped)}: cannot take {describe_args(args, kwargs)}"
+               ] if skipped else []
+    reasons += [f"{d} defers this shape to a faster provider" for d in deferred]
+    log.log(logging.WARNING if skipped else logging.INFO, "op %s -> provider %s%s", op, name,
+            f" ({'; '.join(reasons)})" if reasons else "")
 
 
 def dispatch(op: str, *args: Any, **kwargs: Any) -> Any:

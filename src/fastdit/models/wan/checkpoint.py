@@ -90,13 +90,13 @@ def _split_leaf(key: str, known: Mapping[str, str]) -> tuple[str, str] | None:
     return None
 
 
-def original_to_diffusers_key(key: str) -> str | None:
-    """The diffusers name of an official Wan tensor name, or None when it has none."""
+def _map_key(key: str, block_map: Mapping[str, str], top_map: Mapping[str, str]) -> str | None:
+    """``key`` renamed through ``block_map`` (inside ``blocks.N.``) or ``top_map``; None if unknown."""
     match = _BLOCK_KEY.match(key)
     if match:
-        mapped = _split_leaf(match.group(2), _BLOCK)
+        mapped = _split_leaf(match.group(2), block_map)
         return None if mapped is None else f"blocks.{match.group(1)}.{mapped[0]}{mapped[1]}"
-    mapped = _split_leaf(key, _TOP_LEVEL)
+    mapped = _split_leaf(key, top_map)
     return None if mapped is None else mapped[0] + mapped[1]
 
 
@@ -104,14 +104,14 @@ _BLOCK_INV = {v: k for k, v in _BLOCK.items()}
 _TOP_LEVEL_INV = {v: k for k, v in _TOP_LEVEL.items()}
 
 
+def original_to_diffusers_key(key: str) -> str | None:
+    """The diffusers name of an official Wan tensor name, or None when it has none."""
+    return _map_key(key, _BLOCK, _TOP_LEVEL)
+
+
 def diffusers_to_original_key(key: str) -> str | None:
     """The inverse of :func:`original_to_diffusers_key`."""
-    match = _BLOCK_KEY.match(key)
-    if match:
-        mapped = _split_leaf(match.group(2), _BLOCK_INV)
-        return None if mapped is None else f"blocks.{match.group(1)}.{mapped[0]}{mapped[1]}"
-    mapped = _split_leaf(key, _TOP_LEVEL_INV)
-    return None if mapped is None else mapped[0] + mapped[1]
+    return _map_key(key, _BLOCK_INV, _TOP_LEVEL_INV)
 
 
 # ---------------------------------------------------------------------------------------
