@@ -10,6 +10,8 @@ Environment variables (read once, by :func:`get_config`, the first time it is ca
 ``FASTDIT_ATTENTION_BACKEND``     SDPA backend: auto, cudnn, flash, efficient, math
 ``FASTDIT_VAE_AUTOTUNE``          ``1``/``0``: cuDNN/MIOpen autotuning for the VAE
                                   (default: on for ROCm, off elsewhere)
+``FASTDIT_FFN_CHUNK_TOKENS``      tokens per FFN chunk in the transformer blocks
+                                  (default 8192; ``0``: the whole sequence at once)
 ``FASTDIT_LOG_LEVEL``             logging level of the ``fastdit`` logger (default INFO)
 ``TRITON_INTERPRET``              ``1``: Triton kernels run on the CPU in the interpreter
 ================================  =====================================================
@@ -78,10 +80,27 @@ class CompileConfig:
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    """Activation memory of the models.
+
+    ``ffn_chunk_tokens``: the feed-forward layers of the transformer blocks run over this many
+    tokens at a time, so their ``[tokens, ffn_dim]`` hidden state (587 MB per 1.3B layer at
+    480p, 906 MB for 14B) is never whole; ``0`` runs the whole sequence at once.
+    """
+
+    ffn_chunk_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ffn_chunk_tokens, int) or self.ffn_chunk_tokens < 0:
+            raise ValueError(f"ffn_chunk_tokens must be an integer >= 0, got {self.ffn_chunk_tokens!r}")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     kernel: KernelConfig = field(default_factory=KernelConfig)
     platform: PlatformConfig = field(default_factory=PlatformConfig)
     compile: CompileConfig = field(default_factory=CompileConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     log_level: str = "INFO"
 
 
@@ -117,6 +136,15 @@ def _parse_bool(name: str, value: str | None, default: bool | None) -> bool | No
     raise ValueError(f"{name}: expected 1/0/true/false, got {value!r}")
 
 
+def _parse_int(name: str, value: str | None, default: int) -> int:
+    if value is None or not value.strip():
+        return default
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ValueError(f"{name}: expected an integer, got {value!r}") from None
+
+
 def config_from_env(environ: Mapping[str, str] | None = None) -> EngineConfig:
     """Build an :class:`EngineConfig` from ``FASTDIT_*`` (and ``TRITON_INTERPRET``) variables."""
     env = os.environ if environ is None else environ
@@ -132,7 +160,9 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> EngineConfig:
         platform=(env.get("FASTDIT_PLATFORM") or "").strip().lower() or None,
         vae_autotune=_parse_bool("FASTDIT_VAE_AUTOTUNE", env.get("FASTDIT_VAE_AUTOTUNE"), None),
     )
-    return EngineConfig(kernel=kernel, platform=platform,
+    memory = MemoryConfig(ffn_chunk_tokens=_parse_int(
+        "FASTDIT_FFN_CHUNK_TOKENS", env.get("FASTDIT_FFN_CHUNK_TOKENS"), MemoryConfig.ffn_chunk_tokens))
+    return EngineConfig(kernel=kernel, platform=platform, memory=memory,
                         log_level=env.get("FASTDIT_LOG_LEVEL", "INFO").strip().upper() or "INFO")
 
 
@@ -164,8 +194,8 @@ def set_config(config: EngineConfig) -> None:
 def override_config(**changes: object) -> Iterator[EngineConfig]:
     """Temporarily replace parts of the config: ``override_config(kernel=KernelConfig(strict=True))``.
 
-    Keyword names are :class:`EngineConfig` fields; a dict value for ``kernel``, ``platform``
-    or ``compile`` replaces only the named fields of that section.
+    Keyword names are :class:`EngineConfig` fields; a dict value for ``kernel``, ``platform``,
+    ``compile`` or ``memory`` replaces only the named fields of that section.
     """
     previous = get_config()
     updates = {}

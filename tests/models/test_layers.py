@@ -103,6 +103,32 @@ def test_attention_equals_diffusers_wan_attention():
         assert torch.allclose(self_ours(x, rope=rope), self_ref(x, rotary_emb=rope_ref), atol=1e-5)
     with pytest.raises(ValueError, match="no added k/v"):
         self_ours(x, text, image_context=image)
+    with torch.no_grad():  # the memory-saving form computes the same
+        assert torch.equal(self_ours.self_attention(x.clone(), rope), self_ours(x, rope=rope))
+
+
+def test_self_attention_frees_its_input_and_qkv_before_the_output_projection():
+    import weakref
+
+    attn = Attention(32, 2, eps=1e-6)
+    rope = RotaryEmbedding3D(16)(3, 2, 2, "cpu")
+    refs = {}
+
+    def keep_ref(name):
+        def hook(module, args, out):
+            refs[name] = weakref.ref(out)  # returns None: the output is left as it is
+        return hook
+
+    attn.norm_q.register_forward_hook(keep_ref("q"))
+    attn.to_v.register_forward_hook(keep_ref("v"))
+    alive_at_output = []
+    attn.to_out[0].register_forward_pre_hook(
+        lambda m, a: alive_at_output.append({name: ref() is not None for name, ref in refs.items()}))
+    holder = [torch.randn(2, 12, 32)]
+    refs["x"] = weakref.ref(holder[0])
+    with torch.no_grad():
+        attn.self_attention(holder.pop(), rope)  # nothing but the call holds the input
+    assert alive_at_output == [{"x": False, "q": False, "v": False}]
 
 
 def test_feed_forward_names_and_math():
@@ -113,3 +139,16 @@ def test_feed_forward_names_and_math():
     assert torch.equal(ff(x), ref)
     with pytest.raises(ValueError, match="unknown activation"):
         FeedForward(8, 16, activation="relu6")
+
+
+@pytest.mark.parametrize("activation", ["gelu_tanh", "gelu"])
+@pytest.mark.parametrize("chunk_rows", [1, 4, 7, 10, 64])
+def test_feed_forward_in_token_chunks_equals_whole(activation, chunk_rows):
+    torch.manual_seed(0)
+    ff = FeedForward(8, 24, dim_out=6, activation=activation)
+    x = torch.randn(2, 5, 8)  # 10 rows over the batch: chunks straddle the batch rows
+    with torch.no_grad():
+        whole = ff(x)
+        chunked = ff(x, chunk_rows=chunk_rows)
+    assert chunked.shape == (2, 5, 6)
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)

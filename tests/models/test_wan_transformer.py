@@ -65,6 +65,15 @@ def test_without_cross_attention_norm(tmp_path):
     _check(tmp_path, NO_CROSS_NORM)
 
 
+@pytest.mark.parametrize("chunk", [0, 5])
+def test_ffn_token_chunks(tmp_path, chunk):
+    """The FFN over 5-token slices (48 tokens per row, two rows) and whole equal diffusers."""
+    from fastdit.config import override_config
+
+    with override_config(memory={"ffn_chunk_tokens": chunk}):
+        _check(tmp_path, TI2V, batch=2, per_token=True)
+
+
 def test_sharded_checkpoint(tmp_path):
     _check(tmp_path, T2V, save_kwargs={"max_shard_size": "20KB"})
     files = sorted(p.name for p in (tmp_path / "transformer").glob("*.safetensors"))

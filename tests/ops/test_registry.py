@@ -54,6 +54,16 @@ def test_config_from_env():
         config_from_env({"FASTDIT_ATTENTION_BACKEND": "fastest"})
 
 
+def test_memory_config_from_env():
+    assert config_from_env({}).memory.ffn_chunk_tokens == 8192
+    assert config_from_env({"FASTDIT_FFN_CHUNK_TOKENS": "0"}).memory.ffn_chunk_tokens == 0
+    assert config_from_env({"FASTDIT_FFN_CHUNK_TOKENS": " 4096 "}).memory.ffn_chunk_tokens == 4096
+    with pytest.raises(ValueError, match="FASTDIT_FFN_CHUNK_TOKENS"):
+        config_from_env({"FASTDIT_FFN_CHUNK_TOKENS": "lots"})
+    with pytest.raises(ValueError, match="ffn_chunk_tokens"):
+        config_from_env({"FASTDIT_FFN_CHUNK_TOKENS": "-1"})
+
+
 def test_requested_provider_runs_and_falls_back_with_a_log(fake_op, caplog):
     use(op_providers={"fake_op": ("fast",)})
     assert ops.registry.dispatch("fake_op", 3) == 3

@@ -45,14 +45,17 @@ class Attention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, self.head_dim))  # (B, L, H*D) -> (B, L, H, D)
 
+    def _qkv(self, x: torch.Tensor, source: torch.Tensor):
+        q = self._heads(self.norm_q(self.to_q(x)))  # (B, L, H, D)
+        k = self._heads(self.norm_k(self.to_k(source)))  # (B, S, H, D)
+        v = self._heads(self.to_v(source))  # (B, S, H, D)
+        return q, k, v
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 image_context: torch.Tensor | None = None) -> torch.Tensor:
         # x (B, L, C); context (B, S, C) or None; image_context (B, S_img, C_img) or None
-        source = x if context is None else context
-        q = self._heads(self.norm_q(self.to_q(x)))  # (B, L, H, D)
-        k = self._heads(self.norm_k(self.to_k(source)))  # (B, S, H, D)
-        v = self._heads(self.to_v(source))  # (B, S, H, D)
+        q, k, v = self._qkv(x, x if context is None else context)
         if rope is not None:
             ops.rope_qk_(q, k, *rope)  # in place; cos/sin (L, D/2)
         out = ops.attention(q, k, v)  # (B, L, H, D)
@@ -63,4 +66,19 @@ class Attention(nn.Module):
             k_img = self._heads(self.norm_added_k(self.add_k_proj(image_context)))  # (B, S_img, H, D)
             v_img = self._heads(self.add_v_proj(image_context))
             out = out + ops.attention(q, k_img, v_img)
+        del q, k, v  # freed before the output projection allocates
+        return self.to_out[0](out.flatten(2))  # (B, L, C)
+
+    def self_attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """``forward(x, rope=rope)`` that lets go of ``x`` once q, k and v exist.
+
+        A plain method, not a module call (whose argument tuple would hold ``x`` to the end):
+        when the caller passes a tensor nothing else refers to, such as a norm's output
+        written inline, that ``[B, L, C]`` tensor is freed before attention runs.
+        """
+        q, k, v = self._qkv(x, x)
+        del x
+        ops.rope_qk_(q, k, *rope)  # in place; cos/sin (L, D/2)
+        out = ops.attention(q, k, v)  # (B, L, H, D)
+        del q, k, v
         return self.to_out[0](out.flatten(2))  # (B, L, C)

@@ -47,13 +47,32 @@ class FeedForward(nn.Module):
         self.net = nn.ModuleList([_Projection(dim, inner_dim), nn.Identity(),
                                   nn.Linear(inner_dim, dim_out or dim)])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """``act(W1 x + b1)``: ``(..., dim) -> (..., inner)``."""
         if self.activation == "gelu_tanh":  # fused product + activation where a provider has one
             proj = self.net[0].proj
-            hidden = ops.linear_gelu_tanh(x, proj.weight, proj.bias)  # (..., inner)
-        else:
-            hidden = self.act(self.net[0].proj(x))  # (..., inner)
-        return self.net[2](hidden)  # (..., dim_out)
+            return ops.linear_gelu_tanh(x, proj.weight, proj.bias)
+        return self.act(self.net[0].proj(x))
+
+    def forward(self, x: torch.Tensor, chunk_rows: int = 0) -> torch.Tensor:
+        """``(..., dim) -> (..., dim_out)``. With ``chunk_rows`` > 0 the rows (tokens over the
+        whole batch) go through in slices of that many, each written straight into the output
+        by the second product, so at most ``chunk_rows`` rows of the hidden state exist at once.
+        """
+        rows = x.numel() // x.shape[-1]
+        if chunk_rows <= 0 or rows <= chunk_rows:
+            return self.net[2](self.hidden(x))  # (..., dim_out)
+        out_proj = self.net[2]
+        x2d = x.reshape(rows, x.shape[-1])  # (B*L, dim)
+        out = x2d.new_empty(rows, out_proj.out_features)  # (B*L, dim_out)
+        for start in range(0, rows, chunk_rows):
+            hidden = self.hidden(x2d[start:start + chunk_rows])  # (chunk, inner)
+            rows_out = out[start:start + chunk_rows]  # a contiguous view: written in place
+            if out_proj.bias is None:
+                torch.mm(hidden, out_proj.weight.t(), out=rows_out)
+            else:
+                torch.addmm(out_proj.bias, hidden, out_proj.weight.t(), out=rows_out)
+        return out.view(*x.shape[:-1], out_proj.out_features)  # (..., dim_out)
 
     def extra_repr(self) -> str:
         return f"activation={self.activation}"

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastdit import ops
+from fastdit.config import get_config
 from fastdit.layers import (
     Attention,
     FeedForward,
@@ -120,15 +121,20 @@ class WanBlock(nn.Module):
         # each (B, 1, D), or (B, T, 1, D): the ops' per-frame mode, per token when T = L
         shift, scale, gate, c_shift, c_scale, c_gate = mod.split(1, dim=-2)
 
-        h = self.norm1(x, shift, scale)  # (B, L, D)
-        attn = self.attn1(h, rope=rope)
+        # Activation memory: the norm output goes inline so it is freed once q, k, v exist,
+        # and each [B, L, D] tensor is deleted as soon as it is dead.
+        attn = self.attn1.self_attention(self.norm1(x, shift, scale), rope)  # (B, L, D)
         if self.norm2 is not None:
             h, x = self.norm2(x, attn, gate)  # x += gate * attn; h = LayerNorm_affine(x)
         else:
             x = h = ops.mul_add(attn, gate, x)
+        del attn
         attn = self.attn2(h, text, image_context=image)
         h, x = self.norm3(x, attn, 1, c_shift, c_scale)  # x += attn; h = adaLN(x)
-        return ops.mul_add(self.ffn(h), c_gate, x)  # x + c_gate * FFN(h)
+        del attn
+        ffn = self.ffn(h, chunk_rows=get_config().memory.ffn_chunk_tokens)
+        del h
+        return ops.mul_add(ffn, c_gate, x)  # x + c_gate * FFN(h)
 
 
 class WanTransformer(nn.Module):
