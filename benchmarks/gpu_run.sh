@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything the GPU machine has to do, in one call (device time is scarce):
 #   bash benchmarks/gpu_run.sh [tests] [ops] [transformer] [e2e]    (default: all)
+#   other steps: transformer-1.3b, transformer-14b, tune, diag, diag-attention
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
 # tests, runs the benchmarks and writes JSON and logs under $OUT (or ./out/gpu).
 set -uo pipefail
@@ -29,6 +30,8 @@ for step in $STEPS; do
       python3 benchmarks/transformer.py --out "$OUT/transformer.json" 2>&1 | tee "$OUT/transformer.log" ;;
     diag)
       python3 benchmarks/diag_diffusers.py 2>&1 | tee "$OUT/diag.log" ;;
+    diag-attention)
+      python3 benchmarks/diag_attention.py --out "$OUT/diag_attention.json" 2>&1 | tee "$OUT/diag_attention.log" ;;
     tune)
       python3 benchmarks/tune_triton.py --out "$OUT/tune.json" 2>&1 | grep -E "BEST|error" | tee "$OUT/tune.log" ;;
     transformer-14b)

@@ -23,12 +23,17 @@ import sys
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from fastdit.config import get_config, override_config
 from fastdit.models.wan import WanTransformer
 from fastdit.models.wan.configs import WAN_CONFIGS, WanConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling gpu_telemetry.py
+from gpu_telemetry import GpuTelemetry  # noqa: E402
 
 TEXT_LEN = 512
 
@@ -75,6 +80,13 @@ def time_forward(fn, warmup: int, repeat: int, device) -> list[float]:
     return times
 
 
+def timed(fn, warmup: int, repeat: int, device, telemetry) -> tuple[list[float], dict | None]:
+    """:func:`time_forward` plus the GPU clock/power summary of the timed loop."""
+    start = time.time()
+    times = time_forward(fn, warmup, repeat, device)
+    return times, telemetry.window(start, time.time()) if telemetry else None
+
+
 def peak_during(fn, device) -> int | None:
     if device.type != "cuda":
         return None
@@ -86,11 +98,15 @@ def peak_during(fn, device) -> int | None:
     return torch.cuda.max_memory_allocated() - before
 
 
+def _gb(nbytes: int | None) -> str:
+    return "n/a" if nbytes is None else f"{nbytes / 1e9:.3f} GB"
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0))
 
 
-def run_model(name: str, args, device, dtype) -> dict:
+def run_model(name: str, args, device, dtype, telemetry=None) -> dict:
     cfg = WAN_CONFIGS[name] if not args.tiny else WanConfig(
         num_attention_heads=2, attention_head_dim=16, ffn_dim=64, num_layers=2, text_dim=32, freq_dim=16)
     result = {"model": name, "config": cfg.to_diffusers_config(), "runs": []}
@@ -121,14 +137,28 @@ def run_model(name: str, args, device, dtype) -> dict:
         tokens = x[0].shape[2] * x[0].shape[3] * x[0].shape[4] // 4
         flops = forward_flops(cfg, batch, tokens)
         with torch.no_grad():
-            times = time_forward(lambda: model(*x), warmup, repeat, device)
+            times, gpu = timed(lambda: model(*x), warmup, repeat, device, telemetry)
             peak = peak_during(lambda: model(*x), device)
             outputs[batch] = model(*x).float().cpu()
         s = statistics.median(times)
         result["runs"].append({"impl": "fastdit", "batch": batch, "tokens": tokens, "s": s,
                                "all_s": times, "tflops": flops / s / 1e12, "tflop": flops / 1e12,
-                               "peak_activation_gb": None if peak is None else peak / 1e9})
-        print(f"{name} B={batch} fastdit {s:.4f}s {flops / s / 1e12:.0f} TFLOP/s", flush=True)
+                               "peak_activation_gb": None if peak is None else peak / 1e9,
+                               "ffn_chunk_tokens": get_config().memory.ffn_chunk_tokens, "gpu": gpu})
+        print(f"{name} B={batch} fastdit {s:.4f}s {flops / s / 1e12:.0f} TFLOP/s "
+              f"peak {_gb(peak)} gpu {gpu}", flush=True)
+    # the cost of the FFN token chunks: the same forward with other chunk sizes (B=1)
+    x = inputs(cfg, 1, args.frames, args.height, args.width, device, dtype)
+    for chunk in args.ffn_chunks:
+        with override_config(memory={"ffn_chunk_tokens": chunk}), torch.no_grad():
+            times, gpu = timed(lambda: model(*x), warmup, repeat, device, telemetry)
+            peak = peak_during(lambda: model(*x), device)
+        s = statistics.median(times)
+        result["runs"].append({"impl": f"fastdit-ffn-chunk-{chunk}", "batch": 1, "s": s,
+                               "all_s": times, "peak_activation_gb": None if peak is None else peak / 1e9,
+                               "ffn_chunk_tokens": chunk, "gpu": gpu})
+        print(f"{name} B=1 fastdit ffn_chunk_tokens={chunk} {s:.4f}s peak "
+              f"{_gb(peak)}", flush=True)
     if args.profile and device.type == "cuda":
         result["profile"] = profile(model, inputs(cfg, 1, args.frames, args.height, args.width, device, dtype))
     del model
@@ -157,20 +187,25 @@ def run_model(name: str, args, device, dtype) -> dict:
                 t0 = time.perf_counter()
                 call()  # first call (compilation for the compiled variant)
                 first = time.perf_counter() - t0
-                times = time_forward(call, max(0, warmup - 1), repeat, device)
+                times, gpu = timed(call, max(0, warmup - 1), repeat, device, telemetry)
                 peak = peak_during(call, device)
                 out = call().float().cpu()
             s = statistics.median(times)
             flops = forward_flops(cfg, batch, result["runs"][0]["tokens"])
             run = {"impl": impl, "batch": batch, "s": s, "all_s": times, "tflops": flops / s / 1e12,
-                   "first_call_s": first, "peak_activation_gb": None if peak is None else peak / 1e9}
+                   "first_call_s": first, "peak_activation_gb": None if peak is None else peak / 1e9,
+                   "gpu": gpu}
             if impl == "diffusers-eager":
                 run["cosine_vs_fastdit"] = cosine(out, outputs[batch])
                 run["max_abs_diff_vs_fastdit"] = float((out - outputs[batch]).abs().max())
             result["runs"].append(run)
             print(f"{name} B={batch} {impl} {s:.4f}s {flops / s / 1e12:.0f} TFLOP/s"
-                  + (f" cos={run['cosine_vs_fastdit']:.6f}" if "cosine_vs_fastdit" in run else ""),
-                  flush=True)
+                  + (f" cos={run['cosine_vs_fastdit']:.6f}" if "cosine_vs_fastdit" in run else "")
+                  + f" peak {_gb(peak)} gpu {gpu}", flush=True)
+        if impl == "diffusers-compiled" and args.profile and device.type == "cuda":
+            x = inputs(cfg, 1, args.frames, args.height, args.width, device, dtype)
+            result["profile_diffusers_compiled"] = profile(
+                lambda *a: ref(*a, return_dict=False)[0], x, top=8)
     del ref
     gc.collect()
     if device.type == "cuda":
@@ -184,7 +219,7 @@ def ratios(runs: list[dict]) -> dict:
     by = {(r["impl"], r["batch"]): r["s"] for r in runs}
     out = {}
     for (impl, batch), s in by.items():
-        if impl != "fastdit" and ("fastdit", batch) in by:
+        if impl.startswith("diffusers") and ("fastdit", batch) in by:
             out[f"B{batch}_vs_{impl}"] = by[("fastdit", batch)] / s
     return out
 
@@ -216,10 +251,13 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--tiny", action="store_true", help="tiny config on CPU (smoke test)")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--ffn-chunks", default="0,16384",
+                        help="other FFN chunk sizes timed at B=1 (the default size runs first)")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--tmp", default=None, help="folder for the time-to-first-forward checkpoint")
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.ffn_chunks = [int(c) for c in args.ffn_chunks.split(",") if c.strip()]
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if args.tiny:
@@ -230,10 +268,15 @@ def main(argv=None) -> int:
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     result = {"env": env, "shape": {"height": args.height, "width": args.width, "frames": args.frames,
                                     "text_len": TEXT_LEN}, "models": []}
-    for name in args.models.split(","):
-        result["models"].append(run_model(name, args, device, dtype))
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    telemetry = GpuTelemetry() if device.type == "cuda" else None
+    try:
+        for name in args.models.split(","):
+            result["models"].append(run_model(name, args, device, dtype, telemetry))
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=1)
+    finally:
+        if telemetry is not None:
+            telemetry.close()
     return 0
 
 
