@@ -72,6 +72,7 @@ class FeedForward(nn.Module):
                 torch.mm(hidden, out_proj.weight.t(), out=rows_out)
             else:
                 torch.addmm(out_proj.bias, hidden, out_proj.weight.t(), out=rows_out)
+            del hidden  # else it is still held while the next slice's is computed
         return out.view(*x.shape[:-1], out_proj.out_features)  # (..., dim_out)
 
     def extra_repr(self) -> str:
