@@ -130,6 +130,7 @@ class WanBlock(nn.Module):
             x = h = ops.mul_add(attn, gate, x)
         del attn
         attn = self.attn2(h, text, image_context=image)
+        del h
         h, x = self.norm3(x, attn, 1, c_shift, c_scale)  # x += attn; h = adaLN(x)
         del attn
         ffn = self.ffn(h, chunk_rows=get_config().memory.ffn_chunk_tokens)
