@@ -9,6 +9,7 @@ export PYTHONUNBUFFERED=1
 OUT="${OUT:-out/gpu}"
 mkdir -p "$OUT"
 STEPS="${*:-tests ops transformer e2e}"
+BENCH_ARGS="${BENCH_ARGS:-}"  # extra arguments for the transformer steps, e.g. "--batches 1"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -27,7 +28,7 @@ for step in $STEPS; do
     ops)
       python3 benchmarks/ops.py --out "$OUT/ops.json" 2>&1 | tee "$OUT/ops.log" ;;
     transformer)
-      python3 benchmarks/transformer.py --out "$OUT/transformer.json" 2>&1 | tee "$OUT/transformer.log" ;;
+      python3 benchmarks/transformer.py --out "$OUT/transformer.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer.log" ;;
     diag)
       python3 benchmarks/diag_diffusers.py 2>&1 | tee "$OUT/diag.log" ;;
     diag-attention)
@@ -35,9 +36,9 @@ for step in $STEPS; do
     tune)
       python3 benchmarks/tune_triton.py --out "$OUT/tune.json" 2>&1 | grep -E "BEST|error" | tee "$OUT/tune.log" ;;
     transformer-14b)
-      python3 benchmarks/transformer.py --models Wan2.1-T2V-14B --out "$OUT/transformer-14b.json" 2>&1 | tee "$OUT/transformer-14b.log" ;;
+      python3 benchmarks/transformer.py --models Wan2.1-T2V-14B --out "$OUT/transformer-14b.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer-14b.log" ;;
     transformer-1.3b)
-      python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B --out "$OUT/transformer.json" 2>&1 | tee "$OUT/transformer.log" ;;
+      python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B --out "$OUT/transformer.json" $BENCH_ARGS $BENCH_ARGS 2>&1 | tee "$OUT/transformer.log" ;;
     e2e)
       python3 benchmarks/e2e.py --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log" ;;
     *) echo "unknown step $step"; exit 2 ;;

@@ -98,6 +98,15 @@ def peak_during(fn, device) -> int | None:
     return torch.cuda.max_memory_allocated() - before
 
 
+def variant_config(variant: str):
+    """``ffn_chunk_tokens=N`` or ``<op>=<provider>``, applied with :func:`override_config`."""
+    key, _, value = variant.partition("=")
+    if key == "ffn_chunk_tokens":
+        return override_config(memory={"ffn_chunk_tokens": int(value)})
+    providers = dict(get_config().kernel.op_providers, **{key: (value,)})
+    return override_config(kernel={"op_providers": providers})
+
+
 def _gb(nbytes: int | None) -> str:
     return "n/a" if nbytes is None else f"{nbytes / 1e9:.3f} GB"
 
@@ -147,18 +156,16 @@ def run_model(name: str, args, device, dtype, telemetry=None) -> dict:
                                "ffn_chunk_tokens": get_config().memory.ffn_chunk_tokens, "gpu": gpu})
         print(f"{name} B={batch} fastdit {s:.4f}s {flops / s / 1e12:.0f} TFLOP/s "
               f"peak {_gb(peak)} gpu {gpu}", flush=True)
-    # the cost of the FFN token chunks: the same forward with other chunk sizes (B=1)
+    # variants of fastdit at B=1: other FFN chunk sizes, other providers for one op
     x = inputs(cfg, 1, args.frames, args.height, args.width, device, dtype)
-    for chunk in args.ffn_chunks:
-        with override_config(memory={"ffn_chunk_tokens": chunk}), torch.no_grad():
+    for variant in args.variants:
+        with variant_config(variant), torch.no_grad():
             times, gpu = timed(lambda: model(*x), warmup, repeat, device, telemetry)
             peak = peak_during(lambda: model(*x), device)
         s = statistics.median(times)
-        result["runs"].append({"impl": f"fastdit-ffn-chunk-{chunk}", "batch": 1, "s": s,
-                               "all_s": times, "peak_activation_gb": None if peak is None else peak / 1e9,
-                               "ffn_chunk_tokens": chunk, "gpu": gpu})
-        print(f"{name} B=1 fastdit ffn_chunk_tokens={chunk} {s:.4f}s peak "
-              f"{_gb(peak)}", flush=True)
+        result["runs"].append({"impl": f"fastdit[{variant}]", "batch": 1, "s": s, "all_s": times,
+                               "peak_activation_gb": None if peak is None else peak / 1e9, "gpu": gpu})
+        print(f"{name} B=1 fastdit[{variant}] {s:.4f}s peak {_gb(peak)}", flush=True)
     if args.profile and device.type == "cuda":
         result["profile"] = profile(model, inputs(cfg, 1, args.frames, args.height, args.width, device, dtype))
     del model
@@ -251,13 +258,13 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--tiny", action="store_true", help="tiny config on CPU (smoke test)")
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--ffn-chunks", default="0,16384",
-                        help="other FFN chunk sizes timed at B=1 (the default size runs first)")
+    parser.add_argument("--variants", default="ffn_chunk_tokens=0,ffn_chunk_tokens=16384",
+                        help="fastdit variants also timed at B=1: ffn_chunk_tokens=N or op=provider")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--tmp", default=None, help="folder for the time-to-first-forward checkpoint")
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
-    args.ffn_chunks = [int(c) for c in args.ffn_chunks.split(",") if c.strip()]
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if args.tiny:

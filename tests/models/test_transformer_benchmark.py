@@ -13,11 +13,12 @@ def test_transformer_benchmark_tiny(tmp_path):
     spec.loader.exec_module(module)
     out = tmp_path / "transformer.json"
     assert module.main(["--tiny", "--no-compile", "--models", "Wan2.1-T2V-1.3B", "--batches", "1,2",
-                        "--ffn-chunks", "0,7", "--out", str(out), "--tmp", str(tmp_path)]) == 0
+                        "--variants", "ffn_chunk_tokens=7,linear_gelu_tanh=native", "--out", str(out), "--tmp", str(tmp_path)]) == 0
     model = json.loads(out.read_text())["models"][0]
     runs = [(r["impl"], r["batch"]) for r in model["runs"]]
-    assert runs == [("fastdit", 1), ("fastdit", 2), ("fastdit-ffn-chunk-0", 1),
-                    ("fastdit-ffn-chunk-7", 1), ("diffusers-eager", 1), ("diffusers-eager", 2)]
+    assert runs == [("fastdit", 1), ("fastdit", 2), ("fastdit[ffn_chunk_tokens=7]", 1),
+                    ("fastdit[linear_gelu_tanh=native]", 1), ("diffusers-eager", 1),
+                    ("diffusers-eager", 2)]
     eager = [r for r in model["runs"] if r["impl"] == "diffusers-eager"]
     assert all(r["cosine_vs_fastdit"] > 0.99999 for r in eager)
     assert set(model["ratios"]) == {"B1_vs_diffusers-eager", "B2_vs_diffusers-eager"}
