@@ -38,7 +38,7 @@ for step in $STEPS; do
     transformer-14b)
       python3 benchmarks/transformer.py --models Wan2.1-T2V-14B --out "$OUT/transformer-14b.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer-14b.log" ;;
     transformer-1.3b)
-      python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B --out "$OUT/transformer.json" $BENCH_ARGS $BENCH_ARGS 2>&1 | tee "$OUT/transformer.log" ;;
+      python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B --out "$OUT/transformer.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer.log" ;;
     e2e)
       python3 benchmarks/e2e.py --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log" ;;
     *) echo "unknown step $step"; exit 2 ;;
