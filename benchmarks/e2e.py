@@ -209,6 +209,32 @@ def measure(name: str, runner, pipe, args, device) -> tuple[dict, np.ndarray]:
     return entry, frames
 
 
+def profile_denoise(pipe, args, steps: int, trace_path: str) -> dict:
+    """fastdit's denoising loop under torch.profiler (CPU + CUDA): wall time per step, GPU
+    kernel time per step, and the host calls that wait for the GPU. Writes a Chrome trace."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync(torch.device("cuda"))
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        pipe.generate(PROMPT, negative_prompt=NEGATIVE, height=args.height, width=args.width,
+                      num_frames=args.frames, num_inference_steps=steps, guidance_scale=args.guidance,
+                      seed=args.seed, output_type="latent")
+        sync(torch.device("cuda"))
+        wall = time.perf_counter() - t0
+    prof.export_chrome_trace(trace_path)
+    events = prof.key_averages()
+    kernel_ms = sum(e.self_device_time_total for e in events) / 1e3
+    waits = {e.key: {"calls": e.count, "cpu_ms": e.self_cpu_time_total / 1e3} for e in events
+             if any(w in e.key for w in ("Synchronize", "Memcpy", "_local_scalar_dense", "aten::item"))}
+    top_cpu = [{"op": e.key[:100], "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3}
+               for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:20]]
+    out = {"steps": steps, "wall_s": wall, "gpu_kernel_ms": kernel_ms, "waits": waits, "top_cpu": top_cpu}
+    print(f"profiled {steps} steps: wall {wall:.3f} s, GPU kernels {kernel_ms / 1e3:.3f} s, waits {waits}",
+          flush=True)
+    return out
+
+
 def ratios(results: list[dict]) -> dict:
     by = {r["impl"]: r["stages"] for r in results}
     out = {}
@@ -253,6 +279,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="timed generations per implementation (best kept)")
     parser.add_argument("--warmup-steps", type=int, default=2)
     parser.add_argument("--impls", default="fastdit,diffusers-eager,diffusers-compiled")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="also profile fastdit's generation with this many steps (CUDA only)")
     parser.add_argument("--tiny", action="store_true",
                         help="toy model and sizes on the CPU (checks the script; numbers mean nothing)")
     args = parser.parse_args(argv)
@@ -286,9 +314,12 @@ def main(argv=None) -> int:
     frames = {}
     with torch.no_grad():
         if "fastdit" in impls:
-            entry, frames["fastdit"] = measure("fastdit", run_fastdit, fastdit_pipeline(c, device, dtype),
-                                               args, device)
+            fastdit = fastdit_pipeline(c, device, dtype)
+            entry, frames["fastdit"] = measure("fastdit", run_fastdit, fastdit, args, device)
             result["runs"].append(entry)
+            if args.profile_steps and device.type == "cuda":
+                result["profile_fastdit"] = profile_denoise(fastdit, args, args.profile_steps,
+                                                            args.out.replace(".json", "-trace.json"))
         pipe = diffusers_pipeline(c)
         for impl in ("diffusers-eager", "diffusers-compiled"):
             if impl not in impls:

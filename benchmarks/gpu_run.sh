@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED=1
 OUT="${OUT:-out/gpu}"
 mkdir -p "$OUT"
 STEPS="${*:-tests ops transformer e2e}"
-BENCH_ARGS="${BENCH_ARGS:-}"  # extra arguments for the transformer steps, e.g. "--batches 1"
+BENCH_ARGS="${BENCH_ARGS:-}"  # extra arguments for the transformer and e2e steps, e.g. "--batches 1"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -40,7 +40,7 @@ for step in $STEPS; do
     transformer-1.3b)
       python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B --out "$OUT/transformer.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer.log" ;;
     e2e)
-      python3 benchmarks/e2e.py --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log" ;;
+      python3 benchmarks/e2e.py --out "$OUT/e2e.json" $BENCH_ARGS 2>&1 | tee "$OUT/e2e.log" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done
