@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED=1
 OUT="${OUT:-out/gpu}"
 mkdir -p "$OUT"
 STEPS="${*:-tests ops transformer e2e}"
-BENCH_ARGS="${BENCH_ARGS:-}"  # extra arguments for the transformer and e2e steps, e.g. "--batches 1"
+BENCH_ARGS="${BENCH_ARGS:-}"  # extra arguments for the ops, transformer and e2e steps, e.g. "--batches 1"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -26,7 +26,7 @@ for step in $STEPS; do
     tests)
       python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tail -25 | tee "$OUT/gpu-tests.log" ;;
     ops)
-      python3 benchmarks/ops.py --out "$OUT/ops.json" 2>&1 | tee "$OUT/ops.log" ;;
+      python3 benchmarks/ops.py --out "$OUT/ops.json" $BENCH_ARGS 2>&1 | tee "$OUT/ops.log" ;;
     transformer)
       python3 benchmarks/transformer.py --out "$OUT/transformer.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer.log" ;;
     diag)

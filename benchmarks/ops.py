@@ -79,6 +79,9 @@ def rope_cases() -> list[Case]:
         q, k = _rand(TOKENS, heads, 128), _rand(TOKENS, heads, 128)
         cases.append(Case("rope_qk_", f"q,k [{TOKENS}, {heads}, 128]",
                           lambda q=q, k=k: ((q, k, cos, sin), {}), 4 * nbytes(q) + nbytes(cos, sin)))
+        w = _rand(heads * 128)
+        cases.append(Case("rms_norm_rope_", f"q [1, {TOKENS}, {heads}, 128]",
+                          lambda q=q, w=w: ((q[None], w, cos, sin), {}), 2 * nbytes(q) + nbytes(w, cos, sin)))
     return cases
 
 
@@ -106,6 +109,15 @@ def linear_cases() -> list[Case]:
                           lambda x=x, w=w, b=b: ((x, w, b), {}), nbytes(x, w, b) + TOKENS * ffn * 2,
                           flops=2 * TOKENS * dim * ffn))
     return cases
+
+
+def two_op_norm_rope(q, k, weight, cos, sin):
+    """Baseline: the unfused form, ``rms_norm`` on q and on k, then ``rope_qk_`` on both."""
+    import fastdit.ops as ops
+
+    q_normed = ops.rms_norm(q.flatten(-2), weight).view_as(q)
+    k_normed = ops.rms_norm(k.flatten(-2), weight).view_as(k)
+    return ops.rope_qk_(q_normed, k_normed, cos, sin)
 
 
 def two_step_cache_store(q, k, v, kc, vc, slots, positions, cos_sin):
@@ -165,6 +177,14 @@ def bench_case(case: Case) -> list[dict]:
               and p.supports_args(*args, **kwargs)}
     if case.op == "rope_qk_cache_store":
         timers["two-step (rope_qk_ + torch scatter)"] = lambda: two_step_cache_store(*args)
+    if case.op == "rms_norm_rope_":  # q and k of one attention layer, fused vs the two ops
+        import fastdit.ops as ops
+
+        x, w, cos, sin = args
+        k = x.clone()
+        timers["q and k: rms_norm_rope_ x2"] = lambda: (ops.rms_norm_rope_(x, w, cos, sin),
+                                                        ops.rms_norm_rope_(k, w, cos, sin))
+        timers["q and k: rms_norm x2 + rope_qk_"] = lambda: two_op_norm_rope(x, k, w, cos, sin)
     if case.op == "rms_norm" and "residual" not in kwargs:
         timers["torch F.rms_norm"] = lambda: torch.nn.functional.rms_norm(
             args[0], (args[0].shape[-1],), args[1], args[2])

@@ -133,6 +133,9 @@ def wan_calls():
     for heads in (12, 40):
         q = torch.empty(tokens, heads, 128, dtype=torch.bfloat16)
         cos = torch.empty(tokens, 64, dtype=torch.float32)
+        w = torch.empty(heads * 128, dtype=torch.bfloat16)
+        calls.append((f"rms_norm_rope_ H={heads}",
+                      lambda q=q, w=w, c=cos: norm.rms_norm_rope_(q, w, c, c)))
         for interleaved in (True, False):
             calls.append((f"rope_qk_ H={heads} interleaved={interleaved}",
                           lambda q=q, c=cos, i=interleaved: rope.rope_qk_(

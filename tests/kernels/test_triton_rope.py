@@ -1,4 +1,5 @@
-"""Triton RoPE kernels against the native spec: rope_qk_ (in place) and rope_qk_cache_store.
+"""Triton RoPE kernels against the native spec: rope_qk_ and rms_norm_rope_ (in place) and
+rope_qk_cache_store.
 
 In-place checks compare the caller's tensors after the call with a reference computed first on
 copies (``compare`` checks every tensor argument afterwards), including q/k that are strided
@@ -24,6 +25,36 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def _tables(rows, dim, device, dtype=torch.float32):
     angles = torch.rand(rows, dim // 2) * 6.3
     return angles.cos().to(device, dtype), angles.sin().to(device, dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# rms_norm_rope_
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5, 3, 8), (2, 5, 4, 16), (2, 3, 12, 128)])  # H*D = 24, 64, 1536
+def test_rms_norm_rope_in_place(device, dtype, shape):
+    x = rand(shape, dtype, device)
+    tokens, heads, dim = shape[-3:]
+    cos, sin = _tables(tokens, dim, device)
+    weight = rand((heads * dim,), dtype, device)
+    out = compare("rms_norm_rope_", x, weight, cos, sin, eps=1e-5)
+    assert out is x
+
+
+def test_rms_norm_rope_without_weight_and_odd_rows(device):
+    x = rand((7, 5, 6), torch.bfloat16, device)  # H*D = 30: masked lanes; D/2 = 3
+    cos, sin = _tables(7, 6, device, torch.bfloat16)
+    compare("rms_norm_rope_", x, None, cos, sin)
+
+
+def test_rms_norm_rope_takes_only_what_it_can():
+    from fastdit.kernels.triton._support import rms_norm_rope_args
+
+    x, cos, sin = torch.randn(4, 2, 8), torch.randn(4, 4), torch.randn(4, 4)
+    assert rms_norm_rope_args(x, None, cos, sin) is S.device_ok(x)
+    assert not rms_norm_rope_args(x, None, cos, sin, interleaved=False)
+    assert not rms_norm_rope_args(x.transpose(0, 1), None, cos, sin)  # rows not contiguous
+    assert not rms_norm_rope_args(x, torch.ones(8), cos, sin)  # weight must span H*D
 
 
 # ---------------------------------------------------------------------------------------

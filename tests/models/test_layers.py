@@ -119,7 +119,7 @@ def test_self_attention_frees_its_input_and_qkv_before_the_output_projection():
             refs[name] = weakref.ref(out)  # returns None: the output is left as it is
         return hook
 
-    attn.norm_q.register_forward_hook(keep_ref("q"))
+    attn.to_q.register_forward_hook(keep_ref("q"))  # q is a view of it (normed in place)
     attn.to_v.register_forward_hook(keep_ref("v"))
     alive_at_output = []
     attn.to_out[0].register_forward_pre_hook(

@@ -135,6 +135,17 @@ def rope_cases():
     return cases
 
 
+def norm_rope_cases():
+    cases = []
+    for dtype in DTYPES:
+        def build(dtype=dtype):
+            theta = torch.rand(5, 8) * 6
+            return ((rand((2, 5, 3, 16), dtype), rand((48,), dtype), theta.cos(), theta.sin()),
+                    {"eps": 1e-5})
+        cases.append(Case(f"{str(dtype)[6:]}", build, dtype, light=dtype == torch.bfloat16))
+    return cases
+
+
 def cache_store_cases():
     cases = []
     for cache_dtype in (torch.float32, torch.bfloat16, torch.float8_e4m3fn):
@@ -181,6 +192,7 @@ CASES = {
     "mul_add": elementwise_cases("mul_add"),
     "scale_shift": elementwise_cases("scale_shift"),
     "rope_qk_": rope_cases(),
+    "rms_norm_rope_": norm_rope_cases(),
     "rope_qk_cache_store": cache_store_cases(),
     "linear_gelu_tanh": linear_gelu_cases(),
 }

@@ -104,7 +104,7 @@ def test_unknown_provider_is_an_error(fake_op):
 def test_provider_table_lists_every_op():
     rows = {row["op"]: row for row in ops.provider_table()}
     assert set(rows) >= {"rms_norm", "layer_norm_scale_shift", "scale_residual_norm_scale_shift",
-                         "norm_tanh_mul_add", "mul_add", "scale_shift", "rope_qk_",
+                         "norm_tanh_mul_add", "mul_add", "scale_shift", "rope_qk_", "rms_norm_rope_",
                          "rope_qk_cache_store", "attention", "linear_gelu_tanh"}
     for op, row in rows.items():
         assert row["chosen"] in row["available"], op

@@ -148,6 +148,32 @@ def test_rope_qk_spec_in_place(interleaved):
     close64(k, rope64(k0, cos, sin, interleaved), torch.float32)
 
 
+@pytest.mark.parametrize("weighted", [True, False])
+def test_rms_norm_rope_spec(weighted):
+    B, T, H, Dh = 2, 5, 3, 8
+    x = rand((B, T, H, Dh))
+    x0 = x.clone()
+    weight = rand((H * Dh,)) if weighted else None
+    cos, sin = angles(T, Dh // 2)
+    assert ops.rms_norm_rope_(x, weight, cos, sin, eps=1e-5) is x
+    rows = x0.double().flatten(-2)  # RMSNorm over each token's H*D values, then RoPE per head
+    normed = rows * torch.rsqrt(rows.square().mean(-1, keepdim=True) + 1e-5)
+    if weighted:
+        normed = normed * weight.double()
+    for b in range(B):
+        close64(x[b], rope64(normed[b].view(T, H, Dh), cos, sin, True), torch.float32)
+
+
+def test_rms_norm_rope_errors():
+    x, cos = rand((4, 2, 8)), torch.ones(4, 4)
+    with pytest.raises(ValueError, match="rms_norm_rope_: weight must have shape"):
+        ops.rms_norm_rope_(x, torch.ones(8), cos, cos)
+    with pytest.raises(ValueError, match="rms_norm_rope_: cos must have shape"):
+        ops.rms_norm_rope_(x, None, torch.ones(5, 4), cos)
+    with pytest.raises(ValueError, match="rms_norm_rope_: the head dim D must be even"):
+        ops.rms_norm_rope_(rand((4, 2, 7)), None, torch.ones(4, 3), torch.ones(4, 3))
+
+
 def test_rope_qk_positions_and_batch():
     T, H, Dh, max_pos = 4, 2, 8, 11
     cos, sin = angles(max_pos, Dh // 2)

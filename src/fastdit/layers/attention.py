@@ -19,7 +19,8 @@ class Attention(nn.Module):
     """Self-attention (``context=None``) or cross-attention to ``context``.
 
     ``q = RMSNorm(x Wq)``, ``k = RMSNorm(c Wk)``, ``v = c Wv`` (the norms span all heads, weight
-    ``[H*D]``), RoPE rotates q and k in place when ``rope=(cos, sin)`` is given, then
+    ``[H*D]``), RoPE rotates q and k in place when ``rope=(cos, sin)`` is given (norm and
+    rotation fused in :func:`fastdit.ops.rms_norm_rope_`), then
     ``out = softmax(q k^T / sqrt(D)) v``. With ``added_kv_dim`` the layer also attends to
     image tokens through its own k/v projections and adds the two results (Wan2.1 I2V).
     """
@@ -45,9 +46,20 @@ class Attention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, self.head_dim))  # (B, L, H*D) -> (B, L, H, D)
 
-    def _qkv(self, x: torch.Tensor, source: torch.Tensor):
-        q = self._heads(self.norm_q(self.to_q(x)))  # (B, L, H, D)
-        k = self._heads(self.norm_k(self.to_k(source)))  # (B, S, H, D)
+    def _qkv(self, x: torch.Tensor, source: torch.Tensor,
+             rope: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """q, k, v as ``(B, L|S, H, D)``: normed across heads, q and k rotated when ``rope``."""
+        if rope is not None and isinstance(self.norm_q, RMSNorm) and isinstance(self.norm_k, RMSNorm):
+            # norm and rotation in one pass, in place on the projections' outputs
+            q = self._heads(self.to_q(x))  # (B, L, H, D)
+            k = self._heads(self.to_k(source))  # (B, S, H, D)
+            ops.rms_norm_rope_(q, self.norm_q.weight, *rope, eps=self.norm_q.eps)
+            ops.rms_norm_rope_(k, self.norm_k.weight, *rope, eps=self.norm_k.eps)
+        else:
+            q = self._heads(self.norm_q(self.to_q(x)))  # (B, L, H, D)
+            k = self._heads(self.norm_k(self.to_k(source)))  # (B, S, H, D)
+            if rope is not None:
+                ops.rope_qk_(q, k, *rope)  # in place; cos/sin (L, D/2)
         v = self._heads(self.to_v(source))  # (B, S, H, D)
         return q, k, v
 
@@ -55,9 +67,7 @@ class Attention(nn.Module):
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 image_context: torch.Tensor | None = None) -> torch.Tensor:
         # x (B, L, C); context (B, S, C) or None; image_context (B, S_img, C_img) or None
-        q, k, v = self._qkv(x, x if context is None else context)
-        if rope is not None:
-            ops.rope_qk_(q, k, *rope)  # in place; cos/sin (L, D/2)
+        q, k, v = self._qkv(x, x if context is None else context, rope)
         out = ops.attention(q, k, v)  # (B, L, H, D)
         if image_context is not None:
             if self.add_k_proj is None:
@@ -76,9 +86,8 @@ class Attention(nn.Module):
         when the caller passes a tensor nothing else refers to, such as a norm's output
         written inline, that ``[B, L, C]`` tensor is freed before attention runs.
         """
-        q, k, v = self._qkv(x, x)
+        q, k, v = self._qkv(x, x, rope)
         del x
-        ops.rope_qk_(q, k, *rope)  # in place; cos/sin (L, D/2)
         out = ops.attention(q, k, v)  # (B, L, H, D)
         del q, k, v
         return self.to_out[0](out.flatten(2))  # (B, L, C)

@@ -14,7 +14,7 @@ from fastdit.ops.norm import (
     scale_residual_norm_scale_shift,
 )
 from fastdit.ops.registry import ProviderError, call_provider, provider_table, providers, resolve
-from fastdit.ops.rope import rope_qk_, rope_qk_cache_store
+from fastdit.ops.rope import rms_norm_rope_, rope_qk_, rope_qk_cache_store
 
 __all__ = [
     "ProviderError",
@@ -28,6 +28,7 @@ __all__ = [
     "providers",
     "resolve",
     "rms_norm",
+    "rms_norm_rope_",
     "rope_qk_",
     "rope_qk_cache_store",
     "scale_residual_norm_scale_shift",

@@ -11,6 +11,7 @@ _SPEC = {
     "scale_shift": "fastdit.ops.elementwise:scale_shift_native",
     "rope_qk_": "fastdit.ops.rope:rope_qk_native",
     "rope_qk_cache_store": "fastdit.ops.rope:rope_qk_cache_store_native",
+    "rms_norm_rope_": "fastdit.ops.rope:rms_norm_rope_native",
     "attention": "fastdit.ops.attention:attention_native",
     "linear_gelu_tanh": "fastdit.ops.linear:linear_gelu_tanh_native",
 }

@@ -1,4 +1,5 @@
-"""Rotary position embedding ops: ``rope_qk_`` (in place) and ``rope_qk_cache_store`` (paged KV)."""
+"""Rotary position embedding ops: ``rope_qk_`` and ``rms_norm_rope_`` (in place) and
+``rope_qk_cache_store`` (paged KV)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,14 @@ def rope_qk_native(q, k, cos, sin, *, positions=None, interleaved=True):
     q.copy_(rotate(q, cos, sin, interleaved))
     k.copy_(rotate(k, cos, sin, interleaved))
     return q, k
+
+
+def rms_norm_rope_native(x, weight, cos, sin, *, eps=1e-6, interleaved=True):
+    from fastdit.ops.norm import rms_norm_native
+
+    normed = rms_norm_native(x.flatten(-2), weight, eps).view_as(x)  # in x's dtype
+    x.copy_(rotate(normed, cos, sin, interleaved))
+    return x
 
 
 def effective_slots(slot_mapping: torch.Tensor, swa_slot_mapping: torch.Tensor | None) -> torch.Tensor:
@@ -128,6 +137,39 @@ def rope_qk_(q, k, cos, sin, *, positions=None, interleaved=True):
         _check_index(op, "positions", positions, tokens)
         C.check_same_device(op, q=q, positions=positions)
     return dispatch(op, q, k, cos, sin, positions=positions, interleaved=interleaved)
+
+
+def rms_norm_rope_(x, weight, cos, sin, *, eps=1e-6, interleaved=True):
+    """RMSNorm across all heads of a token, then RoPE on each head, in place; returns ``x``.
+
+    ``x <- rope(rms_norm(x.flatten(-2), weight, eps).view_as(x), cos, sin)``: the norm
+    ``s / sqrt(mean(s**2) + eps) * weight`` spans the token's ``H*D`` values (Wan's
+    ``rms_norm_across_heads`` on q and k) and its result is rounded to ``x.dtype``, as
+    :func:`rms_norm` stores it; the rotation is :func:`rope_qk_`'s. One pass over ``x``
+    instead of two ops' four.
+
+    Shapes: ``x [..., T, H, D]`` (D even), ``weight [H*D]`` or None, ``cos``/``sin`` ``[T, D/2]``.
+    Math in fp32.
+    """
+    op = "rms_norm_rope_"
+    C.check_tensor(op, "x", x, min_dim=3)
+    C.check_eps(op, eps)
+    half = x.shape[-1] // 2
+    if x.shape[-1] % 2:
+        raise C.fail(op, "the head dim D must be even", x=x)
+    if weight is not None:
+        C.check_tensor(op, "weight", weight)
+        if tuple(weight.shape) != (x.shape[-2] * x.shape[-1],):
+            raise C.fail(op, f"weight must have shape [H*D={x.shape[-2] * x.shape[-1]}]", x=x,
+                         weight=weight)
+        C.check_same_device(op, x=x, weight=weight)
+    for name, table in (("cos", cos), ("sin", sin)):
+        C.check_tensor(op, name, table)
+        if tuple(table.shape) != (x.shape[-3], half):
+            raise C.fail(op, f"{name} must have shape [T={x.shape[-3]}, D/2={half}]", x=x,
+                         **{name: table})
+    C.check_same_device(op, x=x, cos=cos, sin=sin)
+    return dispatch(op, x, weight, cos, sin, eps=eps, interleaved=interleaved)
 
 
 def rope_qk_cache_store(q, k, v, key_cache, value_cache, slot_mapping, positions, cos_sin_cache, *,

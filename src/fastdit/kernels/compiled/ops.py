@@ -19,6 +19,7 @@ COMPILED_OPS = {
     "scale_shift": "fastdit.ops.elementwise:scale_shift_native",
     "rope_qk_": "fastdit.ops.rope:rope_qk_native",
     "rope_qk_cache_store": "fastdit.ops.rope:rope_qk_cache_store_native",
+    "rms_norm_rope_": "fastdit.ops.rope:rms_norm_rope_native",
 }
 
 

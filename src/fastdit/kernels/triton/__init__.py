@@ -19,6 +19,7 @@ _OPS = {
     "mul_add": ("elementwise:mul_add", S.mul_add_args),
     "scale_shift": ("elementwise:scale_shift", S.scale_shift_args),
     "rope_qk_": ("rope:rope_qk_", S.rope_qk_args),
+    "rms_norm_rope_": ("norm:rms_norm_rope_", S.rms_norm_rope_args),
     "rope_qk_cache_store": ("rope:rope_qk_cache_store", S.rope_qk_cache_store_args),
 }
 

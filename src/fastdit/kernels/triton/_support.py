@@ -266,6 +266,18 @@ def rope_qk_args(q, k, cos, sin, *, positions=None, interleaved=True) -> bool:
     return _index_ok(positions, q.shape[-3])
 
 
+def rms_norm_rope_args(x, weight, cos, sin, *, eps=1e-6, interleaved=True) -> bool:
+    """Contiguous x (rows of H*D written in place), interleaved pairs, cos/sin [T, D/2]."""
+    if not (_tensor_ok(x, cos, sin) and x.dim() >= 3 and x.is_contiguous() and interleaved
+            and is_number(eps) and x.shape[-1] % 2 == 0):
+        return False
+    dim = x.shape[-2] * x.shape[-1]
+    if weight is not None and not (_tensor_ok(weight) and tuple(weight.shape) == (dim,)):
+        return False
+    return (0 < dim <= MAX_ROW
+            and tuple(cos.shape) == tuple(sin.shape) == (x.shape[-3], x.shape[-1] // 2))
+
+
 def rope_qk_cache_store_args(q, k, v, key_cache, value_cache, slot_mapping, positions,
                              cos_sin_cache, *, interleaved=True, k_scale=None, v_scale=None,
                              swa_slot_mapping=None) -> bool:

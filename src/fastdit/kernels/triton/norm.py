@@ -1,4 +1,4 @@
-"""Triton kernels of the norm family: ``rms_norm`` and the adaLN ops.
+"""Triton kernels of the norm family: ``rms_norm`` (also fused with RoPE) and the adaLN ops.
 
 One launch per op, a single pass over memory: each program keeps a tile of ``ROWS`` whole
 rows in registers (fp32 math) and loads a per-batch/per-frame modulation row and the norm
@@ -44,6 +44,36 @@ def _rms_norm_kernel(
     if HAS_WEIGHT:
         y = y * tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + out_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rms_norm_rope_kernel(
+    x_ptr, w_ptr, cos_ptr, sc_t, sc_d, sin_ptr, ss_t, ss_d,
+    n_rows, L, D, HALF, eps,
+    HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # in place, per row of H*D: y = round(x * rsqrt(mean(x^2) + eps) * w) to x's dtype, then
+    # every interleaved pair (2j, 2j+1) rotated by the row's cos/sin at j mod (D_head / 2)
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    rmask = rows < n_rows
+    mask = rmask[:, None] & (cols < D)[None, :]
+    offs = (rows * D)[:, None] + cols[None, :]
+    s = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    y = s * tl.rsqrt(tl.sum(s * s, axis=1) / D + eps)[:, None]
+    if HAS_WEIGHT:
+        y = y * tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+    y = y.to(x_ptr.dtype.element_ty).to(tl.float32)  # the normed tensor as rms_norm stores it
+    y1, y2 = tl.split(tl.reshape(y, [ROWS, BLOCK_D // 2, 2]))
+    pair = tl.arange(0, BLOCK_D // 2)
+    pos = rows % L
+    pmask = rmask[:, None] & (pair < D // 2)[None, :]
+    i = pair % HALF
+    cos = tl.load(cos_ptr + (pos * sc_t)[:, None] + (i * sc_d)[None, :], mask=pmask, other=0.0)
+    sin = tl.load(sin_ptr + (pos * ss_t)[:, None] + (i * ss_d)[None, :], mask=pmask, other=0.0)
+    cos, sin = cos.to(tl.float32), sin.to(tl.float32)
+    out = tl.reshape(tl.join(y1 * cos - y2 * sin, y1 * sin + y2 * cos), [ROWS, BLOCK_D])
+    tl.store(x_ptr + offs, out.to(x_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -139,6 +169,21 @@ def rms_norm(x, weight, eps=1e-6, *, residual=None, variance_size=None):
             ROWS=rows, BLOCK_D=block, num_warps=warps,
         )
     return y if residual is None else (y, s)
+
+
+def rms_norm_rope_(x, weight, cos, sin, *, eps=1e-6, interleaved=True):
+    tokens, heads, head_dim = x.shape[-3:]
+    dim = heads * head_dim
+    n_rows = x.numel() // dim
+    if n_rows:
+        block, warps, rows = norm_launch(dim, n_rows, kind="rms")
+        w = x if weight is None else weight.contiguous()
+        _rms_norm_rope_kernel[(cdiv(n_rows, rows),)](
+            x, w, cos, cos.stride(0), cos.stride(1), sin, sin.stride(0), sin.stride(1),
+            n_rows, tokens, dim, head_dim // 2, float(eps),
+            HAS_WEIGHT=weight is not None, ROWS=rows, BLOCK_D=block, num_warps=warps,
+        )
+    return x
 
 
 def _as_bld(t: torch.Tensor) -> torch.Tensor:
