@@ -101,17 +101,15 @@ def build_components(args, device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def fastdit_pipeline(c: dict, device: torch.device, dtype: torch.dtype):
-    from diffusers import UniPCMultistepScheduler
-
     from fastdit.pipelines.spec import ModelSpec
-    from fastdit.pipelines.wan import WanVideoPipeline
+    from fastdit.pipelines.wan import WanVideoPipeline, make_scheduler
     from fastdit.platforms import current_platform
 
     spec = ModelSpec.from_configs(c["transformer"].config.to_diffusers_config(), dict(c["vae"].config),
                                   dict(c["scheduler_config"]), name="Wan2.1-T2V-1.3B")
     vae = current_platform().optimize_vae(c["vae"])
     return WanVideoPipeline(spec, tokenizer=c["tokenizer"], text_encoder=c["text_encoder"], vae=vae,
-                            scheduler=UniPCMultistepScheduler.from_config(c["scheduler_config"]),
+                            scheduler=make_scheduler(spec),  # as fastdit.load builds it
                             transformer=c["transformer"], device=device, dtype=dtype)
 
 

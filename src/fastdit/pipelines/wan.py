@@ -24,6 +24,7 @@ import torch
 from fastdit.pipelines import stages
 from fastdit.pipelines.result import GenerationResult
 from fastdit.pipelines.spec import InputError, ModelFolderError, ModelSpec, _first_line, inspect_model
+from fastdit.pipelines.unipc import FlowUniPCScheduler
 
 log = logging.getLogger("fastdit.pipelines")
 
@@ -161,7 +162,9 @@ def load_transformer(spec: ModelSpec, subfolder: str, device: torch.device, dtyp
 
 def make_scheduler(spec: ModelSpec, kind: str = "unipc", flow_shift: float | None = None):
     """The checkpoint's flow-matching UniPC scheduler (``flow_shift`` from the checkpoint unless
-    given), or flow-match Euler with the same shift."""
+    given), or flow-match Euler with the same shift. UniPC is fastdit's
+    :class:`~fastdit.pipelines.unipc.FlowUniPCScheduler` when it covers the configuration (every
+    Wan checkpoint's), else diffusers' class."""
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
     config = dict(spec.scheduler_config)
@@ -172,7 +175,13 @@ def make_scheduler(spec: ModelSpec, kind: str = "unipc", flow_shift: float | Non
         extra = {"flow_shift": shift} if shift is not None else {}
         if shift is not None and "use_flow_sigmas" not in config:
             extra.update(use_flow_sigmas=True, prediction_type="flow_prediction")
-        return UniPCMultistepScheduler.from_config(config, **extra)
+        scheduler = UniPCMultistepScheduler.from_config(config, **extra)  # resolves the defaults
+        if FlowUniPCScheduler.takes(scheduler.config):
+            log.info("scheduler: FlowUniPCScheduler (diffusers' UniPC numbers, coefficients on the host)")
+            return FlowUniPCScheduler(scheduler.config)
+        log.info("scheduler: diffusers UniPCMultistepScheduler (a configuration FlowUniPCScheduler "
+                 "does not cover)")
+        return scheduler
     if kind == "euler":
         return FlowMatchEulerDiscreteScheduler.from_config(
             config, shift=shift if shift is not None else 1.0,
