@@ -27,8 +27,7 @@ from gpu_telemetry import GpuTelemetry  # noqa: E402
 
 
 def loop(q, k, v, calls: int, filler: torch.Tensor | None, filler_passes: int) -> float:
-    """Milliseconds per SDPA call over ``calls`` calls (CUDA events around the whole loop)."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    """Milliseconds per SDPA call over ``calls`` calls (CUDA events around each call)."""
     attn_ms = []
     for _ in range(calls):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -38,7 +37,6 @@ def loop(q, k, v, calls: int, filler: torch.Tensor | None, filler_passes: int) -
         attn_ms.append((s, e))
         for _ in range(filler_passes if filler is not None else 0):
             filler.mul_(1.0001)  # memory-bound: read + write 400 MB
-    end.record()
     torch.cuda.synchronize()
     return sum(s.elapsed_time(e) for s, e in attn_ms) / calls
 

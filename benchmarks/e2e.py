@@ -222,7 +222,9 @@ def profile_denoise(pipe, args, steps: int, trace_path: str) -> dict:
         wall = time.perf_counter() - t0
     prof.export_chrome_trace(trace_path)
     events = prof.key_averages()
-    kernel_ms = sum(e.self_device_time_total for e in events) / 1e3
+    # device-side events only: a CPU op's device time repeats that of the kernels it launched
+    kernel_ms = sum(e.self_device_time_total for e in events
+                    if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3
     waits = {e.key: {"calls": e.count, "cpu_ms": e.self_cpu_time_total / 1e3} for e in events
              if any(w in e.key for w in ("Synchronize", "Memcpy", "_local_scalar_dense", "aten::item"))}
     top_cpu = [{"op": e.key[:100], "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from fastdit.ops import _checks as C
+from fastdit.ops.norm import rms_norm_native
 from fastdit.ops.registry import dispatch
 
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -44,8 +45,6 @@ def rope_qk_native(q, k, cos, sin, *, positions=None, interleaved=True):
 
 
 def rms_norm_rope_native(x, weight, cos, sin, *, eps=1e-6, interleaved=True):
-    from fastdit.ops.norm import rms_norm_native
-
     normed = rms_norm_native(x.flatten(-2), weight, eps).view_as(x)  # in x's dtype
     x.copy_(rotate(normed, cos, sin, interleaved))
     return x

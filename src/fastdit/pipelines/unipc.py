@@ -34,13 +34,14 @@ _REQUIRED = (("use_flow_sigmas", True), ("prediction_type", "flow_prediction"),
              ("use_dynamic_shifting", False), ("use_karras_sigmas", False),
              ("use_exponential_sigmas", False), ("use_beta_sigmas", False),
              ("lower_order_final", True))
+#: The settings this class reads, with diffusers' defaults.
 _DEFAULTS = {"num_train_timesteps": 1000, "solver_order": 2, "flow_shift": 1.0,
-             "lower_order_final": True, "disable_corrector": (), "final_sigmas_type": "zero",
-             "shift_terminal": None, "solver_p": None}
+             "disable_corrector": (), "final_sigmas_type": "zero"}
 
 
 def _lambda(sigma: float) -> np.float64:
-    """``log(alpha) - log(sigma)`` with ``alpha = 1 - sigma`` (+inf at sigma = 0)."""
+    """``log(alpha) - log(sigma)`` with ``alpha = 1 - sigma`` (+inf at sigma = 0, under the
+    caller's ``np.errstate``)."""
     sigma = np.float64(sigma)
     return np.log(1.0 - sigma) - np.log(sigma)
 
@@ -54,7 +55,6 @@ class FlowUniPCScheduler:
                              "(see FlowUniPCScheduler.takes)")
         values = {**_DEFAULTS, **{k: v for k, v in dict(config).items() if k in _DEFAULTS}}
         self.config = SimpleNamespace(**values)
-        self.order = 1
         self.timesteps: torch.Tensor | None = None
         self.sigmas: list[float] = []
         self._begin_index: int | None = None
@@ -79,10 +79,11 @@ class FlowUniPCScheduler:
         timesteps = (sigmas * cfg.num_train_timesteps).copy()
         last = sigmas[-1] if cfg.final_sigmas_type == "sigma_min" else 0
         sigmas32 = np.concatenate([sigmas, [last]]).astype(np.float32)
-        self.sigmas = [float(s) for s in sigmas32]  # exact float32 values, as Python floats
-        # and as 0-d CPU tensors for x0 = x - sigma * v, which then rounds as diffusers' does
-        # (a CPU scalar operand: no copy to the device, no wait)
+        # 0-d CPU tensors for x0 = x - sigma * v, which then rounds as diffusers' does (a CPU
+        # scalar operand: no copy to the device, no wait); the same float32 values as Python
+        # floats for the coefficients
         self._sigma_scalars = torch.from_numpy(sigmas32)
+        self.sigmas = self._sigma_scalars.tolist()
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
         self.num_inference_steps = len(timesteps)
         self._outputs: list[torch.Tensor | None] = [None] * cfg.solver_order
@@ -95,10 +96,6 @@ class FlowUniPCScheduler:
     def set_begin_index(self, begin_index: int = 0) -> None:
         self._begin_index = begin_index
 
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
-
     def _start_index(self, timestep) -> int:
         if self._begin_index is not None:
             return self._begin_index
@@ -109,27 +106,21 @@ class FlowUniPCScheduler:
         return matches[1] if len(matches) > 1 else matches[0]
 
     # ------------------------------------------------------------------------------------
+    @np.errstate(divide="ignore", invalid="ignore")  # inf/nan where diffusers has them
     def _coefficients(self, t_index: int, s_index: int, order: int, corrector: bool):
-        """``(c_x, c_m0, terms, c_now)``: the update is ``c_x x - c_m0 m0 - sum c_k (m_k - m0)``
-        (``- c_now (x0_now - m0)`` for the corrector); ``terms`` pairs ``(k, c_k)``."""
-        with np.errstate(divide="ignore", invalid="ignore"):  # inf/nan where diffusers has them
-            return self._coefficients_f64(t_index, s_index, order, corrector)
-
-    def _coefficients_f64(self, t_index: int, s_index: int, order: int, corrector: bool):
+        """``(c_x, c_m0, c_prev, c_now)``: the update is ``c_x x - c_m0 m0
+        - sum_k c_prev[k-1] (m_k - m0)`` (``m_k`` the model output k steps before ``m0``),
+        and ``- c_now (x0_now - m0)`` for the corrector. Float64 numpy scalars throughout."""
         sigma_t, sigma_s = np.float64(self.sigmas[t_index]), np.float64(self.sigmas[s_index])
         lam_s = _lambda(sigma_s)
         h = _lambda(sigma_t) - lam_s
         alpha_t = 1.0 - sigma_t
-        rks, previous = [], []
-        for i in range(1, order):
-            back = s_index - i  # the sigma of the model output i steps before m0
-            rks.append((_lambda(self.sigmas[back]) - lam_s) / h)
-            previous.append(i)
+        rks = [(_lambda(self.sigmas[s_index - k]) - lam_s) / h for k in range(1, order)]
         rks.append(np.float64(1.0))
         hh = -h
         h_phi_1 = np.expm1(hh)
         b_h = h_phi_1  # bh2
-        h_phi_k, factorial, rows, rhs = h_phi_1 / hh - 1.0, 1, [], []  # numpy float64
+        h_phi_k, factorial, rows, rhs = h_phi_1 / hh - 1.0, 1, [], []
         for i in range(1, order + 1):
             rows.append([r ** (i - 1) for r in rks])
             rhs.append(h_phi_k * factorial / b_h)
@@ -137,22 +128,20 @@ class FlowUniPCScheduler:
             h_phi_k = h_phi_k / hh - 1.0 / factorial
         if corrector:
             rhos = [0.5] if order == 1 else list(np.linalg.solve(np.array(rows), np.array(rhs)))
-        elif order == 1:
-            rhos = []
-        elif order == 2:
-            rhos = [0.5]
+        elif order <= 2:
+            rhos = [0.5] * (order - 1)
         else:
             rhos = list(np.linalg.solve(np.array(rows)[:-1, :-1], np.array(rhs)[:-1]))
         scale = alpha_t * b_h
-        terms = [(k, float(scale * rhos[j] / rks[j])) for j, k in enumerate(previous)]
-        c_now = scale * float(rhos[-1]) if corrector else 0.0
-        return float(sigma_t / sigma_s), float(alpha_t * h_phi_1), terms, float(c_now)
+        c_prev = [float(scale * rhos[j] / rks[j]) for j in range(order - 1)]
+        c_now = float(scale * rhos[-1]) if corrector else 0.0
+        return float(sigma_t / sigma_s), float(alpha_t * h_phi_1), c_prev, c_now
 
     def _update(self, x, index_t: int, index_s: int, order: int, x0_now=None) -> torch.Tensor:
-        c_x, c_m0, terms, c_now = self._coefficients(index_t, index_s, order, x0_now is not None)
+        c_x, c_m0, c_prev, c_now = self._coefficients(index_t, index_s, order, x0_now is not None)
         m0 = self._outputs[-1]
         out = x * c_x - m0 * c_m0
-        for k, coef in terms:
+        for k, coef in enumerate(c_prev, start=1):
             out = out - (self._outputs[-(k + 1)] - m0) * coef
         if x0_now is not None:
             out = out - (x0_now - m0) * c_now
@@ -172,8 +161,7 @@ class FlowUniPCScheduler:
         if i > 0 and (i - 1) not in cfg.disable_corrector and self._last_sample is not None:
             sample = self._update(self._last_sample, i, i - 1, self._this_order, x0_now=x0)
         self._outputs = self._outputs[1:] + [x0]
-        order = min(cfg.solver_order, len(self.timesteps) - i) if cfg.lower_order_final \
-            else cfg.solver_order
+        order = min(cfg.solver_order, len(self.timesteps) - i)  # lower_order_final
         self._this_order = min(order, self._lower_order_nums + 1)
         self._last_sample = sample
         prev = self._update(sample, i + 1, i, self._this_order)

@@ -1,4 +1,5 @@
-"""Triton helpers shared by the kernels: modulation loading, tanh, fp8 rounding, host packing.
+"""Triton helpers shared by the kernels: modulation loading, RoPE pairs, tanh, fp8 rounding,
+host packing.
 
 Imported only by the kernel modules (it imports Triton).
 """
@@ -35,6 +36,12 @@ def load_mod_tile(ptr, sb, sg, sd, tpg, row0, rows, L, cols, cmask, mask, MODE: 
         g = ((rows % L) // tpg).to(tl.int64)
         v = tl.load(ptr + (b * sb + g * sg)[:, None] + (cols * sd)[None, :], mask=mask, other=0.0)
         return v.to(tl.float32)
+
+
+@triton.jit
+def rotate_pairs(x1, x2, cos, sin):
+    """RoPE on pairs (fp32): ``(x1 cos - x2 sin, x1 sin + x2 cos)``."""
+    return x1 * cos - x2 * sin, x1 * sin + x2 * cos
 
 
 @triton.jit

@@ -72,7 +72,8 @@ def _rms_norm_rope_kernel(
     cos = tl.load(cos_ptr + (pos * sc_t)[:, None] + (i * sc_d)[None, :], mask=pmask, other=0.0)
     sin = tl.load(sin_ptr + (pos * ss_t)[:, None] + (i * ss_d)[None, :], mask=pmask, other=0.0)
     cos, sin = cos.to(tl.float32), sin.to(tl.float32)
-    out = tl.reshape(tl.join(y1 * cos - y2 * sin, y1 * sin + y2 * cos), [ROWS, BLOCK_D])
+    o1, o2 = K.rotate_pairs(y1, y2, cos, sin)
+    out = tl.reshape(tl.join(o1, o2), [ROWS, BLOCK_D])
     tl.store(x_ptr + offs, out.to(x_ptr.dtype.element_ty), mask=mask)
 
 

@@ -100,9 +100,9 @@ def _rotate_heads(src, src_rows, src_sh, src_sd, dst, dst_rows, dst_sh, dst_sd, 
         mth = tmask[:, None] & (h < H)[None, :]
         x1, x2 = _load_pairs(src, src_rows, src_sh, src_sd, h, mth, HALF, INTERLEAVED,
                              BLOCK_T, BLOCK_H, BLOCK_HALF)
-        o1 = (x1 * cos - x2 * sin).to(dst.dtype.element_ty)
-        o2 = (x1 * sin + x2 * cos).to(dst.dtype.element_ty)
-        _store_pairs(dst, dst_rows, dst_sh, dst_sd, h, mth, HALF, o1, o2, INTERLEAVED,
+        o1, o2 = K.rotate_pairs(x1, x2, cos, sin)
+        _store_pairs(dst, dst_rows, dst_sh, dst_sd, h, mth, HALF, o1.to(dst.dtype.element_ty),
+                     o2.to(dst.dtype.element_ty), INTERLEAVED,
                      BLOCK_T, BLOCK_H, BLOCK_HALF)
 
 
@@ -180,8 +180,8 @@ def _rope_cache_store_kernel(
         mth = tmask[:, None] & (h < HK)[None, :]
         x1, x2 = _load_pairs(k_ptr, k_rows, skh, skd, h, mth, HALF, INTERLEAVED,
                              BLOCK_T, BLOCK_HK, BLOCK_HALF)
-        o1 = (x1 * cos - x2 * sin).to(ko_ptr.dtype.element_ty)
-        o2 = (x1 * sin + x2 * cos).to(ko_ptr.dtype.element_ty)
+        o1, o2 = K.rotate_pairs(x1, x2, cos, sin)
+        o1, o2 = o1.to(ko_ptr.dtype.element_ty), o2.to(ko_ptr.dtype.element_ty)
         _store_pairs(ko_ptr, ko_rows, 2 * HALF, 1, h, mth, HALF, o1, o2, INTERLEAVED,
                      BLOCK_T, BLOCK_HK, BLOCK_HALF)
         # the cache holds the rotated k as rounded to k's dtype, then scaled
