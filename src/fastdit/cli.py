@@ -13,7 +13,6 @@ import sys
 from typing import Callable, Sequence
 
 from fastdit.config import get_config
-from fastdit.ops.registry import ProviderError
 
 log = logging.getLogger("fastdit")
 
@@ -112,12 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    from fastdit.ops.registry import ProviderError  # after parsing: --help needs no torch
+
     try:
         return int(args.func(args) or 0)
-    except UsageError as exc:
-        print(f"fastdit {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except ProviderError as exc:
+    except (UsageError, ProviderError) as exc:
         print(f"fastdit {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

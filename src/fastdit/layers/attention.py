@@ -25,8 +25,8 @@ class Attention(nn.Module):
     image tokens through its own k/v projections and adds the two results (Wan2.1 I2V).
     """
 
-    def __init__(self, dim: int, heads: int, eps: float = 1e-6, added_kv_dim: int | None = None,
-                 qk_norm: bool = True) -> None:
+    def __init__(self, dim: int, heads: int, eps: float = 1e-6, added_kv_dim: int | None = None
+                 ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"Attention: dim={dim} is not a multiple of heads={heads}")
@@ -35,13 +35,13 @@ class Attention(nn.Module):
         self.to_k = nn.Linear(dim, dim)
         self.to_v = nn.Linear(dim, dim)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
-        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
         self.add_k_proj = self.add_v_proj = self.norm_added_k = None
         if added_kv_dim is not None:
             self.add_k_proj = nn.Linear(added_kv_dim, dim)
             self.add_v_proj = nn.Linear(added_kv_dim, dim)
-            self.norm_added_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+            self.norm_added_k = RMSNorm(dim, eps)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, self.head_dim))  # (B, L, H*D) -> (B, L, H, D)
@@ -49,8 +49,7 @@ class Attention(nn.Module):
     def _qkv(self, x: torch.Tensor, source: torch.Tensor,
              rope: tuple[torch.Tensor, torch.Tensor] | None = None):
         """q, k, v as ``(B, L|S, H, D)``: normed across heads, q and k rotated when ``rope``."""
-        if rope is not None and isinstance(self.norm_q, RMSNorm) and isinstance(self.norm_k, RMSNorm):
-            # norm and rotation in one pass, in place on the projections' outputs
+        if rope is not None:  # norm and rotation in one pass, in place on the projections
             q = self._heads(self.to_q(x))  # (B, L, H, D)
             k = self._heads(self.to_k(source))  # (B, S, H, D)
             ops.rms_norm_rope_(q, self.norm_q.weight, *rope, eps=self.norm_q.eps)
@@ -58,8 +57,6 @@ class Attention(nn.Module):
         else:
             q = self._heads(self.norm_q(self.to_q(x)))  # (B, L, H, D)
             k = self._heads(self.norm_k(self.to_k(source)))  # (B, S, H, D)
-            if rope is not None:
-                ops.rope_qk_(q, k, *rope)  # in place; cos/sin (L, D/2)
         v = self._heads(self.to_v(source))  # (B, S, H, D)
         return q, k, v
 

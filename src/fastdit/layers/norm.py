@@ -53,24 +53,26 @@ class LayerNorm(_AffineNorm):
                                           eps=self.eps)
 
 
-class LayerNormScaleShift(LayerNorm):
+class _ModulatedLayerNorm(LayerNorm):
+    """A LayerNorm whose output an adaLN modulation follows: eps 1e-6, no affine by default."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = False) -> None:
+        super().__init__(dim, eps, elementwise_affine)
+
+
+class LayerNormScaleShift(_ModulatedLayerNorm):
     """adaLN: ``y = LayerNorm(x) * (1 + scale) + shift`` (one fused op).
 
     ``shift``/``scale`` broadcast against ``x [B, L, D]`` in any modulation mode (``[B, D]``,
     per token ``[B, L, D]``, ...); they are usually fp32.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = False,
-                 norm: str = "layer") -> None:
-        super().__init__(dim, eps, elementwise_affine)
-        self.norm = norm
-
     def forward(self, x: torch.Tensor, shift, scale) -> torch.Tensor:  # type: ignore[override]
         return ops.layer_norm_scale_shift(x, shift, scale, weight=self.weight, bias=self.bias,
-                                          eps=self.eps, norm=self.norm)
+                                          eps=self.eps)
 
 
-class ScaleResidualNormScaleShift(LayerNorm):
+class ScaleResidualNormScaleShift(_ModulatedLayerNorm):
     """Gated residual, then adaLN, in one fused op.
 
     ``r = residual + gate * x`` (rounded to ``residual.dtype``) and
@@ -78,13 +80,8 @@ class ScaleResidualNormScaleShift(LayerNorm):
     number 1 (a plain residual add), ``shift``/``scale`` may be 0 (a plain norm).
     """
 
-    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = False,
-                 norm: str = "layer") -> None:
-        super().__init__(dim, eps, elementwise_affine)
-        self.norm = norm
-
     def forward(self, residual: torch.Tensor, x: torch.Tensor, gate, shift=0.0,  # type: ignore[override]
                 scale=0.0) -> tuple[torch.Tensor, torch.Tensor]:
         return ops.scale_residual_norm_scale_shift(residual, x, gate, shift, scale,
                                                    weight=self.weight, bias=self.bias,
-                                                   eps=self.eps, norm=self.norm)
+                                                   eps=self.eps)

@@ -14,7 +14,6 @@ from typing import Sequence
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-Modulation = "torch.Tensor | float"
 
 
 def fail(op: str, message: str, **tensors: object) -> ValueError:
@@ -70,9 +69,14 @@ def check_affine(op: str, x: torch.Tensor, weight: object, bias: object) -> None
     check_same_device(op, x=x, weight=weight, bias=bias)
 
 
+def is_number(value: object) -> bool:
+    """A real Python number (bools excluded): a modulation or scale given as a constant."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_modulation(op: str, name: str, value: object, x: torch.Tensor) -> None:
     """Raise unless ``value`` broadcasts against ``x`` in one of the six modulation modes."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    if is_number(value):
         return
     check_tensor(op, name, value, min_dim=0)
     check_same_device(op, x=x, **{name: value})
@@ -130,6 +134,17 @@ def modulation_layout(value: "torch.Tensor | float", x_shape: Sequence[int]
         # [B, F, 1, D] -> [B, F, D]
         return value.squeeze(2).expand(batch, frames, dim), length // frames
     raise ValueError(f"shape {list(shape)} is not a modulation shape for x {list(x_shape)}")
+
+
+def modulation_fp32(value: "torch.Tensor | float", x_shape: Sequence[int]) -> "torch.Tensor | float":
+    """:func:`broadcast_modulation` in fp32 (a tensor), or a Python float (a number)."""
+    mod = broadcast_modulation(value, x_shape)
+    return mod.float() if isinstance(mod, torch.Tensor) else float(mod)
+
+
+def tanh_number(value: float) -> float:
+    """``tanh`` of a number as torch's fp32 ``tanh`` rounds it (native op and kernels agree)."""
+    return float(torch.tanh(torch.tensor(value)))
 
 
 def broadcast_modulation(value: "torch.Tensor | float", x_shape: Sequence[int]

@@ -48,7 +48,7 @@ def attention(q, k, v, *, causal=False, scale=None, attn_mask=None):
     C.check_same_device(op, q=q, k=k, v=v)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise C.fail(op, "q, k, v must be [B, L, H, D]", q=q, k=k, v=v)
-    if k.shape != v.shape[:-1] + (k.shape[-1],) or k.shape[:3] != v.shape[:3]:
+    if k.shape[:3] != v.shape[:3]:
         raise C.fail(op, "k and v must agree in B, L and H", k=k, v=v)
     if q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
         raise C.fail(op, "q and k must agree in B and D", q=q, k=k)

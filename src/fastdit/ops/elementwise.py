@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import torch
-
 from fastdit.ops import _checks as C
 from fastdit.ops.registry import dispatch
 
 
-def _mod32(value, x_shape):
-    mod = C.broadcast_modulation(value, x_shape)
-    return mod.float() if isinstance(mod, torch.Tensor) else float(mod)
-
-
 def mul_add_native(a, b, c, k=0):
-    return (c.float() + a.float() * (float(k) + _mod32(b, a.shape))).to(c.dtype)
+    return (c.float() + a.float() * (float(k) + C.modulation_fp32(b, a.shape))).to(c.dtype)
 
 
 def scale_shift_native(x, scale, shift, scale_constant=1.0):
-    y = x.float() * (float(scale_constant) + _mod32(scale, x.shape)) + _mod32(shift, x.shape)
+    y = x.float() * (float(scale_constant) + C.modulation_fp32(scale, x.shape)) + C.modulation_fp32(shift, x.shape)
     return y.to(x.dtype)
 
 

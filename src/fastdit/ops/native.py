@@ -2,7 +2,7 @@
 
 from fastdit.ops.registry import register
 
-_SPEC = {
+NATIVE_SPEC = {
     "rms_norm": "fastdit.ops.norm:rms_norm_native",
     "layer_norm_scale_shift": "fastdit.ops.norm:layer_norm_scale_shift_native",
     "scale_residual_norm_scale_shift": "fastdit.ops.norm:scale_residual_norm_scale_shift_native",
@@ -16,5 +16,5 @@ _SPEC = {
     "linear_gelu_tanh": "fastdit.ops.linear:linear_gelu_tanh_native",
 }
 
-for _op, _impl in _SPEC.items():
+for _op, _impl in NATIVE_SPEC.items():
     register(_op, "native", _impl, description="plain torch (the specification)")

@@ -31,11 +31,6 @@ def _normalize(x32: torch.Tensor, weight, bias, eps: float, norm: str) -> torch.
     return y
 
 
-def _mod32(value, x_shape):
-    mod = C.broadcast_modulation(value, x_shape)
-    return mod.float() if isinstance(mod, torch.Tensor) else float(mod)
-
-
 def rms_norm_native(x, weight, eps=1e-6, *, residual=None, variance_size=None):
     s = x if residual is None else (x.float() + residual.float()).to(residual.dtype)
     s32 = s.float()
@@ -50,24 +45,24 @@ def rms_norm_native(x, weight, eps=1e-6, *, residual=None, variance_size=None):
 def layer_norm_scale_shift_native(x, shift, scale, *, weight=None, bias=None, eps=1e-6,
                                   norm="layer"):
     y = _normalize(x.float(), weight, bias, eps, norm)
-    return (y * (1.0 + _mod32(scale, x.shape)) + _mod32(shift, x.shape)).to(x.dtype)
+    return (y * (1.0 + C.modulation_fp32(scale, x.shape)) + C.modulation_fp32(shift, x.shape)).to(x.dtype)
 
 
 def scale_residual_norm_scale_shift_native(residual, x, gate, shift, scale, *, weight=None,
                                            bias=None, eps=1e-6, norm="layer"):
-    gate32 = _mod32(gate, x.shape)
+    gate32 = C.modulation_fp32(gate, x.shape)
     r = (residual.float() + x.float() * gate32).to(residual.dtype)
     y = _normalize(r.float(), weight, bias, eps, norm)
-    y = y * (1.0 + _mod32(scale, x.shape)) + _mod32(shift, x.shape)
+    y = y * (1.0 + C.modulation_fp32(scale, x.shape)) + C.modulation_fp32(shift, x.shape)
     return y.to(x.dtype), r
 
 
 def norm_tanh_mul_add_native(x, scale, shift, *, weight=None, bias=None, eps=1e-6, norm="layer"):
     y = _normalize(x.float(), weight, bias, eps, norm)
-    scale32 = _mod32(scale, x.shape)
-    tanh_scale = torch.tanh(scale32) if isinstance(scale32, torch.Tensor) else float(
-        torch.tanh(torch.tensor(scale32)))
-    return (y * tanh_scale + _mod32(shift, x.shape)).to(x.dtype)
+    scale32 = C.modulation_fp32(scale, x.shape)
+    tanh_scale = (torch.tanh(scale32) if isinstance(scale32, torch.Tensor)
+                  else C.tanh_number(scale32))
+    return (y * tanh_scale + C.modulation_fp32(shift, x.shape)).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------

@@ -78,7 +78,8 @@ class Provider:
 _providers: dict[str, dict[str, Provider]] = {}
 _loaded = False
 _supported_cache: dict[tuple[int, str, str], bool] = {}
-_priority_cache: dict[tuple[int, str], tuple[Provider, ...]] = {}
+# per (config generation, op): the providers in priority order, the requested names, strict
+_priority_cache: dict[tuple[int, str], tuple[tuple[Provider, ...], frozenset[str], bool]] = {}
 _logged: set[tuple] = set()
 
 
@@ -133,6 +134,11 @@ def requested_providers(op: str) -> tuple[str, ...]:
 
 def priority(op: str) -> tuple[Provider, ...]:
     """The providers of ``op`` in the order dispatch tries them (configured first)."""
+    return _plan(op)[0]
+
+
+def _plan(op: str) -> tuple[tuple[Provider, ...], frozenset[str], bool]:
+    """``(priority, requested names, strict)`` for ``op``, computed once per configuration."""
     key = (config_generation(), op)
     cached = _priority_cache.get(key)
     if cached is not None:
@@ -149,18 +155,17 @@ def priority(op: str) -> tuple[Provider, ...]:
     fallback = "sdpa" if op == "attention" else "native"
     if fallback in registered and fallback not in names:
         names.append(fallback)
-    ordered = tuple(registered[n] for n in names)
-    _priority_cache[key] = ordered
-    return ordered
+    plan = (tuple(registered[n] for n in names), frozenset(requested), get_config().kernel.strict)
+    _priority_cache[key] = plan
+    return plan
 
 
 def resolve(op: str, *args: Any, **kwargs: Any) -> Provider:
     """The provider that :func:`dispatch` would run for this call."""
-    strict = get_config().kernel.strict
-    requested = set(requested_providers(op))
+    ordered, requested, strict = _plan(op)
     skipped: list[str] = []  # providers that cannot take the call
     deferred: list[str] = []  # providers that can, but leave it to a faster one
-    for provider in priority(op):
+    for provider in ordered:
         if not is_supported(provider):
             if strict and provider.name in requested:
                 raise ProviderError(f"{op}: provider {provider.name!r} was requested but is not "

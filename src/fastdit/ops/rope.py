@@ -38,7 +38,8 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: b
 
 def rope_qk_native(q, k, cos, sin, *, positions=None, interleaved=True):
     if positions is not None:
-        cos, sin = cos[positions.long()], sin[positions.long()]
+        index = positions.long()
+        cos, sin = cos[index], sin[index]
     q.copy_(rotate(q, cos, sin, interleaved))
     k.copy_(rotate(k, cos, sin, interleaved))
     return q, k

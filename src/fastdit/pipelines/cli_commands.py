@@ -128,7 +128,7 @@ def _quiet_libraries(verbose: bool) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from fastdit.pipelines.spec import InputError, ModelFolderError, inspect_model
+    from fastdit.pipelines.spec import InputError, ModelFolderError, _first_line, inspect_model
     from fastdit.pipelines.stages import load_image
     from fastdit.pipelines.wan import resolve_request
 
@@ -154,7 +154,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         except FileNotFoundError:
             raise UsageError(f"cannot read image {args.image}: no such file") from None
         except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read image {args.image}: {str(exc).splitlines()[0]}") from None
+            raise UsageError(f"cannot read image {args.image}: {_first_line(exc)}") from None
     try:
         request = resolve_request(spec, height=args.height, width=args.width, num_frames=args.num_frames,
                                   num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
@@ -245,7 +245,7 @@ def _print_summary(pipe, result, output: Path, fps: int, frames_dir, write_secon
 # fastdit make-tiny-model
 # ---------------------------------------------------------------------------------------
 def add_make_tiny_model(sub: argparse._SubParsersAction) -> None:
-    from fastdit.pipelines.tiny import TASKS
+    from fastdit.pipelines.spec import TINY_TASKS as TASKS
 
     p = sub.add_parser("make-tiny-model", help="write a tiny random Wan model (for tests and the demo)",
                        description="Write a tiny random diffusers-format Wan model. Its weights are "

@@ -19,6 +19,9 @@ from typing import Any
 
 log = logging.getLogger("fastdit.pipelines")
 
+#: The tasks ``fastdit make-tiny-model`` can build (here, not in ``tiny``, which imports torch).
+TINY_TASKS = ("t2v", "i2v", "ti2v", "a14b", "i2v-a14b")
+
 
 class ModelFolderError(ValueError):
     """The model folder is missing, unreadable, not a Wan model, or holds corrupt files."""

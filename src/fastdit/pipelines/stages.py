@@ -219,6 +219,8 @@ def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts:
         plan = [0] * len(timesteps)
     else:
         plan = [0 if float(t) >= boundary_timestep else 1 for t in timesteps.cpu()]
+    # TI2V with an image: the held first frame's part of every step's input, computed once
+    held_frame = None if cond.first_frame is None else (1 - cond.keep_mask) * cond.first_frame
     current = -1
     for i, t in enumerate(timesteps):
         index = plan[i]
@@ -229,7 +231,7 @@ def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts:
         expert = experts[index]
 
         if cond.first_frame is not None:
-            x = (1 - cond.keep_mask) * cond.first_frame + cond.keep_mask * latents
+            x = held_frame + cond.keep_mask * latents
         elif cond.channels is not None:
             x = torch.cat([latents, cond.channels], dim=1)
         else:
@@ -251,7 +253,7 @@ def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts:
             on_step(i, len(timesteps))
 
     if cond.first_frame is not None:
-        latents = (1 - cond.keep_mask) * cond.first_frame + cond.keep_mask * latents
+        latents = held_frame + cond.keep_mask * latents
     return latents
 
 

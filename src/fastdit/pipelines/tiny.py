@@ -18,9 +18,7 @@ from pathlib import Path
 
 import torch
 
-from fastdit.pipelines.spec import DEFAULTS_FILE
-
-TASKS = ("t2v", "i2v", "ti2v", "a14b", "i2v-a14b")
+from fastdit.pipelines.spec import DEFAULTS_FILE, TINY_TASKS as TASKS
 
 # Small enough for a CPU test, big enough that every code path is exercised.
 TEXT_DIM = 32

@@ -155,9 +155,8 @@ def load_transformer(spec: ModelSpec, subfolder: str, device: torch.device, dtyp
     from fastdit.models.wan import WanTransformer
 
     with _loading(spec, subfolder):
-        model = WanTransformer.from_pretrained(str(spec.root), dtype=dtype, device=device, subfolder=subfolder)
-    model.eval()
-    return model
+        return WanTransformer.from_pretrained(str(spec.root), dtype=dtype, device=device,
+                                              subfolder=subfolder)  # in eval mode
 
 
 def make_scheduler(spec: ModelSpec, kind: str = "unipc", flow_shift: float | None = None):

@@ -23,8 +23,10 @@ class Platform:
     compile_dependable: ClassVar[bool] = True
     # Provider names tried in order for every op unless the op has its own list below.
     default_providers: ClassVar[tuple[str, ...]] = ("native",)
-    op_providers: ClassVar[dict[str, tuple[str, ...]]] = {}
+    op_providers: ClassVar[dict[str, tuple[str, ...]]] = {"attention": ("sdpa",)}
     vae_autotune_default: ClassVar[bool] = False
+    # what torch.backends.cudnn.benchmark autotunes here (named in the log line)
+    conv_autotuner: ClassVar[str] = "convolution"
 
     # ---- detection -------------------------------------------------------------------
     @classmethod
@@ -82,8 +84,9 @@ class Platform:
     def _enable_conv_autotune(self) -> None:
         if not torch.backends.cudnn.benchmark:
             torch.backends.cudnn.benchmark = True
-            log.info("%s: enabled convolution autotuning (torch.backends.cudnn.benchmark=True); "
-                     "this flag is process-wide and affects every convolution", self.name)
+            log.info("%s: enabled %s autotuning (torch.backends.cudnn.benchmark=True); "
+                     "this flag is process-wide and affects every convolution", self.name,
+                     self.conv_autotuner)
 
     def describe(self) -> dict[str, Any]:
         """Capabilities for ``fastdit ops``; a forced platform whose device is absent says so."""

@@ -9,10 +9,6 @@ from fastdit.platforms.base import Platform
 
 class CpuPlatform(Platform):
     name = "cpu"
-    device_type = "cpu"
-    dist_backend = "gloo"
-    default_providers = ("native",)
-    op_providers = {"attention": ("sdpa",)}
 
     @classmethod
     def is_available(cls) -> bool:

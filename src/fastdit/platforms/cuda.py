@@ -12,7 +12,7 @@ class CudaPlatform(Platform):
     device_type = "cuda"
     dist_backend = "nccl"
     default_providers = ("triton", "compiled", "native")
-    op_providers = {"attention": ("sdpa",), "linear_gelu_tanh": ("cublaslt",)}
+    op_providers = {**Platform.op_providers, "linear_gelu_tanh": ("cublaslt",)}
 
     @classmethod
     def is_available(cls) -> bool:

@@ -10,9 +10,6 @@ from fastdit.platforms.base import Platform
 class MpsPlatform(Platform):
     name = "mps"
     device_type = "mps"
-    dist_backend = "gloo"
-    default_providers = ("native",)
-    op_providers = {"attention": ("sdpa",)}
 
     @classmethod
     def is_available(cls) -> bool:

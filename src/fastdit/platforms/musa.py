@@ -13,8 +13,6 @@ class MusaPlatform(Platform):
     name = "musa"
     device_type = "musa"
     dist_backend = "mccl"
-    default_providers = ("native",)
-    op_providers = {"attention": ("sdpa",)}
 
     @classmethod
     def is_available(cls) -> bool:

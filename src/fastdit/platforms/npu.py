@@ -14,8 +14,6 @@ class NpuPlatform(Platform):
     device_type = "npu"
     dist_backend = "hccl"
     compile_dependable = False
-    default_providers = ("native",)
-    op_providers = {"attention": ("sdpa",)}
 
     @classmethod
     def is_available(cls) -> bool:

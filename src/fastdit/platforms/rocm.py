@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import torch
 
+from fastdit.platforms.base import Platform
 from fastdit.platforms.cuda import CudaPlatform
 
 
 class RocmPlatform(CudaPlatform):
+    # device_type "cuda" (torch exposes HIP devices so) and dist_backend "nccl" (RCCL behind
+    # that name) are CudaPlatform's
     name = "rocm"
-    device_type = "cuda"  # torch exposes HIP devices as "cuda"
-    dist_backend = "nccl"  # RCCL behind the nccl name
-    default_providers = ("triton", "compiled", "native")
     op_providers = {
+        **Platform.op_providers,  # not CUDA's: cuBLASLt is NVIDIA's
         "rms_norm": ("aiter", "triton", "compiled", "native"),
         "rope_qk_": ("aiter", "triton", "compiled", "native"),
-        "attention": ("sdpa",),
     }
     # MIOpen's convolution search pays for the Wan VAE on ROCm.
     vae_autotune_default = True
+    conv_autotuner = "MIOpen convolution"
 
     @classmethod
     def is_available(cls) -> bool:
@@ -27,14 +28,3 @@ class RocmPlatform(CudaPlatform):
     def is_hopper(self) -> bool:
         return False
 
-    def gcn_arch(self) -> str:
-        return getattr(torch.cuda.get_device_properties(0), "gcnArchName", "unknown")
-
-    def _enable_conv_autotune(self) -> None:
-        if not torch.backends.cudnn.benchmark:
-            torch.backends.cudnn.benchmark = True
-            import logging
-
-            logging.getLogger("fastdit.platforms").info(
-                "rocm: enabled MIOpen autotuning for the VAE (torch.backends.cudnn.benchmark=True);"
-                " the flag is process-wide: every convolution in this process is autotuned")

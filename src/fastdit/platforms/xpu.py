@@ -12,7 +12,6 @@ class XpuPlatform(Platform):
     device_type = "xpu"
     dist_backend = "xccl"
     default_providers = ("compiled", "native")
-    op_providers = {"attention": ("sdpa",)}
 
     @classmethod
     def is_available(cls) -> bool:

@@ -6,8 +6,9 @@ import numbers
 
 import torch
 
+from fastdit.ops._checks import FLOAT_DTYPES as ROPE_DTYPES
+
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-ROPE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _aiter_has(*names: str) -> bool:

@@ -53,7 +53,8 @@ def rope_qk_(q, k, cos, sin, *, positions=None, interleaved=True):
     import aiter
 
     if positions is not None:
-        cos, sin = cos[positions.long()], sin[positions.long()]
+        index = positions.long()
+        cos, sin = cos[index], sin[index]
     tokens, half = cos.shape
     cos4 = cos.contiguous().view(tokens, 1, 1, half)
     sin4 = sin.contiguous().view(tokens, 1, 1, half)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 
@@ -14,7 +15,9 @@ def _gpu() -> bool:
     return current_platform().name in ("cuda", "rocm")
 
 
+@functools.cache
 def _flash_module():
+    """FA3's ``flash_attn_interface`` or FA2's ``flash_attn`` (looked up once), or None."""
     for name in ("flash_attn_interface", "flash_attn"):
         if importlib.util.find_spec(name) is not None:
             return importlib.import_module(name)

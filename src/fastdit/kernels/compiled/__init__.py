@@ -1,6 +1,6 @@
 """The ``compiled`` provider: each op's native specification under ``torch.compile``.
 
-Registered for every op but attention, and supported only where the platform's compiler is
+Registered for every op but attention and linear_gelu_tanh, and supported only where the platform's compiler is
 dependable (not on NPU) and compilation is enabled in :class:`fastdit.config.CompileConfig`.
 """
 

@@ -7,7 +7,7 @@ registry loads on first use. Design notes and launch parameters: README.md in th
 """
 
 from fastdit.kernels.triton import _support as S
-from fastdit.ops.registry import register
+from fastdit.ops.registry import _always, register
 
 _OPS = {
     # op: (implementation, supports_args)
@@ -31,5 +31,5 @@ _PREFERS = {
 
 for _op, (_impl, _args) in _OPS.items():
     register(_op, "triton", f"fastdit.kernels.triton.{_impl}", supported=S.supported,
-             supports_args=_args, prefers=_PREFERS.get(_op, lambda *a, **k: True),
+             supports_args=_args, prefers=_PREFERS.get(_op, _always),
              description="Triton kernel (CUDA/ROCm; CPU via the interpreter)")

@@ -115,7 +115,3 @@ def mark_hoisted(rows: int, length: int, mods) -> None:
     for m in mods:
         if m.mode != MOD_NUMBER and m.tpg % rows == 0 and length % rows == 0:
             m.mode = MOD_HOISTED
-
-
-def torch_dtype_to_triton_fp8(dtype: torch.dtype):
-    return {torch.float8_e4m3fn: tl.float8e4nv, torch.float8_e5m2: tl.float8e5}[dtype]

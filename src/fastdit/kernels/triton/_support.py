@@ -9,16 +9,12 @@ plain functions of the shapes so that they can be tuned in one place (see README
 
 from __future__ import annotations
 
-import numbers
 import torch
 
 from fastdit.config import get_config
 from fastdit.ops import _checks as C
-
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-INDEX_DTYPES = (torch.int32, torch.int64)
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-CACHE_DTYPES = FLOAT_DTYPES + FP8_DTYPES
+from fastdit.ops._checks import FLOAT_DTYPES, is_number
+from fastdit.ops.rope import CACHE_DTYPES, INDEX_DTYPES
 MAX_ROW = 65536  # widest row a norm kernel keeps in registers
 
 
@@ -48,10 +44,6 @@ def device_ok(*values: object) -> bool:
 
 def float_ok(*values: object) -> bool:
     return all(v.dtype in FLOAT_DTYPES for v in values if isinstance(v, torch.Tensor))
-
-
-def is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def modulation_ok(value: object, x: torch.Tensor) -> bool:

@@ -27,7 +27,7 @@ class WanConfig:
     ffn_dim: int = 13824
     num_layers: int = 40
     cross_attn_norm: bool = True
-    qk_norm: str | None = "rms_norm_across_heads"
+    qk_norm: str = "rms_norm_across_heads"
     eps: float = 1e-6
     image_dim: int | None = None  # CLIP image embedding width (Wan2.1 I2V / FLF2V: 1280)
     added_kv_proj_dim: int | None = None  # input width of the image k/v projections (= dim)
@@ -51,6 +51,8 @@ class WanConfig:
         if (self.image_dim is None) != (self.added_kv_proj_dim is None):
             problems.append("image_dim and added_kv_proj_dim must be given together "
                             f"(got {self.image_dim} and {self.added_kv_proj_dim})")
+        if self.qk_norm != "rms_norm_across_heads":  # the only q/k norm Wan checkpoints use
+            problems.append(f"qk_norm must be 'rms_norm_across_heads', got {self.qk_norm!r}")
         if self.pos_embed_seq_len is not None and self.image_dim is None:
             problems.append("pos_embed_seq_len needs image_dim")
         if problems:

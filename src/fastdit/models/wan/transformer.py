@@ -116,8 +116,9 @@ class WanBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb6: torch.Tensor, text: torch.Tensor,
                 image: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        # x (B, L, D); temb6 (B, 6, D), or (B, T, 6, D) per token (T = L) or per frame; text (B, S, D)
-        mod = self.scale_shift_table + temb6.float()  # (B, [T,] 6, D) fp32
+        # x (B, L, D); temb6 fp32 (B, 6, D), or (B, T, 6, D) per token (T = L) or per frame;
+        # text (B, S, D)
+        mod = self.scale_shift_table + temb6  # (B, [T,] 6, D) fp32
         # each (B, 1, D), or (B, T, 1, D): the ops' per-frame mode, per token when T = L
         shift, scale, gate, c_shift, c_scale, c_gate = mod.split(1, dim=-2)
 
@@ -235,6 +236,7 @@ class WanTransformer(nn.Module):
         temb, temb6, text, image = self.condition_embedder(
             timestep, text_embeds.to(dtype), None if image_embeds is None else image_embeds.to(dtype))
 
+        temb6 = temb6.float()  # once for all blocks (the modulations are fp32)
         for block in self.blocks:
             x = block(x, temb6, text, image, rope)
 
@@ -261,8 +263,7 @@ class WanTransformer(nn.Module):
         from fastdit.models.wan.checkpoint import materialize, resolve_config
 
         config = resolve_config(config)
-        device = torch.device(device if device is not None else "cpu")
-        dtype = dtype if dtype is not None else torch.bfloat16
+        device, dtype = _device_dtype(device, dtype)
         with torch.device("meta"):
             model = cls(config)
         materialize(model, dtype, device)
@@ -281,8 +282,7 @@ class WanTransformer(nn.Module):
         safetensors straight to ``device`` in ``dtype`` (fp32 for :data:`FP32_PARTS`)."""
         from fastdit.models.wan.checkpoint import load_pretrained
 
-        device = torch.device(device if device is not None else "cpu")
-        dtype = dtype if dtype is not None else torch.bfloat16
+        device, dtype = _device_dtype(device, dtype)
         return load_pretrained(cls, path, dtype=dtype, device=device, subfolder=subfolder)
 
     def save_pretrained(self, folder: str | PathLike, max_shard_size: int | None = None,
@@ -313,6 +313,12 @@ class WanTransformer(nn.Module):
                                         dtype=torch.float32) / dim**0.5)
             elif name.endswith("pos_embed"):
                 param.zero_()
+
+
+def _device_dtype(device, dtype) -> tuple[torch.device, torch.dtype]:
+    """The loaders' defaults: the CPU, bf16."""
+    return torch.device(device if device is not None else "cpu"), (
+        dtype if dtype is not None else torch.bfloat16)
 
 
 def _shape(value) -> str:
