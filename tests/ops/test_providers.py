@@ -16,6 +16,7 @@ import torch
 
 from fastdit.ops.registry import call_provider, is_supported, providers
 from tests.ops.cases import MOD_MODES, modulation, rand, strided
+from tests.ops.quant_cases import quant_cases
 from tests.ops.tolerances import DTYPES, TOLERANCES, assert_close
 
 ODD_DIMS = (1, 7, 769, 1536, 5120)
@@ -195,6 +196,7 @@ CASES = {
     "rms_norm_rope_": norm_rope_cases(),
     "rope_qk_cache_store": cache_store_cases(),
     "linear_gelu_tanh": linear_gelu_cases(),
+    **quant_cases(),  # the fp8 ops (tests/ops/quant_cases.py)
 }
 LIGHT_PROVIDERS = {"compiled"}
 

@@ -18,13 +18,11 @@ from fastdit.kernels.triton import _common as K
 from fastdit.kernels.triton import _quant_common as Q
 from fastdit.kernels.triton._support import cdiv, interpreting, norm_launch
 
-_SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
-
-
 @triton.jit
 def gelu_tanh_f32(x):
     """``x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` in fp32."""
-    return 0.5 * x * (1.0 + K.tanh_f32(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+    inner = (x + 0.044715 * x * x * x) * 0.7978845608028654  # sqrt(2 / pi)
+    return 0.5 * x * (1.0 + K.tanh_f32(inner))
 
 
 @triton.jit
