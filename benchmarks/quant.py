@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from fastdit.quant.inputs import KINDS, attention_inputs, cosine, relative_l1
 
 WAN_LINEARS = ((1536, 1536), (1536, 8960), (8960, 1536), (5120, 5120), (5120, 13824), (13824, 5120))
-TINY_LINEARS = ((64, 64), (64, 160), (160, 64))
+TINY_LINEARS = ((128, 128), (128, 320), (320, 128))
 
 
 # ---------------------------------------------------------------------------------------
@@ -218,6 +218,12 @@ def cudnn_fp8_candidate():
     return run
 
 
+def _dequantized(pair):
+    """``(e4m3 values, scales)`` -> fp32: for accuracy figures of fp8 outputs."""
+    values, scales = pair
+    return values.float() * scales[..., None]
+
+
 def attention_section(rec: Recorder, device: str, heads_list, length: int, tiny: bool) -> None:
     from fastdit.ops.registry import call_provider, is_supported, providers
 
@@ -245,6 +251,9 @@ def attention_section(rec: Recorder, device: str, heads_list, length: int, tiny:
                     candidates[f"int8_triton {config.name} v_split={split}"] = (
                         lambda q, k, v, c=config, s=split: kernel.attention_int8(
                             q, k, v, config=c, v_split=s))
+            first = kernel.CONFIGS[dim][0]
+            fp8_out = f"int8_triton {first.name} e4m3 output"
+            candidates[fp8_out] = lambda q, k, v: kernel.attention_fp8_out(q, k, v)
         candidates.update(sage_candidates())
         candidates.update(flash4_candidates())
         cudnn_fp8 = cudnn_fp8_candidate() if device == "cuda" else None
@@ -255,6 +264,8 @@ def attention_section(rec: Recorder, device: str, heads_list, length: int, tiny:
                 row = {"heads": heads, "length": length, "dim": dim, "candidate": name}
                 for kind in KINDS:
                     out = fn(*inputs[kind])
+                    if isinstance(out, tuple):  # (e4m3 values, scales): accuracy of their product
+                        out = _dequantized(out)
                     row[f"cosine_{kind}"] = cosine(out, exact[kind])
                     row[f"rel_l1_{kind}"] = relative_l1(out, exact[kind])
                     del out
@@ -313,6 +324,16 @@ def linear_section(rec: Recorder, device: str, tokens: int, shapes) -> None:
                     lambda: call_provider("linear_fp8", "triton", x, w8, ws, b), "fp8")
                 rows["triton quantize_fp8 alone"] = (
                     lambda: call_provider("quantize_fp8", "triton", x), None)
+                if k_dim % 128 == 0:  # the Triton product with a scale per 128 channels
+                    from fastdit.kernels.triton import gemm_fp8
+
+                    xg8, xgs = quantize_fp8_rows(x.unflatten(-1, (k_dim // 128, 128)))
+                    xg8 = xg8.flatten(-2)
+                    configs = gemm_fp8.CONFIGS[:1] if device == "cpu" else gemm_fp8.CONFIGS
+                    for config in configs:
+                        rows[f"fp8 triton grouped-scale product {config} (quant excluded)"] = (
+                            lambda c=config: gemm_fp8.linear_fp8_grouped(
+                                xg8, xgs, w8, ws, b, torch.bfloat16, c), "fp8")
             for label, (fn, kind) in rows.items():
                 row = dict(case, candidate=label)
                 if kind is not None:

@@ -91,3 +91,20 @@ def test_fp8_product_providers_against_float64_on_the_gpu():
         ran.append(name)
     if not ran:
         pytest.skip("no fp8 product provider on this GPU")
+
+
+def test_fp8_output_and_grouped_projection_on_the_gpu(kernel):
+    from fastdit.kernels.triton import gemm_fp8
+
+    q, k, v = _cuda(*attention_inputs("gaussian", (1, 2000, 4, 128), torch.bfloat16, seed=5))
+    o_q, o_scale = call_provider("attention_fp8_out", "triton", q, k, v)
+    deq = o_q.float() * o_scale[..., None]
+    check("spec", "gaussian", deq, attention_int8_native(q, k, v).float(), "fp8 out vs spec")
+    w8, ws = quantize_fp8_weight(torch.randn(512, 512, device="cuda") / 23)
+    x = o_q.flatten(2)  # (1, 2000, 512): one scale per head (128 channels)
+    y64 = ((x.double().unflatten(-1, (4, 128)) * o_scale.double()[..., None]).flatten(-2)
+           @ (w8.double() * ws.double()[:, None]).T)
+    for config in gemm_fp8.CONFIGS:
+        y = gemm_fp8.linear_fp8_grouped(x, o_scale, w8, ws, None, torch.float32, config)
+        err = (y.double() - y64).abs()
+        assert torch.all(err <= y64.abs() * 1e-4 + 1e-4 * y64.abs().max()), (config, err.max())

@@ -247,4 +247,6 @@ def test_provider_matches_native(op, provider, case):
 def test_every_op_has_cases():
     from fastdit.ops.registry import op_names
 
-    assert set(CASES) == set(op_names()) - {"attention"}
+    # attention_fp8_out's kernel matches its spec to the rounding of P, not to a dtype's unit:
+    # tested with the 8-bit attention in tests/quant/test_attention_int8.py
+    assert set(CASES) == set(op_names()) - {"attention", "attention_fp8_out"}

@@ -5,6 +5,9 @@ comparison and input kind (``fastdit.quant.inputs``), measured at the tests' sma
   the issue sets for the GPU shapes are cosine >= 0.999 and relative L1 <= 0.03; at these
   small shapes the recipe measures cosine 0.9997 / L1 0.025 (gaussian) and 0.9994 / 0.021
   (outlier), so the table holds the issue's figures.
+* ``exact_fp8_out``: ``attention_fp8_out`` (the output itself in e4m3 per token and head)
+  dequantised, against fp32 exact attention: the output's rounding adds about 2.5% L1
+  (measured cosine 0.9994, L1 0.034 on gaussian inputs).
 * ``spec``: the Triton kernel against its plain-torch specification; they differ only in where
   P is rounded to e4m3 (running vs final row maximum): about cosine 0.99985, L1 0.015.
 * ``reference``: the kernel against a block-by-block replay of its own online softmax in torch
@@ -20,6 +23,8 @@ comparison and input kind (``fastdit.quant.inputs``), measured at the tests' sma
 ACCURACY = {
     ("exact", "gaussian"): (0.999, 0.03),
     ("exact", "outlier"): (0.999, 0.03),
+    ("exact_fp8_out", "gaussian"): (0.999, 0.045),
+    ("exact_fp8_out", "outlier"): (0.999, 0.045),
     ("spec", "gaussian"): (0.9995, 0.025),
     ("spec", "outlier"): (0.9995, 0.025),
     ("reference", "gaussian"): (0.99999, 5e-3),

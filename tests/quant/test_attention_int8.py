@@ -182,3 +182,46 @@ def test_unsupported_dtype_is_a_clear_error():
     q = torch.randn(1, 8, 2, 64, dtype=torch.float64)
     with pytest.raises(ValueError, match="attention: q has unsupported dtype"):
         ops.attention(q, q, q)
+
+
+# ---------------------------------------------------------------------------------------
+# the e4m3 output for the fp8 output projection
+# ---------------------------------------------------------------------------------------
+def test_fp8_output_spec_quantises_the_fp32_output():
+    from fastdit.ops.attention_int8 import attention_int8_fp32
+    from fastdit.quant.formulas import quantize_fp8_rows
+
+    q, k, v = attention_inputs("gaussian", (1, 60, 2, 64), torch.bfloat16, seed=2)
+    o_q, o_scale = ops.attention_fp8_out(q, k, v)
+    ref_q, ref_scale = quantize_fp8_rows(attention_int8_fp32(q, k, v))
+    assert o_q.dtype == torch.float8_e4m3fn and o_scale.shape == (1, 60, 2)
+    assert torch.equal(o_q.view(torch.int8), ref_q.view(torch.int8))
+    assert torch.equal(o_scale, ref_scale)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "outlier"])
+def test_fp8_output_kernel_against_spec_and_replay(kernel, kind):
+    q, k, v = strided_qkv((1, 150, 2, 128), torch.bfloat16, kind, seed=8)
+    o_q, o_scale = call_provider("attention_fp8_out", "triton", q, k, v)
+    deq = o_q.float() * o_scale[..., None]
+    check("spec", kind, deq, attention_int8_native(q, k, v).float(), "fp8 out vs spec")
+    check("exact_fp8_out", kind, deq, exact(q, k, v), "fp8 out vs exact")
+    replayed = replay(q, k, v, kernel.CONFIGS[128][0].block_n).float()
+    assert (deq - replayed).abs().max() <= 0.07 * replayed.abs().amax(-1, keepdim=True).max()
+
+
+def test_fp8_output_feeds_the_grouped_fp8_projection(kernel):
+    """attention -> e4m3 per (token, head) -> o-projection with per-head scales (Triton
+    product) against the bf16 attention and projection."""
+    import torch.nn.functional as F
+
+    from fastdit.quant.formulas import quantize_fp8_weight
+
+    q, k, v = attention_inputs("gaussian", (1, 70, 2, 64), torch.bfloat16, seed=6)
+    w = torch.randn(96, 128) / 128**0.5
+    w_q, w_s = quantize_fp8_weight(w)
+    o_q, o_scale = call_provider("attention_fp8_out", "triton", q, k, v)
+    y = call_provider("linear_fp8", "triton", o_q.flatten(2), w_q, w_s, None, x_scale=o_scale,
+                      out_dtype=torch.bfloat16)
+    ref = F.linear(exact(q, k, v).flatten(2), w)
+    check("ffn", "gaussian", y, ref, "attention -> o-projection in fp8")

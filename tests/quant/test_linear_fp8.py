@@ -70,11 +70,20 @@ def test_prequantized_input_per_token_and_per_group():
         y = call_provider("linear_fp8", name, x_q, weight, weight_scale, bias.bfloat16(),
                           x_scale=x_scale, out_dtype=torch.bfloat16)
         _assert_rounded_from(y, y64, torch.bfloat16)
-    # per-group scales (e.g. one per attention head of the output projection's input)
-    x_g, s_g = quantize_fp8_rows(x.unflatten(-1, (4, 16)))  # (3, 7, 4, 16), (3, 7, 4)
+    # per-group scales (one per attention head of the output projection's input)
+    x, weight, weight_scale, bias = _case(torch.float32, k=128, n=48)
+    x_g, s_g = quantize_fp8_rows(x.unflatten(-1, (4, 32)))  # (3, 7, 4, 32), (3, 7, 4)
     x_g = x_g.flatten(-2)
-    y = ops.linear_fp8(x_g, weight, weight_scale, None, x_scale=s_g, out_dtype=torch.float32)
-    _assert_rounded_from(y, _float64_product(x_g, s_g, weight, weight_scale, None), torch.float32)
+    y64 = _float64_product(x_g, s_g, weight, weight_scale, bias.bfloat16())
+    ran = []
+    for name in _available("linear_fp8"):
+        if providers("linear_fp8")[name].supports_args(x_g, weight, weight_scale, bias.bfloat16(),
+                                                       x_scale=s_g, out_dtype=torch.float32):
+            y = call_provider("linear_fp8", name, x_g, weight, weight_scale, bias.bfloat16(),
+                              x_scale=s_g, out_dtype=torch.float32)
+            _assert_rounded_from(y, y64, torch.float32)
+            ran.append(name)
+    assert "native" in ran and ("triton" in ran) == ("triton" in _available("linear_fp8"))
 
 
 def test_quantize_fp8_equals_the_formula_bit_for_bit():

@@ -5,6 +5,7 @@ oracle; providers in :mod:`fastdit.kernels` register faster implementations.
 """
 
 from fastdit.ops.attention import attention
+from fastdit.ops.attention_int8 import attention_fp8_out
 from fastdit.ops.elementwise import mul_add, scale_shift
 from fastdit.ops.linear import linear_gelu_tanh
 from fastdit.ops.linear_fp8 import gelu_tanh_fp8, linear_fp8, quantize_fp8
@@ -21,6 +22,7 @@ from fastdit.ops.rope import rms_norm_rope_, rope_qk_, rope_qk_cache_store
 __all__ = [
     "ProviderError",
     "attention",
+    "attention_fp8_out",
     "call_provider",
     "gelu_tanh_fp8",
     "layer_norm_scale_shift",

@@ -35,12 +35,28 @@ import math
 import torch
 
 from fastdit.ops import _checks as C
-from fastdit.quant.formulas import (FP8_DTYPE, FP8_MAX, key_smoothing, quantize_int8_rows,
-                                    quantize_v_fp8, quantize_v_fp8_split)
+from fastdit.ops.registry import dispatch
+from fastdit.quant.formulas import (FP8_DTYPE, FP8_MAX, key_smoothing, quantize_fp8_rows,
+                                    quantize_int8_rows, quantize_v_fp8, quantize_v_fp8_split)
 
 V_SPLIT = True  # V as value + residual (two e4m3 terms): see the error budget above
 P_SCALE = FP8_MAX  # P in [0, 1] is stored as e4m3(448 * P)
 ROWS_PER_CHUNK_ELEMENTS = 1 << 24  # the spec's score chunks stay under 64 MB (fp32)
+
+
+def _check_qkv(op, q, k, v) -> None:
+    """The layout checks of ``ops.attention`` (``[B, L, H, D]``, grouped heads)."""
+    for name, value in (("q", q), ("k", k), ("v", v)):
+        C.check_tensor(op, name, value, min_dim=4)
+    C.check_same_device(op, q=q, k=k, v=v)
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise C.fail(op, "q, k, v must be [B, L, H, D]", q=q, k=k, v=v)
+    if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+        raise C.fail(op, "q, k, v must agree in B and D, k and v in L and H", q=q, k=k, v=v)
+    if q.shape[2] % k.shape[2]:
+        raise C.fail(op, f"Hq={q.shape[2]} is not a multiple of Hk={k.shape[2]}", q=q, k=k)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise C.fail(op, "q, k and v must share a dtype", q=q, k=k, v=v)
 
 
 def attention_int8_args(q, k, v, *, causal=False, scale=None, attn_mask=None) -> bool:
@@ -71,6 +87,11 @@ def attention_int8_native(q, k, v, *, causal=False, scale=None, attn_mask=None,
     if not attention_int8_args(q, k, v, causal=causal, scale=scale, attn_mask=attn_mask):
         raise C.fail("attention", "the int8 recipe takes no mask, no causal flag, float "
                      "inputs and head dims up to 256", q=q, k=k, v=v)
+    return attention_int8_fp32(q, k, v, scale, v_split).to(q.dtype)
+
+
+def attention_int8_fp32(q, k, v, scale=None, v_split: bool = V_SPLIT):
+    """The specification's output before it is rounded to q's dtype: fp32 ``[B, Lq, Hq, D]``."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     q_i8, sq, k_i8, sk, v_hi, v_lo, sv = quantize_qkv_native(q, k, v, v_split)
     groups = q.shape[2] // k.shape[2]
@@ -92,4 +113,29 @@ def attention_int8_native(q, k, v, *, causal=False, scale=None, attn_mask=None,
         p_f8 = p448.to(FP8_DTYPE).float()
         o = torch.matmul(p_f8, vf) * svf[:, :, None, :]  # (B, Hq, c, D)
         out[:, :, rows] = o / p448.sum(dim=-1, keepdim=True)
-    return out.transpose(1, 2).to(q.dtype)  # (B, Lq, Hq, D)
+    return out.transpose(1, 2)  # (B, Lq, Hq, D)
+
+
+# ---------------------------------------------------------------------------------------
+# the output in e4m3 for the fp8 output projection
+# ---------------------------------------------------------------------------------------
+def attention_fp8_out_native(q, k, v, *, scale=None):
+    o32 = attention_int8_fp32(q, k, v, scale)
+    return quantize_fp8_rows(o32, dim=-1)
+
+
+def attention_fp8_out(q, k, v, *, scale=None):
+    """The 8-bit attention with its output quantised to e4m3 per (token, head) in the kernel's
+    epilogue, for the fp8 output projection (no quantisation pass between them).
+
+    ``O`` as in :func:`attention_int8_native` (fp32, before rounding), then
+    ``o_q, o_scale = quantize_fp8_rows(O)`` over D: returns ``(o_q [B, Lq, Hq, D]
+    float8_e4m3fn, o_scale [B, Lq, Hq] fp32)``. The projection takes
+    ``ops.linear_fp8(o_q.flatten(2), W, sw, b, x_scale=o_scale)``: one scale per group of D
+    input channels (per head). Shapes and checks as :func:`fastdit.ops.attention`.
+    """
+    op = "attention_fp8_out"
+    _check_qkv(op, q, k, v)
+    if not attention_int8_args(q, k, v):
+        raise C.fail(op, "float inputs and head dims up to 256", q=q, k=k, v=v)
+    return dispatch(op, q, k, v, scale=scale)

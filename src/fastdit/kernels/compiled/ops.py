@@ -11,10 +11,10 @@ from fastdit.ops.native import NATIVE_SPEC
 from fastdit.ops.registry import providers
 from fastdit.platforms import current_platform
 
-#: Every op with a native spec except attention (SDPA is already a fused kernel) and
+#: Every op with a native spec except attention and attention_fp8_out (fused kernels) and
 #: linear_gelu_tanh / linear_fp8 (matrix products: cuBLAS, not the compiler, runs them fast).
 COMPILED_OPS = tuple(op for op in NATIVE_SPEC
-                     if op not in ("attention", "linear_gelu_tanh", "linear_fp8"))
+                     if op not in ("attention", "attention_fp8_out", "linear_gelu_tanh", "linear_fp8"))
 
 
 def compiled_supported() -> bool:

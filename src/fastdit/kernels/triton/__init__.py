@@ -44,6 +44,7 @@ _FP8_OPS = {
                                    SQ.layer_norm_scale_shift_fp8_args),
     "scale_residual_norm_scale_shift_fp8": ("norm_fp8:scale_residual_norm_scale_shift_fp8",
                                             SQ.scale_residual_norm_scale_shift_fp8_args),
+    "attention_fp8_out": ("attention_int8:attention_fp8_out", SQ.attention_fp8_out_args),
 }
 for _op, (_impl, _args) in _FP8_OPS.items():
     register(_op, "triton", f"fastdit.kernels.triton.{_impl}", supported=SQ.supported_fp8,

@@ -44,13 +44,33 @@ def gelu_tanh_fp8_args(h) -> bool:
     return _rows_ok(h)
 
 
+def grouped_block_k(k: int, group_k: int) -> int | None:
+    """BLOCK_K of the grouped fp8 product (gemm_fp8.py): 128, 64 or 32, dividing K and the
+    group size; None when none does."""
+    for block_k in (128, 64, 32):
+        if k % block_k == 0 and group_k % block_k == 0:
+            return block_k
+    return None
+
+
 def linear_fp8_args(x, weight, weight_scale, bias=None, *, x_scale=None, out_dtype=None) -> bool:
+    """Per-token: this quantiser + torch._scaled_mm; per-group x_scale: the Triton product."""
     if x_scale is None and not _rows_ok(x):
         return False
     if x_scale is not None and not (x.dtype == FP8_DTYPE and S.device_ok(x, x_scale)):
         return False
-    return S.device_ok(weight, weight_scale, bias) and scaled_mm_ops.supports_args(
-        x, weight, weight_scale, bias, x_scale=x_scale, out_dtype=out_dtype)
+    if not S.device_ok(weight, weight_scale, bias):
+        return False
+    if x_scale is not None and x_scale.dim() == x.dim():  # groups of K / G channels
+        k = x.shape[-1]
+        return (weight.is_contiguous() and weight.shape[1] == k
+                and grouped_block_k(k, k // x_scale.shape[-1]) is not None)
+    return scaled_mm_ops.supports_args(x, weight, weight_scale, bias, x_scale=x_scale,
+                                       out_dtype=out_dtype)
+
+
+def attention_fp8_out_args(q, k, v, *, scale=None) -> bool:
+    return attention_int8_triton_args(q, k, v)
 
 
 def layer_norm_scale_shift_fp8_args(x, shift, scale, *, weight=None, bias=None, eps=1e-6,

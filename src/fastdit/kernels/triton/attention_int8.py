@@ -20,6 +20,9 @@ Two steps, both counted in the op's time:
    instruction keeps about 22 bits over one block only). Keys in full blocks run unmasked;
    the one partial block at the end (L = 32760) runs a masked copy of the loop body.
 
+With ``out_fp8`` the epilogue writes the output in e4m3 per (token, head) with fp32 scales
+(``ops.attention_fp8_out``), the input of the fp8 output projection.
+
 Launch parameters per head dim: :data:`CONFIGS` (the first entry is the default; the GPU
 benchmark ``benchmarks/quant.py`` times every entry).
 """
@@ -132,8 +135,8 @@ def _quant_v_fp8_kernel(v_ptr, svb, svl, svh, svd, inv_ptr, out_ptr, lo_ptr, L, 
 # ---------------------------------------------------------------------------------------
 @triton.jit
 def _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base, start, Lk, LK_PAD,
-                offs_n, offs_d, D: tl.constexpr, MASK: tl.constexpr, I2F_MAGIC: tl.constexpr,
-                V_SPLIT: tl.constexpr, INTERPRET: tl.constexpr):
+                offs_n, offs_d, D: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+                I2F_MAGIC: tl.constexpr, V_SPLIT: tl.constexpr, INTERPRET: tl.constexpr):
     """One key block: scores, online-softmax update, ``acc = acc * alpha + P448 V``."""
     cols = start + offs_n
     k_t = tl.load(k_base + (cols * D)[None, :] + offs_d[:, None])  # (D, BLOCK_N) int8
@@ -155,20 +158,26 @@ def _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base, start, 
         p8 = Q.to_e4m3(p, INTERPRET)
     else:
         p8 = p.to(tl.float8e4nv)  # p <= 448 (1 + eps): the cast rounds and saturates
-    pv = tl.dot(p8, tl.trans(v_t))  # fp32 over this block only (the fp8 MMA's own precision)
-    if V_SPLIT:
-        pv = tl.dot(p8, tl.trans(tl.load(vlo_base + v_offs)), pv)  # + P v_lo, same block
-    acc = acc * alpha[:, None] + pv  # the block's sum added into the fp32 accumulator
+    # P V over this block in the fp8 MMA (about 22 bits of accumulation on sm_89/sm_90), then
+    # added into the fp32 accumulator. max_num_imprecise_acc = BLOCK_N (the dot's K) keeps
+    # Triton from folding "acc + dot" into the MMA's accumulator (it folds only at 0) and on
+    # sm_90 promotes the residual term's product into pv in fp32 as well.
+    pv = tl.dot(p8, tl.trans(v_t), max_num_imprecise_acc=BLOCK_N)
+    if V_SPLIT:  # + P v_lo, same block
+        pv = tl.dot(p8, tl.trans(tl.load(vlo_base + v_offs)), pv, max_num_imprecise_acc=BLOCK_N)
+    acc = acc * alpha[:, None] + pv
     return acc, l_i, m_new
 
 
 @triton.jit
-def _attn_int8_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vlo_ptr, vs_ptr, o_ptr,
+def _attn_int8_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vlo_ptr, vs_ptr, o_ptr, os_ptr,
                       sob, sol, soh, sod, Lq, Lk, LQ_PAD, LK_PAD, HQ, HK, qk_scale,
                       D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      I2F_MAGIC: tl.constexpr, V_SPLIT: tl.constexpr, INTERPRET: tl.constexpr):
+                      I2F_MAGIC: tl.constexpr, V_SPLIT: tl.constexpr, OUT_FP8: tl.constexpr,
+                      INTERPRET: tl.constexpr):
     # q [B, HQ, LQ_PAD, D] int8 + qs [B, HQ, LQ_PAD]; k [B, HK, LK_PAD, D] int8 + ks;
-    # v (and v_lo with V_SPLIT) [B, HK, D, LK_PAD] e4m3 + vs [B, HK, D]; o [B, Lq, HQ, D]
+    # v (and v_lo with V_SPLIT) [B, HK, D, LK_PAD] e4m3 + vs [B, HK, D]; o [B, Lq, HQ, D];
+    # with OUT_FP8, o is e4m3 per (token, head) and its scales os [B, Lq, HQ] fp32
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // HQ
@@ -190,17 +199,23 @@ def _attn_int8_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vlo_ptr, vs_ptr, o_pt
     n_full = Lk // BLOCK_N
     for j in range(0, n_full):  # full key blocks: no masks
         acc, l_i, m_i = _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base,
-                                    j * BLOCK_N, Lk, LK_PAD, offs_n, offs_d, D, False,
+                                    j * BLOCK_N, Lk, LK_PAD, offs_n, offs_d, D, BLOCK_N, False,
                                     I2F_MAGIC, V_SPLIT, INTERPRET)
     if n_full * BLOCK_N < Lk:  # the partial block at the end
         acc, l_i, m_i = _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base,
-                                    n_full * BLOCK_N, Lk, LK_PAD, offs_n, offs_d, D, True,
-                                    I2F_MAGIC, V_SPLIT, INTERPRET)
+                                    n_full * BLOCK_N, Lk, LK_PAD, offs_n, offs_d, D, BLOCK_N,
+                                    True, I2F_MAGIC, V_SPLIT, INTERPRET)
     vs = tl.load(vs_ptr + kvh * D + offs_d)
     o = acc * vs[None, :] / l_i[:, None]
     o_offs = (b.to(tl.int64) * sob + h.to(tl.int64) * soh + (offs_m.to(tl.int64) * sol)[:, None]
               + (offs_d * sod)[None, :])
-    tl.store(o_ptr + o_offs, o.to(o_ptr.dtype.element_ty), mask=(offs_m < Lq)[:, None])
+    rmask = offs_m < Lq
+    if OUT_FP8:  # the output projection's input: e4m3 rows (per token and head) + scales
+        o_scale, o_inv = Q.row_scales(tl.max(tl.abs(o), axis=1), Q.E4M3_MAX)
+        tl.store(o_ptr + o_offs, Q.to_e4m3(o * o_inv[:, None], INTERPRET), mask=rmask[:, None])
+        tl.store(os_ptr + (b.to(tl.int64) * Lq + offs_m) * HQ + h, o_scale, mask=rmask)
+    else:
+        tl.store(o_ptr + o_offs, o.to(o_ptr.dtype.element_ty), mask=rmask[:, None])
 
 
 # ---------------------------------------------------------------------------------------
@@ -265,20 +280,26 @@ def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def attention_quantized(qkv: QuantizedQKV, out_dtype: torch.dtype, scale: float,
-                        config: AttentionConfig | None = None) -> torch.Tensor:
-    """The attention kernel on quantised inputs; returns ``[B, Lq, Hq, D]`` in ``out_dtype``."""
+                        config: AttentionConfig | None = None, out_fp8: bool = False):
+    """The attention kernel on quantised inputs; returns ``[B, Lq, Hq, D]`` in ``out_dtype``,
+    or with ``out_fp8`` ``(o_q [B, Lq, Hq, D] e4m3, o_scale [B, Lq, Hq] fp32)``."""
     batch, heads_q, lq_pad, dim = qkv.q.shape
     heads_k, lk_pad = qkv.k.shape[1], qkv.k.shape[2]
     config = config or CONFIGS[dim][0]
-    out = torch.empty((batch, qkv.lq, heads_q, dim), dtype=out_dtype, device=qkv.q.device)
+    device = qkv.q.device
+    out = torch.empty((batch, qkv.lq, heads_q, dim), dtype=torch.float8_e4m3fn if out_fp8
+                      else out_dtype, device=device)
+    out_scale = (torch.empty((batch, qkv.lq, heads_q), dtype=torch.float32, device=device)
+                 if out_fp8 else None)
     grid = (cdiv(qkv.lq, config.block_m), batch * heads_q)
     _attn_int8_kernel[grid](
         qkv.q, qkv.q_scale, qkv.k, qkv.k_scale, qkv.v, qkv.v if qkv.v_lo is None else qkv.v_lo,
-        qkv.v_scale, out, *out.stride(), qkv.lq, qkv.lk, lq_pad, lk_pad, heads_q, heads_k,
-        float(scale) * LOG2E, D=dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        I2F_MAGIC=config.i2f_magic, V_SPLIT=qkv.v_lo is not None, INTERPRET=interpreting(),
+        qkv.v_scale, out, qkv.q_scale if out_scale is None else out_scale, *out.stride(),
+        qkv.lq, qkv.lk, lq_pad, lk_pad, heads_q, heads_k, float(scale) * LOG2E, D=dim,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, I2F_MAGIC=config.i2f_magic,
+        V_SPLIT=qkv.v_lo is not None, OUT_FP8=out_fp8, INTERPRET=interpreting(),
         num_warps=config.num_warps, num_stages=config.num_stages)
-    return out
+    return (out, out_scale) if out_fp8 else out
 
 
 def attention_int8(q, k, v, *, causal=False, scale=None, attn_mask=None,
@@ -286,3 +307,9 @@ def attention_int8(q, k, v, *, causal=False, scale=None, attn_mask=None,
     """``attention`` (8-bit recipe; see ``ops.attention_int8``): quantise, then attend."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return attention_quantized(quantize_qkv(q, k, v, v_split), q.dtype, scale, config)
+
+
+def attention_fp8_out(q, k, v, *, scale=None, config: AttentionConfig | None = None):
+    """``ops.attention_fp8_out``: the same kernel with the e4m3 epilogue."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return attention_quantized(quantize_qkv(q, k, v), q.dtype, scale, config, out_fp8=True)

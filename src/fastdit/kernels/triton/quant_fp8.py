@@ -1,5 +1,6 @@
 """Per-token e4m3 quantisation in Triton (``quantize_fp8``, ``gelu_tanh_fp8``) and the
-``triton`` provider of ``linear_fp8``: this quantiser, then ``torch._scaled_mm``.
+``triton`` provider of ``linear_fp8``: this quantiser, then ``torch._scaled_mm``; inputs with
+per-group scales go to the Triton product of ``gemm_fp8.py``.
 
 A program quantises a tile of ``ROWS`` whole rows held in registers (one read of x, one
 write of the e4m3 values and one fp32 scale per row): ``amax`` along the row, then
@@ -68,6 +69,11 @@ def gelu_tanh_fp8(h):
 
 
 def linear_fp8(x, weight, weight_scale, bias=None, *, x_scale=None, out_dtype=None):
+    if x_scale is not None and x_scale.dim() == x.dim():  # per-group scales: Triton product
+        from fastdit.kernels.triton.gemm_fp8 import linear_fp8_grouped
+
+        return linear_fp8_grouped(x, x_scale, weight, weight_scale, bias,
+                                  out_dtype or torch.bfloat16)
     if x_scale is None:
         out_dtype = x.dtype
         x, x_scale = _quantize_rows(x, gelu=False)
