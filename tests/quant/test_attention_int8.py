@@ -150,8 +150,8 @@ def test_single_term_v_matches_its_replay(kernel):
 @pytest.mark.parametrize("platform", ["cpu", "cuda"])
 def test_int8_providers_are_in_no_default_priority_list(fresh_config, platform):
     set_config(EngineConfig(platform=PlatformConfig(platform=platform)))
-    fresh_config_platform = {p.name for p in priority("attention")}
-    assert not fresh_config_platform & {"int8_native", "int8_triton"}
+    default_order = {p.name for p in priority("attention")}
+    assert not default_order & {"int8_native", "int8_triton"}
     assert {("attention", "int8_native"), ("attention", "int8_triton")} <= INEXACT_PROVIDERS
 
 

@@ -228,7 +228,8 @@ class QuantizedQKV:
     ``q [B, Hq, Lq_pad, D]`` int8 and ``q_scale [B, Hq, Lq_pad]`` fp32; ``k`` and ``k_scale``
     alike with Hk, Lk_pad (k smoothed); ``v [B, Hk, D, Lk_pad]`` e4m3 (and its residual term
     ``v_lo`` alike, or None) and ``v_scale [B, Hk, D]`` fp32. Padding rows are zeros. A
-    producer kernel may fill any of these directly.
+    producer kernel may fill any of these directly; q's and k's quantisation need the key
+    statistics of the layer first (``quant.formulas.key_smoothing``: q is scaled by ``c``).
     """
 
     q: torch.Tensor
