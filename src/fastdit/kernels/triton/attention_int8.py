@@ -44,7 +44,7 @@ from fastdit.quant.formulas import key_smoothing, v_scales
 PAD = 128  # token padding of the quantised buffers; every BLOCK_M and BLOCK_N divides it
 BLOCK_T = 64  # tokens per program of the quantisers
 LOG2E = 1.4426950408889634
-LOG2_P_SCALE = math.log2(448.0)
+LOG2_P_SCALE = tl.constexpr(math.log2(448.0))  # read inside the kernel: a constexpr
 
 
 @dataclass(frozen=True)
@@ -63,14 +63,17 @@ class AttentionConfig:
                 + ("" if self.i2f_magic else "-cvt"))
 
 
-# Candidates per head dim; the first is used. Not yet measured on a GPU: the order follows
-# the usual FlashAttention-on-Hopper choices (128x128 tiles, 8 warps at D=128).
+# Candidates per head dim; the first is used. Not yet timed on a GPU: the order follows the
+# usual FlashAttention-on-Hopper choices (128x128 tiles, 8 warps at D=128). Compiled for sm_90
+# on a CPU (tests/kernels/_compile_check_quant.py), every candidate fits in 255 registers
+# without spills, V in one or two terms; 4-warp 128x128 tiles (and 64x128 at D=128) spill.
 CONFIGS: dict[int, tuple[AttentionConfig, ...]] = {
-    128: (AttentionConfig(128, 128, 8, 3), AttentionConfig(128, 64, 4, 3),
-          AttentionConfig(128, 64, 8, 4), AttentionConfig(64, 128, 4, 3),
+    128: (AttentionConfig(128, 128, 8, 3), AttentionConfig(128, 64, 8, 3),
+          AttentionConfig(128, 64, 8, 4), AttentionConfig(64, 64, 4, 3),
           AttentionConfig(128, 128, 8, 2), AttentionConfig(128, 128, 8, 3, i2f_magic=False)),
-    64: (AttentionConfig(128, 128, 4, 3), AttentionConfig(128, 64, 4, 4),
-         AttentionConfig(64, 64, 4, 4), AttentionConfig(128, 128, 8, 3)),
+    64: (AttentionConfig(128, 128, 8, 3), AttentionConfig(128, 64, 8, 3),
+         AttentionConfig(128, 64, 4, 4), AttentionConfig(64, 64, 4, 4),
+         AttentionConfig(64, 128, 4, 3)),
 }
 HEAD_DIMS = tuple(CONFIGS)
 
@@ -135,8 +138,8 @@ def _quant_v_fp8_kernel(v_ptr, svb, svl, svh, svd, inv_ptr, out_ptr, lo_ptr, L, 
 # ---------------------------------------------------------------------------------------
 @triton.jit
 def _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base, start, Lk, LK_PAD,
-                offs_n, offs_d, D: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
-                I2F_MAGIC: tl.constexpr, V_SPLIT: tl.constexpr, INTERPRET: tl.constexpr):
+                offs_n, offs_d, D: tl.constexpr, MASK: tl.constexpr, I2F_MAGIC: tl.constexpr,
+                V_SPLIT: tl.constexpr, PV_IMPRECISE: tl.constexpr, INTERPRET: tl.constexpr):
     """One key block: scores, online-softmax update, ``acc = acc * alpha + P448 V``."""
     cols = start + offs_n
     k_t = tl.load(k_base + (cols * D)[None, :] + offs_d[:, None])  # (D, BLOCK_N) int8
@@ -158,13 +161,20 @@ def _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base, start, 
         p8 = Q.to_e4m3(p, INTERPRET)
     else:
         p8 = p.to(tl.float8e4nv)  # p <= 448 (1 + eps): the cast rounds and saturates
-    # P V over this block in the fp8 MMA (about 22 bits of accumulation on sm_89/sm_90), then
-    # added into the fp32 accumulator. max_num_imprecise_acc = BLOCK_N (the dot's K) keeps
-    # Triton from folding "acc + dot" into the MMA's accumulator (it folds only at 0) and on
-    # sm_90 promotes the residual term's product into pv in fp32 as well.
-    pv = tl.dot(p8, tl.trans(v_t), max_num_imprecise_acc=BLOCK_N)
-    if V_SPLIT:  # + P v_lo, same block
-        pv = tl.dot(p8, tl.trans(tl.load(vlo_base + v_offs)), pv, max_num_imprecise_acc=BLOCK_N)
+    # P V over this block in the fp8 MMA (about 22 bits of accumulation on sm_89/sm_90: fine
+    # over one block), then added into the fp32 accumulator. Triton folds "acc + dot" into the
+    # MMA's accumulator only when the dot's max_num_imprecise_acc is 0: on sm_90 its default
+    # (2**30) already prevents it (PV_IMPRECISE = 0: the default, no partial-sum registers);
+    # elsewhere PV_IMPRECISE = BLOCK_N (the dot's K) does.
+    if PV_IMPRECISE == 0:
+        pv = tl.dot(p8, tl.trans(v_t))
+        if V_SPLIT:  # + P v_lo, in the same MMA chain (one block)
+            pv = tl.dot(p8, tl.trans(tl.load(vlo_base + v_offs)), pv)
+    else:
+        pv = tl.dot(p8, tl.trans(v_t), max_num_imprecise_acc=PV_IMPRECISE)
+        if V_SPLIT:
+            pv = tl.dot(p8, tl.trans(tl.load(vlo_base + v_offs)), pv,
+                        max_num_imprecise_acc=PV_IMPRECISE)
     acc = acc * alpha[:, None] + pv
     return acc, l_i, m_new
 
@@ -174,7 +184,7 @@ def _attn_int8_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vlo_ptr, vs_ptr, o_pt
                       sob, sol, soh, sod, Lq, Lk, LQ_PAD, LK_PAD, HQ, HK, qk_scale,
                       D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       I2F_MAGIC: tl.constexpr, V_SPLIT: tl.constexpr, OUT_FP8: tl.constexpr,
-                      INTERPRET: tl.constexpr):
+                      PV_IMPRECISE: tl.constexpr, INTERPRET: tl.constexpr):
     # q [B, HQ, LQ_PAD, D] int8 + qs [B, HQ, LQ_PAD]; k [B, HK, LK_PAD, D] int8 + ks;
     # v (and v_lo with V_SPLIT) [B, HK, D, LK_PAD] e4m3 + vs [B, HK, D]; o [B, Lq, HQ, D];
     # with OUT_FP8, o is e4m3 per (token, head) and its scales os [B, Lq, HQ] fp32
@@ -199,12 +209,12 @@ def _attn_int8_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vlo_ptr, vs_ptr, o_pt
     n_full = Lk // BLOCK_N
     for j in range(0, n_full):  # full key blocks: no masks
         acc, l_i, m_i = _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base,
-                                    j * BLOCK_N, Lk, LK_PAD, offs_n, offs_d, D, BLOCK_N, False,
-                                    I2F_MAGIC, V_SPLIT, INTERPRET)
+                                    j * BLOCK_N, Lk, LK_PAD, offs_n, offs_d, D, False,
+                                    I2F_MAGIC, V_SPLIT, PV_IMPRECISE, INTERPRET)
     if n_full * BLOCK_N < Lk:  # the partial block at the end
         acc, l_i, m_i = _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base,
-                                    n_full * BLOCK_N, Lk, LK_PAD, offs_n, offs_d, D, BLOCK_N,
-                                    True, I2F_MAGIC, V_SPLIT, INTERPRET)
+                                    n_full * BLOCK_N, Lk, LK_PAD, offs_n, offs_d, D, True,
+                                    I2F_MAGIC, V_SPLIT, PV_IMPRECISE, INTERPRET)
     vs = tl.load(vs_ptr + kvh * D + offs_d)
     o = acc * vs[None, :] / l_i[:, None]
     o_offs = (b.to(tl.int64) * sob + h.to(tl.int64) * soh + (offs_m.to(tl.int64) * sol)[:, None]
@@ -241,6 +251,18 @@ class QuantizedQKV:
     v_lo: torch.Tensor | None
     lq: int
     lk: int
+
+
+def pv_imprecise_acc(block_n: int) -> int:
+    """``max_num_imprecise_acc`` of the P V dots: 0 (Triton's default, 2**30 on sm_90, which
+    keeps "acc + dot" unfused) on Hopper; ``block_n`` elsewhere (the default there is 0, which
+    would let Triton fuse the add into the MMA and accumulate across blocks in ~22 bits)."""
+    from fastdit.platforms import current_platform
+
+    if interpreting():
+        return block_n
+    platform = current_platform()
+    return 0 if platform.name == "cuda" and platform.compute_capability() == (9, 0) else block_n
 
 
 def _padded(length: int) -> int:
@@ -298,7 +320,8 @@ def attention_quantized(qkv: QuantizedQKV, out_dtype: torch.dtype, scale: float,
         qkv.v_scale, out, qkv.q_scale if out_scale is None else out_scale, *out.stride(),
         qkv.lq, qkv.lk, lq_pad, lk_pad, heads_q, heads_k, float(scale) * LOG2E, D=dim,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, I2F_MAGIC=config.i2f_magic,
-        V_SPLIT=qkv.v_lo is not None, OUT_FP8=out_fp8, INTERPRET=interpreting(),
+        V_SPLIT=qkv.v_lo is not None, OUT_FP8=out_fp8,
+        PV_IMPRECISE=pv_imprecise_acc(config.block_n), INTERPRET=interpreting(),
         num_warps=config.num_warps, num_stages=config.num_stages)
     return (out, out_scale) if out_fp8 else out
 

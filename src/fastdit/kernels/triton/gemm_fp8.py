@@ -52,7 +52,7 @@ def _fp8_group_gemm_kernel(a_ptr, sa_ptr, w_ptr, sw_ptr, bias_ptr, c_ptr,
         k0 = kb * BLOCK_K
         a = tl.load(a_rows + ((k0 + ks) * s_ak)[None, :], mask=rmask[:, None], other=0.0)
         w = tl.load(w_rows + (k0 + ks)[None, :], mask=cmask[:, None], other=0.0)
-        part = tl.dot(a, tl.trans(w), max_num_imprecise_acc=BLOCK_K)  # this slice only
+        part = tl.dot(a, tl.trans(w))  # this slice only (scaled below: never fused into acc)
         scale = tl.load(sa_ptr + rows.to(tl.int64) * s_sm + (k0 // GROUP_K) * s_sg, mask=rmask,
                         other=0.0)
         acc += part * scale[:, None]
