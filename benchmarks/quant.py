@@ -285,7 +285,7 @@ def attention_section(rec: Recorder, device: str, heads_list, length: int, tiny:
                                       "quantize_ms": quant_ms, "attend_ms": attend_ms,
                                       "attend_tflops": flops / (attend_ms * 1e-3) / 1e12})
             rec.guard(f"attention H={heads} parts", parts)
-        del inputs, exact
+        inputs = exact = None  # free the inputs before the next head count
 
 
 # ---------------------------------------------------------------------------------------
