@@ -41,11 +41,11 @@ def attention_inputs(kind: str, shape, dtype=torch.bfloat16, seed: int = 0, devi
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """Cosine similarity of the flattened tensors (float64)."""
-    a64, b64 = a.double().flatten(), b.double().flatten()
+    a64, b64 = a.detach().double().flatten(), b.detach().double().flatten()
     return float(a64 @ b64 / (a64.norm() * b64.norm()).clamp_min(1e-300))
 
 
 def relative_l1(a: torch.Tensor, b: torch.Tensor) -> float:
     """``sum |a - b| / sum |b|`` (b is the reference), float64."""
-    a64, b64 = a.double(), b.double()
+    a64, b64 = a.detach().double(), b.detach().double()
     return float((a64 - b64).abs().sum() / b64.abs().sum().clamp_min(1e-300))
