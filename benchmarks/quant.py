@@ -15,9 +15,10 @@ against fp32 exact attention (computed in query chunks) on the gaussian and outl
 Linear at the six Wan products (T = 32760; K x N = 1536x1536, 1536x8960, 8960x1536,
 5120x5120, 5120x13824, 13824x5120): bf16 ``F.linear`` against fp8 (``torch._scaled_mm``,
 row-wise scales) with the activation quantisation excluded (pre-quantised input) and included
-(Triton quantiser; torch quantiser), with and without fast accumulation; the fused producers
-(``layer_norm_scale_shift_fp8``, ``gelu_tanh_fp8``) against their bf16 ops; accuracy against
-the fp32 product of the bf16 operands. Every case is guarded: a failure is recorded in the
+(Triton quantiser; torch quantiser), with and without fast accumulation, and the Triton
+product with a scale per 128 channels; the fused producers (``layer_norm_scale_shift_fp8``,
+``gelu_tanh_fp8``) against their bf16 ops; a whole FFN sub-block (norm, up, GELU, down) in
+bf16 and in fp8; accuracy against the fp32 product of the bf16 operands. Every case is guarded: a failure is recorded in the
 JSON and the script goes on.
 """
 
@@ -291,7 +292,44 @@ def attention_section(rec: Recorder, device: str, heads_list, length: int, tiny:
 # ---------------------------------------------------------------------------------------
 # linear
 # ---------------------------------------------------------------------------------------
-def linear_section(rec: Recorder, device: str, tokens: int, shapes) -> None:
+def _ffn_rows(rec: Recorder, bench, device: str, tokens: int, dim: int, hidden: int) -> None:
+    """A Wan FFN sub-block (modulated norm -> up -> GELU -> down) in bf16 (fastdit's exact ops)
+    and in fp8 (every activation quantised by the kernel that produces it)."""
+    from fastdit import ops
+    from fastdit.quant.formulas import quantize_fp8_weight
+    from fastdit.quant.linear import Fp8Activation, linear_forward, linear_gelu_tanh_fp8
+
+    gen = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(1, tokens, dim, device=device, generator=gen).bfloat16()
+    shift, scale = (torch.randn(1, 1, dim, device=device, generator=gen) * 0.1 for _ in range(2))
+    w1 = (torch.randn(hidden, dim, device=device, generator=gen) / math.sqrt(dim)).bfloat16()
+    w2 = (torch.randn(dim, hidden, device=device, generator=gen) / math.sqrt(hidden)).bfloat16()
+    b1, b2 = (torch.randn(n, device=device, generator=gen).bfloat16() * 0.1 for n in (hidden, dim))
+    (w1q, s1), (w2q, s2) = quantize_fp8_weight(w1), quantize_fp8_weight(w2)
+
+    def bf16():
+        h = ops.layer_norm_scale_shift(x, shift, scale)
+        return F.linear(ops.linear_gelu_tanh(h, w1, b1), w2, b2)
+
+    def fp8():
+        act = Fp8Activation(*ops.layer_norm_scale_shift_fp8(x, shift, scale), torch.bfloat16)
+        g = linear_gelu_tanh_fp8(act, w1q, b1, s1)
+        return linear_forward(g, w2q, b2, s2, "fp8")
+
+    h32 = ops.layer_norm_scale_shift(x.float(), shift, scale)
+    ref = F.linear(F.gelu(F.linear(h32, w1.float(), b1.float()), approximate="tanh"), w2.float(),
+                   b2.float())
+    flops = 2 * tokens * dim * hidden * 2
+    for label, fn in (("ffn bf16 (norm, linear_gelu_tanh, linear)", bf16),
+                      ("ffn fp8 (norm_fp8, fp8 up, gelu_tanh_fp8, fp8 down)", fp8)):
+        out = fn()
+        ms = bench(fn)
+        rec.add("linear", {"tokens": tokens, "K": dim, "N": hidden, "candidate": label, "ms": ms,
+                           "tflops": flops / (ms * 1e-3) / 1e12, "cosine": cosine(out, ref),
+                           "rel_l1": relative_l1(out, ref)})
+
+
+def linear_section(rec: Recorder, device: str, tokens: int, shapes, ffns) -> None:
     from fastdit import ops
     from fastdit.kernels.scaled_mm import ops as smm
     from fastdit.ops.registry import call_provider, is_supported, providers
@@ -356,6 +394,9 @@ def linear_section(rec: Recorder, device: str, tokens: int, shapes) -> None:
                 finally:
                     smm.FAST_ACCUM = saved
         rec.guard(f"linear {k_dim}x{n_dim}", one)
+    for dim, hidden in ffns:
+        rec.guard(f"ffn {dim}->{hidden}", lambda d=dim, h=hidden: _ffn_rows(rec, bench, device,
+                                                                              tokens, d, h))
     for dim in sorted({k for k, _ in shapes}):  # producers: norm -> e4m3 + scales, GELU -> e4m3
         def producers(dim=dim):
             x = torch.randn(1, tokens, dim, device=device).bfloat16()
@@ -384,6 +425,7 @@ def main(argv=None) -> int:
 
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before fastdit reads its config
         device, heads, length, tokens, shapes = "cpu", (2,), 200, 64, TINY_LINEARS
+        ffns = ((128, 320),)
     else:
         if not torch.cuda.is_available():
             print("benchmarks/quant.py needs a GPU (or --tiny)", file=sys.stderr)
@@ -391,12 +433,13 @@ def main(argv=None) -> int:
         device = "cuda"
         heads = tuple(int(h) for h in args.heads.split(","))
         length, tokens, shapes = args.length, 32760, WAN_LINEARS
+        ffns = ((1536, 8960), (5120, 13824))  # Wan2.1 1.3B, 14B
     rec = Recorder(args.out, environment(device))
     parts = set(args.parts.split(","))
     if "attention" in parts:
         attention_section(rec, device, heads, length, args.tiny)
     if "linear" in parts:
-        linear_section(rec, device, tokens, shapes)
+        linear_section(rec, device, tokens, shapes, ffns)
     print(f"{len(rec.result['errors'])} case(s) failed; results in {args.out}")
     return 0
 
