@@ -1,5 +1,5 @@
 """The ``scaled_mm`` provider of ``linear_fp8``: ``torch._scaled_mm`` with row-wise scales
-(CUDA sm_89+, and torch's CPU kernel), the activation quantised by torch ops. The ``triton``
+(CUDA sm_90+, and torch's CPU kernel), the activation quantised by torch ops. The ``triton``
 provider of ``linear_fp8`` runs the same product after a Triton quantiser."""
 
 from fastdit.kernels.scaled_mm import ops

@@ -2,7 +2,7 @@
 
 ``torch._scaled_mm(a [M, K] e4m3 row-major, b [K, N] e4m3 column-major, scale_a [M, 1],
 scale_b [1, N], bias, out_dtype)`` computes ``(a * scale_a) (b * scale_b) + bias`` with fp32
-accumulation: on CUDA (sm_89+) a cuBLASLt/CUTLASS kernel, on the CPU a reference kernel.
+accumulation: on CUDA (sm_90+) a cuBLASLt/CUTLASS kernel, on the CPU a reference kernel.
 ``b`` is ``weight.t()`` of the row-major ``[N, K]`` weight (column-major: no copy).
 """
 
@@ -19,7 +19,8 @@ ALIGN = 16  # K and N must be multiples of 16 (cuBLASLt fp8 layout rule)
 
 
 def scaled_mm_supported() -> bool:
-    """``torch._scaled_mm`` exists, and on CUDA the GPU has fp8 tensor cores (sm_89+)."""
+    """``torch._scaled_mm`` exists, and on CUDA the GPU is a Hopper or later (row-wise scaled
+    fp8 products are only known to run there; Ada's sm_89 is untested, so it falls back)."""
     from fastdit.platforms import current_platform
 
     if not hasattr(torch, "_scaled_mm"):
@@ -27,7 +28,7 @@ def scaled_mm_supported() -> bool:
     platform = current_platform()
     if platform.name == "cuda":
         capability = platform.compute_capability()
-        return capability is not None and capability >= (8, 9)
+        return capability is not None and capability >= (9, 0)
     return platform.name == "cpu"
 
 

@@ -65,8 +65,9 @@ def linear_fp8_args(x, weight, weight_scale, bias=None, *, x_scale=None, out_dty
         k = x.shape[-1]
         return (weight.is_contiguous() and weight.shape[1] == k
                 and grouped_block_k(k, k // x_scale.shape[-1]) is not None)
-    return scaled_mm_ops.supports_args(x, weight, weight_scale, bias, x_scale=x_scale,
-                                       out_dtype=out_dtype)
+    return (scaled_mm_ops.scaled_mm_supported()
+            and scaled_mm_ops.supports_args(x, weight, weight_scale, bias, x_scale=x_scale,
+                                            out_dtype=out_dtype))
 
 
 def attention_fp8_out_args(q, k, v, *, scale=None) -> bool:
