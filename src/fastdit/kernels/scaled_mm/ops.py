@@ -8,6 +8,8 @@ accumulation: on CUDA (sm_90+) a cuBLASLt/CUTLASS kernel, on the CPU a reference
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from fastdit.quant.formulas import quantize_fp8_rows
@@ -23,9 +25,12 @@ def scaled_mm_supported() -> bool:
     fp8 products are only known to run there; Ada's sm_89 is untested, so it falls back)."""
     from fastdit.platforms import current_platform
 
-    if not hasattr(torch, "_scaled_mm"):
-        return False
-    platform = current_platform()
+    return hasattr(torch, "_scaled_mm") and _supported_on(current_platform())
+
+
+@functools.lru_cache(maxsize=8)
+def _supported_on(platform) -> bool:
+    """Per platform object (asked on every call by the Triton provider's predicate: cached)."""
     if platform.name == "cuda":
         capability = platform.compute_capability()
         return capability is not None and capability >= (9, 0)
