@@ -29,6 +29,7 @@ benchmark ``benchmarks/quant.py`` times every entry).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -259,10 +260,12 @@ def pv_imprecise_acc(block_n: int) -> int:
     would let Triton fuse the add into the MMA and accumulate across blocks in ~22 bits)."""
     from fastdit.platforms import current_platform
 
-    if interpreting():
-        return block_n
-    platform = current_platform()
-    return 0 if platform.name == "cuda" and platform.compute_capability() == (9, 0) else block_n
+    return block_n if interpreting() or not _is_sm90(current_platform()) else 0
+
+
+@functools.lru_cache(maxsize=8)
+def _is_sm90(platform) -> bool:
+    return platform.name == "cuda" and platform.compute_capability() == (9, 0)
 
 
 def _padded(length: int) -> int:
