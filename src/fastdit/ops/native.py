@@ -15,6 +15,13 @@ NATIVE_SPEC = {
     "attention": "fastdit.ops.attention:attention_native",
     "linear": "fastdit.ops.linear:linear_native",
     "linear_gelu_tanh": "fastdit.ops.linear:linear_gelu_tanh_native",
+    "quantize_fp8": "fastdit.ops.linear_fp8:quantize_fp8_native",
+    "gelu_tanh_fp8": "fastdit.ops.linear_fp8:gelu_tanh_fp8_native",
+    "linear_fp8": "fastdit.ops.linear_fp8:linear_fp8_native",
+    "layer_norm_scale_shift_fp8": "fastdit.ops.norm_fp8:layer_norm_scale_shift_fp8_native",
+    "scale_residual_norm_scale_shift_fp8":
+        "fastdit.ops.norm_fp8:scale_residual_norm_scale_shift_fp8_native",
+    "attention_fp8_out": "fastdit.ops.attention_int8:attention_fp8_out_native",
 }
 
 for _op, _impl in NATIVE_SPEC.items():

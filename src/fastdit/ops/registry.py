@@ -40,6 +40,7 @@ PROVIDER_MODULES = (
     "fastdit.kernels.aiter",
     "fastdit.kernels.attention",
     "fastdit.kernels.cublaslt",
+    "fastdit.kernels.scaled_mm",
 )
 
 

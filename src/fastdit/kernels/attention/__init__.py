@@ -6,6 +6,7 @@
 """
 
 from fastdit.kernels.attention import libraries
+from fastdit.ops.attention_int8 import attention_int8_args
 from fastdit.ops.registry import register
 
 register("attention", "sdpa", "fastdit.kernels.attention.sdpa:attention_sdpa",
@@ -16,3 +17,8 @@ register("attention", "flash_attn", "fastdit.kernels.attention.libraries:attenti
 register("attention", "sage", "fastdit.kernels.attention.libraries:attention_sage",
          supported=libraries.sage_supported, supports_args=libraries.sage_supports_args,
          description="SageAttention (int8/fp8 quantised, approximate)")
+# the 8-bit recipe's specification in plain torch (CPU path and oracle of int8_triton):
+# approximate, so in no default priority list
+register("attention", "int8_native", "fastdit.ops.attention_int8:attention_int8_native",
+         supports_args=attention_int8_args,
+         description="8-bit attention spec: INT8 QK, FP8 PV, plain torch (approximate)")

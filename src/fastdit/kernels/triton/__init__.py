@@ -7,6 +7,7 @@ registry loads on first use. Design notes and launch parameters: README.md in th
 """
 
 from fastdit.kernels.triton import _support as S
+from fastdit.kernels.triton import _support_quant as SQ
 from fastdit.ops.registry import _always, register
 
 _OPS = {
@@ -33,3 +34,23 @@ for _op, (_impl, _args) in _OPS.items():
     register(_op, "triton", f"fastdit.kernels.triton.{_impl}", supported=S.supported,
              supports_args=_args, prefers=_PREFERS.get(_op, _always),
              description="Triton kernel (CUDA/ROCm; CPU via the interpreter)")
+
+# fp8 kernels (e4m3fn: NVIDIA sm_89+, or the interpreter); see _support_quant.py
+_FP8_OPS = {
+    "quantize_fp8": ("quant_fp8:quantize_fp8", SQ.quantize_fp8_args),
+    "gelu_tanh_fp8": ("quant_fp8:gelu_tanh_fp8", SQ.gelu_tanh_fp8_args),
+    "linear_fp8": ("quant_fp8:linear_fp8", SQ.linear_fp8_args),
+    "layer_norm_scale_shift_fp8": ("norm_fp8:layer_norm_scale_shift_fp8",
+                                   SQ.layer_norm_scale_shift_fp8_args),
+    "scale_residual_norm_scale_shift_fp8": ("norm_fp8:scale_residual_norm_scale_shift_fp8",
+                                            SQ.scale_residual_norm_scale_shift_fp8_args),
+    "attention_fp8_out": ("attention_int8:attention_fp8_out", SQ.attention_fp8_out_args),
+}
+for _op, (_impl, _args) in _FP8_OPS.items():
+    register(_op, "triton", f"fastdit.kernels.triton.{_impl}", supported=SQ.supported_fp8,
+             supports_args=_args, description="Triton fp8 kernel (sm_89+; CPU via the interpreter)")
+# 8-bit attention: approximate, so in no default priority list (asked for by name or by the
+# precision setting, fastdit.quant.config.ATTENTION_PROVIDERS)
+register("attention", "int8_triton", "fastdit.kernels.triton.attention_int8:attention_int8",
+         supported=SQ.supported_fp8, supports_args=SQ.attention_int8_triton_args,
+         description="Triton 8-bit attention: INT8 QK, FP8 PV (approximate)")

@@ -1,0 +1,123 @@
+"""Triton kernels of the fp8-emitting adaLN norms (``ops.norm_fp8``): the modulated norm of
+``norm.py``'s ``_norm_modulate_kernel`` with a per-row e4m3 quantisation as its epilogue.
+
+A program normalises a ``[ROWS, BLOCK_D]`` tile of whole rows in registers (the same tiles,
+modulation modes and hoisting as the bf16 kernel), then takes each row's amax of the fp32
+result and writes ``e4m3(y * 448 / amax)`` and ``amax / 448``: one read of x (and residual),
+one byte per value written. The norm body repeats the one in ``norm.py`` (kept apart there so
+that this branch adds files only); the two should share a ``@triton.jit`` helper once merged.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fastdit.kernels.triton import _common as K
+from fastdit.kernels.triton import _quant_common as Q
+from fastdit.kernels.triton._support import cdiv, interpreting, norm_launch
+from fastdit.ops import _checks as C
+
+
+@triton.jit
+def _norm_modulate_fp8_kernel(
+    x_ptr, sxb, sxl, sxd,
+    res_ptr, srb, srl, srd,
+    yq_ptr, ys_ptr, r_ptr, w_ptr, bias_ptr,
+    g_ptr, g_sb, g_sg, g_sd, g_tpg, g_val,
+    sc_ptr, sc_sb, sc_sg, sc_sd, sc_tpg, sc_val,
+    sh_ptr, sh_sb, sh_sg, sh_sd, sh_tpg, sh_val,
+    n_rows, L, D, eps,
+    IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    GATE_MODE: tl.constexpr, SCALE_MODE: tl.constexpr, SHIFT_MODE: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    # [r = residual + gate * x (rounded to residual's dtype); h = r] else h = x
+    # y = (norm(h) * weight + bias) * (1 + scale) + shift  (fp32)
+    # yq = e4m3(y * 448 / amax_row), ys = amax_row / 448
+    row0 = tl.program_id(0) * ROWS
+    rows = row0 + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    rmask = rows < n_rows
+    mask = rmask[:, None] & cmask[None, :]
+    b = (rows // L).to(tl.int64)
+    l = (rows % L).to(tl.int64)
+    h = tl.load(x_ptr + (b * sxb + l * sxl)[:, None] + (cols * sxd)[None, :], mask=mask,
+                other=0.0).to(tl.float32)
+    out_offs = (rows.to(tl.int64) * D)[:, None] + cols[None, :]
+    if HAS_RESIDUAL:
+        res = tl.load(res_ptr + (b * srb + l * srl)[:, None] + (cols * srd)[None, :], mask=mask,
+                      other=0.0)
+        if GATE_MODE == 0:
+            gate = g_val
+        else:
+            gate = K.load_mod_tile(g_ptr, g_sb, g_sg, g_sd, g_tpg, row0, rows, L, cols, cmask,
+                                   mask, GATE_MODE)
+        r = (res.to(tl.float32) + h * gate).to(r_ptr.dtype.element_ty)
+        tl.store(r_ptr + out_offs, r, mask=mask)
+        h = r.to(tl.float32)
+    if IS_RMS:
+        y = h * tl.rsqrt(tl.sum(h * h, axis=1) / D + eps)[:, None]
+    else:
+        mean = tl.sum(h, axis=1) / D
+        centered = tl.where(mask, h - mean[:, None], 0.0)
+        y = centered * tl.rsqrt(tl.sum(centered * centered, axis=1) / D + eps)[:, None]
+    if HAS_WEIGHT:
+        y = y * tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if SCALE_MODE == 0:
+        factor = sc_val
+    else:
+        factor = 1.0 + K.load_mod_tile(sc_ptr, sc_sb, sc_sg, sc_sd, sc_tpg, row0, rows, L, cols,
+                                       cmask, mask, SCALE_MODE)
+    if SHIFT_MODE == 0:
+        shift = sh_val
+    else:
+        shift = K.load_mod_tile(sh_ptr, sh_sb, sh_sg, sh_sd, sh_tpg, row0, rows, L, cols, cmask,
+                                mask, SHIFT_MODE)
+    y = tl.where(mask, y * factor + shift, 0.0)
+    scale, inv = Q.row_scales(tl.max(tl.abs(y), axis=1), Q.E4M3_MAX)
+    tl.store(yq_ptr + out_offs, Q.to_e4m3(y * inv[:, None], INTERPRET), mask=mask)
+    tl.store(ys_ptr + rows, scale, mask=rmask)
+
+
+def _norm_modulate_fp8(x, residual, gate, shift, scale, weight, bias, eps, norm):
+    batch, length, dim = C.canonical_shape(x.shape)
+    y_q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+    y_scale = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+    r = None if residual is None else torch.empty(x.shape, dtype=residual.dtype, device=x.device)
+    n_rows = batch * length
+    if n_rows == 0:
+        return y_q, y_scale, r
+    x3 = x.reshape(batch, length, dim)  # (B, L, D): a view when possible
+    r3 = x3 if residual is None else residual.reshape(batch, length, dim)
+    g = K.pack_modulation(1.0 if gate is None else gate, x.shape, x3)
+    sc = K.pack_modulation(scale, x.shape, x3, number=lambda v: 1.0 + v)
+    sh = K.pack_modulation(shift, x.shape, x3)
+    block, warps, rows = norm_launch(dim, n_rows)
+    K.mark_hoisted(rows, length, [sc, sh] + ([g] if residual is not None else []))
+    _norm_modulate_fp8_kernel[(cdiv(n_rows, rows),)](
+        x3, *x3.stride(), r3, *r3.stride(), y_q, y_scale, y_q if r is None else r,
+        x3 if weight is None else weight.contiguous(), x3 if bias is None else bias.contiguous(),
+        *g.args(), *sc.args(), *sh.args(),
+        n_rows, length, dim, float(eps),
+        IS_RMS=norm == "rms", HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        HAS_RESIDUAL=residual is not None,
+        GATE_MODE=g.mode, SCALE_MODE=sc.mode, SHIFT_MODE=sh.mode,
+        ROWS=rows, BLOCK_D=block, INTERPRET=interpreting(), num_warps=warps,
+    )
+    return y_q, y_scale, r
+
+
+def layer_norm_scale_shift_fp8(x, shift, scale, *, weight=None, bias=None, eps=1e-6,
+                               norm="layer"):
+    return _norm_modulate_fp8(x, None, None, shift, scale, weight, bias, eps, norm)[:2]
+
+
+def scale_residual_norm_scale_shift_fp8(residual, x, gate, shift, scale, *, weight=None,
+                                        bias=None, eps=1e-6, norm="layer"):
+    return _norm_modulate_fp8(x, residual, gate, shift, scale, weight, bias, eps, norm)

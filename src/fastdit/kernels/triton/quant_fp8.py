@@ -1,0 +1,81 @@
+"""Per-token e4m3 quantisation in Triton (``quantize_fp8``, ``gelu_tanh_fp8``) and the
+``triton`` provider of ``linear_fp8``: this quantiser, then ``torch._scaled_mm``; inputs with
+per-group scales go to the Triton product of ``gemm_fp8.py``.
+
+A program quantises a tile of ``ROWS`` whole rows held in registers (one read of x, one
+write of the e4m3 values and one fp32 scale per row): ``amax`` along the row, then
+``scale = amax / 448`` and ``inv = 448 / amax`` correctly rounded, ``e4m3(x * inv)``. Bits
+equal ``quant.formulas.quantize_fp8_rows``. Tiles come from ``norm_launch`` (whole rows).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fastdit.kernels.scaled_mm.ops import linear_fp8_scaled_mm_quantized
+from fastdit.kernels.triton import _common as K
+from fastdit.kernels.triton import _quant_common as Q
+from fastdit.kernels.triton._support import cdiv, interpreting, norm_launch
+
+@triton.jit
+def gelu_tanh_f32(x):
+    """``x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` in fp32."""
+    inner = (x + 0.044715 * x * x * x) * 0.7978845608028654  # sqrt(2 / pi)
+    return 0.5 * x * (1.0 + K.tanh_f32(inner))
+
+
+@triton.jit
+def _quant_fp8_rows_kernel(x_ptr, sx_row, sx_col, out_ptr, scale_ptr, n_rows, D,
+                           GELU: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+                           INTERPRET: tl.constexpr):
+    # x [n_rows, D] (strided) -> out [n_rows, D] e4m3, scale [n_rows] fp32 (per row);
+    # with GELU the row is gelu_tanh(x) first
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    rmask = rows < n_rows
+    mask = rmask[:, None] & (cols < D)[None, :]
+    x = tl.load(x_ptr + (rows * sx_row)[:, None] + (cols * sx_col)[None, :], mask=mask,
+                other=0.0).to(tl.float32)
+    if GELU:
+        x = gelu_tanh_f32(x)
+    scale, inv = Q.row_scales(tl.max(tl.abs(x), axis=1), Q.E4M3_MAX)
+    y = Q.to_e4m3(x * inv[:, None], INTERPRET)
+    tl.store(out_ptr + (rows * D)[:, None] + cols[None, :], y, mask=mask)
+    tl.store(scale_ptr + rows, scale, mask=rmask)
+
+
+def _quantize_rows(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    dim = x.shape[-1]
+    x2 = x.reshape(-1, dim)  # (T, D): a view when the leading dims merge
+    out = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+    n_rows = x2.shape[0]
+    if n_rows and dim:
+        block, warps, rows = norm_launch(dim, n_rows)
+        _quant_fp8_rows_kernel[(cdiv(n_rows, rows),)](
+            x2, x2.stride(0), x2.stride(1), out, scale, n_rows, dim, GELU=gelu, ROWS=rows,
+            BLOCK_D=block, INTERPRET=interpreting(), num_warps=warps)
+    return out, scale
+
+
+def quantize_fp8(x):
+    return _quantize_rows(x, gelu=False)
+
+
+def gelu_tanh_fp8(h):
+    return _quantize_rows(h, gelu=True)
+
+
+def linear_fp8(x, weight, weight_scale, bias=None, *, x_scale=None, out_dtype=None):
+    if x_scale is not None and x_scale.dim() == x.dim():  # per-group scales: Triton product
+        from fastdit.kernels.triton.gemm_fp8 import linear_fp8_grouped
+
+        return linear_fp8_grouped(x, x_scale, weight, weight_scale, bias,
+                                  out_dtype or torch.bfloat16)
+    if x_scale is None:
+        out_dtype = x.dtype
+        x, x_scale = _quantize_rows(x, gelu=False)
+    return linear_fp8_scaled_mm_quantized(x, x_scale, weight, weight_scale, bias,
+                                          out_dtype or torch.bfloat16)

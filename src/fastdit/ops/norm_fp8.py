@@ -1,0 +1,65 @@
+"""The adaLN norm ops with an fp8 output: the modulated norm and its per-token e4m3
+quantisation in one pass, so the fp8 product that follows (``ops.linear_fp8`` with
+``x_scale``) reads one byte per value and needs no quantisation pass of its own.
+
+    y        = norm(h) * (1 + scale) + shift        (fp32, as layer_norm_scale_shift; not rounded)
+    y_q, sy  = quantize_fp8_rows(y)                  per token: sy = max(amax, 1e-12) / 448
+
+``layer_norm_scale_shift_fp8`` takes ``h = x``; ``scale_residual_norm_scale_shift_fp8`` takes
+``h = r = residual + gate * x`` (rounded to residual's dtype, and returned, as in
+``scale_residual_norm_scale_shift``).
+"""
+
+from __future__ import annotations
+
+from fastdit.ops import _checks as C
+from fastdit.ops.norm import _check_norm_family, _normalize
+from fastdit.ops.registry import dispatch
+from fastdit.quant.formulas import quantize_fp8_rows
+
+
+def _modulated(h, shift, scale, weight, bias, eps, norm):
+    y = _normalize(h.float(), weight, bias, eps, norm)
+    return y * (1.0 + C.modulation_fp32(scale, h.shape)) + C.modulation_fp32(shift, h.shape)
+
+
+def layer_norm_scale_shift_fp8_native(x, shift, scale, *, weight=None, bias=None, eps=1e-6,
+                                      norm="layer"):
+    return quantize_fp8_rows(_modulated(x, shift, scale, weight, bias, eps, norm))
+
+
+def scale_residual_norm_scale_shift_fp8_native(residual, x, gate, shift, scale, *, weight=None,
+                                               bias=None, eps=1e-6, norm="layer"):
+    gate32 = C.modulation_fp32(gate, x.shape)
+    r = (residual.float() + x.float() * gate32).to(residual.dtype)
+    y_q, y_scale = quantize_fp8_rows(_modulated(r, shift, scale, weight, bias, eps, norm))
+    return y_q, y_scale, r
+
+
+def layer_norm_scale_shift_fp8(x, shift, scale, *, weight=None, bias=None, eps=1e-6,
+                               norm="layer"):
+    """:func:`~fastdit.ops.layer_norm_scale_shift` quantised per token to e4m3 in the same pass.
+
+    Shapes and modulation modes as ``layer_norm_scale_shift``. Returns
+    ``(y_q [..., D] float8_e4m3fn, y_scale [...] fp32)``, ``y ~= y_q * y_scale[..., None]``,
+    quantised from the fp32 ``y`` (not from ``y`` rounded to x's dtype).
+    """
+    op = "layer_norm_scale_shift_fp8"
+    _check_norm_family(op, x, {"shift": shift, "scale": scale}, weight, bias, eps, norm)
+    return dispatch(op, x, shift, scale, weight=weight, bias=bias, eps=eps, norm=norm)
+
+
+def scale_residual_norm_scale_shift_fp8(residual, x, gate, shift, scale, *, weight=None,
+                                        bias=None, eps=1e-6, norm="layer"):
+    """:func:`~fastdit.ops.scale_residual_norm_scale_shift` with ``y`` quantised per token.
+
+    Returns ``(y_q float8_e4m3fn, y_scale [...] fp32, r in residual.dtype)``.
+    """
+    op = "scale_residual_norm_scale_shift_fp8"
+    C.check_tensor(op, "residual", residual)
+    _check_norm_family(op, x, {"gate": gate, "shift": shift, "scale": scale}, weight, bias, eps, norm)
+    C.check_same_device(op, residual=residual, x=x)
+    if residual.shape != x.shape:
+        raise C.fail(op, "residual must have the shape of x", residual=residual, x=x)
+    return dispatch(op, residual, x, gate, shift, scale, weight=weight, bias=bias, eps=eps,
+                    norm=norm)

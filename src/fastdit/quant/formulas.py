@@ -1,0 +1,162 @@
+"""Quantisation formulas, in plain torch: the definition every kernel reproduces bit for bit.
+
+Symmetric scaling with fp32 scales, one scale per *row* of the reduced dimension(s):
+
+    amax  = max(max |x| over the row, FLOOR)                      (fp32, exact)
+    scale = amax / QMAX                                           (IEEE division)
+    inv   = QMAX / amax                                           (IEEE division, not 1/scale)
+    q     = clamp(round(x * inv), -QMAX, QMAX)     int8: round half to even, then int8
+          = clamp(x * inv, -QMAX, QMAX) -> e4m3    fp8: the cast rounds to nearest even
+    x    ~= q * scale
+
+QMAX is 127 for int8 and 448 for float8_e4m3fn. FLOOR (1e-12) keeps an all-zero row finite:
+its values stay 0. Kernels compute ``inv`` with a correctly rounded division
+(``tl.math.div_rn``) and ``x * inv`` without fused multiply-add, so that their bits equal
+these. Note that torch's ``number / tensor`` multiplies by a reciprocal: the helpers below
+divide two tensors.
+
+Granularities used by fastdit:
+
+* activations of an fp8 product: per token (a row of ``[..., K]``), :func:`quantize_fp8_rows`;
+* weights ``[N, K]``: per output channel (a row), :func:`quantize_fp8_weight`;
+* attention Q and K ``[B, L, H, D]``: INT8 per token and head (a row of D),
+  :func:`quantize_int8_rows`; K first smoothed by its mean over the tokens
+  (``softmax(q (k - m)^T) = softmax(q k^T)`` for any vector ``m``) and its channels balanced
+  against Q's (:func:`key_smoothing`);
+* attention V: FP8 per channel, the amax over the tokens (:func:`quantize_v_fp8`), optionally
+  as two e4m3 terms (value and rounding residual, :func:`quantize_v_fp8_split`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0
+INT8_MAX = 127.0
+SCALE_FLOOR = 1e-12
+
+
+def _amax(x32: torch.Tensor, dims) -> torch.Tensor:
+    """``max(max |x| over dims, FLOOR)`` in fp32, dims kept (for broadcasting)."""
+    return x32.abs().amax(dim=dims, keepdim=True).clamp_min(SCALE_FLOOR)
+
+
+def _scale_and_inverse(amax: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(amax / qmax, qmax / amax)``, both correctly rounded fp32 divisions."""
+    return amax / qmax, torch.full_like(amax, qmax) / amax
+
+
+def _quantize(x: torch.Tensor, dims, qmax: float, dtype: torch.dtype
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    x32 = x.float()
+    scale, inv = _scale_and_inverse(_amax(x32, dims), qmax)
+    y = x32 * inv
+    if dtype == torch.int8:
+        q = torch.round(y).clamp_(-qmax, qmax).to(torch.int8)
+    else:
+        q = y.clamp_(-qmax, qmax).to(dtype)
+    return q, scale
+
+
+def quantize_int8_rows(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """INT8 with one fp32 scale per row along ``dim``: ``x ~= q * scale.unsqueeze(dim)``.
+
+    ``scale = max(amax, 1e-12) / 127``, ``q = clamp(round_half_even(x * (127 / amax)), +-127)``.
+    Returns ``q`` (int8, x's shape) and ``scale`` (fp32, x's shape without ``dim``).
+    """
+    q, scale = _quantize(x, dim, INT8_MAX, torch.int8)
+    return q, scale.squeeze(dim)
+
+
+def quantize_fp8_rows(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """FP8 e4m3 with one fp32 scale per row along ``dim`` (per token for ``x [..., K]``).
+
+    ``scale = max(amax, 1e-12) / 448``, ``q = e4m3(clamp(x * (448 / amax), +-448))`` (the cast
+    rounds to nearest even). Returns ``q`` (float8_e4m3fn, x's shape) and ``scale`` (fp32,
+    x's shape without ``dim``); ``x ~= q * scale.unsqueeze(dim)``.
+    """
+    q, scale = _quantize(x, dim, FP8_MAX, FP8_DTYPE)
+    return q, scale.squeeze(dim)
+
+
+def quantize_fp8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear weight ``[N, K]`` in e4m3 with per-output-channel fp32 scales ``[N]``:
+    ``W ~= weight_fp8 * weight_scale[:, None]`` (:func:`quantize_fp8_rows` over K)."""
+    if weight.dim() != 2:
+        raise ValueError(f"quantize_fp8_weight: weight must be [N, K], got {list(weight.shape)}")
+    return quantize_fp8_rows(weight, dim=-1)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``q * scale`` in fp32, ``scale`` broadcast along ``dim`` (the inverse of the above)."""
+    return q.float() * scale.unsqueeze(dim)
+
+
+def key_mean(k: torch.Tensor) -> torch.Tensor:
+    """The mean of ``k [B, L, H, D]`` over the tokens, fp32 ``[B, H, D]``.
+
+    One torch reduction (fp32 accumulation, no copy of k): the Triton path calls this same
+    function, so its smoothed keys equal the specification's bit for bit.
+    """
+    return k.mean(dim=1, dtype=torch.float32)
+
+
+def value_absmax(v: torch.Tensor) -> torch.Tensor:
+    """``max(max_l |v[b, l, h, d]|, 1e-12)``: fp32 ``[B, H, D]`` (one reduction, no copy)."""
+    return torch.linalg.vector_norm(v, ord=float("inf"), dim=1,
+                                    dtype=torch.float32).clamp_min(SCALE_FLOOR)
+
+
+def key_smoothing(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The smoothing of ``k [B, L, H, D]`` before its INT8 quantisation: ``(mean, c, inv_c)``,
+    fp32 ``[B, H, D]`` each:
+
+        mean[b, h, d] = mean_l k[b, l, h, d]                         (key_mean)
+        c[b, h, d]    = sqrt(max(max_l |k[b, l, h, d] - mean|, 1e-12))
+        inv_c         = 1 / c
+
+    Keys become ``(k - mean) * inv_c`` and queries ``q * c`` (per kv head): the scores
+    ``q . (k_j - mean)`` keep their value, the mean only shifts every score of a query alike
+    (softmax-invariant), and ``c`` moves half of each channel's range from the keys into the
+    queries, so that one heavy-tailed key channel does not coarsen a key's whole INT8 row
+    (SmoothQuant's balancing with exponent 1/2). ``max_l |k - mean|`` is computed as
+    ``max(max_l k - mean, mean - min_l k)``, equal bit for bit (rounding is monotonic).
+    """
+    mean = key_mean(k)
+    k_min, k_max = torch.aminmax(k, dim=1)
+    amax = torch.maximum(k_max.float() - mean, mean - k_min.float()).clamp_min_(SCALE_FLOOR)
+    c = amax.sqrt()
+    return mean, c, torch.ones_like(c) / c
+
+
+def v_scales(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel V scales: ``(scale, inv)`` = ``(amax / 448, 448 / amax)``, fp32 ``[B, H, D]``,
+    ``amax = value_absmax(v)``."""
+    return _scale_and_inverse(value_absmax(v), FP8_MAX)
+
+
+def quantize_v_fp8(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """V ``[B, L, H, D]`` in e4m3 with one scale per (batch, head, channel) over the tokens:
+    ``v_q = e4m3(clamp(v * inv[b, h, d], +-448))``; returns ``(v_q [B, L, H, D], scale [B, H, D])``
+    with ``v ~= v_q * scale[:, None]``."""
+    scale, inv = v_scales(v)
+    q = (v.float() * inv[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, scale
+
+
+def quantize_v_fp8_split(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """V in two e4m3 terms at the same per-channel scale, ``v ~= (v_hi + v_lo) * scale``:
+
+        y    = clamp(v * inv[b, h, d], +-448)      (inv, scale as in quantize_v_fp8)
+        v_hi = e4m3(y)
+        v_lo = e4m3(y - v_hi)                      (the rounding residual, |.| <= 16)
+
+    The residual term makes V's error about 16x smaller (e4m3 keeps 4 significant bits) for
+    one more fp8 product ``P v_lo`` in the attention kernel. Returns ``(v_hi, v_lo, scale)``.
+    """
+    scale, inv = v_scales(v)
+    y = (v.float() * inv[:, None]).clamp_(-FP8_MAX, FP8_MAX)
+    v_hi = y.to(FP8_DTYPE)
+    v_lo = (y - v_hi.float()).to(FP8_DTYPE)
+    return v_hi, v_lo, scale
