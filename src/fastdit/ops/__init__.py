@@ -1,7 +1,9 @@
 """fastdit ops: every hot operation, one public function each, dispatched to a provider.
 
 The plain-torch ``*_native`` function next to each op is its specification and its test
-oracle; providers in :mod:`fastdit.kernels` register faster implementations.
+oracle; providers in :mod:`fastdit.kernels` register faster implementations. In eager mode an
+op runs its dispatch plan (the provider chosen once per argument signature); under
+``torch.compile`` it is one ``torch.ops.fastdit.*`` custom op (:mod:`fastdit.ops.library`).
 """
 
 from fastdit.ops.attention import attention
@@ -13,7 +15,14 @@ from fastdit.ops.norm import (
     rms_norm,
     scale_residual_norm_scale_shift,
 )
-from fastdit.ops.registry import ProviderError, call_provider, provider_table, providers, resolve
+from fastdit.ops.registry import (
+    ProviderError,
+    call_provider,
+    plan_for,
+    provider_table,
+    providers,
+    resolve,
+)
 from fastdit.ops.rope import rms_norm_rope_, rope_qk_, rope_qk_cache_store
 
 __all__ = [
@@ -25,6 +34,7 @@ __all__ = [
     "linear_gelu_tanh",
     "mul_add",
     "norm_tanh_mul_add",
+    "plan_for",
     "provider_table",
     "providers",
     "resolve",

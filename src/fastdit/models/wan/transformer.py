@@ -195,7 +195,7 @@ class WanBlock(nn.Module):
         if self.norm2 is not None:
             h, x = self.norm2(x, attn, gate)  # x += gate * attn; h = LayerNorm_affine(x)
         else:
-            x = h = ops.mul_add(attn, gate, x)
+            x = h = ops.mul_add(attn, x, gate=gate)
         del attn
         attn = self.attn2(h, ctx.text, image_context=ctx.image)
         del h
@@ -203,7 +203,7 @@ class WanBlock(nn.Module):
         del attn
         ffn = self.ffn(h, chunk_rows=self.ffn_chunk_tokens)
         del h
-        return ops.mul_add(ffn, c_gate, x)  # x + c_gate * FFN(h)
+        return ops.mul_add(ffn, x, gate=c_gate)  # x + c_gate * FFN(h)
 
 
 class WanTransformer(nn.Module):
