@@ -2,12 +2,21 @@
 
     PYTHONPATH=src python benchmarks/dispatch.py --out benchmarks/results/cpu-dispatch.json
 
-For every op, on small tensors (so that the provider's work is a few microseconds), it times
-``ops.<op>(...)`` (validation, provider choice, the call) and the chosen provider's function
-called directly with the same arguments; ``dispatch_us`` is the difference per call. Each
-figure is the minimum over ``--repeats`` loops of ``--calls`` calls (the least disturbed run
-on a shared machine), the two timed loops interleaved. With ``--custom-op`` it also times the
-``torch.ops.fastdit`` custom op called eagerly (the path compiled graphs take).
+For every op, on small tensors, it times
+
+* ``op_us``: ``ops.<op>(...)`` with the provider this machine picks, and ``provider_us``: that
+  provider's function called directly with the same arguments (for reference: on a shared
+  CPU their difference is noisier than the dispatch cost itself);
+* ``dispatch_us``: the dispatch cost alone, every op given a provider that does nothing
+  (named in the configuration), the op timed against that function called directly:
+  validation, provider choice and the call's overhead, what the op adds to any provider;
+* ``resolve_triton_first_us`` (before dispatch plans only): the provider choice with CUDA's
+  order (triton > compiled > native), the Triton predicates run as on a GPU (interpreter);
+* ``custom_op_us`` (``--custom-op``): the ``torch.ops.fastdit`` custom op called eagerly
+  (the path compiled graphs take), to show why eager code calls its plan directly.
+
+Each figure is the minimum over ``--repeats`` loops of ``--calls`` calls (the least
+disturbed run on a shared machine), the timed loops interleaved.
 
 It runs against the op signatures before and after the keyword-only modulation change, so
 that the same script measures both (``--label`` names the run; ``--merge`` adds the run to an
@@ -101,6 +110,18 @@ def _per_call_us(fn: Callable[[], object], calls: int) -> float:
     return (time.perf_counter_ns() - start) / calls / 1e3
 
 
+def _best(timers: dict[str, Callable[[], object]], calls: int, repeats: int) -> dict[str, float]:
+    """Minimum per-call time of each timer over ``repeats`` interleaved loops."""
+    for fn in timers.values():  # warm-up: plans built, lazy imports done
+        for _ in range(20):
+            fn()
+    best = {key: float("inf") for key in timers}
+    for _ in range(repeats):
+        for key, fn in timers.items():
+            best[key] = min(best[key], _per_call_us(fn, calls))
+    return best
+
+
 def _provider_fn(op: str, args: tuple, kwargs: dict) -> tuple[str, Callable]:
     """The provider dispatch picks for this call, and the function it runs."""
     plan_for = getattr(registry, "plan_for", None)
@@ -113,60 +134,90 @@ def _provider_fn(op: str, args: tuple, kwargs: dict) -> tuple[str, Callable]:
 
 def measure(case: str, args: tuple, kwargs: dict, calls: int, repeats: int,
             custom_op: bool) -> dict:
+    """The op with the provider this machine picks, that provider's function alone, and
+    (``custom_op``) the torch.ops.fastdit custom op called eagerly."""
     op = _op_name(case)
     public = getattr(ops, op)
     name, direct = _provider_fn(op, args, kwargs)
-    timers = {"op_us": lambda: public(*args, **kwargs), "provider_us": lambda: direct(*args, **kwargs),
-              "resolve_us": lambda: registry.resolve(op, *args, **kwargs)}
+    timers = {"op_us": lambda: public(*args, **kwargs), "provider_us": lambda: direct(*args, **kwargs)}
     if custom_op:
-        from fastdit.ops import custom
-
-        entry = custom.eager_entry(op)
-        timers["custom_op_us"] = lambda: entry(*args, **kwargs)
-    for fn in timers.values():  # warm-up: plans built, lazy imports done
-        for _ in range(20):
-            fn()
-    best = {key: float("inf") for key in timers}
-    for _ in range(repeats):
-        for key, fn in timers.items():
-            best[key] = min(best[key], _per_call_us(fn, calls))
+        lib = _library_op(op, kwargs)
+        timers["custom_op_us"] = lambda: lib(*_in_order(lib, args, kwargs))
+    best = _best(timers, calls, repeats)
     row = {"case": case, "op": op, "provider": name, **{k: round(v, 2) for k, v in best.items()}}
-    row["order"] = "platform"
-    row["dispatch_us"] = round(best["op_us"] - best["provider_us"], 2)
     if custom_op:
-        row["custom_op_dispatch_us"] = round(best["custom_op_us"] - best["provider_us"], 2)
+        row["custom_op_over_provider_us"] = round(best["custom_op_us"] - best["provider_us"], 2)
     return row
 
 
-def triton_first_resolve(calls: int, repeats: int, wanted: set) -> list[dict]:
-    """The provider choice alone with CUDA's order (triton > compiled > native), the Triton
-    provider made available by its interpreter: its predicates are what a GPU call pays."""
+def _library_op(op: str, kwargs: dict):
+    import importlib
+
+    module = importlib.import_module(ops.__dict__[op].__module__)
+    suffix = "_RESIDUAL" if kwargs.get("residual") is not None else ""
+    names = {"scale_residual_norm_scale_shift": "SCALE_RESIDUAL", "rope_qk_": "ROPE_QK",
+             "rms_norm_rope_": "RMS_NORM_ROPE", "rope_qk_cache_store": "CACHE_STORE"}
+    return getattr(module, f"_LIB_{names.get(op, op.upper())}{suffix}")
+
+
+def _in_order(lib, args: tuple, kwargs: dict) -> list:
+    """The public op's arguments in the custom op's parameter order."""
+    public = inspect.signature(lib.public).bind(*args, **kwargs)
+    public.apply_defaults()
+    return [public.arguments[name] for name, _ in lib.params]
+
+
+def null_dispatch(calls: int, repeats: int, wanted: set) -> dict[str, dict]:
+    """Dispatch cost alone: every op given a provider that does nothing (named in the
+    configuration, so it runs), the op timed against that function called directly."""
+    from fastdit.config import EngineConfig, KernelConfig, set_config
+
+    def null(*_args, **_kwargs):
+        return None
+
+    all_cases = cases()
+    names = sorted({_op_name(c) for c in all_cases})
+    for op in names:
+        registry.register(op, "null", null)
+    set_config(EngineConfig(kernel=KernelConfig(op_providers={op: ("null",) for op in names})))
+    rows = {}
+    for case, (call_args, call_kwargs) in all_cases.items():
+        if wanted and case not in wanted:
+            continue
+        public = getattr(ops, _op_name(case))
+        best = _best({"op_null_us": lambda: public(*call_args, **call_kwargs),
+                      "null_us": lambda: null(*call_args, **call_kwargs)}, calls, repeats)
+        rows[case] = {k: round(v, 2) for k, v in best.items()}
+        rows[case]["dispatch_us"] = round(best["op_null_us"] - best["null_us"], 2)
+    return rows
+
+
+def triton_first_resolve(calls: int, repeats: int, wanted: set) -> dict[str, float]:
+    """Before dispatch plans: the provider choice alone with CUDA's order (triton > compiled >
+    native), the Triton provider made available by its interpreter, so that its predicates
+    run as on a GPU. (With plans the choice is made once per signature: nothing to time.)"""
     from fastdit.config import EngineConfig, KernelConfig, get_config, set_config
 
+    if hasattr(registry, "plan_for"):
+        return {}
     try:
         import triton  # noqa: F401
     except ImportError:
-        return []
+        return {}
     saved = get_config()
     set_config(EngineConfig(kernel=KernelConfig(default_providers=("triton", "compiled", "native"),
                                                 triton_interpret=True)))
-    rows = []
+    out = {}
     try:
         for case, (call_args, call_kwargs) in cases().items():
             op = _op_name(case)
             if (wanted and case not in wanted) or op in ("attention", "linear", "linear_gelu_tanh"):
                 continue
-            fn = lambda: registry.resolve(op, *call_args, **call_kwargs)  # noqa: E731
-            for _ in range(20):
-                fn()
-            best = min(_per_call_us(fn, calls) for _ in range(repeats))
-            name = registry.resolve(op, *call_args, **call_kwargs).name
-            rows.append({"case": case, "op": op, "order": "triton-first", "provider": name,
-                         "resolve_us": round(best, 2)})
-            print(f"{case:34s} {name:8s} triton first: resolve {best:6.2f} us", flush=True)
+            out[case] = round(_best({"r": lambda: registry.resolve(op, *call_args, **call_kwargs)},
+                                    calls, repeats)["r"], 2)
     finally:
         set_config(saved)
-    return rows
+    return out
 
 
 def environment() -> dict:
@@ -196,14 +247,20 @@ def main(argv=None) -> int:
         for case, (call_args, call_kwargs) in cases().items():
             if wanted and case not in wanted:
                 continue
-            row = measure(case, call_args, call_kwargs, args.calls, args.repeats, args.custom_op)
-            rows.append(row)
-            print(f"{case:34s} {row['provider']:8s} op {row['op_us']:7.2f} us  provider "
-                  f"{row['provider_us']:7.2f} us  dispatch {row['dispatch_us']:6.2f} us  resolve "
-                  f"{row['resolve_us']:6.2f} us"
-                  + (f"  custom op +{row['custom_op_dispatch_us']:.2f} us" if args.custom_op else ""),
-                  flush=True)
-    rows += triton_first_resolve(args.calls, args.repeats, wanted)
+            rows.append(measure(case, call_args, call_kwargs, args.calls, args.repeats,
+                                args.custom_op))
+        triton_first = triton_first_resolve(args.calls, args.repeats, wanted)
+        null = null_dispatch(args.calls, args.repeats, wanted)  # last: it installs a config
+    for row in rows:
+        row.update(null[row["case"]])
+        if row["case"] in triton_first:
+            row["resolve_triton_first_us"] = triton_first[row["case"]]
+        print(f"{row['case']:34s} {row['provider']:6s} op {row['op_us']:7.2f} us  provider "
+              f"{row['provider_us']:7.2f} us  | dispatch alone {row['dispatch_us']:5.2f} us"
+              + (f"  | custom op over provider {row['custom_op_over_provider_us']:6.2f} us"
+                 if args.custom_op else "")
+              + (f"  | triton-first choice {row['resolve_triton_first_us']:5.2f} us"
+                 if "resolve_triton_first_us" in row else ""), flush=True)
     run = {"env": environment(), "calls": args.calls, "repeats": args.repeats, "rows": rows}
     result = {"runs": {}}
     if args.merge:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastdit.ops as ops
-from fastdit.config import EngineConfig, KernelConfig, config_from_env, parse_op_providers, set_config
+from fastdit.config import EngineConfig, KernelConfig, set_config
 from fastdit.ops import registry
 from fastdit.ops.registry import ProviderError
 
@@ -28,39 +28,6 @@ def fake_op(fresh_config):
 
 def use(**kernel):
     set_config(EngineConfig(kernel=KernelConfig(**kernel)))
-
-
-def test_parse_op_providers():
-    assert parse_op_providers("rms_norm=triton, rope_qk_=native") == (
-        {"rms_norm": ("triton",), "rope_qk_": ("native",)}, ())
-    assert parse_op_providers("triton") == ({}, ("triton",))
-    assert parse_op_providers("") == ({}, ())
-    with pytest.raises(ValueError, match="cannot parse"):
-        parse_op_providers("rms_norm=")
-
-
-def test_config_from_env():
-    cfg = config_from_env({"FASTDIT_OP_PROVIDERS": "rms_norm=triton", "FASTDIT_STRICT_OPS": "1",
-                           "FASTDIT_ATTENTION_BACKEND": "cudnn", "FASTDIT_PLATFORM": "CPU",
-                           "TRITON_INTERPRET": "1", "FASTDIT_VAE_AUTOTUNE": "0"})
-    assert cfg.kernel.op_providers == {"rms_norm": ("triton",)}
-    assert cfg.kernel.strict and cfg.kernel.triton_interpret
-    assert cfg.kernel.attention_backend == "cudnn"
-    assert cfg.platform.platform == "cpu" and cfg.platform.vae_autotune is False
-    with pytest.raises(ValueError, match="FASTDIT_STRICT_OPS"):
-        config_from_env({"FASTDIT_STRICT_OPS": "maybe"})
-    with pytest.raises(ValueError, match="attention_backend"):
-        config_from_env({"FASTDIT_ATTENTION_BACKEND": "fastest"})
-
-
-def test_memory_config_from_env():
-    assert config_from_env({}).memory.ffn_chunk_tokens == 8192
-    assert config_from_env({"FASTDIT_FFN_CHUNK_TOKENS": "0"}).memory.ffn_chunk_tokens == 0
-    assert config_from_env({"FASTDIT_FFN_CHUNK_TOKENS": " 4096 "}).memory.ffn_chunk_tokens == 4096
-    with pytest.raises(ValueError, match="FASTDIT_FFN_CHUNK_TOKENS"):
-        config_from_env({"FASTDIT_FFN_CHUNK_TOKENS": "lots"})
-    with pytest.raises(ValueError, match="ffn_chunk_tokens"):
-        config_from_env({"FASTDIT_FFN_CHUNK_TOKENS": "-1"})
 
 
 def test_requested_provider_runs_and_falls_back_with_a_log(fake_op, caplog):
