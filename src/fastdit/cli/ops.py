@@ -19,13 +19,16 @@ from fastdit.errors import UserError
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def _parse_shape(text: str) -> tuple[int, int, int]:
+def _parse_shape(text: str, heads: int) -> tuple[int, int, int]:
     try:
         sizes = tuple(int(part) for part in text.replace("x", ",").split(","))
     except ValueError:
         sizes = ()
     if len(sizes) != 3 or min(sizes) < 1:
         raise UserError(f"--shape: expected B,L,D (three positive integers), got {text!r}")
+    if heads < 1 or sizes[2] % heads or (sizes[2] // heads) % 2:
+        raise UserError(f"--shape/--heads: D={sizes[2]} must split into {heads} heads of an even "
+                        "size")
     return sizes  # type: ignore[return-value]
 
 
@@ -44,8 +47,6 @@ def probe(rows: list[dict], shape: tuple[int, int, int], heads: int, dtype_name:
     for row in rows:
         try:
             args, kwargs = example_call(row["op"], batch, tokens, dim, heads, dtype, device)
-        except ValueError as exc:
-            raise UserError(f"--shape/--heads: {exc}") from None
         except RuntimeError as exc:  # the platform's device is absent
             raise UserError(f"--shape: cannot make tensors on {device}: {exc}") from None
         try:
@@ -55,12 +56,12 @@ def probe(rows: list[dict], shape: tuple[int, int, int], heads: int, dtype_name:
 
 
 def _cmd_ops(args: argparse.Namespace) -> int:
+    shape = _parse_shape(args.shape, args.heads) if args.shape else None  # before importing torch
     from fastdit.ops.registry import provider_table
     from fastdit.platforms import current_platform
 
     platform = current_platform()
     rows = provider_table()
-    shape = _parse_shape(args.shape) if args.shape else None
     if shape is not None:
         probe(rows, shape, args.heads, args.dtype)
     probed = f"runs at {args.shape} {args.dtype}" if shape else None

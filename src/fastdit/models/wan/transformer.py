@@ -39,6 +39,7 @@ from fastdit.layers import (
     sinusoidal_embedding,
 )
 from fastdit.models.wan.configs import WanConfig
+from fastdit.ops._checks import describe
 
 #: Parameters kept in fp32 whatever the model dtype: any whose dotted name contains one of
 #: these parts (diffusers' ``_keep_in_fp32_modules`` for Wan, applied the same way).
@@ -424,6 +425,5 @@ def _device_dtype(device, dtype) -> tuple[torch.device, torch.dtype]:
 
 
 def _shape(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"{list(value.shape)} {str(value.dtype).replace('torch.', '')}"
-    return type(value).__name__
+    """A tensor's shape and dtype (anything else: its type or repr) for the input errors."""
+    return describe(value, device=False)
