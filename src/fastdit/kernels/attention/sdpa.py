@@ -52,7 +52,13 @@ def attention_sdpa(q, k, v, *, causal=False, scale=None, attn_mask=None, backend
     """
     q_, k_, v_ = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
     gqa = q_.shape[1] != k_.shape[1]
-    is_causal = causal and q.shape[1] > 1
+    lq, lk = q.shape[1], k.shape[1]
+    is_causal = causal and lq > 1
+    if is_causal and lq != lk:
+        # the op's causal mask is aligned to the bottom right (key j <= i + Lk - Lq, as
+        # flash-attn does); SDPA's is_causal aligns it to the top left: pass the mask instead
+        attn_mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+        is_causal = False
     if backend is None:
         out = F.scaled_dot_product_attention(q_, k_, v_, attn_mask=attn_mask, is_causal=is_causal,
                                              scale=scale, enable_gqa=gqa)
