@@ -83,7 +83,7 @@ def run_model(name: str, args, device, dtype) -> dict:
     by = {(r["impl"], r["batch"]): r["s"] for r in result["runs"]}
     result["compiled_over_eager"] = {f"B{b}": by[("fastdit-compiled-blocks", b)] / by[("fastdit-eager", b)]
                                      for b in args.batches}
-    del model
+    model = None  # free the weights before the next model
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
