@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the GPU machine has to do, in one call (device time is scarce):
 #   bash benchmarks/gpu_run.sh [tests] [ops] [transformer] [e2e]    (default: all)
-#   other steps: transformer-1.3b, transformer-14b, tune, diag, diag-attention, quant-tests, quant
+#   other steps: transformer-1.3b, transformer-14b, compile-block, tune, diag, diag-attention,
+#   quant-tests, quant
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
 # tests, runs the benchmarks and writes JSON and logs under $OUT (or ./out/gpu).
 set -uo pipefail
@@ -19,7 +20,7 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton, diffusers, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/gpu.txt"
-python3 -m fastdit ops | tee "$OUT/ops-table.txt"
+python3 -m fastdit ops --shape 1,32760,1536 --heads 12 | tee "$OUT/ops-table.txt"
 
 for step in $STEPS; do
   case "$step" in
@@ -39,6 +40,8 @@ for step in $STEPS; do
       python3 benchmarks/transformer.py --models Wan2.1-T2V-14B --out "$OUT/transformer-14b.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer-14b.log" ;;
     transformer-1.3b)
       python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B --out "$OUT/transformer.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer.log" ;;
+    compile-block)
+      python3 benchmarks/compile_block.py --out "$OUT/compile-block.json" $BENCH_ARGS 2>&1 | tee "$OUT/compile-block.log" ;;
     e2e)
       python3 benchmarks/e2e.py --out "$OUT/e2e.json" $BENCH_ARGS 2>&1 | tee "$OUT/e2e.log" ;;
     quant-tests)

@@ -308,7 +308,7 @@ def _ffn_rows(rec: Recorder, bench, device: str, tokens: int, dim: int, hidden: 
     (w1q, s1), (w2q, s2) = quantize_fp8_weight(w1), quantize_fp8_weight(w2)
 
     def bf16():
-        h = ops.layer_norm_scale_shift(x, shift, scale)
+        h = ops.layer_norm_scale_shift(x, shift=shift, scale=scale)
         return F.linear(ops.linear_gelu_tanh(h, w1, b1), w2, b2)
 
     def fp8():
@@ -316,7 +316,7 @@ def _ffn_rows(rec: Recorder, bench, device: str, tokens: int, dim: int, hidden: 
         g = linear_gelu_tanh_fp8(act, w1q, b1, s1)
         return linear_forward(g, w2q, b2, s2, "fp8")
 
-    h32 = ops.layer_norm_scale_shift(x.float(), shift, scale)
+    h32 = ops.layer_norm_scale_shift(x.float(), shift=shift, scale=scale)
     ref = F.linear(F.gelu(F.linear(h32, w1.float(), b1.float()), approximate="tanh"), w2.float(),
                    b2.float())
     flops = 2 * tokens * dim * hidden * 2
@@ -401,7 +401,7 @@ def linear_section(rec: Recorder, device: str, tokens: int, shapes, ffns) -> Non
         def producers(dim=dim):
             x = torch.randn(1, tokens, dim, device=device).bfloat16()
             shift, scale = (torch.randn(1, 1, dim, device=device) * 0.1 for _ in range(2))
-            pairs = {"layer_norm_scale_shift bf16": lambda: ops.layer_norm_scale_shift(x, shift, scale),
+            pairs = {"layer_norm_scale_shift bf16": lambda: ops.layer_norm_scale_shift(x, shift=shift, scale=scale),
                      "layer_norm_scale_shift_fp8": lambda: ops.layer_norm_scale_shift_fp8(x, shift, scale),
                      "gelu_tanh bf16 (torch)": lambda: F.gelu(x, approximate="tanh"),
                      "gelu_tanh_fp8": lambda: ops.gelu_tanh_fp8(x)}

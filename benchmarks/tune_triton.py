@@ -39,9 +39,10 @@ def norm_sweep(dim: int) -> list[dict]:
     w, b = _rand(dim, dtype=torch.float32), _rand(dim, dtype=torch.float32)
     gb = x.numel() * 2
     calls = {
-        "layer_norm_scale_shift": (lambda: call_provider("layer_norm_scale_shift", "triton", x, mods[0], mods[1]), 2 * gb),
+        "layer_norm_scale_shift": (lambda: call_provider("layer_norm_scale_shift", "triton", x, shift=mods[0], scale=mods[1]), 2 * gb),
         "scale_residual_norm_scale_shift": (lambda: call_provider(
-            "scale_residual_norm_scale_shift", "triton", res, x, mods[2], mods[0], mods[1], weight=w, bias=b), 4 * gb),
+            "scale_residual_norm_scale_shift", "triton", res, x, shift=mods[0], scale=mods[1], gate=mods[2],
+            weight=w, bias=b), 4 * gb),
         "rms_norm": (lambda: call_provider("rms_norm", "triton", x[0], w.bfloat16(), 1e-6), 2 * gb),
     }
     block = S.next_pow2(dim)
@@ -75,7 +76,7 @@ def elementwise_sweep(dim: int) -> list[dict]:
         for rows in (2, 4, 8, 16):
             for warps in (4, 8):
                 S.TUNED[("elementwise", dim)] = (block, rows, warps)
-                ms = bench(lambda: call_provider("mul_add", "triton", x, g, c))
+                ms = bench(lambda: call_provider("mul_add", "triton", x, c, gate=g))
                 row = {"dim": dim, "cand": (block, rows, warps), "mul_add": 3 * x.numel() * 2 / (ms * 1e-3) / 1e12}
                 out.append(row)
                 print(row, flush=True)

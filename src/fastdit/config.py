@@ -16,13 +16,21 @@ Environment variables (read once, by :func:`get_config`, the first time it is ca
 ``TRITON_INTERPRET``              ``1``: Triton kernels run on the CPU in the interpreter
 ================================  =====================================================
 
-Code that wants another configuration builds one and installs it with :func:`set_config`
-(or temporarily with :func:`override_config`); nothing reads ``os.environ`` elsewhere.
+Code that wants another configuration builds one and installs it for the whole process with
+:func:`set_config`, or for one scope with :func:`override_config`: a ``contextvars`` scope, so
+an override applies only to the code that runs inside it (its thread, its asyncio task) and two
+threads overriding differently each see their own settings. Nothing reads ``os.environ``
+elsewhere.
+
+Configurations are frozen dataclasses compared and hashed by value: the op registry keys its
+caches (provider priorities, dispatch plans) on the configuration itself, so equal overrides
+share one cache entry and the caches stay bounded however many overrides a process makes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -54,7 +62,14 @@ class KernelConfig:
             raise ValueError(
                 f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}"
             )
-        object.__setattr__(self, "op_providers", dict(self.op_providers))
+        # values as tuples of names ("triton" or ["triton"] -> ("triton",)), so the config hashes
+        object.__setattr__(self, "op_providers", {
+            op: (names,) if isinstance(names, str) else tuple(names)
+            for op, names in dict(self.op_providers).items()})
+        if isinstance(self.default_providers, str):
+            object.__setattr__(self, "default_providers", (self.default_providers,))
+        else:
+            object.__setattr__(self, "default_providers", tuple(self.default_providers))
 
     def __hash__(self) -> int:  # Mapping is not hashable; hash its items
         return hash((tuple(sorted(self.op_providers.items())), self.default_providers,
@@ -71,12 +86,21 @@ class PlatformConfig:
 
 @dataclass(frozen=True)
 class CompileConfig:
-    """torch.compile settings used by the ``compiled`` provider and by model compilation."""
+    """torch.compile settings used by the ``compiled`` provider and by model compilation.
+
+    ``dynamic`` is torch.compile's: None (the default) compiles a shape as seen, then once more
+    with symbolic sizes for the dimensions that changed (so a process serving many resolutions
+    compiles each op about twice); True compiles symbolic sizes from the start; False compiles
+    every shape anew (and soon hits torch's recompile limit, which the ``compiled`` provider
+    answers with a logged fall-back to the native op for that shape). ``backend`` is the
+    torch.compile backend (``"inductor"``; ``"eager"`` traces without generating code).
+    """
 
     enabled: bool = True
     mode: str | None = None
     fullgraph: bool = True
-    dynamic: bool = False
+    dynamic: bool | None = None
+    backend: str = "inductor"
 
 
 @dataclass(frozen=True)
@@ -166,12 +190,20 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> EngineConfig:
                         log_level=env.get("FASTDIT_LOG_LEVEL", "INFO").strip().upper() or "INFO")
 
 
-_config: EngineConfig | None = None
+_config: EngineConfig | None = None  # the process-wide configuration (set_config)
 _generation = 0
+# the configuration of the current scope (override_config), None outside any override
+_scoped: contextvars.ContextVar[EngineConfig | None] = contextvars.ContextVar(
+    "fastdit_config", default=None)
 
 
 def get_config() -> EngineConfig:
-    """The engine configuration; built from the environment on first use."""
+    """The configuration in effect here: the innermost :func:`override_config` scope's, else the
+    process-wide one (built from the environment on first use). A context-variable read: cheap
+    enough for every op call."""
+    scoped = _scoped.get()
+    if scoped is not None:
+        return scoped
     global _config
     if _config is None:
         _config = config_from_env()
@@ -179,23 +211,30 @@ def get_config() -> EngineConfig:
 
 
 def config_generation() -> int:
-    """A counter bumped on every :func:`set_config`; caches keyed on it stay valid."""
+    """A counter bumped on every :func:`set_config`: caches of provider choices are dropped when
+    it changes (a process-wide change may mean the machine's state changed too)."""
     return _generation
 
 
 def set_config(config: EngineConfig) -> None:
-    """Install ``config`` for the whole process (drops cached provider choices)."""
+    """Install ``config`` for the whole process (drops cached provider choices). Code inside an
+    :func:`override_config` scope keeps seeing its override."""
     global _config, _generation
+    if not isinstance(config, EngineConfig):
+        raise TypeError(f"set_config takes an EngineConfig, got {type(config).__name__}")
     _config = config
     _generation += 1
 
 
 @contextlib.contextmanager
 def override_config(**changes: object) -> Iterator[EngineConfig]:
-    """Temporarily replace parts of the config: ``override_config(kernel=KernelConfig(strict=True))``.
+    """Replace parts of the config for the code inside the ``with`` block, and only there:
+    ``override_config(kernel=KernelConfig(strict=True))``.
 
     Keyword names are :class:`EngineConfig` fields; a dict value for ``kernel``, ``platform``,
-    ``compile`` or ``memory`` replaces only the named fields of that section.
+    ``compile`` or ``memory`` replaces only the named fields of that section. The override is
+    a ``contextvars`` scope: other threads (and asyncio tasks) keep their own configuration,
+    overrides nest, and the previous configuration of this scope is restored on exit.
     """
     previous = get_config()
     updates = {}
@@ -203,8 +242,9 @@ def override_config(**changes: object) -> Iterator[EngineConfig]:
         if isinstance(value, dict):
             value = dataclasses.replace(getattr(previous, key), **value)
         updates[key] = value
-    set_config(dataclasses.replace(previous, **updates))
+    config = dataclasses.replace(previous, **updates)
+    token = _scoped.set(config)
     try:
-        yield get_config()
+        yield config
     finally:
-        set_config(previous)
+        _scoped.reset(token)

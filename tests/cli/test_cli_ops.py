@@ -28,9 +28,37 @@ def test_ops_json_honours_provider_override():
                                         "TRITON_INTERPRET": "1"})
     assert out.returncode == 0, out.stderr
     rows = {row["op"]: row for row in json.loads(out.stdout)["ops"]}
-    assert rows["rms_norm"]["chosen"] == "triton"
+    assert rows["rms_norm"]["first_available"] == "triton"
     assert rows["rms_norm"]["priority"][0] == "triton"
-    assert rows["mul_add"]["chosen"] == "native"
+    assert rows["mul_add"]["first_available"] == "native"
+
+
+def test_ops_shape_probe_says_what_runs():
+    """--shape asks the dispatcher what runs for a call of that size: the Triton rms_norm_rope_
+    takes contiguous interleaved input (it runs), and the columns are labelled."""
+    out = run_cli("ops", "--shape", "1,8,32", "--heads", "2", "--dtype", "fp32",
+                  env={"FASTDIT_OP_PROVIDERS": "rms_norm=triton,attention=sage",
+                       "TRITON_INTERPRET": "1"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    header = lines[2]
+    assert "priority (tried in order)" in header and "first available" in header
+    assert "runs at 1,8,32 fp32" in header
+    row = next(line.split() for line in lines if line.startswith("rms_norm "))
+    assert row[-1] == "triton"
+    assert any(line.startswith("first available: what runs") for line in lines)
+    assert any(line.startswith("*: lossy") for line in lines)
+    assert "attention: provider 'sage' was requested but is not available" in out.stderr
+    js = run_cli("ops", "--json", "--shape", "2,4,16", "--heads", "2")
+    rows = {row["op"]: row for row in json.loads(js.stdout)["ops"]}
+    assert rows["attention"]["runs"] == "sdpa" and rows["linear"]["runs"] == "native"
+
+
+def test_ops_bad_shape_is_a_usage_error():
+    out = run_cli("ops", "--shape", "1,8")
+    assert out.returncode == 2 and "--shape: expected B,L,D" in out.stderr
+    out = run_cli("ops", "--shape", "1,8,30", "--heads", "4")
+    assert out.returncode == 2 and "must split into 4 heads" in out.stderr
 
 
 def test_ops_unknown_provider_is_one_line_error():

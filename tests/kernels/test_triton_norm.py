@@ -77,14 +77,12 @@ NORM_OPS = ("layer_norm_scale_shift", "scale_residual_norm_scale_shift", "norm_t
 
 def _call(op, x, scale, shift, gate=1, weight=None, bias=None, norm="layer", residual=None,
           eps=1e-6):
-    kw = dict(weight=weight, bias=bias, eps=eps, norm=norm)
-    if op == "layer_norm_scale_shift":
-        return compare(op, x, shift, scale, **kw)
-    if op == "norm_tanh_mul_add":
-        return compare(op, x, scale, shift, **kw)
+    kw = dict(shift=shift, scale=scale, weight=weight, bias=bias, eps=eps, norm=norm)
+    if op in ("layer_norm_scale_shift", "norm_tanh_mul_add"):
+        return compare(op, x, **kw)
     if residual is None:
         residual = rand(x.shape, x.dtype, x.device)
-    return compare(op, residual, x, gate, shift, scale, **kw)
+    return compare(op, residual, x, gate=gate, **kw)
 
 
 # (scale, shift, gate) shapes for x [B=2, L=8, D=1536]: the kernel normalises tiles of 4 rows,
@@ -174,9 +172,9 @@ def test_tanh_range(device):
     values = torch.tensor([-30.0, -4.0, -0.5, -0.12, -1e-3, 0.0, 1e-6, 0.05, 0.126, 0.9, 3.0, 25.0])
     scale = values.repeat(4)[:40].reshape(1, 1, 40).to(device)
     x = rand((2, 3, 40), torch.float32, device)
-    compare("norm_tanh_mul_add", x, scale, rand((40,), device=device), norm="rms")
+    compare("norm_tanh_mul_add", x, shift=rand((40,), device=device), scale=scale, norm="rms")
     for number in (-2.0, 1e-4, 0.3):
-        compare("norm_tanh_mul_add", x, number, 0.25)
+        compare("norm_tanh_mul_add", x, shift=0.25, scale=number)
 
 
 @pytest.mark.parametrize("op", NORM_OPS)
@@ -200,7 +198,9 @@ def test_empty(device, op):
 
 def test_supports_args(device):
     x = rand((2, 3, 16), torch.float32, device)
-    ok = S.layer_norm_scale_shift_args
+    def ok(x, shift, scale, **kw):
+        return S.layer_norm_scale_shift_args(x, shift=shift, scale=scale, **kw)
+
     assert ok(x, 0.1, rand((2, 1, 16), device=device))
     assert not ok(x.to(torch.float64), 0.1, 0.2)  # dtype
     assert not ok(torch.zeros((2, 3, 16), dtype=torch.int32, device=device), 0.1, 0.2)
@@ -211,4 +211,5 @@ def test_supports_args(device):
     assert not S.rms_norm_args(x, None, residual=rand((2, 3, 8), device=device))
     assert not S.rms_norm_args(x, None, variance_size=17)
     assert S.rms_norm_args(x, rand((16,), torch.bfloat16, device), residual=x, variance_size=4)
-    assert S.scale_residual_norm_scale_shift_args(x, x, 1, 0.0, rand((16,), device=device))
+    assert S.scale_residual_norm_scale_shift_args(x, x, shift=0.0, scale=rand((16,), device=device),
+                                                  gate=1)

@@ -60,13 +60,11 @@ def norm_cases(op):
 
 
 def _norm_args(op, x, mods, weight, bias, norm):
-    kw = dict(weight=weight, bias=bias, eps=1e-6, norm=norm)
-    if op == "layer_norm_scale_shift":
-        return (x, mods[0], mods[1]), kw
-    if op == "norm_tanh_mul_add":
-        return (x, mods[0], mods[1]), kw
+    kw = dict(shift=mods[0], scale=mods[1], weight=weight, bias=bias, eps=1e-6, norm=norm)
+    if op in ("layer_norm_scale_shift", "norm_tanh_mul_add"):
+        return (x,), kw
     residual = rand(x.shape, torch.float32 if x.dtype == torch.bfloat16 else x.dtype)
-    return (residual, x, mods[2], mods[0], mods[1]), kw
+    return (residual, x), dict(kw, gate=mods[2])
 
 
 def rms_norm_cases():
@@ -109,8 +107,8 @@ def elementwise_cases(op):
 def _elementwise_args(op, x, m1, m2):
     if op == "mul_add":
         c = rand(x.shape, torch.float32)
-        return (x, m1, c), {"k": 0.25}
-    return (x, m1, m2), {"scale_constant": 1.0}
+        return (x, c), {"gate": m1, "k": 0.25}
+    return (x,), {"scale": m1, "shift": m2, "scale_constant": 1.0}
 
 
 def rope_cases():

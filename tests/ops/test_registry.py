@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastdit.ops as ops
-from fastdit.config import EngineConfig, KernelConfig, config_from_env, parse_op_providers, set_config
+from fastdit.config import EngineConfig, KernelConfig, set_config
 from fastdit.ops import registry
 from fastdit.ops.registry import ProviderError
 
@@ -23,45 +23,11 @@ def fake_op(fresh_config):
                       supported=lambda: False)
     registry._logged.clear()
     yield calls
-    del registry._providers["fake_op"]
-    registry._priority_cache.clear()
+    registry.unregister("fake_op")
 
 
 def use(**kernel):
     set_config(EngineConfig(kernel=KernelConfig(**kernel)))
-
-
-def test_parse_op_providers():
-    assert parse_op_providers("rms_norm=triton, rope_qk_=native") == (
-        {"rms_norm": ("triton",), "rope_qk_": ("native",)}, ())
-    assert parse_op_providers("triton") == ({}, ("triton",))
-    assert parse_op_providers("") == ({}, ())
-    with pytest.raises(ValueError, match="cannot parse"):
-        parse_op_providers("rms_norm=")
-
-
-def test_config_from_env():
-    cfg = config_from_env({"FASTDIT_OP_PROVIDERS": "rms_norm=triton", "FASTDIT_STRICT_OPS": "1",
-                           "FASTDIT_ATTENTION_BACKEND": "cudnn", "FASTDIT_PLATFORM": "CPU",
-                           "TRITON_INTERPRET": "1", "FASTDIT_VAE_AUTOTUNE": "0"})
-    assert cfg.kernel.op_providers == {"rms_norm": ("triton",)}
-    assert cfg.kernel.strict and cfg.kernel.triton_interpret
-    assert cfg.kernel.attention_backend == "cudnn"
-    assert cfg.platform.platform == "cpu" and cfg.platform.vae_autotune is False
-    with pytest.raises(ValueError, match="FASTDIT_STRICT_OPS"):
-        config_from_env({"FASTDIT_STRICT_OPS": "maybe"})
-    with pytest.raises(ValueError, match="attention_backend"):
-        config_from_env({"FASTDIT_ATTENTION_BACKEND": "fastest"})
-
-
-def test_memory_config_from_env():
-    assert config_from_env({}).memory.ffn_chunk_tokens == 8192
-    assert config_from_env({"FASTDIT_FFN_CHUNK_TOKENS": "0"}).memory.ffn_chunk_tokens == 0
-    assert config_from_env({"FASTDIT_FFN_CHUNK_TOKENS": " 4096 "}).memory.ffn_chunk_tokens == 4096
-    with pytest.raises(ValueError, match="FASTDIT_FFN_CHUNK_TOKENS"):
-        config_from_env({"FASTDIT_FFN_CHUNK_TOKENS": "lots"})
-    with pytest.raises(ValueError, match="ffn_chunk_tokens"):
-        config_from_env({"FASTDIT_FFN_CHUNK_TOKENS": "-1"})
 
 
 def test_requested_provider_runs_and_falls_back_with_a_log(fake_op, caplog):
@@ -70,9 +36,12 @@ def test_requested_provider_runs_and_falls_back_with_a_log(fake_op, caplog):
     assert fake_op == ["fast"]
     with caplog.at_level(logging.INFO, logger="fastdit.ops"):
         registry.dispatch("fake_op", -1)
-    assert fake_op == ["fast", "native"]
-    assert any("fake_op -> provider native" in r.message and "fell back past fast" in r.message
-               for r in caplog.records)
+        registry.dispatch("fake_op", -2)
+    assert fake_op == ["fast", "native", "native"]
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["fake_op: provider 'fast' was requested but cannot take this call (-1); "
+                        "using the next provider"]  # named with the reason, once
+    assert any("fake_op -> provider native" in r.message for r in caplog.records)
 
 
 def test_single_name_override_applies_to_every_op(fake_op):
@@ -85,7 +54,7 @@ def test_single_name_override_applies_to_every_op(fake_op):
 def test_strict_mode_raises_instead_of_falling_back(fake_op):
     use(op_providers={"fake_op": ("fast",)}, strict=True)
     registry.dispatch("fake_op", 2)
-    with pytest.raises(ProviderError, match="fake_op: provider 'fast' cannot take"):
+    with pytest.raises(ProviderError, match="fake_op: provider 'fast' was requested but cannot take"):
         registry.dispatch("fake_op", -2)
     use(op_providers={"fake_op": ("absent",)}, strict=True)
     with pytest.raises(ProviderError, match="not available"):
@@ -107,7 +76,8 @@ def test_provider_table_lists_every_op():
                          "norm_tanh_mul_add", "mul_add", "scale_shift", "rope_qk_", "rms_norm_rope_",
                          "rope_qk_cache_store", "attention", "linear_gelu_tanh", "linear"}
     for op, row in rows.items():
-        assert row["chosen"] in row["available"], op
+        assert row["first_available"] in row["available"], op
+        assert set(row["unavailable"]) == set(row["providers"]) - set(row["available"]), op
         assert ("sdpa" if op == "attention" else "native") in row["available"]
 
 
@@ -129,17 +99,20 @@ BAD_CALLS = [
     ("rms_norm", lambda: ops.rms_norm(torch.randn(2, 8), None, variance_size=9), "variance_size"),
     ("rms_norm", lambda: ops.rms_norm([1.0], None), "torch.Tensor"),
     ("layer_norm_scale_shift", lambda: ops.layer_norm_scale_shift(
-        torch.randn(2, 6, 8), torch.randn(3, 8), torch.randn(8)), "shift does not broadcast"),
+        torch.randn(2, 6, 8), shift=torch.randn(3, 8), scale=torch.randn(8)), "shift does not broadcast"),
     ("layer_norm_scale_shift", lambda: ops.layer_norm_scale_shift(
-        torch.randn(2, 6, 8), torch.randn(2, 4, 1, 8), 0.0), "not divisible"),
+        torch.randn(2, 6, 8), shift=torch.randn(2, 4, 1, 8), scale=0.0), "not divisible"),
     ("layer_norm_scale_shift", lambda: ops.layer_norm_scale_shift(
-        torch.randn(2, 6, 8), 0.0, 0.0, norm="batch"), "norm must be"),
+        torch.randn(2, 6, 8), shift=0.0, scale=0.0, norm="batch"), "norm must be"),
     ("scale_residual_norm_scale_shift", lambda: ops.scale_residual_norm_scale_shift(
-        torch.randn(2, 6, 8), torch.randn(2, 5, 8), 1, 0.0, 0.0), "residual must have the shape"),
+        torch.randn(2, 6, 8), torch.randn(2, 5, 8), shift=0.0, scale=0.0, gate=1),
+     "residual must have the shape"),
     ("norm_tanh_mul_add", lambda: ops.norm_tanh_mul_add(
-        torch.randn(2, 6, 8), torch.randn(2, 6, 7), 0.0), "scale does not broadcast"),
-    ("mul_add", lambda: ops.mul_add(torch.randn(2, 3), torch.randn(3), torch.randn(3, 3)), "same shape"),
-    ("scale_shift", lambda: ops.scale_shift(torch.randn(2, 3, 4), torch.randn(2, 3, 5), 0.0), "scale"),
+        torch.randn(2, 6, 8), shift=0.0, scale=torch.randn(2, 6, 7)), "scale does not broadcast"),
+    ("mul_add", lambda: ops.mul_add(torch.randn(2, 3), torch.randn(3, 3), gate=torch.randn(3)),
+     "same shape"),
+    ("scale_shift", lambda: ops.scale_shift(torch.randn(2, 3, 4), shift=0.0,
+                                            scale=torch.randn(2, 3, 5)), "scale"),
     ("rope_qk_", lambda: ops.rope_qk_(torch.randn(4, 2, 8), torch.randn(4, 2, 6),
                                       torch.randn(4, 4), torch.randn(4, 4)), "same even head size"),
     ("rope_qk_", lambda: ops.rope_qk_(torch.randn(4, 2, 8), torch.randn(4, 2, 8),
@@ -180,7 +153,7 @@ def test_bad_input_raises_on_every_provider(fresh_config, provider):
     with pytest.raises(ValueError, match=r"rms_norm: weight must have shape \[8\].*\[7\]"):
         ops.rms_norm(torch.randn(2, 8), torch.randn(7))
     with pytest.raises(ValueError, match="different devices"):
-        ops.mul_add(torch.randn(2, 3), 1.0, torch.randn(2, 3, device="meta"))
+        ops.mul_add(torch.randn(2, 3), torch.randn(2, 3, device="meta"), gate=1.0)
 
 
 def test_a_provider_defers_shapes_a_later_provider_runs_faster(fake_op, caplog):

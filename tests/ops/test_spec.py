@@ -72,7 +72,7 @@ def test_layer_norm_scale_shift_spec(mode, norm):
     x = rand((B, L, D))
     shift, scale = (modulation(mode, B, L, D, FRAMES) for _ in range(2))
     w, b = rand((D,)), rand((D,))
-    y = ops.layer_norm_scale_shift(x, shift, scale, weight=w, bias=b, norm=norm)
+    y = ops.layer_norm_scale_shift(x, shift=shift, scale=scale, weight=w, bias=b, norm=norm)
     ref = NORMS[norm](x, w, b) * (1 + per_token64(scale)) + per_token64(shift)
     close64(y, ref, torch.float32)
 
@@ -82,7 +82,8 @@ def test_layer_norm_scale_shift_spec(mode, norm):
 def test_scale_residual_norm_scale_shift_spec(mode, norm):
     residual, x = rand((B, L, D)), rand((B, L, D))
     gate, shift, scale = (modulation(mode, B, L, D, FRAMES) for _ in range(3))
-    y, r = ops.scale_residual_norm_scale_shift(residual, x, gate, shift, scale, norm=norm)
+    y, r = ops.scale_residual_norm_scale_shift(residual, x, shift=shift, scale=scale, gate=gate,
+                                               norm=norm)
     r_ref = residual.double() + per_token64(gate) * x.double()
     close64(r, r_ref, torch.float32)
     close64(y, NORMS[norm](r_ref) * (1 + per_token64(scale)) + per_token64(shift), torch.float32)
@@ -91,7 +92,8 @@ def test_scale_residual_norm_scale_shift_spec(mode, norm):
 def test_scale_residual_gate_is_integer_one_and_rounds_residual_first():
     residual, x = rand((B, L, D), torch.bfloat16), rand((B, L, D), torch.bfloat16)
     w, b = rand((D,)), rand((D,))
-    y, r = ops.scale_residual_norm_scale_shift(residual, x, 1, 0.0, 0.0, weight=w, bias=b)
+    y, r = ops.scale_residual_norm_scale_shift(residual, x, shift=0.0, scale=0.0, gate=1,
+                                               weight=w, bias=b)
     expected_r = (residual.float() + x.float()).to(torch.bfloat16)
     assert torch.equal(r, expected_r)
     # the norm sees the rounded residual (as a two-step implementation does)
@@ -102,7 +104,7 @@ def test_scale_residual_gate_is_integer_one_and_rounds_residual_first():
 def test_norm_tanh_mul_add_spec(mode):
     x = rand((B, L, D))
     scale, shift = (modulation(mode, B, L, D, FRAMES) for _ in range(2))
-    y = ops.norm_tanh_mul_add(x, scale, shift, norm="rms")
+    y = ops.norm_tanh_mul_add(x, shift=shift, scale=scale, norm="rms")
     close64(y, rms64(x) * torch.tanh(per_token64(scale)) + per_token64(shift), torch.float32)
 
 
@@ -110,12 +112,12 @@ def test_norm_tanh_mul_add_spec(mode):
 def test_mul_add_and_scale_shift_spec(mode):
     a, c = rand((B, L, D), torch.bfloat16), rand((B, L, D))
     b = modulation(mode, B, L, D, FRAMES)
-    out = ops.mul_add(a, b, c, k=0.5)
+    out = ops.mul_add(a, c, gate=b, k=0.5)
     assert out.dtype == torch.float32
     close64(out, c.double() + a.double() * (0.5 + per_token64(b)), torch.float32)
     x = rand((B, L, D))
     scale, shift = modulation(mode, B, L, D, FRAMES), modulation(mode, B, L, D, FRAMES)
-    close64(ops.scale_shift(x, scale, shift, scale_constant=2.0),
+    close64(ops.scale_shift(x, shift=shift, scale=scale, scale_constant=2.0),
             x.double() * (2.0 + per_token64(scale)) + per_token64(shift), torch.float32)
 
 

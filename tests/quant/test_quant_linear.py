@@ -49,7 +49,7 @@ def test_fp8_compute_from_a_float_input_and_from_a_producer():
     act = Fp8Activation(y_q, y_s, torch.bfloat16)
     out = linear_forward(act, w_q, b, w_s, "fp8")
     assert torch.equal(out, ops.linear_fp8(y_q, w_q, w_s, b, x_scale=y_s, out_dtype=torch.bfloat16))
-    dense = F.linear(ops.layer_norm_scale_shift(x, shift, scale), w.bfloat16(), b)
+    dense = F.linear(ops.layer_norm_scale_shift(x, shift=shift, scale=scale), w.bfloat16(), b)
     check("ffn", "gaussian", out, dense, "norm -> fp8 product")
 
 

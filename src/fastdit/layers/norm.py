@@ -49,8 +49,8 @@ class LayerNorm(_AffineNorm):
         super().__init__(dim, eps, elementwise_affine, elementwise_affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.layer_norm_scale_shift(x, 0.0, 0.0, weight=self.weight, bias=self.bias,
-                                          eps=self.eps)
+        return ops.layer_norm_scale_shift(x, shift=0.0, scale=0.0, weight=self.weight,
+                                          bias=self.bias, eps=self.eps)
 
 
 class _ModulatedLayerNorm(LayerNorm):
@@ -68,8 +68,8 @@ class LayerNormScaleShift(_ModulatedLayerNorm):
     """
 
     def forward(self, x: torch.Tensor, shift, scale) -> torch.Tensor:  # type: ignore[override]
-        return ops.layer_norm_scale_shift(x, shift, scale, weight=self.weight, bias=self.bias,
-                                          eps=self.eps)
+        return ops.layer_norm_scale_shift(x, shift=shift, scale=scale, weight=self.weight,
+                                          bias=self.bias, eps=self.eps)
 
 
 class ScaleResidualNormScaleShift(_ModulatedLayerNorm):
@@ -82,6 +82,6 @@ class ScaleResidualNormScaleShift(_ModulatedLayerNorm):
 
     def forward(self, residual: torch.Tensor, x: torch.Tensor, gate, shift=0.0,  # type: ignore[override]
                 scale=0.0) -> tuple[torch.Tensor, torch.Tensor]:
-        return ops.scale_residual_norm_scale_shift(residual, x, gate, shift, scale,
-                                                   weight=self.weight, bias=self.bias,
+        return ops.scale_residual_norm_scale_shift(residual, x, shift=shift, scale=scale,
+                                                   gate=gate, weight=self.weight, bias=self.bias,
                                                    eps=self.eps)

@@ -1,7 +1,9 @@
 """fastdit ops: every hot operation, one public function each, dispatched to a provider.
 
 The plain-torch ``*_native`` function next to each op is its specification and its test
-oracle; providers in :mod:`fastdit.kernels` register faster implementations.
+oracle; providers in :mod:`fastdit.kernels` register faster implementations. In eager mode an
+op runs its dispatch plan (the provider chosen once per argument signature); under
+``torch.compile`` it is one ``torch.ops.fastdit.*`` custom op (:mod:`fastdit.ops.library`).
 """
 
 from fastdit.ops.attention import attention
@@ -16,7 +18,14 @@ from fastdit.ops.norm import (
     scale_residual_norm_scale_shift,
 )
 from fastdit.ops.norm_fp8 import layer_norm_scale_shift_fp8, scale_residual_norm_scale_shift_fp8
-from fastdit.ops.registry import ProviderError, call_provider, provider_table, providers, resolve
+from fastdit.ops.registry import (
+    ProviderError,
+    call_provider,
+    plan_for,
+    provider_table,
+    providers,
+    resolve,
+)
 from fastdit.ops.rope import rms_norm_rope_, rope_qk_, rope_qk_cache_store
 
 __all__ = [
@@ -32,6 +41,7 @@ __all__ = [
     "linear_gelu_tanh",
     "mul_add",
     "norm_tanh_mul_add",
+    "plan_for",
     "provider_table",
     "providers",
     "quantize_fp8",

@@ -16,16 +16,33 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def describe(value: object, device: bool = True) -> str:
+    """Short text for a value in a message: a tensor's shape and dtype (and device), a
+    number's, string's or None's repr, a function's name, any other object's type name."""
+    if isinstance(value, torch.Tensor):
+        text = f"{list(value.shape)} {str(value.dtype).replace('torch.', '')}"
+        return f"{text} on {value.device}" if device else text
+    if value is None or isinstance(value, (numbers.Number, str, torch.dtype, torch.device)):
+        return repr(value)
+    if callable(value):
+        return getattr(value, "__name__", type(value).__name__)
+    if isinstance(value, (tuple, list)) and len(value) <= 4:
+        inner = ", ".join(describe(v, device) for v in value)
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    return type(value).__name__
+
+
+def describe_args(args: tuple, kwargs: dict) -> str:
+    """A call's arguments as text: ``[2, 8] float32 on cpu, eps=1e-06`` (None keywords left out)."""
+    parts = [describe(a) for a in args]
+    parts += [f"{k}={describe(v)}" for k, v in kwargs.items() if v is not None]
+    return ", ".join(parts)
+
+
 def fail(op: str, message: str, **tensors: object) -> ValueError:
     """A ValueError that names the op and the shapes of the tensors involved."""
-    shapes = ", ".join(f"{name}={_shape_text(value)}" for name, value in tensors.items())
+    shapes = ", ".join(f"{name}={describe(value)}" for name, value in tensors.items())
     return ValueError(f"{op}: {message}" + (f" ({shapes})" if shapes else ""))
-
-
-def _shape_text(value: object) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"{list(value.shape)} {str(value.dtype).replace('torch.', '')} on {value.device}"
-    return repr(value)
 
 
 def check_tensor(op: str, name: str, value: object, dtypes: Sequence[torch.dtype] = FLOAT_DTYPES,

@@ -7,7 +7,9 @@ import math
 import torch
 
 from fastdit.ops import _checks as C
-from fastdit.ops.registry import dispatch
+from fastdit.ops.library import LibraryOp, compiling
+from fastdit.ops.registry import define_op, new_plan, plans
+from fastdit.ops.registry import signature as sig
 
 
 def attention_native(q, k, v, *, causal=False, scale=None, attn_mask=None):
@@ -32,16 +34,7 @@ def attention_native(q, k, v, *, causal=False, scale=None, attn_mask=None):
     return out.transpose(1, 2).to(q.dtype)
 
 
-def attention(q, k, v, *, causal=False, scale=None, attn_mask=None):
-    """Scaled dot-product attention: ``out = softmax(q k^T * scale) v``.
-
-    Layout ``[B, L, H, D]``: ``q [B, Lq, Hq, D]``, ``k``/``v`` ``[B, Lk, Hk, D]`` with
-    ``Hq % Hk == 0`` (grouped-query heads). ``scale`` defaults to ``1/sqrt(D)``; ``causal``
-    masks key ``j > i + Lk - Lq``; ``attn_mask`` broadcasts to ``[B, Hq, Lq, Lk]`` (bool: True
-    keeps a key; float: added to the scores). Returns ``[B, Lq, Hq, D]`` in q's dtype. The provider is
-    chosen per platform (SDPA, whose own order picks cuDNN on an H100; flash-attn or
-    SageAttention when configured); ``FASTDIT_ATTENTION_BACKEND`` forces an SDPA backend.
-    """
+def _check_attention(q, k, v, *, causal=False, scale=None, attn_mask=None) -> None:
     op = "attention"
     for name, value in (("q", q), ("k", k), ("v", v)):
         C.check_tensor(op, name, value, min_dim=4)
@@ -66,4 +59,40 @@ def attention(q, k, v, *, causal=False, scale=None, attn_mask=None):
                          attn_mask=attn_mask) from None
         if causal:
             raise C.fail(op, "give causal or attn_mask, not both")
-    return dispatch(op, q, k, v, causal=causal, scale=scale, attn_mask=attn_mask)
+    if scale is not None and not C.is_number(scale):
+        raise C.fail(op, f"scale must be a number or None, got {C.describe(scale)}")
+
+
+def attention(q, k, v, *, causal=False, scale=None, attn_mask=None):
+    """Scaled dot-product attention: ``out = softmax(q k^T * scale) v``.
+
+    Layout ``[B, L, H, D]``: ``q [B, Lq, Hq, D]``, ``k``/``v`` ``[B, Lk, Hk, D]`` with
+    ``Hq % Hk == 0`` (grouped-query heads). ``scale`` defaults to ``1/sqrt(D)``; ``causal``
+    masks key ``j > i + Lk - Lq``; ``attn_mask`` broadcasts to ``[B, Hq, Lq, Lk]`` (bool: True
+    keeps a key; float: added to the scores). Returns ``[B, Lq, Hq, D]`` in q's dtype. The provider is
+    chosen per platform (SDPA, whose own order picks cuDNN on an H100; flash-attn or
+    SageAttention when configured); ``FASTDIT_ATTENTION_BACKEND`` forces an SDPA backend.
+    """
+    if compiling():
+        return _LIB_ATTENTION(q, k, v, causal, scale, attn_mask)
+    return _plan_attention(q, k, v, causal, scale, attn_mask).fn(
+        q, k, v, causal=causal, scale=scale, attn_mask=attn_mask)
+
+
+def _plan_attention(q, k, v, causal, scale, attn_mask):
+    key = (sig(q), sig(k), sig(v), causal, sig(scale), sig(attn_mask))
+    try:
+        return plans("attention")[key]
+    except (KeyError, TypeError):
+        kwargs = {"causal": causal, "scale": scale, "attn_mask": attn_mask}
+        _check_attention(q, k, v, **kwargs)
+        return new_plan("attention", key, (q, k, v), kwargs)
+
+
+define_op("attention", attention, _plan_attention)
+
+_LIB_ATTENTION = LibraryOp(
+    "attention", attention,
+    (("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), ("causal", "bool"), ("scale", "float?"),
+     ("attn_mask", "Tensor?")),
+    "Tensor", _check_attention, attention_native)

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from fastdit.ops import _checks as C
-from fastdit.ops.registry import dispatch
+from fastdit.ops.library import LibraryOp, compiling
+from fastdit.ops.registry import define_op, new_plan, plans
+from fastdit.ops.registry import signature as sig
 
 
 def linear_native(x, weight, bias=None, *, out=None):
@@ -42,14 +44,7 @@ def _check_product(op, x, weight, bias) -> None:
     C.check_same_device(op, x=x, weight=weight, bias=bias)
 
 
-def linear(x, weight, bias=None, *, out=None):
-    """``y = x W^T + b``: every matrix product of the model goes through this op.
-
-    Shapes: ``x [..., K]``, ``weight [N, K]``, ``bias [N]`` or None; returns ``[..., N]`` in
-    x's dtype (fp32 accumulation, as cuBLAS does). With ``out`` (a contiguous ``[..., N]``
-    tensor of x's dtype and device) the product is written into it and ``out`` is returned:
-    the chunked FFN writes each slice of its output this way, with no second buffer.
-    """
+def _check_linear(x, weight, bias=None, *, out=None) -> None:
     op = "linear"
     _check_product(op, x, weight, bias)
     if out is not None:
@@ -59,7 +54,35 @@ def linear(x, weight, bias=None, *, out=None):
             raise C.fail(op, f"out must be a contiguous [..., N={weight.shape[0]}] tensor of x's "
                              "dtype", x=x, out=out)
         C.check_same_device(op, x=x, out=out)
-    return dispatch(op, x, weight, bias, out=out)
+
+
+def _check_linear_gelu_tanh(x, weight, bias=None) -> None:
+    _check_product("linear_gelu_tanh", x, weight, bias)
+
+
+def linear(x, weight, bias=None, *, out=None):
+    """``y = x W^T + b``: every matrix product of the model goes through this op.
+
+    Shapes: ``x [..., K]``, ``weight [N, K]``, ``bias [N]`` or None; returns ``[..., N]`` in
+    x's dtype (fp32 accumulation, as cuBLAS does). With ``out`` (a contiguous ``[..., N]``
+    tensor of x's dtype and device) the product is written into it and ``out`` is returned:
+    the chunked FFN writes each slice of its output this way, with no second buffer.
+    """
+    if compiling():
+        if out is None:
+            return _LIB_LINEAR(x, weight, bias)
+        _LIB_LINEAR_OUT(x, weight, bias, out)
+        return out
+    return _plan_linear(x, weight, bias, out).fn(x, weight, bias, out=out)
+
+
+def _plan_linear(x, weight, bias, out):
+    key = (sig(x), sig(weight), sig(bias), sig(out))
+    try:
+        return plans("linear")[key]
+    except (KeyError, TypeError):
+        _check_linear(x, weight, bias, out=out)
+        return new_plan("linear", key, (x, weight, bias), {"out": out})
 
 
 def linear_gelu_tanh(x, weight, bias=None):
@@ -70,6 +93,26 @@ def linear_gelu_tanh(x, weight, bias=None):
     ``nn.Linear`` then ``nn.GELU`` do); fused providers apply it to the fp32 accumulator, so
     results may differ by one unit in the last place.
     """
-    op = "linear_gelu_tanh"
-    _check_product(op, x, weight, bias)
-    return dispatch(op, x, weight, bias)
+    if compiling():
+        return _LIB_LINEAR_GELU_TANH(x, weight, bias)
+    return _plan_linear_gelu_tanh(x, weight, bias).fn(x, weight, bias)
+
+
+def _plan_linear_gelu_tanh(x, weight, bias):
+    key = (sig(x), sig(weight), sig(bias))
+    try:
+        return plans("linear_gelu_tanh")[key]
+    except (KeyError, TypeError):
+        _check_linear_gelu_tanh(x, weight, bias)
+        return new_plan("linear_gelu_tanh", key, (x, weight, bias), {})
+
+
+define_op("linear", linear, _plan_linear)
+define_op("linear_gelu_tanh", linear_gelu_tanh, _plan_linear_gelu_tanh)
+
+_PRODUCT = (("x", "Tensor"), ("weight", "Tensor"), ("bias", "Tensor?"))
+_LIB_LINEAR = LibraryOp("linear", linear, _PRODUCT, "Tensor", _check_linear, linear_native)
+_LIB_LINEAR_OUT = LibraryOp("linear_out", linear, _PRODUCT + (("out", "Tensor!"),), "()",
+                            _check_linear)
+_LIB_LINEAR_GELU_TANH = LibraryOp("linear_gelu_tanh", linear_gelu_tanh, _PRODUCT, "Tensor",
+                                  _check_linear_gelu_tanh, linear_gelu_tanh_native)

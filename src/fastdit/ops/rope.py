@@ -6,8 +6,10 @@ from __future__ import annotations
 import torch
 
 from fastdit.ops import _checks as C
+from fastdit.ops.library import LibraryOp, compiling
 from fastdit.ops.norm import rms_norm_native
-from fastdit.ops.registry import dispatch
+from fastdit.ops.registry import define_op, new_plan, plans
+from fastdit.ops.registry import signature as sig
 
 INDEX_DTYPES = (torch.int32, torch.int64)
 CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
@@ -108,16 +110,9 @@ def _check_index(op, name, value, length):
 
 
 # ---------------------------------------------------------------------------------------
-# public ops
+# validation
 # ---------------------------------------------------------------------------------------
-def rope_qk_(q, k, cos, sin, *, positions=None, interleaved=True):
-    """Rotate ``q`` and ``k`` in place (one launch for both); returns ``(q, k)``.
-
-    Shapes: ``q [..., T, Hq, D]``, ``k [..., T, Hk, D]``; ``cos``/``sin`` ``[T, D/2]``, or
-    ``[max_pos, D/2]`` indexed by ``positions [T]`` (int). Pairs ``(2i, 2i+1)`` when
-    ``interleaved`` (GPT-J, Wan), else ``(i, i + D/2)`` (NeoX):
-    ``x1' = x1 cos - x2 sin``, ``x2' = x1 sin + x2 cos``. Math in fp32, stored in q/k's dtype.
-    """
+def _check_rope_qk(q, k, cos, sin, *, positions=None, interleaved=True) -> None:
     op = "rope_qk_"
     _check_qk(op, q, k)
     half = q.shape[-1] // 2
@@ -136,21 +131,9 @@ def rope_qk_(q, k, cos, sin, *, positions=None, interleaved=True):
     else:
         _check_index(op, "positions", positions, tokens)
         C.check_same_device(op, q=q, positions=positions)
-    return dispatch(op, q, k, cos, sin, positions=positions, interleaved=interleaved)
 
 
-def rms_norm_rope_(x, weight, cos, sin, *, eps=1e-6, interleaved=True):
-    """RMSNorm across all heads of a token, then RoPE on each head, in place; returns ``x``.
-
-    ``x <- rope(rms_norm(x.flatten(-2), weight, eps).view_as(x), cos, sin)``: the norm
-    ``s / sqrt(mean(s**2) + eps) * weight`` spans the token's ``H*D`` values (Wan's
-    ``rms_norm_across_heads`` on q and k) and its result is rounded to ``x.dtype``, as
-    :func:`rms_norm` stores it; the rotation is :func:`rope_qk_`'s. One pass over ``x``
-    instead of two ops' four.
-
-    Shapes: ``x [..., T, H, D]`` (D even), ``weight [H*D]`` or None, ``cos``/``sin`` ``[T, D/2]``.
-    Math in fp32.
-    """
+def _check_rms_norm_rope(x, weight, cos, sin, *, eps=1e-6, interleaved=True) -> None:
     op = "rms_norm_rope_"
     C.check_tensor(op, "x", x, min_dim=3)
     C.check_eps(op, eps)
@@ -169,21 +152,10 @@ def rms_norm_rope_(x, weight, cos, sin, *, eps=1e-6, interleaved=True):
             raise C.fail(op, f"{name} must have shape [T={x.shape[-3]}, D/2={half}]", x=x,
                          **{name: table})
     C.check_same_device(op, x=x, cos=cos, sin=sin)
-    return dispatch(op, x, weight, cos, sin, eps=eps, interleaved=interleaved)
 
 
-def rope_qk_cache_store(q, k, v, key_cache, value_cache, slot_mapping, positions, cos_sin_cache, *,
-                        interleaved=True, k_scale=None, v_scale=None, swa_slot_mapping=None):
-    """Rotate q and k and write rotated k and v into a paged KV cache; q and k are not modified.
-
-    Shapes: ``q [T, Hq, D]``, ``k``/``v`` ``[T, Hk, D]`` (``Hq % Hk == 0``); caches
-    ``[num_blocks, block_size, Hk, D]``; ``slot_mapping``/``positions`` ``[T]`` int;
-    ``cos_sin_cache [max_pos, D]`` (cos in the first D/2 columns, sin in the last).
-    Token ``t`` goes to ``slot = slot_mapping[t]`` (through ``swa_slot_mapping[slot]`` when
-    given): block ``slot // block_size``, offset ``slot % block_size``; negative slots store
-    nothing. With ``k_scale``/``v_scale`` the cache holds ``k / k_scale`` and ``v / v_scale``
-    (fp8 caches). Returns ``(q_rot, k_rot)`` in q's and k's dtypes.
-    """
+def _check_cache_store(q, k, v, key_cache, value_cache, slot_mapping, positions, cos_sin_cache, *,
+                       interleaved=True, k_scale=None, v_scale=None, swa_slot_mapping=None) -> None:
     op = "rope_qk_cache_store"
     _check_qk(op, q, k)
     C.check_tensor(op, "v", v, min_dim=3)
@@ -218,6 +190,125 @@ def rope_qk_cache_store(q, k, v, key_cache, value_cache, slot_mapping, positions
                         swa_slot_mapping=swa_slot_mapping,
                         k_scale=k_scale if isinstance(k_scale, torch.Tensor) else None,
                         v_scale=v_scale if isinstance(v_scale, torch.Tensor) else None)
-    return dispatch(op, q, k, v, key_cache, value_cache, slot_mapping, positions, cos_sin_cache,
-                    interleaved=interleaved, k_scale=k_scale, v_scale=v_scale,
-                    swa_slot_mapping=swa_slot_mapping)
+
+
+# ---------------------------------------------------------------------------------------
+# public ops
+# ---------------------------------------------------------------------------------------
+def rope_qk_(q, k, cos, sin, *, positions=None, interleaved=True):
+    """Rotate ``q`` and ``k`` in place (one launch for both); returns ``(q, k)``.
+
+    Shapes: ``q [..., T, Hq, D]``, ``k [..., T, Hk, D]``; ``cos``/``sin`` ``[T, D/2]``, or
+    ``[max_pos, D/2]`` indexed by ``positions [T]`` (int). Pairs ``(2i, 2i+1)`` when
+    ``interleaved`` (GPT-J, Wan), else ``(i, i + D/2)`` (NeoX):
+    ``x1' = x1 cos - x2 sin``, ``x2' = x1 sin + x2 cos``. Math in fp32, stored in q/k's dtype.
+    """
+    if compiling():
+        _LIB_ROPE_QK(q, k, cos, sin, positions, interleaved)
+        return q, k
+    _plan_rope_qk(q, k, cos, sin, positions, interleaved).fn(
+        q, k, cos, sin, positions=positions, interleaved=interleaved)
+    return q, k
+
+
+def _plan_rope_qk(q, k, cos, sin, positions, interleaved):
+    key = (sig(q), sig(k), sig(cos), sig(sin), sig(positions), interleaved)
+    try:
+        return plans("rope_qk_")[key]
+    except (KeyError, TypeError):
+        kwargs = {"positions": positions, "interleaved": interleaved}
+        _check_rope_qk(q, k, cos, sin, **kwargs)
+        return new_plan("rope_qk_", key, (q, k, cos, sin), kwargs)
+
+
+def rms_norm_rope_(x, weight, cos, sin, *, eps=1e-6, interleaved=True):
+    """RMSNorm across all heads of a token, then RoPE on each head, in place; returns ``x``.
+
+    ``x <- rope(rms_norm(x.flatten(-2), weight, eps).view_as(x), cos, sin)``: the norm
+    ``s / sqrt(mean(s**2) + eps) * weight`` spans the token's ``H*D`` values (Wan's
+    ``rms_norm_across_heads`` on q and k) and its result is rounded to ``x.dtype``, as
+    :func:`rms_norm` stores it; the rotation is :func:`rope_qk_`'s. One pass over ``x``
+    instead of two ops' four.
+
+    Shapes: ``x [..., T, H, D]`` (D even), ``weight [H*D]`` or None, ``cos``/``sin`` ``[T, D/2]``.
+    Math in fp32.
+    """
+    if compiling():
+        _LIB_RMS_NORM_ROPE(x, weight, cos, sin, eps, interleaved)
+        return x
+    _plan_rms_norm_rope(x, weight, cos, sin, eps, interleaved).fn(
+        x, weight, cos, sin, eps=eps, interleaved=interleaved)
+    return x
+
+
+def _plan_rms_norm_rope(x, weight, cos, sin, eps, interleaved):
+    key = (sig(x), sig(weight), sig(cos), sig(sin), eps, interleaved)
+    try:
+        return plans("rms_norm_rope_")[key]
+    except (KeyError, TypeError):
+        kwargs = {"eps": eps, "interleaved": interleaved}
+        _check_rms_norm_rope(x, weight, cos, sin, **kwargs)
+        return new_plan("rms_norm_rope_", key, (x, weight, cos, sin), kwargs)
+
+
+def rope_qk_cache_store(q, k, v, key_cache, value_cache, slot_mapping, positions, cos_sin_cache, *,
+                        interleaved=True, k_scale=None, v_scale=None, swa_slot_mapping=None):
+    """Rotate q and k and write rotated k and v into a paged KV cache; q and k are not modified.
+
+    Shapes: ``q [T, Hq, D]``, ``k``/``v`` ``[T, Hk, D]`` (``Hq % Hk == 0``); caches
+    ``[num_blocks, block_size, Hk, D]``; ``slot_mapping``/``positions`` ``[T]`` int;
+    ``cos_sin_cache [max_pos, D]`` (cos in the first D/2 columns, sin in the last).
+    Token ``t`` goes to ``slot = slot_mapping[t]`` (through ``swa_slot_mapping[slot]`` when
+    given): block ``slot // block_size``, offset ``slot % block_size``; negative slots store
+    nothing. With ``k_scale``/``v_scale`` the cache holds ``k / k_scale`` and ``v / v_scale``
+    (fp8 caches). Returns ``(q_rot, k_rot)`` in q's and k's dtypes.
+    """
+    if compiling():
+        return _LIB_CACHE_STORE(q, k, v, key_cache, value_cache, slot_mapping, positions,
+                                cos_sin_cache, interleaved, k_scale, v_scale, swa_slot_mapping)
+    return _plan_cache_store(q, k, v, key_cache, value_cache, slot_mapping, positions,
+                             cos_sin_cache, interleaved, k_scale, v_scale, swa_slot_mapping).fn(
+        q, k, v, key_cache, value_cache, slot_mapping, positions, cos_sin_cache,
+        interleaved=interleaved, k_scale=k_scale, v_scale=v_scale, swa_slot_mapping=swa_slot_mapping)
+
+
+def _plan_cache_store(q, k, v, key_cache, value_cache, slot_mapping, positions, cos_sin_cache,
+                      interleaved, k_scale, v_scale, swa_slot_mapping):
+    tensors = (q, k, v, key_cache, value_cache, slot_mapping, positions, cos_sin_cache)
+    key = (*map(sig, tensors), interleaved, sig(k_scale), sig(v_scale), sig(swa_slot_mapping))
+    try:
+        return plans("rope_qk_cache_store")[key]
+    except (KeyError, TypeError):
+        kwargs = {"interleaved": interleaved, "k_scale": k_scale, "v_scale": v_scale,
+                  "swa_slot_mapping": swa_slot_mapping}
+        _check_cache_store(*tensors, **kwargs)
+        return new_plan("rope_qk_cache_store", key, tensors, kwargs)
+
+
+def _cache_store_outputs(q, k, *args, **kwargs):
+    """Shape-only outputs (the spec's boolean-mask store cannot run on fake tensors)."""
+    return torch.empty_like(q, memory_format=torch.contiguous_format), torch.empty_like(
+        k, memory_format=torch.contiguous_format)
+
+
+define_op("rope_qk_", rope_qk_, _plan_rope_qk)
+define_op("rms_norm_rope_", rms_norm_rope_, _plan_rms_norm_rope)
+define_op("rope_qk_cache_store", rope_qk_cache_store, _plan_cache_store)
+
+_LIB_ROPE_QK = LibraryOp(
+    "rope_qk_", rope_qk_,
+    (("q", "Tensor!"), ("k", "Tensor!"), ("cos", "Tensor"), ("sin", "Tensor"),
+     ("positions", "Tensor?"), ("interleaved", "bool")),
+    "()", _check_rope_qk)
+_LIB_RMS_NORM_ROPE = LibraryOp(
+    "rms_norm_rope_", rms_norm_rope_,
+    (("x", "Tensor!"), ("weight", "Tensor?"), ("cos", "Tensor"), ("sin", "Tensor"),
+     ("eps", "float"), ("interleaved", "bool")),
+    "()", _check_rms_norm_rope)
+_LIB_CACHE_STORE = LibraryOp(
+    "rope_qk_cache_store", rope_qk_cache_store,
+    (("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), ("key_cache", "Tensor!"),
+     ("value_cache", "Tensor!"), ("slot_mapping", "Tensor"), ("positions", "Tensor"),
+     ("cos_sin_cache", "Tensor"), ("interleaved", "bool"), ("k_scale", "mod?"),
+     ("v_scale", "mod?"), ("swa_slot_mapping", "Tensor?")),
+    "(Tensor, Tensor)", _check_cache_store, fake=_cache_store_outputs)

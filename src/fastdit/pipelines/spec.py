@@ -7,16 +7,15 @@ reject a bad request (wrong size, missing image, corrupt weights) before any hea
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
-import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastdit import model_files
 from fastdit.errors import InputError, ModelFolderError  # re-exported: the folder and request errors
 from fastdit.errors import first_line as _first_line
 
@@ -152,71 +151,15 @@ class ModelSpec:
 # Reading and checking files
 # ---------------------------------------------------------------------------------------
 def read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ModelFolderError(f"missing file {path}") from None
-    except PermissionError:
-        raise ModelFolderError(f"cannot read {path}: permission denied") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFolderError(f"cannot parse {path}: {_first_line(exc)}") from None
-    if not isinstance(data, dict):
-        raise ModelFolderError(f"cannot parse {path}: expected a JSON object")
-    return data
-
-
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-                "U8": 1, "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+    """The JSON object in ``path`` (:class:`ModelFolderError` naming the file otherwise)."""
+    return model_files.read_json(path, ModelFolderError)
 
 
 def check_safetensors(path: Path) -> int:
     """Check a .safetensors file's header and size (no tensor data is read); returns the
     number of elements it holds."""
-    problem = None
-    total = 0
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ModelFolderError(f"corrupt weights file {path}: too short to be safetensors")
-            (n,) = struct.unpack("<Q", head)
-            if n <= 0 or n > min(size - 8, 1 << 28):
-                raise ModelFolderError(f"corrupt weights file {path}: bad safetensors header")
-            header = json.loads(f.read(n))
-    except ModelFolderError:
-        raise
-    except PermissionError:
-        raise ModelFolderError(f"cannot read weights file {path}: permission denied") from None
-    except (OSError, ValueError) as exc:
-        raise ModelFolderError(f"corrupt weights file {path}: {_first_line(exc)}") from None
-    if not isinstance(header, dict):
-        problem = "bad safetensors header"
-    else:
-        end = 0
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            try:
-                start, stop = info["data_offsets"]
-                numel = 1
-                for d in info["shape"]:
-                    numel *= int(d)
-                nbytes = numel * _DTYPE_BYTES.get(info["dtype"], 0)
-            except (KeyError, TypeError, ValueError):
-                problem = f"bad header entry for tensor {name!r}"
-                break
-            if nbytes and stop - start != nbytes:
-                problem = f"tensor {name!r} has {stop - start} bytes, its shape needs {nbytes}"
-                break
-            end = max(end, stop)
-            total += numel
-        if problem is None and 8 + n + end > size:
-            problem = f"file is truncated ({size} bytes, the header needs {8 + n + end})"
-    if problem:
-        raise ModelFolderError(f"corrupt weights file {path}: {problem}")
-    return total
+    header = model_files.read_safetensors_header(path, ModelFolderError)
+    return sum(entry.numel for entry in header.values())
 
 
 def check_weights(folder: Path) -> tuple[list[Path], int]:

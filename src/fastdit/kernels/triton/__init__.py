@@ -52,5 +52,5 @@ for _op, (_impl, _args) in _FP8_OPS.items():
 # 8-bit attention: approximate, so in no default priority list (asked for by name or by the
 # precision setting, fastdit.quant.config.ATTENTION_PROVIDERS)
 register("attention", "int8_triton", "fastdit.kernels.triton.attention_int8:attention_int8",
-         supported=SQ.supported_fp8, supports_args=SQ.attention_int8_triton_args,
+         supported=SQ.supported_fp8, supports_args=SQ.attention_int8_triton_args, exact=False,
          description="Triton 8-bit attention: INT8 QK, FP8 PV (approximate)")

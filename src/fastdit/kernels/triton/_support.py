@@ -214,27 +214,27 @@ def _norm_family_ok(x, mods, weight, bias, eps, norm, residual=None) -> bool:
     return _affine_ok(x, weight, bias) and all(modulation_ok(m, x) for m in mods)
 
 
-def layer_norm_scale_shift_args(x, shift, scale, *, weight=None, bias=None, eps=1e-6,
+def layer_norm_scale_shift_args(x, *, shift, scale, weight=None, bias=None, eps=1e-6,
                                 norm="layer") -> bool:
     return _norm_family_ok(x, (shift, scale), weight, bias, eps, norm)
 
 
-def scale_residual_norm_scale_shift_args(residual, x, gate, shift, scale, *, weight=None,
+def scale_residual_norm_scale_shift_args(residual, x, *, shift, scale, gate, weight=None,
                                          bias=None, eps=1e-6, norm="layer") -> bool:
-    return _norm_family_ok(x, (gate, shift, scale), weight, bias, eps, norm, residual=residual)
+    return _norm_family_ok(x, (shift, scale, gate), weight, bias, eps, norm, residual=residual)
 
 
-def norm_tanh_mul_add_args(x, scale, shift, *, weight=None, bias=None, eps=1e-6,
+def norm_tanh_mul_add_args(x, *, shift, scale, weight=None, bias=None, eps=1e-6,
                            norm="layer") -> bool:
-    return _norm_family_ok(x, (scale, shift), weight, bias, eps, norm)
+    return _norm_family_ok(x, (shift, scale), weight, bias, eps, norm)
 
 
-def mul_add_args(a, b, c, k=0) -> bool:
+def mul_add_args(a, c, *, gate, k=0) -> bool:
     return (_tensor_ok(a, c) and a.shape == c.shape and a.dim() >= 1 and is_number(k)
-            and modulation_ok(b, a))
+            and modulation_ok(gate, a))
 
 
-def scale_shift_args(x, scale, shift, scale_constant=1.0) -> bool:
+def scale_shift_args(x, *, shift, scale, scale_constant=1.0) -> bool:
     return (_tensor_ok(x) and x.dim() >= 1 and is_number(scale_constant)
             and modulation_ok(scale, x) and modulation_ok(shift, x))
 

@@ -2,9 +2,9 @@
 
 Both are ``out = add + x * (k + mul)`` over x seen as ``[B*L, D]``:
 
-* ``mul_add(a, b, c, k)``: x = a, mul = b (a modulation), add = c (a full tensor, which is a
+* ``mul_add(a, c, gate=, k=)``: x = a, mul = gate (a modulation), add = c (a full tensor, which is a
   per-token modulation layout), out in c's dtype;
-* ``scale_shift(x, scale, shift, c)``: mul = scale, add = shift, k = c, out in x's dtype.
+* ``scale_shift(x, shift=, scale=, scale_constant=)``: mul = scale, add = shift, k = scale_constant, out in x's dtype.
 
 2-D tiles of ``ROWS x BLOCK_D`` values (about 4096); modulation rows shared by all rows of a
 tile are loaded once as a ``[1, BLOCK_D]`` vector.
@@ -78,9 +78,9 @@ def _fma(x, mul, add, k, out_dtype, add_is_full=False):
     return out
 
 
-def mul_add(a, b, c, k=0):
-    return _fma(a, b, c, k, c.dtype, add_is_full=True)
+def mul_add(a, c, *, gate, k=0):
+    return _fma(a, gate, c, k, c.dtype, add_is_full=True)
 
 
-def scale_shift(x, scale, shift, scale_constant=1.0):
+def scale_shift(x, *, shift, scale, scale_constant=1.0):
     return _fma(x, scale, shift, scale_constant, x.dtype)

@@ -224,14 +224,14 @@ def _norm_modulate(x, residual, gate, shift, scale, weight, bias, eps, norm, tan
     return y, r
 
 
-def layer_norm_scale_shift(x, shift, scale, *, weight=None, bias=None, eps=1e-6, norm="layer"):
+def layer_norm_scale_shift(x, *, shift, scale, weight=None, bias=None, eps=1e-6, norm="layer"):
     return _norm_modulate(x, None, None, shift, scale, weight, bias, eps, norm, False)[0]
 
 
-def scale_residual_norm_scale_shift(residual, x, gate, shift, scale, *, weight=None, bias=None,
+def scale_residual_norm_scale_shift(residual, x, *, shift, scale, gate, weight=None, bias=None,
                                     eps=1e-6, norm="layer"):
     return _norm_modulate(x, residual, gate, shift, scale, weight, bias, eps, norm, False)
 
 
-def norm_tanh_mul_add(x, scale, shift, *, weight=None, bias=None, eps=1e-6, norm="layer"):
+def norm_tanh_mul_add(x, *, shift, scale, weight=None, bias=None, eps=1e-6, norm="layer"):
     return _norm_modulate(x, None, None, shift, scale, weight, bias, eps, norm, True)[0]

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from fastdit import model_files
 from fastdit.errors import CheckpointError  # re-exported: the checkpoint errors
 from fastdit.models.wan.configs import WAN_CONFIGS, WanConfig
 
@@ -140,14 +141,8 @@ def find_model_dir(path: str | Path, subfolder: str | None = None) -> Path:
 
 
 def read_json(file: Path) -> dict[str, Any]:
-    try:
-        with open(file, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {file}: {exc}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{file} does not hold a JSON object")
-    return data
+    """The JSON object in ``file`` (:class:`CheckpointError` naming the file otherwise)."""
+    return model_files.read_json(file, CheckpointError)
 
 
 def weight_files(folder: Path) -> tuple[list[Path], dict[str, Path] | None]:
@@ -174,27 +169,19 @@ def weight_files(folder: Path) -> tuple[list[Path], dict[str, Path] | None]:
 
 
 def _open(file: Path):
-    from safetensors import safe_open
-
-    try:
-        return safe_open(str(file), framework="pt", device="cpu")
-    except Exception as exc:  # safetensors raises its own error types for bad headers
-        raise CheckpointError(f"cannot read safetensors file {file}: {exc}") from None
+    return model_files.open_safetensors(file, CheckpointError)
 
 
 def index_tensors(files: Iterable[Path]) -> dict[str, tuple[Path, tuple[int, ...]]]:
     """``{tensor name: (file, shape)}`` from the files' headers (no tensor data is read)."""
     found: dict[str, tuple[Path, tuple[int, ...]]] = {}
     for file in files:
-        with _open(file) as handle:
-            for key in handle.keys():
-                if key in found:
-                    raise CheckpointError(f"tensor {key!r} appears in both {found[key][0]} and {file}")
-                try:
-                    shape = tuple(handle.get_slice(key).get_shape())
-                except Exception as exc:
-                    raise CheckpointError(f"cannot read tensor {key!r} in {file}: {exc}") from None
-                found[key] = (file, shape)
+        header = model_files.read_safetensors_header(file, CheckpointError,
+                                                      what="cannot read safetensors file")
+        for key, entry in header.items():
+            if key in found:
+                raise CheckpointError(f"tensor {key!r} appears in both {found[key][0]} and {file}")
+            found[key] = (file, entry.shape)
     return found
 
 

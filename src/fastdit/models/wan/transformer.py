@@ -39,6 +39,7 @@ from fastdit.layers import (
     sinusoidal_embedding,
 )
 from fastdit.models.wan.configs import WanConfig
+from fastdit.ops._checks import describe
 
 #: Parameters kept in fp32 whatever the model dtype: any whose dotted name contains one of
 #: these parts (diffusers' ``_keep_in_fp32_modules`` for Wan, applied the same way).
@@ -195,7 +196,7 @@ class WanBlock(nn.Module):
         if self.norm2 is not None:
             h, x = self.norm2(x, attn, gate)  # x += gate * attn; h = LayerNorm_affine(x)
         else:
-            x = h = ops.mul_add(attn, gate, x)
+            x = h = ops.mul_add(attn, x, gate=gate)
         del attn
         attn = self.attn2(h, ctx.text, image_context=ctx.image)
         del h
@@ -203,7 +204,7 @@ class WanBlock(nn.Module):
         del attn
         ffn = self.ffn(h, chunk_rows=self.ffn_chunk_tokens)
         del h
-        return ops.mul_add(ffn, c_gate, x)  # x + c_gate * FFN(h)
+        return ops.mul_add(ffn, x, gate=c_gate)  # x + c_gate * FFN(h)
 
 
 class WanTransformer(nn.Module):
@@ -424,6 +425,5 @@ def _device_dtype(device, dtype) -> tuple[torch.device, torch.dtype]:
 
 
 def _shape(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"{list(value.shape)} {str(value.dtype).replace('torch.', '')}"
-    return type(value).__name__
+    """A tensor's shape and dtype (anything else: its type or repr) for the input errors."""
+    return describe(value, device=False)
