@@ -25,7 +25,8 @@ python3 -m fastdit ops --shape 1,32760,1536 --heads 12 | tee "$OUT/ops-table.txt
 for step in $STEPS; do
   case "$step" in
     tests)
-      python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tail -25 | tee "$OUT/gpu-tests.log" ;;
+      python3 -m pytest -q -p no:cacheprovider -rfE tests/gpu ${TEST_ARGS:-} > "$OUT/gpu-tests-full.log" 2>&1
+      tail -40 "$OUT/gpu-tests-full.log" | tee "$OUT/gpu-tests.log" ;;
     ops)
       python3 benchmarks/ops.py --out "$OUT/ops.json" $BENCH_ARGS 2>&1 | tee "$OUT/ops.log" ;;
     transformer)
