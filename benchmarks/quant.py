@@ -312,7 +312,8 @@ def _ffn_rows(rec: Recorder, bench, device: str, tokens: int, dim: int, hidden: 
         return F.linear(ops.linear_gelu_tanh(h, w1, b1), w2, b2)
 
     def fp8():
-        act = Fp8Activation(*ops.layer_norm_scale_shift_fp8(x, shift, scale), torch.bfloat16)
+        act = Fp8Activation(*ops.layer_norm_scale_shift_fp8(x, shift=shift, scale=scale),
+                            torch.bfloat16)
         g = linear_gelu_tanh_fp8(act, w1q, b1, s1)
         return linear_forward(g, w2q, b2, s2, "fp8")
 
@@ -402,7 +403,7 @@ def linear_section(rec: Recorder, device: str, tokens: int, shapes, ffns) -> Non
             x = torch.randn(1, tokens, dim, device=device).bfloat16()
             shift, scale = (torch.randn(1, 1, dim, device=device) * 0.1 for _ in range(2))
             pairs = {"layer_norm_scale_shift bf16": lambda: ops.layer_norm_scale_shift(x, shift=shift, scale=scale),
-                     "layer_norm_scale_shift_fp8": lambda: ops.layer_norm_scale_shift_fp8(x, shift, scale),
+                     "layer_norm_scale_shift_fp8": lambda: ops.layer_norm_scale_shift_fp8(x, shift=shift, scale=scale),
                      "gelu_tanh bf16 (torch)": lambda: F.gelu(x, approximate="tanh"),
                      "gelu_tanh_fp8": lambda: ops.gelu_tanh_fp8(x)}
             for label, fn in pairs.items():

@@ -41,10 +41,10 @@ def quant_calls(full: bool = False):
         x = torch.empty(1, tokens, dim, dtype=torch.bfloat16)
         mod = torch.empty(1, 1, dim, dtype=torch.float32)
         calls.append((f"layer_norm_scale_shift_fp8 D={dim}",
-                      lambda x=x, m=mod: norm_fp8.layer_norm_scale_shift_fp8(x, m, m)))
+                      lambda x=x, m=mod: norm_fp8.layer_norm_scale_shift_fp8(x, shift=m, scale=m)))
         calls.append((f"scale_residual_norm_scale_shift_fp8 D={dim}",
                       lambda x=x, m=mod: norm_fp8.scale_residual_norm_scale_shift_fp8(
-                          x.float(), x, m, m, m, weight=m[0, 0], bias=m[0, 0])))
+                          x.float(), x, shift=m, scale=m, gate=m, weight=m[0, 0], bias=m[0, 0])))
         a = torch.empty(tokens, dim, dtype=torch.float8_e4m3fn)
         sa = torch.empty(tokens, dim // 128, dtype=torch.float32)
         w = torch.empty(dim, dim, dtype=torch.float8_e4m3fn)

@@ -35,7 +35,9 @@ import math
 import torch
 
 from fastdit.ops import _checks as C
-from fastdit.ops.registry import dispatch
+from fastdit.ops.library import LibraryOp, compiling
+from fastdit.ops.registry import define_op, new_plan, plans
+from fastdit.ops.registry import signature as sig
 from fastdit.quant.formulas import (FP8_DTYPE, FP8_MAX, key_smoothing, quantize_fp8_rows,
                                     quantize_int8_rows, quantize_v_fp8, quantize_v_fp8_split)
 
@@ -124,6 +126,15 @@ def attention_fp8_out_native(q, k, v, *, scale=None):
     return quantize_fp8_rows(o32, dim=-1)
 
 
+def _check_attention_fp8_out(q, k, v, *, scale=None) -> None:
+    op = "attention_fp8_out"
+    _check_qkv(op, q, k, v)
+    if not attention_int8_args(q, k, v):
+        raise C.fail(op, "float inputs and head dims up to 256", q=q, k=k, v=v)
+    if scale is not None and not C.is_number(scale):
+        raise C.fail(op, f"scale must be a number or None, got {C.describe(scale)}")
+
+
 def attention_fp8_out(q, k, v, *, scale=None):
     """The 8-bit attention with its output quantised to e4m3 per (token, head) in the kernel's
     epilogue, for the fp8 output projection (no quantisation pass between them).
@@ -134,8 +145,23 @@ def attention_fp8_out(q, k, v, *, scale=None):
     ``ops.linear_fp8(o_q.flatten(2), W, sw, b, x_scale=o_scale)``: one scale per group of D
     input channels (per head). Shapes and checks as :func:`fastdit.ops.attention`.
     """
-    op = "attention_fp8_out"
-    _check_qkv(op, q, k, v)
-    if not attention_int8_args(q, k, v):
-        raise C.fail(op, "float inputs and head dims up to 256", q=q, k=k, v=v)
-    return dispatch(op, q, k, v, scale=scale)
+    if compiling():
+        return _LIB_ATTENTION_FP8_OUT(q, k, v, scale)
+    return _plan_attention_fp8_out(q, k, v, scale).fn(q, k, v, scale=scale)
+
+
+def _plan_attention_fp8_out(q, k, v, scale):
+    key = (sig(q), sig(k), sig(v), sig(scale))
+    try:
+        return plans("attention_fp8_out")[key]
+    except (KeyError, TypeError):
+        _check_attention_fp8_out(q, k, v, scale=scale)
+        return new_plan("attention_fp8_out", key, (q, k, v), {"scale": scale})
+
+
+define_op("attention_fp8_out", attention_fp8_out, _plan_attention_fp8_out)
+
+_LIB_ATTENTION_FP8_OUT = LibraryOp(
+    "attention_fp8_out", attention_fp8_out,
+    (("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), ("scale", "float?")),
+    "(Tensor, Tensor)", _check_attention_fp8_out, attention_fp8_out_native)
