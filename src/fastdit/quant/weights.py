@@ -39,9 +39,16 @@ class WeightReport:
     bytes_after: int  # ... and after (fp8 weights + fp32 scales)
 
     def describe(self) -> str:
-        gib = 2.0**30
-        return (f"fp8 weights: {len(self.layers)} linear layers, {self.bytes_before / gib:.2f} -> "
-                f"{self.bytes_after / gib:.2f} GiB; {len(self.kept_dense)} kept dense")
+        return (f"fp8 weights: {len(self.layers)} linear layers, {format_bytes(self.bytes_before)} "
+                f"-> {format_bytes(self.bytes_after)}; {len(self.kept_dense)} kept dense")
+
+
+def format_bytes(count: int) -> str:
+    """``1.23 GiB`` (or MiB, KiB for small models)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
+        if count >= size:
+            return f"{count / size:.2f} {unit}"
+    return f"{count / 2**10:.1f} KiB"
 
 
 def is_quantizable_linear(module: nn.Module) -> bool:
