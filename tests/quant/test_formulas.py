@@ -122,7 +122,7 @@ def test_presets():
     assert fp8.op_providers() == {"attention": ("int8_triton", "int8_native")}
     mixed = preset("fp8", attention="exact")
     assert mixed.linear == "fp8" and mixed.op_providers() == {}
-    assert "approximate" in fp8.describe() and none.describe() == "precision: exact"
+    assert "approximate" in fp8.describe() and none.describe() == "precision: exact (quantize=none)"
     with pytest.raises(dataclasses_frozen_error()):
         fp8.linear = "exact"
 

@@ -1,6 +1,7 @@
-"""Command line: ``fastdit ops | generate | make-tiny-model``.
+"""Command line: ``fastdit ops | generate | make-tiny-model | compare``.
 
-One module per sub-command (``cli/ops.py``, ``cli/generate.py``, ``cli/tiny.py``), each with an
+One module per sub-command (``cli/ops.py``, ``cli/generate.py``, ``cli/tiny.py``,
+``cli/compare.py``), each with an
 ``add_*(subparsers)`` builder listed in :data:`COMMANDS`. Errors go through the one error
 hierarchy (:mod:`fastdit.errors`) to one line on stderr and an exit code: a user error 2, an
 interrupt 130, an internal error 1 (with the traceback only under ``-v``).
@@ -52,8 +53,15 @@ def _add_make_tiny_model(sub: argparse._SubParsersAction) -> None:
     add_make_tiny_model(sub)
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    from fastdit.cli.compare import add_compare
+
+    add_compare(sub)
+
+
 # Sub-command builders; other modules add theirs here.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ops, _add_generate, _add_make_tiny_model]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_ops, _add_generate, _add_make_tiny_model, _add_compare]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -53,6 +53,15 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--offload", default="auto", choices=("auto", "none", "experts", "model"),
                    help="keep idle components in CPU memory (auto: when the GPU is short of memory)")
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory)")
+    p.add_argument("--quantize", default="none", metavar="PRESET",
+                   help="precision of the transformer: none (default: exact, the reference "
+                        "output) or fp8 (8-bit self-attention, fp8 block linear layers; "
+                        "approximate, faster); per-part overrides as PRESET:PART=VALUE,... "
+                        "(e.g. fp8:attention=exact)")
+    p.add_argument("--attention-precision", default=None, choices=("exact", "int8", "sage"),
+                   help="override the preset's self-attention precision")
+    p.add_argument("--linear-precision", default=None, choices=("exact", "fp8"),
+                   help="override the preset's block linear layers precision")
     p.add_argument("--fps", type=int, default=None, help="default: the model's")
     p.add_argument("--output", "-o", required=True, help="the video to write (.mp4)")
     p.add_argument("--save-frames", default=None, metavar="DIR", help="also write the frames as PNGs")
@@ -136,6 +145,24 @@ def request_from_args(args: argparse.Namespace, image=None):
         max_sequence_length=args.max_sequence_length, fps=args.fps)
 
 
+def precision_from_args(args: argparse.Namespace):
+    """The :class:`~fastdit.quant.config.PrecisionConfig` of ``--quantize`` and the per-part
+    flags (which win over the text form's overrides); a bad value is a usage error."""
+    import dataclasses
+
+    from fastdit.errors import InputError
+    from fastdit.quant.config import parse_quantize
+
+    try:
+        precision = parse_quantize(args.quantize)
+        overrides = {part: value for part, value in (("attention", args.attention_precision),
+                                                     ("linear", args.linear_precision))
+                     if value is not None}
+        return dataclasses.replace(precision, **overrides) if overrides else precision
+    except InputError as exc:
+        raise UsageError(f"--quantize: {exc}".replace("quantize: quantize", "quantize")) from None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
@@ -152,6 +179,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.flow_shift is not None and args.flow_shift <= 0:
         raise UsageError(f"--flow-shift must be positive, got {args.flow_shift}")
     device = _parse_device(args.device)
+    precision = precision_from_args(args)
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
     if device is not None and device.type == "cpu" and dtype is torch.float16:
         raise UsageError("fp16 is not supported on the CPU (use fp32 or bf16)")
@@ -177,7 +205,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     log.info("loading %s", spec.describe())
     pipe = WanVideoPipeline.from_pretrained(spec, device=device, dtype=dtype, scheduler=args.scheduler,
                                             flow_shift=args.flow_shift, offload=args.offload,
-                                            vae_tiling=args.vae_tiling, check_files=False)
+                                            vae_tiling=args.vae_tiling, check_files=False,
+                                            quantize=precision)
     log.info("loaded in %.1f s on %s (%s); generating %d frames at %dx%d, %d steps",
              pipe.load_seconds, pipe.device, str(pipe.dtype).replace("torch.", ""), resolved.num_frames,
              resolved.width, resolved.height, resolved.num_inference_steps)
@@ -205,6 +234,21 @@ def _cli_words(message: str) -> str:
                       ("width", "--width"), ("an image is required", "an image is required (--image)")):
         message = message.replace(api, flag)
     return message
+
+
+def _precision_line(pipe) -> str:
+    """The summary's precision line: the setting, and for a quantised model its providers and
+    the transformers' weight memory."""
+    from fastdit.quant.weights import format_bytes
+
+    line = pipe.precision.describe()
+    reports = getattr(pipe, "precision_reports", [])
+    if reports:
+        providers = reports[0].attention_providers
+        if providers:
+            line += f"; self-attention provider {' > '.join(providers)}"
+        line += f"; transformer weights {format_bytes(sum(r.weight_bytes for r in reports))}"
+    return line
 
 
 def _save_frames_atomically(result, frames_dir: Path) -> None:
@@ -236,4 +280,5 @@ def _print_summary(pipe, result, output: Path, fps: int, frames_dir, write_secon
           + f"  | {t['per_step']:.3f} s/step over {result.settings['num_inference_steps']} steps")
     peak = result.peak_memory
     print("peak GPU memory: " + (f"{peak / 2**30:.2f} GiB" if peak is not None else "n/a (no GPU)"))
+    print(_precision_line(pipe))
     sys.stdout.flush()

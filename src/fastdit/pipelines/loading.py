@@ -37,7 +37,12 @@ class LoadOptions:
     checkpoint's; ``offload``: "none" keeps everything on the device, "experts" only the active
     Wan2.2 expert, "model" also moves the encoders there only while they run, "auto" picks by
     free device memory; ``vae_dtype``: the VAE's dtype (default: the pipeline's);
-    ``vae_tiling``: decode in tiles; ``check_files``: check every weight file's header first.
+    ``vae_tiling``: decode in tiles; ``check_files``: check every weight file's header first;
+    ``quantize``: the precision of the transformers (``"none"``, the default: exact, output
+    equal to diffusers; ``"fp8"``: 8-bit self-attention and fp8 block linear layers; per-part
+    overrides such as ``"fp8:attention=exact"``; or a
+    :class:`~fastdit.quant.config.PrecisionConfig`), applied once at load
+    (:func:`fastdit.quant.apply.apply_precision`); stored here as a ``PrecisionConfig``.
     """
 
     scheduler: str = "unipc"
@@ -46,12 +51,16 @@ class LoadOptions:
     vae_dtype: torch.dtype | None = None
     vae_tiling: bool = False
     check_files: bool = True
+    quantize: Any = None  # str | PrecisionConfig | None, normalised to a PrecisionConfig
 
     def __post_init__(self) -> None:
+        from fastdit.quant.config import parse_quantize
+
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.offload not in OFFLOAD_MODES:
             raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {self.offload!r}")
+        object.__setattr__(self, "quantize", parse_quantize(self.quantize))  # InputError if bad
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "LoadOptions":
@@ -193,13 +202,27 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
     if spec.two_experts:
         second_home = device if offload == "none" else torch.device("cpu")
         transformer_2 = load_transformer(spec, "transformer_2", second_home, dtype)
+    reports = apply_precision_to(options.quantize, device, transformer, transformer_2)
     pipe = cls(spec, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=sched,
                transformer=transformer, transformer_2=transformer_2, image_encoder=image_encoder,
                image_processor=image_processor, device=device, dtype=dtype, offload=offload)
+    pipe.precision, pipe.precision_reports = options.quantize, reports
     current_platform().synchronize()
     pipe.load_seconds = time.perf_counter() - start
     log.debug("loaded %s in %.1f s (offload=%s)", spec.describe(), pipe.load_seconds, offload)
     return pipe
+
+
+def apply_precision_to(precision, device: torch.device, *transformers) -> list:
+    """Apply the precision setting to each transformer (the experts) that is there, once, for
+    running on ``device``; the reports (weight memory, providers), one per transformer. The
+    exact setting leaves the models untouched."""
+    if precision.exact:
+        return []
+    from fastdit.quant.apply import apply_precision
+
+    return [apply_precision(model, precision, device) for model in transformers
+            if model is not None]
 
 
 def _load_clip(spec: ModelSpec, dtype: torch.dtype, home: torch.device, place: dict):

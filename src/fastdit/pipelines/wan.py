@@ -83,6 +83,12 @@ class WanVideoPipeline:
         self.offload = offload
         self.video_processor = VideoProcessor(vae_scale_factor=spec.vae_stride_spatial)
         self.load_seconds: float | None = None
+        from fastdit.quant.config import PrecisionConfig
+
+        # the precision setting of the transformers (exact unless loaded with quantize=...) and
+        # what applying it did to each (fastdit.quant.apply.PrecisionReport)
+        self.precision = PrecisionConfig()
+        self.precision_reports: list = []
         # diffusers' Wan VAE keeps its causal-convolution cache on the module: one user at a time
         self._vae_lock = threading.Lock()
 
@@ -230,9 +236,21 @@ class WanVideoPipeline:
             "seed": seed if not isinstance(seed, torch.Generator) else None, "prompt": request.prompt,
             "negative_prompt": request.negative_prompt or "", "image": pil_image is not None,
             "model": spec.name, "task": spec.task,
-            "guidance": [repr(e.strategy()) for e in experts]}
+            "guidance": [repr(e.strategy()) for e in experts],
+            "quantize": self.precision.spec(), "precision": self.precision_summary()}
         return GenerationResult(frames=frames, timings=timings, fps=req.fps,
                                 peak_memory=platform.memory_allocated_peak(), settings=settings)
+
+    def precision_summary(self) -> dict[str, Any]:
+        """The precision setting and what it changed, for ``result.settings``: ``exact``, the
+        text form, the parts, the self-attention providers and the transformers' weight bytes."""
+        summary: dict[str, Any] = {"exact": self.precision.exact, "quantize": self.precision.spec(),
+                                   "attention": self.precision.attention,
+                                   "linear": self.precision.linear}
+        if self.precision_reports:
+            summary["attention_providers"] = list(self.precision_reports[0].attention_providers)
+            summary["weight_bytes"] = sum(r.weight_bytes for r in self.precision_reports)
+        return summary
 
     @staticmethod
     def _read_image(image: Any):

@@ -27,7 +27,7 @@ from fastdit.errors import InputError
 ATTENTION_PROVIDERS: dict[str, tuple[str, ...]] = {
     "exact": (),  # the platform's default (cuDNN / SDPA): exact
     "int8": ("int8_triton", "int8_native"),  # INT8 Q/K, FP8 P/V (fastdit's kernel, its spec)
-    "sage": ("sage", "int8_native"),  # the sageattention library when installed
+    "sage": ("sage",),  # the sageattention library (CUDA) when installed
 }
 LINEAR_MODES = ("exact", "fp8")
 
