@@ -24,7 +24,9 @@ Granularities used by fastdit:
   (``softmax(q (k - m)^T) = softmax(q k^T)`` for any vector ``m``) and its channels balanced
   against Q's (:func:`key_smoothing`);
 * attention V: FP8 per channel, the amax over the tokens (:func:`quantize_v_fp8`), optionally
-  as two e4m3 terms (value and rounding residual, :func:`quantize_v_fp8_split`).
+  as two e4m3 terms (value and rounding residual, :func:`quantize_v_fp8_split`); V first
+  smoothed by its mean over the tokens (:func:`value_smoothing`: the attention weights of a
+  query sum to one, so ``P V = P (V - m) + m``), which the attention adds back exactly.
 """
 
 from __future__ import annotations
@@ -136,16 +138,44 @@ def v_scales(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _scale_and_inverse(value_absmax(v), FP8_MAX)
 
 
-def quantize_v_fp8(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def value_smoothing(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The smoothing of ``v [B, L, H, D]`` before its e4m3 quantisation: ``(mean, scale,
+    inv)``, fp32 ``[B, H, D]`` each:
+
+        mean[b, h, d] = mean_l v[b, l, h, d]                          (key_mean's reduction)
+        amax          = max(max_l |v - mean|, 1e-12)                  (from v's min and max)
+        scale, inv    = amax / 448, 448 / amax
+
+    V's channels are quantised as ``v - mean`` (a projection's bias and any other offset shared
+    by the tokens no longer take up e4m3's range); since every query's attention weights sum
+    to one, ``softmax(S) V = softmax(S) (V - mean) + mean``.
+    """
+    mean = key_mean(v)
+    v_min, v_max = torch.aminmax(v, dim=1)
+    amax = torch.maximum(v_max.float() - mean, mean - v_min.float()).clamp_min_(SCALE_FLOOR)
+    scale, inv = _scale_and_inverse(amax, FP8_MAX)
+    return mean, scale, inv
+
+
+def _v_scaled(v, mean, inv):
+    """``clamp((v - mean) * inv, +-448)`` in fp32 (``mean`` None: no smoothing)."""
+    v32 = v.float() if mean is None else v.float() - mean[:, None]
+    return (v32 * inv[:, None]).clamp_(-FP8_MAX, FP8_MAX)
+
+
+def quantize_v_fp8(v: torch.Tensor, smooth: bool = False):
     """V ``[B, L, H, D]`` in e4m3 with one scale per (batch, head, channel) over the tokens:
     ``v_q = e4m3(clamp(v * inv[b, h, d], +-448))``; returns ``(v_q [B, L, H, D], scale [B, H, D])``
-    with ``v ~= v_q * scale[:, None]``."""
+    with ``v ~= v_q * scale[:, None]``. With ``smooth``, ``v - mean`` is quantised
+    (:func:`value_smoothing`) and ``(v_q, scale, mean)`` returned, ``v ~= v_q * scale + mean``."""
+    if smooth:
+        mean, scale, inv = value_smoothing(v)
+        return _v_scaled(v, mean, inv).to(FP8_DTYPE), scale, mean
     scale, inv = v_scales(v)
-    q = (v.float() * inv[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    return q, scale
+    return _v_scaled(v, None, inv).to(FP8_DTYPE), scale
 
 
-def quantize_v_fp8_split(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_v_fp8_split(v: torch.Tensor, smooth: bool = False):
     """V in two e4m3 terms at the same per-channel scale, ``v ~= (v_hi + v_lo) * scale``:
 
         y    = clamp(v * inv[b, h, d], +-448)      (inv, scale as in quantize_v_fp8)
@@ -153,10 +183,14 @@ def quantize_v_fp8_split(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
         v_lo = e4m3(y - v_hi)                      (the rounding residual, |.| <= 16)
 
     The residual term makes V's error about 16x smaller (e4m3 keeps 4 significant bits) for
-    one more fp8 product ``P v_lo`` in the attention kernel. Returns ``(v_hi, v_lo, scale)``.
+    one more fp8 product ``P v_lo`` in the attention kernel. Returns ``(v_hi, v_lo, scale)``;
+    with ``smooth`` (``y`` from ``v - mean``) ``(v_hi, v_lo, scale, mean)``.
     """
-    scale, inv = v_scales(v)
-    y = (v.float() * inv[:, None]).clamp_(-FP8_MAX, FP8_MAX)
+    if smooth:
+        mean, scale, inv = value_smoothing(v)
+    else:
+        (scale, inv), mean = v_scales(v), None
+    y = _v_scaled(v, mean, inv)
     v_hi = y.to(FP8_DTYPE)
     v_lo = (y - v_hi.float()).to(FP8_DTYPE)
-    return v_hi, v_lo, scale
+    return (v_hi, v_lo, scale) if mean is None else (v_hi, v_lo, scale, mean)
