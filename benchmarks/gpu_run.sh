@@ -2,7 +2,7 @@
 # Everything the GPU machine has to do, in one call (device time is scarce):
 #   bash benchmarks/gpu_run.sh [tests] [ops] [transformer] [e2e]    (default: all)
 #   other steps: transformer-1.3b, transformer-14b, compile-block, tune, diag, diag-attention,
-#   quant-tests, quant
+#   quant-tests, quant, quant-attention, transformer-fp8, ti2v, e2e-fp8
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
 # tests, runs the benchmarks and writes JSON and logs under $OUT (or ./out/gpu).
 set -uo pipefail
@@ -21,6 +21,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton, diffusers, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/gpu.txt"
 python3 -m fastdit ops --shape 1,32760,1536 --heads 12 | tee "$OUT/ops-table.txt"
+python3 -m fastdit ops --shape 1,32760,1536 --heads 12 --quantize fp8 | tee "$OUT/ops-table-fp8.txt"
 
 for step in $STEPS; do
   case "$step" in
@@ -49,6 +50,17 @@ for step in $STEPS; do
       python3 -m pytest -q -p no:cacheprovider tests/gpu/test_quant_gpu.py tests/gpu/test_ops_gpu.py -k "fp8 or int8 or quant" 2>&1 | tail -25 | tee "$OUT/quant-tests.log" ;;
     quant)
       python3 benchmarks/quant.py --out "$OUT/quant.json" ${QUANT_ARGS:-} 2>&1 | tee "$OUT/quant.log" ;;
+    quant-attention)  # the attention candidates only (~2.5 min)
+      python3 benchmarks/quant.py --parts attention --out "$OUT/quant-attention.json" 2>&1 | tee "$OUT/quant-attention.log" ;;
+    transformer-fp8)  # 1.3B and 14B at B=1: fastdit, fastdit-fp8, diffusers eager and compiled
+      python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B,Wan2.1-T2V-14B --batches 1 --variants "" --no-profile \
+        --out "$OUT/transformer-fp8.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer-fp8.log" ;;
+    ti2v)  # TI2V-5B at 704x1280x121 (per-frame timesteps): fastdit exact and fp8
+      python3 benchmarks/transformer.py --models Wan2.2-TI2V-5B --height 704 --width 1280 --frames 121 \
+        --batches 1 --variants "" --no-profile --impls fastdit,fastdit-fp8 --out "$OUT/transformer-ti2v.json" 2>&1 | tee "$OUT/transformer-ti2v.log" ;;
+    e2e-fp8)  # 1.3B, 50 steps: fastdit, fastdit-fp8 (with PSNR/SSIM against fastdit's video), diffusers compiled
+      python3 benchmarks/e2e.py --impls fastdit,fastdit-fp8,diffusers-compiled --out "$OUT/e2e-fp8.json" \
+        --markdown "$OUT/e2e-fp8.md" $BENCH_ARGS 2>&1 | tee "$OUT/e2e-fp8.log" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

@@ -205,6 +205,10 @@ def run_model(name: str, args, device, dtype, telemetry=None) -> dict:
         torch.cuda.empty_cache()
 
     # ---- diffusers eager and compiled: loaded as a user loads it --------------------------
+    if not args.impls & {"diffusers-eager", "diffusers-compiled"}:
+        shutil.rmtree(folder, ignore_errors=True)
+        result["ratios"] = ratios(result["runs"])
+        return result
     from diffusers import WanTransformer3DModel
 
     ref = WanTransformer3DModel.from_pretrained(folder, torch_dtype=dtype).to(device)

@@ -49,6 +49,12 @@ def _scale_and_inverse(amax: torch.Tensor, qmax: float) -> tuple[torch.Tensor, t
     return amax / qmax, torch.full_like(amax, qmax) / amax
 
 
+def fp8_max(dtype: torch.dtype) -> float:
+    """The largest finite value of an fp8 format: 448 for float8_e4m3fn, 240 for the
+    float8_e4m3fnuz of AMD's MI300 (``Platform.fp8_dtype()``)."""
+    return float(torch.finfo(dtype).max)
+
+
 def _quantize(x: torch.Tensor, dims, qmax: float, dtype: torch.dtype
               ) -> tuple[torch.Tensor, torch.Tensor]:
     x32 = x.float()
@@ -82,12 +88,19 @@ def quantize_fp8_rows(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, tor
     return q, scale.squeeze(dim)
 
 
-def quantize_fp8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_fp8_weight(weight: torch.Tensor, fp8_dtype: torch.dtype = FP8_DTYPE
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """A linear weight ``[N, K]`` in e4m3 with per-output-channel fp32 scales ``[N]``:
-    ``W ~= weight_fp8 * weight_scale[:, None]`` (:func:`quantize_fp8_rows` over K)."""
-    if weight.dim() != 2:
-        raise ValueError(f"quantize_fp8_weight: weight must be [N, K], got {list(weight.shape)}")
-    return quantize_fp8_rows(weight, dim=-1)
+    ``W ~= weight_fp8 * weight_scale[:, None]`` (:func:`quantize_fp8_rows` over K; with
+    ``fp8_dtype=torch.float8_e4m3fnuz`` the same with 240 for 448). The one per-channel weight
+    quantiser of fastdit: fp8 weight storage for offload uses it too."""
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"quantize_fp8_weight: weight must be a float [N, K] matrix, got "
+                         f"{weight.dtype} {list(weight.shape)}")
+    if fp8_dtype == FP8_DTYPE:
+        return quantize_fp8_rows(weight, dim=-1)
+    q, scale = _quantize(weight, -1, fp8_max(fp8_dtype), fp8_dtype)
+    return q, scale.squeeze(-1)
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, dim: int = -1) -> torch.Tensor:
