@@ -220,9 +220,14 @@ def apply_precision_to(precision, device: torch.device, *transformers) -> list:
     if precision.exact:
         return []
     from fastdit.quant.apply import apply_precision
+    from fastdit.quant.weights import format_bytes
 
-    return [apply_precision(model, precision, device) for model in transformers
-            if model is not None]
+    reports = [apply_precision(model, precision, device, log_report=False)
+               for model in transformers if model is not None]
+    log.info("%s; transformer weights %s%s", reports[0].describe().rsplit("; transformer", 1)[0],
+             format_bytes(sum(r.weight_bytes for r in reports)),
+             f" ({len(reports)} experts)" if len(reports) > 1 else "")
+    return reports
 
 
 def _load_clip(spec: ModelSpec, dtype: torch.dtype, home: torch.device, place: dict):

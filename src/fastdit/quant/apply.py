@@ -137,11 +137,12 @@ class PrecisionAttention:
 
 
 def apply_precision(model: nn.Module, precision: "PrecisionConfig | str | None",
-                    device: torch.device | str | None = None) -> PrecisionReport:
+                    device: torch.device | str | None = None, *,
+                    log_report: bool = True) -> PrecisionReport:
     """Apply ``precision`` (a :class:`PrecisionConfig` or its text form) to a Wan transformer in
     place, once: see the module docstring. ``device``: where the model runs (default: where its
     parameters are). Applying a second setting to the same model is an error (its weights are
-    already converted). Returns (and logs) a :class:`PrecisionReport`."""
+    already converted). Returns (and, with ``log_report``, logs) a :class:`PrecisionReport`."""
     precision = parse_quantize(precision)
     current = getattr(model, "precision", None)
     if isinstance(current, PrecisionConfig) and not current.exact:
@@ -156,12 +157,12 @@ def apply_precision(model: nn.Module, precision: "PrecisionConfig | str | None",
     names = attention_providers(precision, device)
     weights = None
     if precision.linear == "fp8":
-        weights = quantize_linear_weights_(model, precision)
+        weights = quantize_linear_weights_(model, precision, log_report=False)
     if names:
         model.attend = PrecisionAttention(names)
     model.precision = precision
     report = PrecisionReport(precision, names, weights, weight_bytes(model))
     model.precision_report = report
-    if not precision.exact:
+    if log_report and not precision.exact:
         log.info("%s", report.describe())
     return report

@@ -84,12 +84,13 @@ def quantize_module_weight_(module: nn.Module, compute: str = "fp8") -> int:
 
 def quantize_linear_weights_(model: nn.Module, precision: PrecisionConfig | None = None, *,
                              select: Callable[[str, nn.Module], bool] | None = None,
-                             compute: str = "fp8") -> WeightReport:
+                             compute: str = "fp8", log_report: bool = True) -> WeightReport:
     """Store the weights of ``model``'s linear layers in fp8, in place.
 
     Which layers: those :func:`is_quantizable_linear` accepts whose name ``precision``
     (default: the "fp8" preset) quantises, or, with ``select(name, module)``, those it
-    accepts. Logs one line; returns a :class:`WeightReport` (weight memory before/after).
+    accepts. Logs one line (unless ``log_report`` is False: a caller that reports it itself);
+    returns a :class:`WeightReport` (weight memory before/after).
     """
     if precision is None:
         from fastdit.quant.config import preset
@@ -109,5 +110,6 @@ def quantize_linear_weights_(model: nn.Module, precision: PrecisionConfig | None
             after += module.weight.numel() + module.weight_scale.numel() * 4
         layers.append(name)
     report = WeightReport(tuple(layers), tuple(dense), before, after)
-    log.info("%s", report.describe())
+    if log_report:
+        log.info("%s", report.describe())
     return report
