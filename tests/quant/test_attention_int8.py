@@ -180,7 +180,11 @@ def test_the_precision_setting_selects_the_kernel(fresh_config, kernel):
     assert not torch.equal(out, ops.attention(q, k, v))  # the default stays exact (SDPA)
 
 
-def test_unsupported_head_dim_falls_back_with_a_warning_and_strict_raises(fresh_config, caplog):
+def test_unsupported_head_dim_falls_back_with_a_warning_and_strict_raises(fresh_config, caplog,
+                                                                          monkeypatch):
+    from fastdit.ops import registry
+
+    monkeypatch.setattr(registry, "_logged", set())  # warnings are once per process
     q, k, v = attention_inputs("gaussian", (1, 20, 2, 96), torch.bfloat16, seed=1)
     names = ("int8_triton", "int8_native")
     with override_config(kernel={"op_providers": {"attention": names}}):
