@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from fastdit.cli import UsageError
-from fastdit.errors import ImageError, InputError, first_line
+from fastdit.errors import DeviceError, ImageError, InputError, first_line
 
 log = logging.getLogger("fastdit")
 
@@ -103,7 +103,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """The command; a user error's message names the CLI flags, not the API's arguments."""
     try:
         return _generate(args)
-    except InputError as exc:
+    except (InputError, DeviceError) as exc:
         if isinstance(exc, ImageError):  # names a file: leave its words alone
             raise
         raise _with_cli_words(exc) from None
@@ -170,7 +170,7 @@ def _cli_words(message: str) -> str:
     return message.replace("an image is required", "an image is required (--image)")
 
 
-def _with_cli_words(exc: InputError) -> InputError:
+def _with_cli_words(exc: InputError | DeviceError) -> InputError | DeviceError:
     try:
         return type(exc)(_cli_words(str(exc)))
     except TypeError:  # an error type with another constructor

@@ -109,10 +109,13 @@ def check_frames_dir(text: str, output: Path) -> Path:
     return folder
 
 
-def write_outputs(frames, output: Path, fps, frames_dir: Path | None = None, encoder=None) -> None:
-    """Encode the video and write the frames (both hidden), then publish them together."""
+def write_outputs(frames, output: Path, fps, frames_dir: Path | None = None, encoder=None,
+                  frame_writer=None) -> None:
+    """Encode the video and write the frames (both hidden), then publish them together.
+    ``encoder`` / ``frame_writer(folder, frames)``: other writers than ffmpeg and PIL's PNGs."""
     from fastdit.pipelines.video_io import encode_video, write_frames
 
+    frame_writer = frame_writer or write_frames
     with PartialFile(output) as video:
         encode_video(video, frames, fps, encoder)
         if frames_dir is None:
@@ -121,7 +124,7 @@ def write_outputs(frames, output: Path, fps, frames_dir: Path | None = None, enc
             return
         with PartialFolder(frames_dir) as folder:
             try:
-                write_frames(folder.path, frames)
+                frame_writer(folder.path, frames)
             except OutputError as exc:
                 raise OutputError(str(exc).replace(str(folder.path), str(frames_dir))) from None
             with signals_deferred():  # the frames and the video appear together, or neither

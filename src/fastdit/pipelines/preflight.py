@@ -154,10 +154,14 @@ def check_library_component(spec: ModelSpec, name: str) -> None:
     except Exception as exc:  # a config the library cannot build: name the file
         raise ModelFolderError(f"cannot load {name} from {folder}: {folder / 'config.json'}: "
                                f"{first_line(exc)}") from None
-    stored = _with_prefix(stored, model)
+    aligned = align_names(stored, model)
+    if aligned is None:
+        log.info("%s: the tensor names in %s do not map onto the model's; they are checked while "
+                 "loading", name, folder)
+        return
     ignore = list(getattr(model, "_keys_to_ignore_on_load_missing", None) or [])
     groups, buffers = expected_tensors(model)
-    compare(name, folder, groups, buffers, stored, extra_is_error=False, ignore_missing=ignore)
+    compare(name, folder, groups, buffers, aligned, extra_is_error=False, ignore_missing=ignore)
 
 
 def build_library_model(library: str, class_name: str, folder: Path) -> torch.nn.Module:
@@ -179,17 +183,32 @@ def build_library_model(library: str, class_name: str, folder: Path) -> torch.nn
     return cls.from_config(cls.load_config(str(folder)))
 
 
-def _with_prefix(stored: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
-    """Checkpoint names as the model spells them: transformers adds or drops the model's
-    ``base_model_prefix`` and reads LayerNorm ``gamma``/``beta`` as ``weight``/``bias``."""
+ALIGNED = 0.9  # share of the model's tensors a renaming must find to be trusted
+
+
+def align_names(stored: dict[str, Any], model: torch.nn.Module) -> dict[str, Any] | None:
+    """Checkpoint names as the model spells them, or None when no renaming fits.
+
+    The libraries rename while loading: transformers 5 drops CLIP's ``vision_model.`` prefix
+    that older checkpoints carry (4.x adds it), and reads LayerNorm ``gamma``/``beta`` as
+    ``weight``/``bias``. The candidates are: as stored, without the stored names' common first
+    part, with the model's common first part added; the one that finds most of the model's
+    tensors wins, if it finds at least :data:`ALIGNED` of them (else the names are left to the
+    loader's own report)."""
     names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    out = {k if k in names else re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", k)): v
-           for k, v in stored.items()}
-    if prefix and not (names & set(out)):
-        dotted = prefix + "."
-        if all(k.startswith(dotted) for k in out):
-            out = {k[len(dotted):]: v for k, v in out.items()}
-        elif all(n.startswith(dotted) for n in names):
-            out = {dotted + k: v for k, v in out.items()}
-    return out
+    legacy = {k: (k if k in names else re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", k)))
+              for k in stored}
+    base = {legacy[k]: v for k, v in stored.items()}
+    candidates = [base]
+    first = {k.split(".", 1)[0] for k in base}
+    if len(first) == 1 and all("." in k for k in base):
+        cut = len(next(iter(first))) + 1
+        candidates.append({k[cut:]: v for k, v in base.items()})
+    model_first = {n.split(".", 1)[0] for n in names}
+    if len(model_first) == 1:
+        prefix = next(iter(model_first)) + "."
+        candidates.append({k if k.startswith(prefix) else prefix + k: v for k, v in base.items()})
+    best = max(candidates, key=lambda c: len(names & set(c)))
+    if not names or len(names & set(best)) < ALIGNED * len(names):
+        return None
+    return best
