@@ -124,15 +124,15 @@ def _generate(args: argparse.Namespace) -> int:
         check_flow_shift(args.flow_shift)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    spec = inspect_model(args.model)
-    check_components(spec)
+    spec = inspect_model(args.model)  # JSON values and weight headers
     spec.device_budget = device_budget(spec, device, dtype, offload=args.offload, vae_tiling=args.vae_tiling)
     image = read_image(args.image) if args.image is not None else None
     request = request_from_args(args, image)
     resolved = resolve_request(spec, request, notify=None)  # errors now; notices when it runs
+    _quiet_libraries(args.verbose)  # the component checks build the libraries' models (on meta)
+    check_components(spec)  # every tensor name and shape
 
     # 2. Load and generate.
-    _quiet_libraries(args.verbose)
     from fastdit.pipelines.wan import WanVideoPipeline
 
     log.info("loading %s", spec.describe())

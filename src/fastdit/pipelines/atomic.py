@@ -203,13 +203,22 @@ def terminate_cleanly() -> Iterator[None]:
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """Hold SIGINT, SIGTERM and SIGHUP while the block runs (a few renames that publish a
-    result together); they are delivered when it ends. Main thread, POSIX only."""
-    if not (_main_thread() and hasattr(signal, "pthread_sigmask")):
+    result together): they are recorded, and handled as before once it ends (the previous
+    handler runs, or the default action). Main thread only (else a no-op)."""
+    if not _main_thread():
         yield
         return
-    held = {signal.SIGINT, *TERMINATING_SIGNALS}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    pending: list[int] = []
+    held = (signal.SIGINT, *TERMINATING_SIGNALS)
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(pending):
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
