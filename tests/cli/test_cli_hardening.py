@@ -238,6 +238,25 @@ def test_d8_max_sequence_length_is_bounded(t2v, outdir, capsys):
     one_line_error(code, out, err, "--max-sequence-length must be between 1 and 512, got 1000000")
 
 
+# ---- D4: flow shift ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("shift", ["nan", "inf", "-1", "0"])
+def test_d4_flow_shift_must_be_positive_and_finite(t2v, outdir, capsys, shift):
+    code, out, err = run(generate(t2v, outdir / "a.mp4", "--flow-shift", shift), capsys)
+    one_line_error(code, out, err, "--flow-shift must be a positive finite number")
+    assert hidden_leftovers(outdir) == []
+
+
+# ---- D26, D27: notices, once each ----------------------------------------------------------------------
+def test_d26_d27_notices_are_printed_once(t2v, outdir, capsys):
+    long_prompt = " ".join(["cat"] * 30)
+    code, out, err = run(["generate", "--model", t2v, "--prompt", long_prompt, "--negative-prompt", "blurry",
+                          "--guidance-scale", "1", "--max-sequence-length", "8", *TINY, "-o", outdir / "a.mp4"],
+                         capsys)
+    assert code == 0, err
+    assert err.count("the negative prompt is not used") == 1
+    assert err.count("only the first 8 are used") == 1 and "dropped" in err
+
+
 # ---- D9, D11: seeds and prompts checked before loading --------------------------------------------
 @pytest.mark.parametrize("seed", ["100000000000000000000000", "-9223372036854775809"])
 def test_d9_seed_out_of_range(t2v, outdir, capsys, seed):

@@ -297,3 +297,20 @@ def test_d8_out_of_memory_becomes_a_resource_error():
                       ResourceError)
     other = RuntimeError("shapes do not match")
     assert as_fastdit_error(other) is other
+
+
+@pytest.mark.gpu
+def test_gpu_budget_is_the_devices_memory(tiny_model):
+    """On a GPU: the budget holds the device's total memory; the default Wan2.1 video fits an
+    H100/H200-class device, 16384x16384x81 does not; a loaded pipeline carries its budget."""
+    from fastdit.pipelines import limits
+
+    spec = _wan13_spec()
+    budget = limits.device_budget(spec, torch.device("cuda", 0), torch.bfloat16)
+    assert budget.memory_bytes == torch.cuda.mem_get_info(0)[1] and budget.flops == limits.GPU_FLOPS
+    assert limits.check_size(spec, 81, 480, 832, 50, True, 512, budget) == []
+    with pytest.raises(ResourceError, match="needs at least"):
+        limits.check_size(spec, 81, 16384, 16384, 50, True, 512, budget)
+    pipe = fastdit.load(tiny_model("t2v"), device="cuda")
+    assert pipe.spec.device_budget.device == "cuda:0"
+    assert pipe.generate("cat", **TINY).frames.shape == (1, 16, 16, 3)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from fastdit.errors import CheckpointError, DeviceError, ModelFolderError, first_line
+from fastdit.errors import CheckpointError, DeviceError, ModelFolderError, first_line, is_out_of_memory
 from fastdit.pipelines.spec import ModelSpec, inspect_model
 from fastdit.schedulers.unipc import FlowUniPCScheduler
 
@@ -118,6 +118,8 @@ def _loading(spec: ModelSpec, component: str):
     except (KeyboardInterrupt, MemoryError, torch.OutOfMemoryError):
         raise
     except Exception as exc:
+        if is_out_of_memory(exc):  # the machine's limit, not the folder's fault
+            raise
         raise ModelFolderError(f"cannot load {component} from {spec.root / component}: "
                                f"{first_line(exc)}") from exc
 
