@@ -140,7 +140,7 @@ def _parse_bool(name: str, value: str | None, default: bool | None) -> bool | No
     raise ConfigError(f"{name}: expected 1/0/true/false, got {value!r}")
 
 
-def _parse_int(name: str, value: str | None, default: int, minimum: int | None = None) -> int:
+def _parse_int(name: str, value: str | None, default: int, minimum: int | None = None, setting: str = "") -> int:
     if value is None or not value.strip():
         return default
     try:
@@ -148,17 +148,18 @@ def _parse_int(name: str, value: str | None, default: int, minimum: int | None =
     except ValueError:
         raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
     if minimum is not None and number < minimum:
-        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+        raise ConfigError(f"{name}: {setting or 'the value'} must be an integer >= {minimum}, got {value!r}")
     return number
 
 
-def _parse_choice(name: str, value: str | None, choices: tuple[str, ...], default: str | None) -> str | None:
+def _parse_choice(name: str, value: str | None, choices: tuple[str, ...], default: str | None,
+                  setting: str) -> str | None:
     """``value`` lower-cased, which must be one of ``choices`` (unset or empty: ``default``)."""
     lowered = (value or "").strip().lower()
     if not lowered:
         return default
     if lowered not in choices:
-        raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+        raise ConfigError(f"{name}: {setting} must be one of {', '.join(choices)}, got {value!r}")
     return lowered
 
 
@@ -171,15 +172,16 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> EngineConfig:
         default_providers=default,
         strict=bool(_parse_bool("FASTDIT_STRICT_OPS", env.get("FASTDIT_STRICT_OPS"), False)),
         attention_backend=_parse_choice("FASTDIT_ATTENTION_BACKEND", env.get("FASTDIT_ATTENTION_BACKEND"),
-                                        ATTENTION_BACKENDS, "auto"),
+                                        ATTENTION_BACKENDS, "auto", "attention_backend"),
         triton_interpret=bool(_parse_bool("TRITON_INTERPRET", env.get("TRITON_INTERPRET"), False)),
     )
     platform = PlatformConfig(
-        platform=_parse_choice("FASTDIT_PLATFORM", env.get("FASTDIT_PLATFORM"), PLATFORM_NAMES, None),
+        platform=_parse_choice("FASTDIT_PLATFORM", env.get("FASTDIT_PLATFORM"), PLATFORM_NAMES, None, "platform"),
         vae_autotune=_parse_bool("FASTDIT_VAE_AUTOTUNE", env.get("FASTDIT_VAE_AUTOTUNE"), None),
     )
     memory = MemoryConfig(ffn_chunk_tokens=_parse_int(
-        "FASTDIT_FFN_CHUNK_TOKENS", env.get("FASTDIT_FFN_CHUNK_TOKENS"), MemoryConfig.ffn_chunk_tokens, minimum=0))
+        "FASTDIT_FFN_CHUNK_TOKENS", env.get("FASTDIT_FFN_CHUNK_TOKENS"), MemoryConfig.ffn_chunk_tokens, minimum=0,
+        setting="ffn_chunk_tokens"))
     return EngineConfig(kernel=kernel, platform=platform, memory=memory,
                         log_level=env.get("FASTDIT_LOG_LEVEL", "INFO").strip().upper() or "INFO")
 

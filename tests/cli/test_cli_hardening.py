@@ -400,11 +400,11 @@ def env_config(monkeypatch, fresh_config):
 @pytest.mark.parametrize("name, value, words", [
     ("FASTDIT_STRICT_OPS", "maybe", "FASTDIT_STRICT_OPS: expected 1/0/true/false, got 'maybe'"),
     ("FASTDIT_OP_PROVIDERS", "=x", "FASTDIT_OP_PROVIDERS: cannot parse '=x'"),
-    ("FASTDIT_ATTENTION_BACKEND", "garbage", "FASTDIT_ATTENTION_BACKEND: expected one of auto"),
+    ("FASTDIT_ATTENTION_BACKEND", "garbage", "FASTDIT_ATTENTION_BACKEND: attention_backend must be one of auto"),
     ("FASTDIT_FFN_CHUNK_TOKENS", "abc", "FASTDIT_FFN_CHUNK_TOKENS: expected an integer, got 'abc'"),
-    ("FASTDIT_FFN_CHUNK_TOKENS", "-1", "FASTDIT_FFN_CHUNK_TOKENS: expected an integer >= 0, got '-1'"),
+    ("FASTDIT_FFN_CHUNK_TOKENS", "-1", "FASTDIT_FFN_CHUNK_TOKENS: ffn_chunk_tokens must be an integer >= 0, got '-1'"),
     ("FASTDIT_VAE_AUTOTUNE", "perhaps", "FASTDIT_VAE_AUTOTUNE: expected 1/0/true/false"),
-    ("FASTDIT_PLATFORM", "garbage", "FASTDIT_PLATFORM: expected one of rocm, cuda"),
+    ("FASTDIT_PLATFORM", "garbage", "FASTDIT_PLATFORM: platform must be one of rocm, cuda"),
 ])
 @pytest.mark.parametrize("command", ["generate", "ops"])
 def test_d15_bad_environment_values(t2v, outdir, capsys, env_config, name, value, words, command):
@@ -552,3 +552,10 @@ def test_internal_errors_are_one_line_and_verbose_shows_the_traceback(capsys):
     finally:
         cli.COMMANDS.remove(add_boom)
     assert isinstance(cli.build_parser(), argparse.ArgumentParser)
+
+
+def test_config_knows_the_platform_names():
+    """config.py checks FASTDIT_PLATFORM without importing the platforms: the same names."""
+    from fastdit import config, platforms
+
+    assert config.PLATFORM_NAMES == platforms.PLATFORM_NAMES
