@@ -36,7 +36,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
+from fastdit.errors import ConfigError
+
 ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
+# the names fastdit.platforms registers (kept here: the config must not import the platforms)
+PLATFORM_NAMES = ("rocm", "cuda", "musa", "npu", "xpu", "mps", "cpu")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -142,7 +146,7 @@ def parse_op_providers(text: str) -> tuple[dict[str, tuple[str, ...]], tuple[str
         if "=" in item:
             op, _, provider = (s.strip() for s in item.partition("="))
             if not op or not provider:
-                raise ValueError(f"FASTDIT_OP_PROVIDERS: cannot parse {item!r} (want op=provider)")
+                raise ConfigError(f"FASTDIT_OP_PROVIDERS: cannot parse {item!r} (want op=provider)")
             per_op[op] = per_op.get(op, ()) + (provider,)
         else:
             default.append(item)
@@ -157,16 +161,30 @@ def _parse_bool(name: str, value: str | None, default: bool | None) -> bool | No
         return True
     if lowered in _FALSE:
         return False
-    raise ValueError(f"{name}: expected 1/0/true/false, got {value!r}")
+    raise ConfigError(f"{name}: expected 1/0/true/false, got {value!r}")
 
 
-def _parse_int(name: str, value: str | None, default: int) -> int:
+def _parse_int(name: str, value: str | None, default: int, minimum: int | None = None, setting: str = "") -> int:
     if value is None or not value.strip():
         return default
     try:
-        return int(value.strip())
+        number = int(value.strip())
     except ValueError:
-        raise ValueError(f"{name}: expected an integer, got {value!r}") from None
+        raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{name}: {setting or 'the value'} must be an integer >= {minimum}, got {value!r}")
+    return number
+
+
+def _parse_choice(name: str, value: str | None, choices: tuple[str, ...], default: str | None,
+                  setting: str) -> str | None:
+    """``value`` lower-cased, which must be one of ``choices`` (unset or empty: ``default``)."""
+    lowered = (value or "").strip().lower()
+    if not lowered:
+        return default
+    if lowered not in choices:
+        raise ConfigError(f"{name}: {setting} must be one of {', '.join(choices)}, got {value!r}")
+    return lowered
 
 
 def config_from_env(environ: Mapping[str, str] | None = None) -> EngineConfig:
@@ -177,15 +195,17 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> EngineConfig:
         op_providers=per_op,
         default_providers=default,
         strict=bool(_parse_bool("FASTDIT_STRICT_OPS", env.get("FASTDIT_STRICT_OPS"), False)),
-        attention_backend=env.get("FASTDIT_ATTENTION_BACKEND", "auto").strip().lower() or "auto",
+        attention_backend=_parse_choice("FASTDIT_ATTENTION_BACKEND", env.get("FASTDIT_ATTENTION_BACKEND"),
+                                        ATTENTION_BACKENDS, "auto", "attention_backend"),
         triton_interpret=bool(_parse_bool("TRITON_INTERPRET", env.get("TRITON_INTERPRET"), False)),
     )
     platform = PlatformConfig(
-        platform=(env.get("FASTDIT_PLATFORM") or "").strip().lower() or None,
+        platform=_parse_choice("FASTDIT_PLATFORM", env.get("FASTDIT_PLATFORM"), PLATFORM_NAMES, None, "platform"),
         vae_autotune=_parse_bool("FASTDIT_VAE_AUTOTUNE", env.get("FASTDIT_VAE_AUTOTUNE"), None),
     )
     memory = MemoryConfig(ffn_chunk_tokens=_parse_int(
-        "FASTDIT_FFN_CHUNK_TOKENS", env.get("FASTDIT_FFN_CHUNK_TOKENS"), MemoryConfig.ffn_chunk_tokens))
+        "FASTDIT_FFN_CHUNK_TOKENS", env.get("FASTDIT_FFN_CHUNK_TOKENS"), MemoryConfig.ffn_chunk_tokens, minimum=0,
+        setting="ffn_chunk_tokens"))
     return EngineConfig(kernel=kernel, platform=platform, memory=memory,
                         log_level=env.get("FASTDIT_LOG_LEVEL", "INFO").strip().upper() or "INFO")
 
@@ -223,6 +243,14 @@ def set_config(config: EngineConfig) -> None:
     if not isinstance(config, EngineConfig):
         raise TypeError(f"set_config takes an EngineConfig, got {type(config).__name__}")
     _config = config
+    _generation += 1
+
+
+def reset_config() -> None:
+    """Forget the process-wide configuration: the next :func:`get_config` reads the environment
+    again (tests that change ``FASTDIT_*`` variables use this)."""
+    global _config, _generation
+    _config = None
     _generation += 1
 
 

@@ -99,7 +99,7 @@ BAD = {
     "corrupt-weights": ("t2v", [], "corrupt weights file", _corrupt_weights),
     "bad-model-index": ("t2v", [], "cannot parse", _bad_model_index),
     "device": ("t2v", ["--device", "warp-drive"], "unknown device", None),
-    "fps": ("t2v", ["--fps", "0"], "--fps must be at least 1", None),
+    "fps": ("t2v", ["--fps", "0"], "--fps must be between 1 and 1000", None),
 }
 
 

@@ -1,28 +1,29 @@
 """``fastdit generate``.
 
-Every check a user can fail (sizes, frames, steps, guidance, model folder, weights headers,
-image, output path) runs before the model is loaded; the video is written to a temporary
-file and renamed at the end, so an error or Ctrl-C leaves no partial output.
+Every check a user can fail runs before the model is loaded: the output paths
+(:mod:`fastdit.cli.output`), the device and dtype, the model folder (JSON values, weight
+headers, every component's tensor names and shapes), the image, every request value, and the
+size of the request against the model's range and an estimate of its time and memory on the
+device (``--force`` skips that last one). The video and frames are written to hidden
+temporaries and published together at the end, so an error, Ctrl-C or SIGTERM leaves no
+partial output and an existing video untouched.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
+import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from fastdit.cli import UsageError
-from fastdit.pipelines.result import _umask
+from fastdit.errors import DeviceError, ImageError, InputError, first_line
 
 log = logging.getLogger("fastdit")
 
-DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
-          "half": "float16", "fp32": "float32", "float32": "float32", "float": "float32"}
+DTYPE_CHOICES = ("bf16", "bfloat16", "fp16", "float16", "half", "fp32", "float32", "float")
 
 
 # ---------------------------------------------------------------------------------------
@@ -34,7 +35,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                                    "sizes, frames, steps and guidance come from the model's defaults.")
     p.add_argument("--model", required=True, help="model folder (diffusers format) or Hub id")
     p.add_argument("--prompt", required=True, help="what the video shows")
-    p.add_argument("--negative-prompt", default=None, help="what it should not show")
+    p.add_argument("--negative-prompt", default=None, help="what it should not show (used with guidance)")
     p.add_argument("--image", default=None, help="first frame for image-to-video models (I2V, TI2V)")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
@@ -43,73 +44,23 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance-scale", type=float, default=None, help="<= 1 turns guidance off")
     p.add_argument("--guidance-scale-2", type=float, default=None,
                    help="guidance of the low-noise expert (Wan2.2 A14B)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-sequence-length", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0, help="an integer in [-2^63, 2^64)")
+    p.add_argument("--max-sequence-length", type=int, default=512, help="text tokens (at most 512)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: this machine's GPU)")
-    p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+    p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
                    help="default: bf16 on a GPU, fp32 on the CPU")
     p.add_argument("--scheduler", default="unipc", choices=("unipc", "euler"))
     p.add_argument("--flow-shift", type=float, default=None, help="override the checkpoint's flow shift")
     p.add_argument("--offload", default="auto", choices=("auto", "none", "experts", "model"),
                    help="keep idle components in CPU memory (auto: when the GPU is short of memory)")
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory)")
-    p.add_argument("--fps", type=int, default=None, help="default: the model's")
-    p.add_argument("--output", "-o", required=True, help="the video to write (.mp4)")
+    p.add_argument("--fps", type=int, default=None, help="1 to 1000 (default: the model's)")
+    p.add_argument("--output", "-o", required=True, help="the video to write (.mp4, .mov, .mkv)")
     p.add_argument("--save-frames", default=None, metavar="DIR", help="also write the frames as PNGs")
+    p.add_argument("--force", action="store_true",
+                   help="run a request beyond the model's range or the device estimate of time and memory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
-
-
-def _check_output(path: Path) -> Path:
-    from fastdit.pipelines.result import VIDEO_SUFFIXES
-
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise UsageError(f"output must end in {', '.join(VIDEO_SUFFIXES)}: {path}")
-    if path.is_dir():
-        raise UsageError(f"output {path} is a folder")
-    _check_writable_dir(path.parent, what=f"output {path}")
-    return path
-
-
-def _check_writable_dir(folder: Path, what: str) -> None:
-    folder = folder if str(folder) else Path(".")
-    if not folder.exists():
-        raise UsageError(f"cannot write {what}: folder {folder} does not exist")
-    if not folder.is_dir():
-        raise UsageError(f"cannot write {what}: {folder} is not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".fastdit-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UsageError(f"cannot write {what}: {exc.strerror or exc}") from None
-
-
-def _check_frames_dir(folder: Path) -> Path:
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"--save-frames {folder} exists and is not a folder")
-    _check_writable_dir(folder if folder.exists() else folder.parent, what=f"frames to {folder}")
-    return folder
-
-
-def _parse_device(text: str | None):
-    import torch
-
-    if text is None:
-        return None
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"unknown device {text!r} (try cuda, cuda:0 or cpu)") from None
-    if device.type != "cpu":
-        backend = getattr(torch, device.type, None)
-        available = getattr(backend, "is_available", lambda: False)
-        if not available():
-            raise UsageError(f"device {text!r} is not available on this machine")
-        count = getattr(backend, "device_count", lambda: 1)()
-        if device.index is not None and device.index >= count:
-            raise UsageError(f"device {text!r} does not exist (this machine has {count})")
-    return device
 
 
 def _quiet_libraries(verbose: bool) -> None:
@@ -133,45 +84,55 @@ def request_from_args(args: argparse.Namespace, image=None):
         prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, height=args.height,
         width=args.width, num_frames=args.num_frames, num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale, guidance_scale_2=args.guidance_scale_2, seed=args.seed,
-        max_sequence_length=args.max_sequence_length, fps=args.fps)
+        max_sequence_length=args.max_sequence_length, fps=args.fps, force=args.force)
+
+
+def read_image(text: str):
+    """The ``--image`` file as RGB; :class:`ImageError` naming the file."""
+    from fastdit.pipelines.stages import load_image
+
+    try:
+        return load_image(text)
+    except FileNotFoundError:
+        raise ImageError(f"cannot read image {text}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"cannot read image {text}: {first_line(exc)}") from None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
+    """The command; a user error's message names the CLI flags, not the API's arguments."""
+    try:
+        return _generate(args)
+    except (InputError, DeviceError) as exc:
+        if isinstance(exc, ImageError):  # names a file: leave its words alone
+            raise
+        raise _with_cli_words(exc) from None
 
-    from fastdit.errors import InputError, first_line
+
+def _generate(args: argparse.Namespace) -> int:
+    from fastdit.cli.output import check_frames_dir, check_output, write_outputs
+    from fastdit.pipelines.limits import device_budget
+    from fastdit.pipelines.loading import check_flow_shift, resolve_device, resolve_dtype
+    from fastdit.pipelines.preflight import check_components
     from fastdit.pipelines.request import resolve_request
     from fastdit.pipelines.spec import inspect_model
-    from fastdit.pipelines.stages import load_image
 
     # 1. Everything that can be checked without loading the model.
-    output = _check_output(Path(args.output))
-    frames_dir = _check_frames_dir(Path(args.save_frames)) if args.save_frames else None
-    if args.fps is not None and args.fps < 1:
-        raise UsageError(f"--fps must be at least 1, got {args.fps}")
-    if args.flow_shift is not None and args.flow_shift <= 0:
-        raise UsageError(f"--flow-shift must be positive, got {args.flow_shift}")
-    device = _parse_device(args.device)
-    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
-    if device is not None and device.type == "cpu" and dtype is torch.float16:
-        raise UsageError("fp16 is not supported on the CPU (use fp32 or bf16)")
-    spec = inspect_model(args.model)
-    image = None
-    if args.image is not None:
-        try:
-            image = load_image(args.image)
-        except FileNotFoundError:
-            raise UsageError(f"cannot read image {args.image}: no such file") from None
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read image {args.image}: {first_line(exc)}") from None
+    output = check_output(args.output)
+    frames_dir = check_frames_dir(args.save_frames, output) if args.save_frames is not None else None
+    if args.flow_shift is not None:
+        check_flow_shift(args.flow_shift)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    spec = inspect_model(args.model)  # JSON values and weight headers
+    spec.device_budget = device_budget(spec, device, dtype, offload=args.offload, vae_tiling=args.vae_tiling)
+    image = read_image(args.image) if args.image is not None else None
     request = request_from_args(args, image)
-    try:
-        resolved = resolve_request(spec, request)
-    except InputError as exc:
-        raise UsageError(_cli_words(str(exc))) from None
+    resolved = resolve_request(spec, request, notify=None)  # errors now; notices when it runs
+    _quiet_libraries(args.verbose)  # the component checks build the libraries' models (on meta)
+    check_components(spec)  # every tensor name and shape
 
     # 2. Load and generate.
-    _quiet_libraries(args.verbose)
     from fastdit.pipelines.wan import WanVideoPipeline
 
     log.info("loading %s", spec.describe())
@@ -181,54 +142,47 @@ def cmd_generate(args: argparse.Namespace) -> int:
     log.info("loaded in %.1f s on %s (%s); generating %d frames at %dx%d, %d steps",
              pipe.load_seconds, pipe.device, str(pipe.dtype).replace("torch.", ""), resolved.num_frames,
              resolved.width, resolved.height, resolved.num_inference_steps)
-    try:
-        result = pipe.run(request, progress=not args.no_progress)
-    except InputError as exc:
-        raise UsageError(_cli_words(str(exc))) from None
+    result = pipe.run(request, progress=not args.no_progress)
 
-    # 3. Write (temporary names, renamed at the end).
-    fps = result.fps
+    # 3. Write (hidden temporaries, published together at the end).
+    fps = result.video_fps()
     start = time.perf_counter()
-    result.save(output, fps=fps)
-    if frames_dir is not None:
-        _save_frames_atomically(result, frames_dir)
-    write_seconds = time.perf_counter() - start
-    _print_summary(pipe, result, output, fps, frames_dir, write_seconds)
+    write_outputs(result.frames, output, fps, frames_dir)
+    _print_summary(pipe, result, output, fps, frames_dir, time.perf_counter() - start,
+                   default_fps=args.fps is None)
     return 0
 
 
+# API argument -> CLI flag, in the messages of user errors
+CLI_WORDS = (("num_inference_steps", "--steps"), ("num_frames", "--num-frames"),
+             ("guidance_scale_2", "--guidance-scale-2"), ("guidance_scale", "--guidance-scale"),
+             ("max_sequence_length", "--max-sequence-length"), ("negative_prompt", "--negative-prompt"),
+             ("prompt", "--prompt"), ("height", "--height"), ("width", "--width"), ("seed", "--seed"),
+             ("fps", "--fps"), ("flow_shift", "--flow-shift"), ("dtype", "--dtype"),
+             ("force=True", "--force"))
+
+
 def _cli_words(message: str) -> str:
-    """Name the CLI flags in messages written for the Python API."""
-    for api, flag in (("num_inference_steps", "--steps"), ("num_frames", "--num-frames"),
-                      ("guidance_scale_2", "--guidance-scale-2"), ("guidance_scale", "--guidance-scale"),
-                      ("max_sequence_length", "--max-sequence-length"), ("height", "--height"),
-                      ("width", "--width"), ("an image is required", "an image is required (--image)")):
-        message = message.replace(api, flag)
-    return message
+    """Name the CLI flags in messages written for the Python API (whole words only)."""
+    for api, flag in CLI_WORDS:
+        message = re.sub(rf"(?<![\w-]){re.escape(api)}(?![\w=])" if "=" not in api else re.escape(api),
+                         flag, message)
+    return message.replace("an image is required", "an image is required (--image)")
 
 
-def _save_frames_atomically(result, frames_dir: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{frames_dir.name}.partial-", dir=frames_dir.parent))
+def _with_cli_words(exc: InputError | DeviceError) -> InputError | DeviceError:
     try:
-        tmp.chmod(0o777 & ~_umask())
-        result.save_frames(tmp)
-        if frames_dir.exists():
-            for old in frames_dir.glob("frame_*.png"):
-                old.unlink()
-            for new in tmp.iterdir():
-                os.replace(new, frames_dir / new.name)
-            tmp.rmdir()
-        else:
-            os.replace(tmp, frames_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return type(exc)(_cli_words(str(exc)))
+    except TypeError:  # an error type with another constructor
+        return UsageError(_cli_words(str(exc)))
 
 
-def _print_summary(pipe, result, output: Path, fps: int, frames_dir, write_seconds: float) -> None:
+def _print_summary(pipe, result, output: Path, fps, frames_dir, write_seconds: float,
+                   default_fps: bool = False) -> None:
     t = result.timings
     frames = result.frames
-    print(f"wrote {output}: {frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, {fps} fps"
+    rate = f"{fps:g} fps" + (" (the model's default)" if default_fps else "")
+    print(f"wrote {output}: {frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, {rate}"
           + (f"; frames in {frames_dir}/" if frames_dir else ""))
     stages = [("load", pipe.load_seconds or 0.0)] + [(k, t[k]) for k in ("text", "image", "latents") if k in t]
     stages += [("denoise", t["denoise"]), ("decode", t.get("decode", 0.0)), ("write", write_seconds)]

@@ -3,6 +3,10 @@ and the choice of what stays in device memory.
 
     pipe = fastdit.load(path, device="cuda", dtype=torch.bfloat16, offload="auto")
 
+Before any weights load, the device and dtype are checked (:func:`resolve_device`,
+:func:`resolve_dtype`: :class:`~fastdit.errors.DeviceError`), and, with ``check_files``, the
+folder's JSON files, weight headers and every component's tensor names and shapes
+(:func:`~fastdit.pipelines.spec.inspect_model`, :func:`~fastdit.pipelines.preflight.check_components`).
 Every failure while reading a component becomes one :class:`~fastdit.errors.ModelFolderError`
 line naming the component; only I/O and format errors are wrapped (a bug keeps its traceback).
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -19,7 +24,7 @@ from typing import Any
 
 import torch
 
-from fastdit.errors import CheckpointError, ModelFolderError, first_line
+from fastdit.errors import CheckpointError, DeviceError, ModelFolderError, first_line, is_out_of_memory
 from fastdit.pipelines.spec import ModelSpec, inspect_model
 from fastdit.schedulers.unipc import FlowUniPCScheduler
 
@@ -27,6 +32,10 @@ log = logging.getLogger("fastdit.pipelines")
 
 SCHEDULERS = ("unipc", "euler")
 OFFLOAD_MODES = ("auto", "none", "experts", "model")
+#: dtype names the CLI and ``load(dtype=...)`` accept
+DTYPE_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+               "float16": torch.float16, "half": torch.float16, "fp32": torch.float32,
+               "float32": torch.float32, "float": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,10 @@ class LoadOptions:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.offload not in OFFLOAD_MODES:
             raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {self.offload!r}")
+        if self.flow_shift is not None:
+            object.__setattr__(self, "flow_shift", check_flow_shift(self.flow_shift))
+        if self.vae_dtype is not None:
+            object.__setattr__(self, "vae_dtype", resolve_dtype(self.vae_dtype, None, name="vae_dtype"))
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "LoadOptions":
@@ -61,6 +74,19 @@ class LoadOptions:
             raise TypeError(f"fastdit.load: unknown option(s) {', '.join(unknown)}; "
                             f"known: {', '.join(sorted(known))}")
         return cls(**kwargs)
+
+
+def check_flow_shift(value: Any) -> float:
+    """A positive finite flow shift (nan, inf or <= 0 give an all-NaN video)."""
+    from fastdit.errors import InputError
+
+    try:
+        shift = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"flow_shift must be a number, got {value!r}") from None
+    if not math.isfinite(shift) or shift <= 0:
+        raise InputError(f"flow_shift must be a positive finite number, got {value!r}")
+    return shift
 
 
 def _dtype_kw(dtype: torch.dtype) -> dict[str, Any]:
@@ -92,8 +118,23 @@ def _loading(spec: ModelSpec, component: str):
     except (KeyboardInterrupt, MemoryError, torch.OutOfMemoryError):
         raise
     except Exception as exc:
+        if is_out_of_memory(exc):  # the machine's limit, not the folder's fault
+            raise
         raise ModelFolderError(f"cannot load {component} from {spec.root / component}: "
                                f"{first_line(exc)}") from exc
+
+
+def _reject_missing(info: dict[str, Any] | None) -> None:
+    """The library's own loading report: a missing or mis-shaped tensor would be random."""
+    info = info or {}
+    missing = list(info.get("missing_keys") or [])
+    mismatched = list(info.get("mismatched_keys") or [])
+    if missing:
+        shown = ", ".join(repr(k) for k in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CheckpointError(f"its weights lack tensor(s) {shown}")  # _loading names the component
+    if mismatched:
+        first = mismatched[0][0] if isinstance(mismatched[0], (tuple, list)) else mismatched[0]
+        raise CheckpointError(f"tensor {first!r} does not have the shape its config.json expects")
 
 
 def load_transformer(spec: ModelSpec, subfolder: str, device: torch.device, dtype: torch.dtype):
@@ -134,18 +175,66 @@ def make_scheduler(spec: ModelSpec, kind: str = "unipc", flow_shift: float | Non
 
 
 def default_device() -> torch.device:
+    """This machine's device (the platform's: a forced ``FASTDIT_PLATFORM`` whose device is
+    missing is a :class:`DeviceError`)."""
     from fastdit.platforms import current_platform
 
-    return current_platform().device()
+    platform = current_platform()
+    try:
+        return platform.device()
+    except (RuntimeError, AssertionError) as exc:
+        raise DeviceError(f"the {platform.name} platform (FASTDIT_PLATFORM) has no usable device on this "
+                          f"machine: {first_line(exc)}") from None
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
     """The device to run on: as given (``cuda`` resolved to the current index), else this
-    machine's GPU, else the CPU."""
-    device = torch.device(device) if device is not None else default_device()
-    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+    machine's GPU, else the CPU. An unknown or unavailable device is a :class:`DeviceError`."""
+    if device is None:
+        device = default_device()
+        given = str(device)
+    elif isinstance(device, (str, torch.device)):
+        given = str(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise DeviceError(f"unknown device {given!r} (try cuda, cuda:0 or cpu)") from None
+    else:
+        raise DeviceError(f"device must be a string or a torch.device, got {type(device).__name__}")
+    if device.type != "cpu":
+        backend = getattr(torch, device.type, None)
+        available = getattr(backend, "is_available", None)
+        try:
+            ok = bool(available()) if callable(available) else False
+        except (RuntimeError, AssertionError):
+            ok = False
+        if not ok:
+            raise DeviceError(f"device {given!r} is not available on this machine")
+        count = getattr(backend, "device_count", lambda: 1)()
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"device {given!r} does not exist (this machine has {count})")
+    if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device | None, *,
+                  name: str = "dtype") -> torch.dtype:
+    """A floating-point dtype (a ``torch.dtype`` or a name such as ``"bf16"``); None: bf16 on a
+    GPU, fp32 on the CPU. fp16 on the CPU is refused (:class:`DeviceError`), as in the CLI."""
+    if dtype is None:
+        return torch.float32 if device is None or device.type == "cpu" else torch.bfloat16
+    if isinstance(dtype, str):
+        if dtype.lower() not in DTYPE_NAMES:
+            raise DeviceError(f"{name} must be one of {', '.join(DTYPE_NAMES)} or a torch dtype, got {dtype!r}")
+        dtype = DTYPE_NAMES[dtype.lower()]
+    if not isinstance(dtype, torch.dtype):
+        raise DeviceError(f"{name} must be a torch dtype or a name such as 'bf16', got {type(dtype).__name__}")
+    if not dtype.is_floating_point or dtype.itemsize < 2:
+        raise DeviceError(f"{name} must be a floating-point dtype (float32, bfloat16, float16), got {dtype}")
+    if device is not None and device.type == "cpu" and dtype == torch.float16:
+        raise DeviceError(f"{name} float16 is not supported on the CPU (use float32 or bfloat16)")
+    return dtype
 
 
 def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device | str | None,
@@ -154,13 +243,18 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
     defaults to bf16 on a GPU and fp32 on the CPU."""
     from transformers import AutoTokenizer, UMT5EncoderModel
 
+    from fastdit.pipelines.limits import device_budget
+    from fastdit.pipelines.preflight import check_components
     from fastdit.platforms import current_platform
 
     start = time.perf_counter()
-    spec = path if isinstance(path, ModelSpec) else inspect_model(path, check_files=options.check_files)
     device = resolve_device(device)
-    if dtype is None:
-        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    dtype = resolve_dtype(dtype, device)
+    spec = path if isinstance(path, ModelSpec) else inspect_model(path, check_files=options.check_files)
+    if options.check_files:
+        check_components(spec)  # every tensor name and shape, before any weights load
+    spec.device_budget = device_budget(spec, device, dtype, offload=options.offload,
+                                       vae_tiling=options.vae_tiling)
     offload = options.offload
     if offload == "auto":
         offload = _auto_offload(spec, device, dtype)
@@ -171,8 +265,9 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
         tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
     place = {} if home.type == "cpu" else {"device_map": {"": home}}  # straight to the GPU
     with _loading(spec, "text_encoder"):
-        text_encoder = UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder", **_dtype_kw(dtype),
-                                                        **place)
+        text_encoder, info = UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder", **_dtype_kw(dtype),
+                                                              output_loading_info=True, **place)
+        _reject_missing(info)
         text_encoder.to(home).eval()
     image_encoder = image_processor = None
     if spec.has_clip:
@@ -180,8 +275,9 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
     with _loading(spec, "vae"):
         from diffusers import AutoencoderKLWan
 
-        vae = AutoencoderKLWan.from_pretrained(root, subfolder="vae",
-                                               **diffusers_dtype_kw(options.vae_dtype or dtype))
+        vae, info = AutoencoderKLWan.from_pretrained(root, subfolder="vae", output_loading_info=True,
+                                                     **diffusers_dtype_kw(options.vae_dtype or dtype))
+        _reject_missing(info)
         vae.to(device).eval()
         if options.vae_tiling:
             vae.enable_tiling()
@@ -214,8 +310,9 @@ def _load_clip(spec: ModelSpec, dtype: torch.dtype, home: torch.device, place: d
         processor_cls = getattr(transformers, entry[1], transformers.CLIPImageProcessor)
         image_processor = processor_cls.from_pretrained(root, subfolder="image_processor")
     with _loading(spec, "image_encoder"):
-        image_encoder = CLIPVisionModel.from_pretrained(root, subfolder="image_encoder", **_dtype_kw(dtype),
-                                                        **place)
+        image_encoder, info = CLIPVisionModel.from_pretrained(root, subfolder="image_encoder", **_dtype_kw(dtype),
+                                                              output_loading_info=True, **place)
+        _reject_missing(info)
         image_encoder.to(home).eval()
     return image_processor, image_encoder
 

@@ -3,19 +3,32 @@ every default filled in and every value checked (:class:`ResolvedRequest`).
 
 The CLI, the Python API and the server all build a ``GenerationRequest`` and resolve it with
 :func:`resolve_request` against the model's :class:`~fastdit.pipelines.spec.ModelSpec` before
-anything heavy is loaded, so one set of checks and messages serves every front end.
+anything heavy is loaded, so one set of checks and messages serves every front end. Every
+number must be finite and in range; sizes are bounded by the model's range and, when the spec
+knows its device (:attr:`ModelSpec.device_budget`), by an estimate of time and memory
+(:mod:`fastdit.pipelines.limits`); ``force=True`` skips those size limits.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any
+import logging
+import math
+import numbers
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from fastdit.errors import InputError
-from fastdit.pipelines.spec import ModelSpec
+from fastdit.pipelines.spec import MAX_FPS, ModelSpec
+
+log = logging.getLogger("fastdit.pipelines")
 
 OUTPUT_TYPES = ("np", "pt", "latent")
+#: Wan's text encoder is used with 512 tokens; longer sequences only cost memory.
+MAX_SEQUENCE_LENGTH = 512
+#: torch.Generator.manual_seed takes [-2^63, 2^64) (negative seeds wrap around).
+SEED_RANGE = (-(2**63), 2**64)
 
 
 @dataclass(frozen=True)
@@ -23,8 +36,9 @@ class GenerationRequest:
     """One video to generate. ``None`` means the model's default.
 
     ``image``: a PIL image, a path or an array (I2V: required; TI2V-5B: optional). ``seed``:
-    an integer (None draws a random one, recorded in the result). ``output_type``: ``"np"``
-    (float32 ``[F, H, W, 3]`` in [0, 1]), ``"pt"`` (``[F, 3, H, W]``) or ``"latent"``.
+    an integer in [-2^63, 2^64) (None draws a random one, recorded in the result).
+    ``output_type``: ``"np"`` (float32 ``[F, H, W, 3]`` in [0, 1]), ``"pt"`` (``[F, 3, H, W]``)
+    or ``"latent"``. ``force``: run a request beyond the model's range or the device estimate.
     """
 
     prompt: str
@@ -40,6 +54,7 @@ class GenerationRequest:
     max_sequence_length: int = 512
     fps: int | None = None
     output_type: str = "np"
+    force: bool = False
 
     def replace(self, **changes: Any) -> "GenerationRequest":
         return dataclasses.replace(self, **changes)
@@ -47,7 +62,10 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class ResolvedRequest:
-    """A generation request with every default resolved and every value checked."""
+    """A generation request with every default resolved and every value checked.
+
+    ``notices``: what the user may not expect (a negative prompt that guidance does not use,
+    a long run), already logged by :func:`resolve_request`."""
 
     height: int
     width: int
@@ -57,6 +75,7 @@ class ResolvedRequest:
     guidance_scale_2: float | None
     max_sequence_length: int
     fps: int
+    notices: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def guided(self) -> bool:
@@ -64,54 +83,128 @@ class ResolvedRequest:
         return self.guidance_scale > 1.0
 
 
-def _as_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
-            isinstance(value, float) and value.is_integer()):
+# ---------------------------------------------------------------------------------------
+# Values
+# ---------------------------------------------------------------------------------------
+def as_int(name: str, value: Any) -> int:
+    """An integer: ``int``, numpy/torch integers (0-d tensors too) or an integral float."""
+    if isinstance(value, bool):
         raise InputError(f"{name} must be an integer, got {value!r}")
-    return int(value)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise InputError(f"{name} must be an integer, got {value!r}")
+        return int(value)
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    item = getattr(value, "item", None)  # a 0-d integer tensor or array
+    if callable(item) and getattr(value, "ndim", None) == 0:
+        inner = item()
+        if isinstance(inner, numbers.Integral) and not isinstance(inner, bool):
+            return int(inner)
+    raise InputError(f"{name} must be an integer, got {value!r}")
 
 
-def _as_float(name: str, value: Any) -> float:
+def as_float(name: str, value: Any) -> float:
+    """A finite number."""
     try:
         out = float(value)
     except (TypeError, ValueError):
         raise InputError(f"{name} must be a number, got {value!r}") from None
-    if out != out or out in (float("inf"), float("-inf")):
+    if not math.isfinite(out):
         raise InputError(f"{name} must be a finite number, got {value!r}")
     return out
 
 
+def check_seed(seed: Any) -> None:
+    """``seed``: None, a ``torch.Generator``, or an integer in :data:`SEED_RANGE`."""
+    if seed is None or type(seed).__name__ == "Generator":
+        return
+    value = as_int("seed", seed)
+    lo, hi = SEED_RANGE
+    if not lo <= value < hi:
+        raise InputError(f"seed must be an integer in [-2^63, 2^64), got {value}")
+
+
+def check_fps(fps: Any, name: str = "fps") -> int:
+    value = as_int(name, fps)
+    if not 1 <= value <= MAX_FPS:
+        raise InputError(f"{name} must be between 1 and {MAX_FPS}, got {value}")
+    return value
+
+
+def _check_text(name: str, text: Any) -> None:
+    if not isinstance(text, str):
+        raise InputError(f"{name} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates: bytes that were not UTF-8 (argv, files)
+        raise InputError(f"{name} is not valid UTF-8 (character {exc.start}: {text[exc.start]!r})") from None
+
+
 def check_texts(request: GenerationRequest) -> None:
-    """The prompt and negative prompt are strings; the output type is known."""
-    if not isinstance(request.prompt, str):
-        raise InputError(f"prompt must be a string, got {type(request.prompt).__name__}")
-    if request.negative_prompt is not None and not isinstance(request.negative_prompt, str):
-        raise InputError(f"negative_prompt must be a string, got {type(request.negative_prompt).__name__}")
+    """The prompt and negative prompt are valid strings; the output type is known."""
+    _check_text("prompt", request.prompt)
+    if request.negative_prompt is not None:
+        _check_text("negative_prompt", request.negative_prompt)
     if request.output_type not in OUTPUT_TYPES:
         raise InputError(f"output_type must be 'np', 'pt' or 'latent', got {request.output_type!r}")
 
 
+# ---------------------------------------------------------------------------------------
+# Resolving
+# ---------------------------------------------------------------------------------------
 def resolve_request(spec: ModelSpec, request: GenerationRequest | None = None, *, height=None,
                     width=None, num_frames=None, num_inference_steps=None, guidance_scale=None,
                     guidance_scale_2=None, max_sequence_length=512, image=None,
-                    has_image: bool | None = None) -> ResolvedRequest:
-    """Fill in the model's defaults and check every value; raises :class:`InputError`.
+                    has_image: bool | None = None, seed: Any = 0, force: bool = False,
+                    notify: Callable[[str], None] | None = log.warning) -> ResolvedRequest:
+    """Fill in the model's defaults and check every value; raises :class:`InputError`
+    (:class:`~fastdit.errors.ResourceError` for a request too large, unless ``force``).
 
     Give a :class:`GenerationRequest`, or the fields as keywords (``has_image`` stands for an
-    image that was checked elsewhere).
+    image that was checked elsewhere). ``notify`` gets each notice (default: a log warning).
     """
+    negative_prompt = None
     if request is not None:
+        check_texts(request)
         height, width, num_frames = request.height, request.width, request.num_frames
         num_inference_steps, guidance_scale = request.num_inference_steps, request.guidance_scale
         guidance_scale_2, max_sequence_length = request.guidance_scale_2, request.max_sequence_length
-        image = request.image
+        image, seed, force, negative_prompt = request.image, request.seed, request.force, request.negative_prompt
     d = spec.defaults
-    height = _as_int("height", d.height if height is None else height)
-    width = _as_int("width", d.width if width is None else width)
-    num_frames = _as_int("num_frames", d.num_frames if num_frames is None else num_frames)
-    steps = _as_int("num_inference_steps", d.num_inference_steps if num_inference_steps is None
-                    else num_inference_steps)
-    seq = _as_int("max_sequence_length", max_sequence_length)
+    height = as_int("height", d.height if height is None else height)
+    width = as_int("width", d.width if width is None else width)
+    num_frames = as_int("num_frames", d.num_frames if num_frames is None else num_frames)
+    steps = as_int("num_inference_steps", d.num_inference_steps if num_inference_steps is None
+                   else num_inference_steps)
+    seq = as_int("max_sequence_length", max_sequence_length)
+    _check_sizes(spec, height, width, num_frames)
+    if steps < 1:
+        raise InputError(f"num_inference_steps must be at least 1, got {steps}")
+    if not 1 <= seq <= MAX_SEQUENCE_LENGTH:
+        raise InputError(f"max_sequence_length must be between 1 and {MAX_SEQUENCE_LENGTH}, got {seq}")
+    check_seed(seed)
+    g, g2 = _guidance(spec, guidance_scale, guidance_scale_2)
+    _check_image_mode(spec, (image is not None) if has_image is None else has_image)
+    fps = d.fps if request is None or request.fps is None else check_fps(request.fps)
+
+    notices: list[str] = []
+    if not force:
+        from fastdit.pipelines.limits import check_size
+
+        notices += check_size(spec, num_frames, height, width, steps, g > 1.0, seq, spec.device_budget)
+    if negative_prompt and g <= 1.0:
+        notices.append(f"guidance_scale {g:g} turns guidance off: the negative prompt is not used "
+                       "(guidance_scale > 1 uses it)")
+    if notify is not None:
+        for notice in notices:
+            notify(notice)
+    return ResolvedRequest(height, width, num_frames, steps, g, g2, seq, int(fps), tuple(notices))
+
+
+def _check_sizes(spec: ModelSpec, height: int, width: int, num_frames: int) -> None:
     m = spec.spatial_multiple
     for name, value in (("height", height), ("width", width)):
         if value <= 0 or value % m:
@@ -121,21 +214,13 @@ def resolve_request(spec: ModelSpec, request: GenerationRequest | None = None, *
         lo = max(1, (num_frames - 1) // st * st + 1)
         raise InputError(f"num_frames must be {st}k+1 (1, {1 + st}, {1 + 2 * st}, ..., 81), got {num_frames}"
                          f" (try {lo} or {lo + st})")
-    if steps < 1:
-        raise InputError(f"num_inference_steps must be at least 1, got {steps}")
-    if seq < 1:
-        raise InputError(f"max_sequence_length must be at least 1, got {seq}")
-    g, g2 = _guidance(spec, guidance_scale, guidance_scale_2)
 
-    has_image = (image is not None) if has_image is None else has_image
+
+def _check_image_mode(spec: ModelSpec, has_image: bool) -> None:
     if spec.image_mode == "required" and not has_image:
         raise InputError(f"{spec.name or 'this model'} is an image-to-video model: an image is required")
     if spec.image_mode == "none" and has_image:
         raise InputError(f"{spec.name or 'this model'} is a text-to-video model: it takes no image")
-    fps = d.fps if request is None or request.fps is None else _as_int("fps", request.fps)
-    if fps < 1:
-        raise InputError(f"fps must be at least 1, got {fps}")
-    return ResolvedRequest(height, width, num_frames, steps, g, g2, seq, int(fps))
 
 
 def _guidance(spec: ModelSpec, guidance_scale, guidance_scale_2) -> tuple[float, float | None]:
@@ -145,11 +230,11 @@ def _guidance(spec: ModelSpec, guidance_scale, guidance_scale_2) -> tuple[float,
         g2 = guidance_scale_2 if guidance_scale_2 is not None else d.guidance_scale_2
     else:
         g, g2 = guidance_scale, guidance_scale_2
-    g = _as_float("guidance_scale", g)
+    g = as_float("guidance_scale", g)
     if g < 0:
         raise InputError(f"guidance_scale must be >= 0 (1 or less turns guidance off), got {g}")
     if spec.two_experts:
-        g2 = g if g2 is None else _as_float("guidance_scale_2", g2)
+        g2 = g if g2 is None else as_float("guidance_scale_2", g2)
         if g2 < 0:
             raise InputError(f"guidance_scale_2 must be >= 0 (1 or less turns guidance off), got {g2}")
     elif guidance_scale_2 is not None:
