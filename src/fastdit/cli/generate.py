@@ -50,9 +50,20 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="default: bf16 on a GPU, fp32 on the CPU")
     p.add_argument("--scheduler", default="unipc", choices=("unipc", "euler"))
     p.add_argument("--flow-shift", type=float, default=None, help="override the checkpoint's flow shift")
-    p.add_argument("--offload", default="auto", choices=("auto", "none", "experts", "model"),
+    p.add_argument("--offload", default="auto", choices=("auto", "none", "experts", "model", "blocks"),
                    help="keep idle components in CPU memory (auto: when the GPU is short of memory)")
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory)")
+    # memory budget and low-memory runtime (fastdit.pipelines.memory, fastdit.runtime)
+    p.add_argument("--max-gpu-memory", default=None, metavar="SIZE",
+                   help="GPU memory budget (24GB, 16GiB): plan which transformer blocks stream from host "
+                        "memory, where the encoders run and whether the VAE tiles (default: free memory)")
+    p.add_argument("--weights", default="dense", choices=("dense", "fp8"),
+                   help="fp8: store the transformer blocks' weights in e4m3 with per-channel scales "
+                        "(half the memory and copies; changes the output slightly)")
+    p.add_argument("--text-encoder-device", default="auto", choices=("auto", "device", "cpu"),
+                   help="where the text (and CLIP) encoder runs; auto: the plan's choice")
+    p.add_argument("--prefetch", type=int, default=None, metavar="N",
+                   help="streamed blocks copied ahead of the one computing (default: the plan's)")
     p.add_argument("--fps", type=int, default=None, help="default: the model's")
     p.add_argument("--output", "-o", required=True, help="the video to write (.mp4)")
     p.add_argument("--save-frames", default=None, metavar="DIR", help="also write the frames as PNGs")
@@ -177,7 +188,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     log.info("loading %s", spec.describe())
     pipe = WanVideoPipeline.from_pretrained(spec, device=device, dtype=dtype, scheduler=args.scheduler,
                                             flow_shift=args.flow_shift, offload=args.offload,
-                                            vae_tiling=args.vae_tiling, check_files=False)
+                                            vae_tiling=args.vae_tiling, check_files=False,
+                                            **memory_options(args, resolved))
     log.info("loaded in %.1f s on %s (%s); generating %d frames at %dx%d, %d steps",
              pipe.load_seconds, pipe.device, str(pipe.dtype).replace("torch.", ""), resolved.num_frames,
              resolved.width, resolved.height, resolved.num_inference_steps)
@@ -195,6 +207,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     write_seconds = time.perf_counter() - start
     _print_summary(pipe, result, output, fps, frames_dir, write_seconds)
     return 0
+
+
+def memory_options(args: argparse.Namespace, resolved) -> dict:
+    """The memory flags as load options; the plan holds the requested video."""
+    return {"max_gpu_memory": args.max_gpu_memory, "weights": args.weights,
+            "text_encoder_device": args.text_encoder_device, "prefetch": args.prefetch,
+            "plan_video": (resolved.height, resolved.width, resolved.num_frames)}
 
 
 def _cli_words(message: str) -> str:
