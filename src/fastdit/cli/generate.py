@@ -54,7 +54,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="keep idle components in CPU memory (auto: when the GPU is short of memory)")
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory)")
     # memory budget and low-memory runtime (fastdit.pipelines.memory, fastdit.runtime)
-    p.add_argument("--max-gpu-memory", default=None, metavar="SIZE",
+    p.add_argument("--max-gpu-memory", default=None, metavar="SIZE", type=_budget,
                    help="GPU memory budget (24GB, 16GiB): plan which transformer blocks stream from host "
                         "memory, where the encoders run and whether the VAE tiles (default: free memory)")
     p.add_argument("--weights", default="dense", choices=("dense", "fp8"),
@@ -207,6 +207,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     write_seconds = time.perf_counter() - start
     _print_summary(pipe, result, output, fps, frames_dir, write_seconds)
     return 0
+
+
+def _budget(text: str) -> str:
+    """``--max-gpu-memory``: checked while parsing (one line, exit 2), passed on as given."""
+    from fastdit.errors import UserError
+    from fastdit.pipelines.memory import parse_size
+
+    try:
+        parse_size(text, "--max-gpu-memory")
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def memory_options(args: argparse.Namespace, resolved) -> dict:

@@ -33,11 +33,12 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fastdit.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where it is used: parsing a budget stays cheap (the CLI)
+    import torch
 
 log = logging.getLogger("fastdit.pipelines")
 
@@ -69,9 +70,12 @@ def parse_size(value: Any, what: str = "max_gpu_memory") -> int:
     else:
         match = _SIZE.match(value)
         unit = match.group(2).lower() if match else ""
-        if not match or unit not in _UNITS:
+        if match and float(match.group(1)) == 0:
+            size = 0
+        elif not match or unit not in _UNITS:
             raise UserError(f"{what} must be a size such as 24GB, 16GiB or 500MB, got {value!r}")
-        size = int(float(match.group(1)) * _UNITS[unit])
+        else:
+            size = int(float(match.group(1)) * _UNITS[unit])
     if size <= 0:
         raise UserError(f"{what} must be more than 0, got {value!r}")
     return size
@@ -245,7 +249,7 @@ def plan_memory(sizes: ModelSizes, budget: int, video: VideoSize, *, guided: boo
     ``prefetch``: streamed blocks copied ahead (None: the planner's choice);
     ``vae_tiling``: None lets the planner tile when an untiled decode does not fit.
     Preference, in order: encoders not on the CPU, an untiled VAE, no streaming, prefetch >= 1,
-    more resident blocks, both experts resident, encoders kept on the device, deeper prefetch.
+    more resident blocks, encoders kept on the device, both experts resident, deeper prefetch.
     """
     if encoders not in ENCODER_CHOICES:
         raise UserError(f"text_encoder_device must be one of {', '.join(ENCODER_CHOICES)}, got {encoders!r}")
@@ -279,7 +283,7 @@ def plan_memory(sizes: ModelSizes, budget: int, video: VideoSize, *, guided: boo
                             continue
                         streams = resident < n
                         key = (placement != "cpu", not tiled, not streams, depth >= 1 or not streams,
-                               resident, experts_on, placement == "device", depth if streams else 0)
+                               resident, placement == "device", experts_on, depth if streams else 0)
                         if best_key is None or key > best_key:
                             best_key = key
                             best = MemoryPlan(budget=budget, video=video, batch=batch, weights=sizes.weights,
@@ -318,6 +322,8 @@ def sizes_for_config(config, dtype: torch.dtype, weights: str = "dense", *, expe
                      encoder_dtype: torch.dtype | None = None) -> ModelSizes:
     """Sizes of a pipeline around a transformer of ``config`` (a :class:`WanConfig`), its block
     layout measured exactly on the meta device (alignment included)."""
+    import torch
+
     from fastdit.models.wan import WanTransformer
     from fastdit.models.wan.checkpoint import parameter_dtype
     from fastdit.runtime.host import quantized_names
@@ -340,11 +346,14 @@ def sizes_for_config(config, dtype: torch.dtype, weights: str = "dense", *, expe
                       vae_stride_s=vae_stride_s, vae_stride_t=vae_stride_t, weights=weights)
 
 
-def sizes_for_named(name: str, dtype: torch.dtype = torch.bfloat16, weights: str = "dense") -> ModelSizes:
+def sizes_for_named(name: str, dtype: torch.dtype | None = None, weights: str = "dense") -> ModelSizes:
     """Sizes of a released checkpoint by name (``Wan2.1-T2V-14B``, ``Wan2.2-T2V-A14B``, ...),
-    from its transformer config and the released encoders' parameter counts."""
+    from its transformer config and the released encoders' parameter counts (default bf16)."""
+    import torch
+
     from fastdit.models.wan.configs import get_config
 
+    dtype = torch.bfloat16 if dtype is None else dtype
     config = get_config(name)
     wan22_vae = name.startswith("Wan2.2-TI2V")
     return sizes_for_config(config, dtype, weights, experts=2 if "A14B" in name else 1,
