@@ -308,9 +308,15 @@ def plan_for_load(spec: ModelSpec, device: torch.device, dtype: torch.dtype, opt
     memory option asks for one and ``offload`` is not "auto" on a GPU (the plain path)."""
     from fastdit.pipelines import memory
 
-    if not _memory_asked(options) and (options.offload != "auto" or device.type == "cpu"):
+    asked = _memory_asked(options)
+    if not asked and (options.offload != "auto" or device.type == "cpu"):
         return None
-    sizes = memory.sizes_for_spec(spec, dtype, options.weights, vae_dtype=options.vae_dtype)
+    try:
+        sizes = memory.sizes_for_spec(spec, dtype, options.weights, vae_dtype=options.vae_dtype)
+    except ValueError as exc:  # a transformer config the planner cannot read
+        if not asked:
+            return None  # the plain path reports it when it loads the transformer
+        raise ModelFolderError(f"cannot plan memory for {spec.root}: {first_line(exc)}") from None
     video = memory.VideoSize(*(options.plan_video or (spec.defaults.height, spec.defaults.width,
                                                       spec.defaults.num_frames)))
     budget, source = memory.device_budget(options.max_gpu_memory, device)
