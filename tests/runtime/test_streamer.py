@@ -192,3 +192,17 @@ def test_make_region_sizes():
     region = make_region(layout, "cpu", StreamPlan.spread(5, 2, 1), torch.float32)
     assert region.dense_layout is not None and region.nbytes == 4 * layout.nbytes + region.dense_layout.nbytes
     assert region.buffers_created == 0  # allocated on first use only
+
+
+def test_a_block_that_raises_leaves_the_streamer_usable(t2v):
+    base, args, ref = t2v
+    streamed = stream_model(clone(base), StreamPlan.spread(5, 1, 1), "cpu")
+
+    def boom(q, k, v):
+        raise RuntimeError("boom")
+
+    with torch.no_grad():
+        x, ctx = streamed.embed(*args)
+        with pytest.raises(RuntimeError, match="boom"):
+            streamed.run_blocks(x, dataclasses.replace(ctx, self_attention=boom))
+    torch.testing.assert_close(forward(streamed, args), ref, atol=0, rtol=0)

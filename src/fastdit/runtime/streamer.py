@@ -296,6 +296,8 @@ class BlockStreamer(BlockHooks):
         if kind == "r":
             bound, work = self._resident_views[k]
         else:
+            if self._current is not None:  # the last streamed block never finished (it raised)
+                self._release_slot()
             issued = self._issued
             while issued and issued[0][0] != index:  # out of turn: drop stale prefetches
                 issued.popleft()
@@ -322,14 +324,16 @@ class BlockStreamer(BlockHooks):
             tensor.data = view
         for linear, scale in zip(self._linears[index], self._scales[index]):
             linear._buffers["weight_scale"] = scale
-        slot = self._current
-        if slot is not None:
-            streams = self.region.streams
-            compute = streams.compute()
-            if compute is not None:
-                self.region.free[slot].record(compute)
-            self._current = None
+        if self._current is not None:
+            self._release_slot()
             self._fill()
+
+    def _release_slot(self) -> None:
+        """Mark the computing block's slot free once the compute stream is past it."""
+        compute = self.region.streams.compute()
+        if compute is not None:
+            self.region.free[self._current].record(compute)
+        self._current = None
 
     # ---- prefetch --------------------------------------------------------------------
     def _fill(self) -> None:
