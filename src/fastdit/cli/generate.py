@@ -51,9 +51,20 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="default: bf16 on a GPU, fp32 on the CPU")
     p.add_argument("--scheduler", default="unipc", choices=("unipc", "euler"))
     p.add_argument("--flow-shift", type=float, default=None, help="override the checkpoint's flow shift")
-    p.add_argument("--offload", default="auto", choices=("auto", "none", "experts", "model"),
+    p.add_argument("--offload", default="auto", choices=("auto", "none", "experts", "model", "blocks"),
                    help="keep idle components in CPU memory (auto: when the GPU is short of memory)")
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory)")
+    # memory budget and low-memory runtime (fastdit.pipelines.memory, fastdit.runtime)
+    p.add_argument("--max-gpu-memory", default=None, metavar="SIZE", type=_budget,
+                   help="GPU memory budget (24GB, 16GiB): plan which transformer blocks stream from host "
+                        "memory, where the encoders run and whether the VAE tiles (default: free memory)")
+    p.add_argument("--weights", default="dense", choices=("dense", "fp8"),
+                   help="fp8: store the transformer blocks' weights in e4m3 with per-channel scales "
+                        "(half the memory and copies; changes the output slightly)")
+    p.add_argument("--text-encoder-device", default="auto", choices=("auto", "device", "cpu"),
+                   help="where the text (and CLIP) encoder runs; auto: the plan's choice")
+    p.add_argument("--prefetch", type=int, default=None, metavar="N",
+                   help="streamed blocks copied ahead of the one computing (default: the plan's)")
     p.add_argument("--fps", type=int, default=None, help="1 to 1000 (default: the model's)")
     p.add_argument("--output", "-o", required=True, help="the video to write (.mp4, .mov, .mkv)")
     p.add_argument("--save-frames", default=None, metavar="DIR", help="also write the frames as PNGs")
@@ -138,7 +149,8 @@ def _generate(args: argparse.Namespace) -> int:
     log.info("loading %s", spec.describe())
     pipe = WanVideoPipeline.from_pretrained(spec, device=device, dtype=dtype, scheduler=args.scheduler,
                                             flow_shift=args.flow_shift, offload=args.offload,
-                                            vae_tiling=args.vae_tiling, check_files=False)
+                                            vae_tiling=args.vae_tiling, check_files=False,
+                                            **memory_options(args, resolved))
     log.info("loaded in %.1f s on %s (%s); generating %d frames at %dx%d, %d steps",
              pipe.load_seconds, pipe.device, str(pipe.dtype).replace("torch.", ""), resolved.num_frames,
              resolved.width, resolved.height, resolved.num_inference_steps)
@@ -153,6 +165,23 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget(text: str) -> str:
+    """``--max-gpu-memory``: checked while parsing (one line, exit 2), passed on as given."""
+    from fastdit.errors import UserError
+    from fastdit.pipelines.memory import parse_size
+
+    try:
+        parse_size(text, "--max-gpu-memory")
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def memory_options(args: argparse.Namespace, resolved) -> dict:
+    """The memory flags as load options; the plan holds the requested video."""
+    return {"max_gpu_memory": args.max_gpu_memory, "weights": args.weights,
+            "text_encoder_device": args.text_encoder_device, "prefetch": args.prefetch,
+            "plan_video": (resolved.height, resolved.width, resolved.num_frames)}
 # API argument -> CLI flag, in the messages of user errors
 CLI_WORDS = (("num_inference_steps", "--steps"), ("num_frames", "--num-frames"),
              ("guidance_scale_2", "--guidance-scale-2"), ("guidance_scale", "--guidance-scale"),

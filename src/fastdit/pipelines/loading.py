@@ -31,7 +31,7 @@ from fastdit.schedulers.unipc import FlowUniPCScheduler
 log = logging.getLogger("fastdit.pipelines")
 
 SCHEDULERS = ("unipc", "euler")
-OFFLOAD_MODES = ("auto", "none", "experts", "model")
+OFFLOAD_MODES = ("auto", "none", "experts", "model", "blocks")
 #: dtype names the CLI and ``load(dtype=...)`` accept
 DTYPE_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
                "float16": torch.float16, "half": torch.float16, "fp32": torch.float32,
@@ -47,6 +47,14 @@ class LoadOptions:
     Wan2.2 expert, "model" also moves the encoders there only while they run, "auto" picks by
     free device memory; ``vae_dtype``: the VAE's dtype (default: the pipeline's);
     ``vae_tiling``: decode in tiles; ``check_files``: check every weight file's header first.
+
+    Memory (:mod:`fastdit.pipelines.memory`, :mod:`fastdit.runtime`): ``offload="blocks"``
+    streams transformer blocks from host memory as the budget needs ("auto" may too);
+    ``max_gpu_memory``: the budget ("24GB", "16GiB" or bytes; default: the device's free
+    memory); ``weights``: "dense" or "fp8" (e4m3 block weights, per-channel scales);
+    ``text_encoder_device``: "auto", "device" or "cpu" (also the CLIP encoder's);
+    ``prefetch``: streamed blocks copied ahead (default: the planner's); ``plan_video``:
+    ``(height, width, num_frames)`` the plan must hold (default: the model's defaults).
     """
 
     scheduler: str = "unipc"
@@ -55,6 +63,11 @@ class LoadOptions:
     vae_dtype: torch.dtype | None = None
     vae_tiling: bool = False
     check_files: bool = True
+    max_gpu_memory: int | str | None = None
+    weights: str = "dense"
+    text_encoder_device: str = "auto"
+    prefetch: int | None = None
+    plan_video: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -65,6 +78,7 @@ class LoadOptions:
             object.__setattr__(self, "flow_shift", check_flow_shift(self.flow_shift))
         if self.vae_dtype is not None:
             object.__setattr__(self, "vae_dtype", resolve_dtype(self.vae_dtype, None, name="vae_dtype"))
+        _check_memory_options(self)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "LoadOptions":
@@ -256,10 +270,13 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
     spec.device_budget = device_budget(spec, device, dtype, offload=options.offload,
                                        vae_tiling=options.vae_tiling)
     offload = options.offload
-    if offload == "auto":
+    plan = plan_for_load(spec, device, dtype, options)  # None: no memory option asks for one
+    if plan is not None:
+        offload = plan.pipeline_offload
+    elif offload == "auto":
         offload = _auto_offload(spec, device, dtype)
     root = str(spec.root)
-    home = torch.device("cpu") if offload == "model" else device
+    home = torch.device("cpu") if offload == "model" or (plan and plan.encoders == "cpu") else device
 
     with _loading(spec, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
@@ -279,19 +296,23 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
                                                      **diffusers_dtype_kw(options.vae_dtype or dtype))
         _reject_missing(info)
         vae.to(device).eval()
-        if options.vae_tiling:
+        if options.vae_tiling or (plan is not None and plan.vae_tiling):
             vae.enable_tiling()
         vae = current_platform().optimize_vae(vae)
     with _loading(spec, "scheduler"):
         sched = make_scheduler(spec, options.scheduler, options.flow_shift)
-    transformer = load_transformer(spec, "transformer", device, dtype)
-    transformer_2 = None
-    if spec.two_experts:
-        second_home = device if offload == "none" else torch.device("cpu")
-        transformer_2 = load_transformer(spec, "transformer_2", second_home, dtype)
+    if plan is not None and plan.uses_runtime:  # blocks in host memory, streamed
+        transformer, transformer_2 = load_streamed_experts(spec, device, dtype, plan, options)
+    else:
+        transformer = load_transformer(spec, "transformer", device, dtype)
+        transformer_2 = None
+        if spec.two_experts:
+            second_home = device if offload == "none" else torch.device("cpu")
+            transformer_2 = load_transformer(spec, "transformer_2", second_home, dtype)
     pipe = cls(spec, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=sched,
                transformer=transformer, transformer_2=transformer_2, image_encoder=image_encoder,
                image_processor=image_processor, device=device, dtype=dtype, offload=offload)
+    pipe.memory_plan = plan
     current_platform().synchronize()
     pipe.load_seconds = time.perf_counter() - start
     log.debug("loaded %s in %.1f s (offload=%s)", spec.describe(), pipe.load_seconds, offload)
@@ -347,3 +368,85 @@ def choose_offload(spec: ModelSpec, dtype: torch.dtype, free_bytes: int) -> str:
         return "experts"
     log.info("offloading idle components to CPU memory (weights %.1f GB, free %.1f GB)", total / 1e9, free / 1e9)
     return "model"
+
+
+# ---------------------------------------------------------------------------------------
+# Memory: the budget, the plan and streamed transformers (fastdit.pipelines.memory, runtime)
+# ---------------------------------------------------------------------------------------
+def _check_memory_options(options: LoadOptions) -> None:
+    """Normalise and check the memory options (sizes to bytes); bad values are UserErrors."""
+    from fastdit.errors import UserError
+    from fastdit.pipelines.memory import ENCODER_CHOICES, parse_size
+    from fastdit.runtime.fp8 import check_weights
+
+    if options.max_gpu_memory is not None:
+        object.__setattr__(options, "max_gpu_memory", parse_size(options.max_gpu_memory))
+    check_weights(options.weights)
+    if options.text_encoder_device not in ENCODER_CHOICES:
+        raise UserError(f"text_encoder_device must be one of {', '.join(ENCODER_CHOICES)}, got "
+                        f"{options.text_encoder_device!r}")
+    if options.prefetch is not None and (isinstance(options.prefetch, bool) or not isinstance(options.prefetch, int)
+                                         or options.prefetch < 0):
+        raise UserError(f"prefetch must be an integer >= 0, got {options.prefetch!r}")
+    if options.plan_video is not None:
+        video = tuple(options.plan_video)
+        if len(video) != 3 or not all(isinstance(v, int) and v > 0 for v in video):
+            raise UserError(f"plan_video must be (height, width, num_frames), got {options.plan_video!r}")
+        object.__setattr__(options, "plan_video", video)
+
+
+def _memory_asked(options: LoadOptions) -> bool:
+    return (options.max_gpu_memory is not None or options.weights != "dense" or options.offload == "blocks"
+            or options.text_encoder_device != "auto" or options.prefetch is not None)
+
+
+def plan_for_load(spec: ModelSpec, device: torch.device, dtype: torch.dtype, options: LoadOptions):
+    """The :class:`~fastdit.pipelines.memory.MemoryPlan` for this load, printed; None when no
+    memory option asks for one and ``offload`` is not "auto" on a GPU (the plain path)."""
+    from fastdit.pipelines import memory
+
+    asked = _memory_asked(options)
+    if not asked and (options.offload != "auto" or device.type == "cpu"):
+        return None
+    try:
+        sizes = memory.sizes_for_spec(spec, dtype, options.weights, vae_dtype=options.vae_dtype)
+    except ValueError as exc:  # a transformer config the planner cannot read
+        if not asked:
+            return None  # the plain path reports it when it loads the transformer
+        raise ModelFolderError(f"cannot plan memory for {spec.root}: {first_line(exc)}") from None
+    video = memory.VideoSize(*(options.plan_video or (spec.defaults.height, spec.defaults.width,
+                                                      spec.defaults.num_frames)))
+    budget, source = memory.device_budget(options.max_gpu_memory, device)
+    if budget is None:  # the CPU: no memory to plan for; stream every block when asked to
+        budget, source = memory.NO_LIMIT, f"{device.type}: memory not known"
+        if options.offload == "blocks":
+            plan = memory.plan_memory(sizes, budget, video, offload="blocks", prefetch=options.prefetch,
+                                      encoders=options.text_encoder_device, budget_source=source)
+            plan = dataclasses.replace(plan, resident_blocks=0, experts_on_device=1,
+                                       prefetch=1 if options.prefetch is None else options.prefetch)
+            log.info("%s", plan.describe())
+            return plan
+    plan = memory.plan_memory(sizes, budget, video, offload=options.offload, prefetch=options.prefetch,
+                              encoders=options.text_encoder_device,
+                              vae_tiling=True if options.vae_tiling else None, budget_source=source)
+    log.info("%s", plan.describe())
+    return plan
+
+
+def load_streamed_experts(spec: ModelSpec, device: torch.device, dtype: torch.dtype, plan,
+                          options: LoadOptions):
+    """The transformer (and Wan2.2's second expert) loaded lazily into host stores, streaming by
+    ``plan``; experts that take turns share one device pool."""
+    from fastdit.runtime.lazy import load_streamed
+
+    stream_plan = plan.stream_plan()
+    with _loading(spec, "transformer"):
+        first = load_streamed(spec.root, stream_plan, device, dtype=dtype, subfolder="transformer",
+                              weights=options.weights)
+    second = None
+    if spec.two_experts:
+        shared = first.streamer.region if plan.experts_on_device == 1 else None
+        with _loading(spec, "transformer_2"):
+            second = load_streamed(spec.root, stream_plan, device, dtype=dtype, subfolder="transformer_2",
+                                   weights=options.weights, region=shared)
+    return first, second
