@@ -93,7 +93,7 @@ class BlockCache(Policy):
             state.derivative = None
             if state.residual is not None and state.residual.shape == residual.shape and k > 1:
                 window = k - state.residual_step
-                state.derivative = ((residual.float() - state.residual.float()) / window).to(residual.dtype)
+                state.derivative = ((_wide(residual) - _wide(state.residual)) / window).to(residual.dtype)
         state.residual_step = k
         super().store(state, step, residual)
 
@@ -102,4 +102,9 @@ class BlockCache(Policy):
         if state.derivative is None:
             return residual
         elapsed = step.local_step - state.residual_step
-        return (residual.float() + state.derivative.float() * elapsed).to(residual.dtype)
+        return (_wide(residual) + _wide(state.derivative) * elapsed).to(residual.dtype)
+
+
+def _wide(tensor: torch.Tensor) -> torch.Tensor:
+    """At least fp32 (bf16 residuals are extrapolated in fp32, fp64 ones stay fp64)."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))

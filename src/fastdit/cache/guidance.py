@@ -31,9 +31,9 @@ def cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def optimized_scale(cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
-    """CFG-Zero*'s ``alpha = <v_c, v_u> / (||v_u||^2 + 1e-8)`` per sample, fp32, shaped
-    ``(B, 1, ..., 1)`` to broadcast over ``cond`` ``(B, ...)``."""
-    c, u = cond.float().flatten(1), uncond.float().flatten(1)  # (B, N)
+    """CFG-Zero*'s ``alpha = <v_c, v_u> / (||v_u||^2 + 1e-8)`` per sample, in at least fp32,
+    shaped ``(B, 1, ..., 1)`` to broadcast over ``cond`` ``(B, ...)``."""
+    c, u = _wide(cond).flatten(1), _wide(uncond).flatten(1)  # (B, N)
     alpha = (c * u).sum(dim=1) / (u.square().sum(dim=1) + 1e-8)  # (B,)
     return alpha.view(-1, *([1] * (cond.dim() - 1)))
 
@@ -95,5 +95,9 @@ class CFGZeroStar:
         if not self.optimized:
             return cfg(cond, uncond, self.scale)
         alpha = optimized_scale(cond, uncond)
-        scaled = uncond.float() * alpha
-        return (scaled + self.scale * (cond.float() - scaled)).to(cond.dtype)
+        scaled = _wide(uncond) * alpha
+        return (scaled + self.scale * (_wide(cond) - scaled)).to(cond.dtype)
+
+
+def _wide(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))

@@ -84,7 +84,8 @@ class CacheSession:
             raise RuntimeError("CacheSession: begin_step(i) must be called before each step")
         if self._step.expert != expert:
             raise RuntimeError(f"CacheSession: step {self._step.step} belongs to expert "
-                               f"{self._step.expert}, but the model of expert {expert} was called")
+                               f"{self._step.expert + 1}, but the model of expert {expert + 1} "
+                               f"was called")
         return self._step
 
     # ---- policies and states -------------------------------------------------------------
@@ -108,6 +109,11 @@ class CacheSession:
         if key not in self._states:
             self._states[key] = self._policies[expert].new_state(branch)
         return self._states[key]
+
+    @property
+    def live_states(self) -> list[tuple[int, int]]:
+        """The (expert, branch) pairs that hold state now."""
+        return sorted(self._states)
 
     def finish(self) -> CacheStats:
         """End of the generation: writes the calibration file (magcache:calibrate) and
