@@ -286,3 +286,34 @@ def test_published_defaults_per_model():
     assert session.stats.settings == {0: "K=2,retention=1,threshold=0.06",
                                       1: "K=2,retention=0.1,threshold=0.1"}
     assert published_table("Wan2.2-I2V-A14B", 40).source.endswith("magcache_generate.py:771")
+
+
+def test_prepare_checks_settings_before_any_model_exists():
+    from fastdit.models.wan.configs import WAN_CONFIGS
+
+    with pytest.raises(UserError, match="leave nothing to cache in a model of 6 blocks"):
+        CacheSession(CacheConfig.parse("dbcache:n=4,m=2"), 10).prepare(6)
+    with pytest.raises(UserError, match="no published coefficients"):
+        CacheSession(CacheConfig.parse("teacache"), 10, [0] * 5 + [1] * 5,
+                     model="Wan2.2-I2V-A14B").prepare(40)
+    session = CacheSession(CacheConfig.parse("magcache:K_2=5"), 40, [0] * 12 + [1] * 28,
+                           model="Wan2.2-T2V-A14B")
+    session.prepare(40, WAN_CONFIGS["Wan2.2-T2V-A14B"])
+    assert session.stats.settings == {0: "K=2,retention=0.4,threshold=0.06",
+                                      1: "K=5,retention=0.4,threshold=0.06"}
+
+
+def test_identify_model_from_the_architecture():
+    from fastdit.cache import identify_model
+    from fastdit.models.wan.configs import WAN_CONFIGS
+
+    assert identify_model("Wan2.1-T2V-14B", WAN_CONFIGS["Wan2.1-T2V-1.3B"]) == "Wan2.1-T2V-14B"
+    for name in ("Wan2.1-T2V-1.3B", "Wan2.1-T2V-14B", "Wan2.2-TI2V-5B"):
+        assert identify_model(None, WAN_CONFIGS[name]) == name
+    for name in ("Wan2.2-T2V-A14B", "Wan2.2-I2V-A14B"):
+        assert identify_model(None, WAN_CONFIGS[name], two_experts=True) == name
+    i2v = WAN_CONFIGS["Wan2.1-I2V-14B-480P"]
+    assert identify_model(None, i2v, height=480, width=832) == "Wan2.1-I2V-14B-480P"
+    assert identify_model(None, i2v, height=720, width=1280) == "Wan2.1-I2V-14B-720P"
+    assert identify_model(None, WAN_CONFIGS["Wan2.1-FLF2V-14B-720P"]) is None
+    assert identify_model(None, None) is None

@@ -17,10 +17,11 @@ def identify_model(name: str | None, config: Any = None, *, two_experts: bool = 
     from the architecture (``config``: a WanConfig-like object); None when it matches none.
 
     Wan2.1 I2V-14B 480P and 720P share one architecture: the request's area picks one.
+    FLF2V (first-last frame) has no published constants: None.
     """
     if name:
         return name
-    if config is None:
+    if config is None or getattr(config, "pos_embed_seq_len", None):  # FLF2V: no constants
         return None
     dim = getattr(config, "dim", None)
     layers, channels = getattr(config, "num_layers", None), getattr(config, "in_channels", None)

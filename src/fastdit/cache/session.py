@@ -96,13 +96,25 @@ class CacheSession:
         self.policy(expert, branch_model.transformer)  # settle the settings now: errors come early
         return CachedBranchModel(branch_model, self, expert)
 
+    def prepare(self, num_blocks: int, model_config: Any = None) -> None:
+        """Build every expert's policy before any weights are loaded, so that bad settings
+        (no constants for the model, a ratio file that does not match, n + m too large) fail
+        early. ``model_config``: the transformer's WanConfig (for the ratio-file check)."""
+        for expert in sorted(set(self.plan)):
+            self._build(expert, num_blocks, model_config)
+
     def policy(self, expert: int, transformer: Any) -> Policy:
         if expert not in self._policies:
-            self._policies[expert] = self._make_policy(expert, transformer)
-            self.stats.settings[expert] = self._policies[expert].describe()
-            log.info("cache %s, expert %d: %s", self.config.policy, expert + 1,
-                     self.stats.settings[expert])
+            self._build(expert, len(transformer.blocks), getattr(transformer, "config", None))
         return self._policies[expert]
+
+    def _build(self, expert: int, num_blocks: int, model_config: Any) -> None:
+        if expert in self._policies:
+            return
+        self._policies[expert] = self._make_policy(expert, num_blocks, model_config)
+        self.stats.settings[expert] = self._policies[expert].describe()
+        log.info("cache %s, expert %d: %s", self.config.policy, expert + 1,
+                 self.stats.settings[expert])
 
     def state(self, expert: int, branch: int) -> BranchState:
         key = (expert, branch)
@@ -125,15 +137,14 @@ class CacheSession:
         return self.stats
 
     # ---------------------------------------------------------------------------------------
-    def _make_policy(self, expert: int, transformer: Any) -> Policy:
+    def _make_policy(self, expert: int, num_blocks: int, model_config: Any) -> Policy:
         config, name = self.config, self.config.policy
-        num_blocks = len(transformer.blocks)
         if name == "teacache":
             return TeaCache(config.resolve(expert, {}), self.model)
         if name in ("fbcache", "dbcache"):
             return BlockCache(name, config.resolve(expert, {}), num_blocks)
         model = config.get("model") or self.model
-        self._magcache_table(model, model_fingerprint(getattr(transformer, "config", None)))
+        self._magcache_table(model, model_fingerprint(model_config))
         preset = MAGCACHE_PRESETS.get(model, {})
         return MagCache(config.resolve(expert, preset), self._table, expert, self._calibration, model)
 
@@ -162,18 +173,10 @@ class CachedGuidance:
 
     def __init__(self, strategy: Callable[..., Any], session: CacheSession) -> None:
         self.strategy, self.session = strategy, session
-        self._cached: dict[int, Any] = {}
 
     def __call__(self, model: Any, x: Any, t: Any, step: int) -> Any:
         info = self.session.begin_step(step)
-        key = id(model)
-        if key not in self._cached:
-            self._cached[key] = self.session.wrap(model, expert=info.expert)
-        cached = self._cached[key]
-        if cached.expert != info.expert:
-            raise RuntimeError(f"CachedGuidance: step {step} runs expert {info.expert + 1}, but was "
-                               f"given the model first seen at expert {cached.expert + 1}")
-        noise = self.strategy(cached, x, t, step)
+        noise = self.strategy(self.session.wrap(model, expert=info.expert), x, t, step)
         if info.is_last:
             self.session.finish()
         return noise
