@@ -68,7 +68,7 @@ class StandInBlock(nn.Module):
 
 class StandInTransformer(nn.Module):
     def __init__(self, config: StandInConfig = StandInConfig(), seed: int = 0,
-                 dtype: torch.dtype = torch.float64) -> None:
+                 dtype: torch.dtype = torch.float64, device: str = "cpu") -> None:
         super().__init__()
         torch.manual_seed(seed)
         self.config = c = config
@@ -79,7 +79,7 @@ class StandInTransformer(nn.Module):
         self.blocks = nn.ModuleList(StandInBlock(c.dim) for _ in range(c.num_layers))
         self.out_table = nn.Parameter(torch.randn(1, 2, c.dim) / c.dim**0.5)
         self.proj_out = nn.Linear(c.dim, c.out_channels * math.prod(c.patch_size))
-        self.to(dtype).eval().requires_grad_(False)
+        self.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.block_calls = 0  # blocks run, summed over calls (tests count skipped work)
 
     def embed(self, latents, timestep, text_embeds, image_embeds=None):
@@ -88,11 +88,11 @@ class StandInTransformer(nn.Module):
         grid = tuple(x.shape[2:])
         x = x.flatten(2).transpose(1, 2)  # (B, L, D)
         half = self.config.freq_dim // 2
-        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=x.dtype) / half)
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=x.dtype, device=x.device) / half)
         angles = timestep.to(x.dtype).reshape(-1, 1).expand(batch, 1) * freqs  # (B, half)
         temb = self.time2(F.silu(self.time1(torch.cat([angles.cos(), angles.sin()], dim=-1))))
         temb6 = self.time_proj(F.silu(temb)).unflatten(-1, (6, -1))  # (B, 6, D)
-        rope = (torch.ones(x.shape[1], 1), torch.zeros(x.shape[1], 1))
+        rope = (x.new_ones(x.shape[1], 1), x.new_zeros(x.shape[1], 1))
         ctx = StandInContext(grid, temb, temb6, self.text_proj(text_embeds), image_embeds, rope,
                              (0, x.shape[1]))
         return x, ctx
@@ -134,10 +134,11 @@ class StandInBranchModel:
         return list(out.split(x.shape[0]))
 
 
-def make_branch_model(seed: int = 0, config: StandInConfig = StandInConfig()) -> StandInBranchModel:
-    transformer = StandInTransformer(config, seed=seed)
+def make_branch_model(seed: int = 0, config: StandInConfig = StandInConfig(),
+                      dtype: torch.dtype = torch.float64, device: str = "cpu") -> StandInBranchModel:
+    transformer = StandInTransformer(config, seed=seed, dtype=dtype, device=device)
     generator = torch.Generator().manual_seed(seed + 100)
-    texts = [torch.randn(1, 5, config.text_dim, generator=generator, dtype=torch.float64)
+    texts = [torch.randn(1, 5, config.text_dim, generator=generator, dtype=torch.float64).to(device, dtype)
              for _ in range(2)]
     return StandInBranchModel(transformer, texts)
 
@@ -150,11 +151,12 @@ def timesteps(num_steps: int, shift: float = 3.0) -> tuple[torch.Tensor, torch.T
 
 
 def denoise(strategy, models, num_steps: int, plan: Sequence[int] | None = None, seed: int = 0,
-            shape=(1, 4, 2, 4, 4)) -> torch.Tensor:
+            shape=(1, 4, 2, 4, 4), device: str = "cpu", dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Euler flow matching: ``x += (sigma_{i+1} - sigma_i) * strategy(model, x, t_i, i)``."""
     plan = list(plan) if plan is not None else [0] * num_steps
     sigmas, ts = timesteps(num_steps)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    sigmas, ts = sigmas.to(device), ts.to(device)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device, dtype)
     for i in range(num_steps):
         noise = strategy(models[plan[i]], x, ts[i], i)
         x = x + (sigmas[i + 1] - sigmas[i]) * noise

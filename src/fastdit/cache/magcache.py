@@ -9,8 +9,8 @@ calibrated once per model and resampled to the step count)::
     otherwise  A *= r[b][s];  k_skip += 1;  E += |1 - A|
                reuse if E < threshold and k_skip <= K, else compute and (A, k_skip, E) = (1, 0, 0)
 
-This is ``magcache_forward`` of Zehong-Ma/MagCache (commit e1bc90d9412840fc7ec70048ece9e36b7791720a,
-2025-08-21): ``MagCache4Wan2.1/magcache_generate.py`` and, for the experts of Wan2.2,
+This is ``magcache_forward`` of Zehong-Ma/MagCache (as of commit df81cb181776c2c61477c08e1d21f87fda1cd938,
+2025-11-17): ``MagCache4Wan2.1/magcache_generate.py`` and, for the experts of Wan2.2,
 ``MagCache4Wan2.2/magcache_generate.py``, whose rules per expert are: T2V-A14B retains the
 first ``int(2 n_1 rho)`` calls of the high-noise expert and the calls ``c <= 2 n_2 rho`` of the
 low-noise one; I2V-A14B computes the whole high-noise expert and retains ``int(2 n_2 rho)``
@@ -21,7 +21,9 @@ residual yet always computes.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,9 +33,6 @@ from fastdit.cache.calibration import RatioTable, save_ratio_file
 from fastdit.cache.indicators import magnitude_stats, nearest_interp
 from fastdit.cache.tables import MAGCACHE_TABLES
 from fastdit.errors import UserError
-
-SOURCE = ("Zehong-Ma/MagCache", "MagCache4Wan2.1|MagCache4Wan2.2/magcache_generate.py",
-          "e1bc90d9412840fc7ec70048ece9e36b7791720a")
 
 #: Published settings per model (README example commands; E024K6R02 = threshold 0.24, K 6,
 #: retention 0.2). ``retention_1 = 1`` for I2V-A14B: its high-noise expert is never cached.
@@ -94,16 +93,23 @@ class Calibration:
     """Records every computed step's ratio statistics; writes the ratio file at the end."""
 
     path: str
-    num_steps: int
+    experts: list[int]  # the expert of each step
     model: str | None = None
     fingerprint: str | None = None
-    experts: list[int] = field(default_factory=list)
     stats: dict[tuple[int, int], list[float]] = field(default_factory=dict)  # (branch, step) -> stats
+
+    def __post_init__(self) -> None:
+        folder = Path(self.path).resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UserError(f"cache magcache: cannot write the calibration file {self.path} "
+                            f"({folder} is not a writable folder)")
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.experts)
 
     def record(self, branch: int, step: StepInfo, residual: torch.Tensor,
                previous: torch.Tensor | None) -> None:
-        if len(self.experts) <= step.step:
-            self.experts.extend([step.expert] * (step.step + 1 - len(self.experts)))
         if previous is not None and previous.shape == residual.shape:
             self.stats[(branch, step.step)] = magnitude_stats(residual, previous).tolist()
 
@@ -116,9 +122,8 @@ class Calibration:
             return [[round(self.stats.get((b, s), defaults)[i], 5) for s in range(self.num_steps)]
                     for b in range(branches)]
 
-        experts = self.experts + [self.experts[-1] if self.experts else 0] * self.num_steps
         save_ratio_file(self.path, model=self.model, fingerprint=self.fingerprint,
-                        num_steps=self.num_steps, experts=experts[: self.num_steps],
+                        num_steps=self.num_steps, experts=list(self.experts),
                         ratios=column(0), std=column(1), cos_dis=column(2))
 
 

@@ -153,7 +153,7 @@ class CacheSession:
             return
         path = self.config.get("calibrate")
         if path is not None:
-            self._calibration = Calibration(path, self.num_steps, model, fingerprint)
+            self._calibration = Calibration(path, list(self.plan), model, fingerprint)
         elif self.config.get("table") is not None:
             self._table = load_ratio_file(self.config.get("table"), num_steps=self.num_steps,
                                           model=model, fingerprint=fingerprint)

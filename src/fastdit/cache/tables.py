@@ -1,8 +1,9 @@
 """MagCache's published magnitude-ratio tables for Wan2.1 and Wan2.2 (data, no code).
 
-Copied digit for digit from Zehong-Ma/MagCache at commit e1bc90d9412840fc7ec70048ece9e36b7791720a
-(2025-08-21): ``MagCache4Wan2.1/magcache_generate.py`` and ``MagCache4Wan2.2/magcache_generate.py``
-(the ``mag_ratios`` lists; the line numbers are given per table). Each list interleaves the
+Copied digit for digit (by a script, from the files) from Zehong-Ma/MagCache as of commit
+df81cb181776c2c61477c08e1d21f87fda1cd938 (2025-11-17): ``MagCache4Wan2.1/magcache_generate.py``
+(last changed in e1862e0, 2025-07-14) and ``MagCache4Wan2.2/magcache_generate.py`` (last changed
+in e1bc90d, 2025-08-21), the ``mag_ratios`` lists; the line numbers are given per table. Each list interleaves the
 conditional and unconditional branches, ``[c1, u1, c2, u2, ...]``, from step 1 on: the published
 code prepends ``[1.0, 1.0]`` for step 0 (no previous residual), which :mod:`.magcache` does too.
 A table entry ``r_s = mean_tokens(||R_s|| / ||R_{s-1}||)`` is the ratio of the norms of the

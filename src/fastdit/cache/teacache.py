@@ -29,9 +29,6 @@ from fastdit.cache.base import BranchState, Gate, Policy, StepInfo
 from fastdit.cache.indicators import relative_l1_sums, rescale
 from fastdit.errors import UserError
 
-SOURCE = ("ali-vilab/TeaCache", "TeaCache4Wan2.1/teacache_generate.py",
-          "7c10efc4702c6b619f47805f7abe4a7a08085aa0")
-
 #: model -> (coefficients on temb, coefficients on temb6 with ret_steps), highest degree
 #: first, as published (teacache_generate.py lines 883-892 for T2V, 966-976 for I2V).
 TEACACHE_COEFFICIENTS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
