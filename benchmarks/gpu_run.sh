@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the GPU machine has to do, in one call (device time is scarce):
 #   bash benchmarks/gpu_run.sh [tests] [ops] [transformer] [e2e]    (default: all)
-#   other steps: transformer-1.3b, transformer-14b, tune, diag, diag-attention
+#   other steps: transformer-1.3b, transformer-14b, tune, diag, diag-attention,
+#                cache-fastdit, cache-diffusers, cache-dit (benchmarks/cache.py in three parts)
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
 # tests, runs the benchmarks and writes JSON and logs under $OUT (or ./out/gpu).
 set -uo pipefail
@@ -41,6 +42,12 @@ for step in $STEPS; do
       python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B --out "$OUT/transformer.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer.log" ;;
     e2e)
       python3 benchmarks/e2e.py --out "$OUT/e2e.json" $BENCH_ARGS 2>&1 | tee "$OUT/e2e.log" ;;
+    cache-fastdit)
+      python3 benchmarks/cache.py --impls fastdit --out "$OUT/cache-fastdit.json" 2>&1 | tee "$OUT/cache-fastdit.log" ;;
+    cache-diffusers)
+      python3 benchmarks/cache.py --impls diffusers,diffusers-fbcache --out "$OUT/cache-diffusers.json" 2>&1 | tee "$OUT/cache-diffusers.log" ;;
+    cache-dit)
+      python3 benchmarks/cache.py --impls diffusers,cache-dit --out "$OUT/cache-dit.json" 2>&1 | tee "$OUT/cache-dit.log" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

@@ -79,6 +79,10 @@ def test_python_values_are_checked_too():
     assert CacheConfig.of("teacache", threshold=0).get("threshold") == 0.0
 
 
-def test_every_policy_has_a_threshold():
+def test_every_policy_has_a_threshold_and_help():
+    from fastdit.cache.config import policy_help
+
+    text = policy_help()
     for policy, knobs in KNOBS.items():
         assert knobs[0].name == "threshold", policy
+        assert f"{policy}:" in text and all(f"  {k.name} (" in text for k in knobs)

@@ -183,10 +183,6 @@ class CacheConfig:
             return values[f"{key}_{expert + 1}"]
         return values.get(key, default)
 
-    def has(self, key: str, expert: int | None = None) -> bool:
-        values = dict(self.options)
-        return key in values or (expert is not None and f"{key}_{expert + 1}" in values)
-
     def resolve(self, expert: int, preset: Mapping[str, Any]) -> dict[str, Any]:
         """Every knob's value for one expert (0-based). Precedence: the config's ``key_<e>``,
         the preset's ``key_<e>``, the config's ``key``, the preset's ``key``; knobs set by
@@ -215,6 +211,16 @@ def _format(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def policy_help() -> str:
+    """Every policy and its knobs, for ``--cache`` help text."""
+    lines = []
+    for policy, knobs in KNOBS.items():
+        lines.append(f"{policy}:")
+        lines += [f"  {k.name} ({k.kind.__name__}): {k.doc}" for k in knobs]
+    lines.append("per expert (Wan2.2 A14B): add _1 (high noise) or _2 (low noise) to a key")
+    return "\n".join(lines)
 
 
 def as_cache_config(value: "CacheConfig | str | Mapping[str, Any] | None") -> CacheConfig | None:
