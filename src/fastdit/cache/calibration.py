@@ -74,9 +74,10 @@ def save_ratio_file(path: str | os.PathLike, *, model: str | None, fingerprint: 
     return path
 
 
-def load_ratio_file(path: str | os.PathLike, *, num_steps: int, model: str | None,
+def load_ratio_file(path: str | os.PathLike, *, num_steps: int | None, model: str | None,
                     fingerprint: str | None) -> RatioTable:
-    """Read and check a ratio file for this model and step count; UserError otherwise."""
+    """Read and check a ratio file for this model and step count (``None``: any, the file's
+    own); UserError otherwise."""
     path = Path(path)
     where = f"cache magcache: table {path}"
     try:
@@ -96,6 +97,10 @@ def load_ratio_file(path: str | os.PathLike, *, num_steps: int, model: str | Non
     if model and file_model and file_model != model:
         raise UserError(f"{where}: recorded on {file_model}, this model is {model}")
     steps = data.get("num_steps")
+    if num_steps is None:  # a check before the step count is known (at load): the file's own
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise UserError(f"{where}: num_steps must be a positive integer, got {steps!r}")
+        num_steps = steps
     if steps != num_steps:
         raise UserError(f"{where}: calibrated with {steps} steps, this generation runs {num_steps}; "
                         f"calibrate with the step count you use")

@@ -213,8 +213,15 @@ def _format(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def policy_help() -> str:
-    """Every policy and its knobs, for ``--cache`` help text."""
+def policy_help(brief: bool = False) -> str:
+    """Every policy and its knobs, for ``--cache`` help text (``brief``: one line, the knob
+    names only, policies with the same knobs together)."""
+    if brief:
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for policy, knobs in KNOBS.items():
+            groups.setdefault(tuple(k.name for k in knobs), []).append(policy)
+        text = "; ".join(f"{'/'.join(names)}: {', '.join(knobs)}" for knobs, names in groups.items())
+        return f"Policies and settings: {text}; per expert (Wan2.2 A14B): add _1 or _2 to a key."
     lines = []
     for policy, knobs in KNOBS.items():
         lines.append(f"{policy}:")

@@ -25,17 +25,32 @@ import torch
 from fastdit.cache.base import Gate
 from fastdit.cache.indicators import ratio
 
-#: The WanContext fields that hold one row per batch element (sliced for a sub-batch).
-BATCHED_CTX_FIELDS = ("temb", "temb6", "text", "image")
+def per_row(value: Any, batch: int) -> bool:
+    """Whether a context value holds one row per batch element: a tensor whose leading
+    dimension is the batch. Everything else is shared by every row: the grid and token range
+    (tuples of ints), the RoPE tables (a tuple of per-token tensors), the attention function,
+    the block hooks."""
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch
 
 
 def select_rows(ctx: Any, rows: Sequence[slice], batch: int) -> Any:
-    """``ctx`` with its batched fields cut to ``rows`` (slices of the batch, in order)."""
+    """``ctx`` (a dataclass such as ``WanContext``) for the sub-batch ``rows`` (slices of the
+    ``batch`` rows, in order).
+
+    Which fields are per row is read from their values, not from a list of names, so a field
+    added to the context later is sliced when it has a row per batch element (:func:`per_row`):
+    on ``WanContext`` that is ``temb``, ``temb6``, ``text`` and ``image``; the entries of a dict
+    field (``extras``) follow the same rule. ``rows`` covering the whole batch returns ``ctx``.
+    """
+    if [(r.start, r.stop) for r in rows] == [(0, batch)]:
+        return ctx
     changes = {}
-    for name in BATCHED_CTX_FIELDS:
-        value = getattr(ctx, name, None)
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
-            changes[name] = _take(value, rows)
+    for f in dataclasses.fields(ctx):
+        value = getattr(ctx, f.name)
+        if per_row(value, batch):
+            changes[f.name] = _take(value, rows)
+        elif isinstance(value, dict) and any(per_row(v, batch) for v in value.values()):
+            changes[f.name] = {k: _take(v, rows) if per_row(v, batch) else v for k, v in value.items()}
     return dataclasses.replace(ctx, **changes)
 
 

@@ -1,13 +1,11 @@
 """One generation's step cache: the step clock, the policy of each expert, the branch states.
 
-How the denoise stage uses it (phase-2 wiring)::
+How the Wan pipeline uses it (:mod:`fastdit.cache.wiring` builds it)::
 
-    session = CacheSession(config, num_steps, expert_plan=plan, model=spec.name, has_image=...)
-    models = [session.wrap(branch_model, expert=i) for i, branch_model in enumerate(experts)]
-    for i, t in enumerate(timesteps):
-        session.begin_step(i)
-        noise = strategy(models[plan[i]], x, t, i)
-        ...
+    session = CacheSession(config, num_steps, expert_plan=plan, model=name, has_image=...)
+    session.prepare(num_blocks, wan_config)              # every expert's policy, settings checked
+    expert.guidance = CachedGuidance(expert.guidance, session)   # per expert, same session
+    ... stages.denoise(...) ...                          # begin_step(i) comes from the strategy
     result.stats["cache"] = session.finish().to_dict()
 
 ``expert_plan[i]`` is the expert that runs step i (all 0 for one transformer). The state of
@@ -67,6 +65,8 @@ class CacheSession:
         self._step: StepInfo | None = None
         self._table: RatioTable | None = None
         self._calibration: Calibration | None = None
+        self._check_steps = True
+        self._finished = False
 
     # ---- the clock -----------------------------------------------------------------------
     def begin_step(self, step: int) -> StepInfo:
@@ -96,10 +96,14 @@ class CacheSession:
         self.policy(expert, branch_model.transformer)  # settle the settings now: errors come early
         return CachedBranchModel(branch_model, self, expert)
 
-    def prepare(self, num_blocks: int, model_config: Any = None) -> None:
+    def prepare(self, num_blocks: int, model_config: Any = None, *, check_steps: bool = True) -> None:
         """Build every expert's policy before any weights are loaded, so that bad settings
         (no constants for the model, a ratio file that does not match, n + m too large) fail
-        early. ``model_config``: the transformer's WanConfig (for the ratio-file check)."""
+        early. ``model_config``: the transformer's WanConfig (for the ratio-file check).
+        ``check_steps=False``: the step count is not known yet (a check at load time): a ratio
+        file is checked for everything but its step count, and this session is for checking
+        only (do not run it)."""
+        self._check_steps = check_steps
         for expert in sorted(set(self.plan)):
             self._build(expert, num_blocks, model_config)
 
@@ -113,8 +117,8 @@ class CacheSession:
             return
         self._policies[expert] = self._make_policy(expert, num_blocks, model_config)
         self.stats.settings[expert] = self._policies[expert].describe()
-        log.info("cache %s, expert %d: %s", self.config.policy, expert + 1,
-                 self.stats.settings[expert])
+        log.debug("cache %s, expert %d: %s", self.config.policy, expert + 1,
+                  self.stats.settings[expert])
 
     def state(self, expert: int, branch: int) -> BranchState:
         key = (expert, branch)
@@ -128,11 +132,12 @@ class CacheSession:
         return sorted(self._states)
 
     def finish(self) -> CacheStats:
-        """End of the generation: writes the calibration file (magcache:calibrate) and
+        """End of the generation: writes the calibration file (magcache:calibrate, once) and
         returns the stats."""
-        if self._calibration is not None:
+        if self._calibration is not None and not self._finished:
             self._calibration.write()
             log.info("cache magcache: calibration written to %s", self._calibration.path)
+        self._finished = True
         self._states.clear()
         return self.stats
 
@@ -155,7 +160,8 @@ class CacheSession:
         if path is not None:
             self._calibration = Calibration(path, list(self.plan), model, fingerprint)
         elif self.config.get("table") is not None:
-            self._table = load_ratio_file(self.config.get("table"), num_steps=self.num_steps,
+            steps = self.num_steps if self._check_steps else None
+            self._table = load_ratio_file(self.config.get("table"), num_steps=steps,
                                           model=model, fingerprint=fingerprint)
         elif model is None:
             raise UserError("cache magcache: this model is not one with a published ratio table; "
@@ -173,6 +179,9 @@ class CachedGuidance:
 
     def __init__(self, strategy: Callable[..., Any], session: CacheSession) -> None:
         self.strategy, self.session = strategy, session
+
+    def __repr__(self) -> str:
+        return f"CachedGuidance({self.strategy!r}, cache={self.session.config.spec()!r})"
 
     def __call__(self, model: Any, x: Any, t: Any, step: int) -> Any:
         info = self.session.begin_step(step)

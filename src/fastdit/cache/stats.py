@@ -67,6 +67,7 @@ class CacheStats:
             "calls": self.calls,
             "branches": {self._key(e, b): {"run": c.run, "reused": c.reused}
                          for (e, b), c in sorted(self.counts.items())},
+            "summary": self.summary(),
         }
 
     def summary(self) -> str:

@@ -57,7 +57,28 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", required=True, help="the video to write (.mp4)")
     p.add_argument("--save-frames", default=None, metavar="DIR", help="also write the frames as PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_cache_arguments(p)
     p.set_defaults(func=cmd_generate)
+
+
+def add_cache_arguments(p: argparse.ArgumentParser) -> None:
+    """Step caching and the guidance shortcuts: opt-in, they change the output (docs/caching.md)."""
+    from fastdit.cache.config import policy_help  # no torch import: --help stays fast
+
+    g = p.add_argument_group("step caching and guidance shortcuts (change the output; docs/caching.md)")
+    g.add_argument("--cache", default=None, metavar="NAME[:k=v,...]",
+                   help="reuse the transformer's residual on steps where its input barely moved, e.g. "
+                        "teacache:threshold=0.08 (threshold=0 never reuses; none: off). "
+                        + policy_help(brief=True))
+    g.add_argument("--guidance-until", type=float, default=None, metavar="FRACTION",
+                   help="classifier-free guidance on the first FRACTION of the steps only, the prompt "
+                        "alone after (0.8: the last 20%% of the steps run one branch)")
+    g.add_argument("--cfg-zero-star", action="store_true",
+                   help="CFG-Zero*: zero velocity on the first steps (no forward) and the optimised "
+                        "guidance scale after")
+    g.add_argument("--zero-init-steps", type=int, default=None, metavar="N",
+                   help="CFG-Zero*: how many first steps predict zero velocity (default 1; 0: only the "
+                        "optimised scale)")
 
 
 def _check_output(path: Path) -> Path:
@@ -133,7 +154,9 @@ def request_from_args(args: argparse.Namespace, image=None):
         prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, height=args.height,
         width=args.width, num_frames=args.num_frames, num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale, guidance_scale_2=args.guidance_scale_2, seed=args.seed,
-        max_sequence_length=args.max_sequence_length, fps=args.fps)
+        max_sequence_length=args.max_sequence_length, fps=args.fps,
+        cache=args.cache, guidance_until=args.guidance_until, cfg_zero_star=args.cfg_zero_star,
+        zero_init_steps=args.zero_init_steps)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -202,6 +225,8 @@ def _cli_words(message: str) -> str:
     for api, flag in (("num_inference_steps", "--steps"), ("num_frames", "--num-frames"),
                       ("guidance_scale_2", "--guidance-scale-2"), ("guidance_scale", "--guidance-scale"),
                       ("max_sequence_length", "--max-sequence-length"), ("height", "--height"),
+                      ("guidance_until", "--guidance-until"), ("cfg_zero_star", "--cfg-zero-star"),
+                      ("zero_init_steps", "--zero-init-steps"),
                       ("width", "--width"), ("an image is required", "an image is required (--image)")):
         message = message.replace(api, flag)
     return message
@@ -236,4 +261,8 @@ def _print_summary(pipe, result, output: Path, fps: int, frames_dir, write_secon
           + f"  | {t['per_step']:.3f} s/step over {result.settings['num_inference_steps']} steps")
     peak = result.peak_memory
     print("peak GPU memory: " + (f"{peak / 2**30:.2f} GiB" if peak is not None else "n/a (no GPU)"))
+    if "cache" in result.stats:  # forwards run and reused, per branch and expert
+        print(result.stats["cache"]["summary"])
+    if result.settings.get("guidance_until") is not None or result.settings.get("cfg_zero_star"):
+        print("guidance: " + "; ".join(result.settings["guidance"]))
     sys.stdout.flush()

@@ -37,7 +37,9 @@ class LoadOptions:
     checkpoint's; ``offload``: "none" keeps everything on the device, "experts" only the active
     Wan2.2 expert, "model" also moves the encoders there only while they run, "auto" picks by
     free device memory; ``vae_dtype``: the VAE's dtype (default: the pipeline's);
-    ``vae_tiling``: decode in tiles; ``check_files``: check every weight file's header first.
+    ``vae_tiling``: decode in tiles; ``check_files``: check every weight file's header first;
+    ``cache``: the step cache of every generation that sets none (``"teacache:threshold=0.08"``,
+    a :class:`~fastdit.cache.CacheConfig`; stored as the parsed CacheConfig; docs/caching.md).
     """
 
     scheduler: str = "unipc"
@@ -46,12 +48,17 @@ class LoadOptions:
     vae_dtype: torch.dtype | None = None
     vae_tiling: bool = False
     check_files: bool = True
+    cache: Any = None
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.offload not in OFFLOAD_MODES:
             raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {self.offload!r}")
+        if self.cache is not None:  # parsed here: a bad setting fails before anything loads
+            from fastdit.cache.config import as_cache_config
+
+            object.__setattr__(self, "cache", as_cache_config(self.cache))
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "LoadOptions":
@@ -158,6 +165,10 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
 
     start = time.perf_counter()
     spec = path if isinstance(path, ModelSpec) else inspect_model(path, check_files=options.check_files)
+    if options.cache is not None:  # the cache's settings against this model, before any weights
+        from fastdit.cache.wiring import check_cache
+
+        check_cache(options.cache, spec)
     device = resolve_device(device)
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
@@ -195,7 +206,8 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
         transformer_2 = load_transformer(spec, "transformer_2", second_home, dtype)
     pipe = cls(spec, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=sched,
                transformer=transformer, transformer_2=transformer_2, image_encoder=image_encoder,
-               image_processor=image_processor, device=device, dtype=dtype, offload=offload)
+               image_processor=image_processor, device=device, dtype=dtype, offload=offload,
+               cache=options.cache)
     current_platform().synchronize()
     pipe.load_seconds = time.perf_counter() - start
     log.debug("loaded %s in %.1f s (offload=%s)", spec.describe(), pipe.load_seconds, offload)

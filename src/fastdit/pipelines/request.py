@@ -40,6 +40,11 @@ class GenerationRequest:
     max_sequence_length: int = 512
     fps: int | None = None
     output_type: str = "np"
+    # Opt-in features that change the output (docs/caching.md):
+    cache: Any = None  # a step cache: "NAME[:k=v,...]", a CacheConfig; None: the pipeline's; "none": off
+    guidance_until: float | None = None  # guidance on the first fraction of the steps only
+    cfg_zero_star: bool = False  # CFG-Zero*: zero-init first steps, optimised guidance scale
+    zero_init_steps: int | None = None  # CFG-Zero*'s zero-velocity first steps (default 1)
 
     def replace(self, **changes: Any) -> "GenerationRequest":
         return dataclasses.replace(self, **changes)
@@ -57,6 +62,10 @@ class ResolvedRequest:
     guidance_scale_2: float | None
     max_sequence_length: int
     fps: int
+    cache: Any = None  # the CacheConfig this generation runs with (checked), or None
+    guidance_until: float | None = None
+    cfg_zero_star: bool = False
+    zero_init_steps: int = 1
 
     @property
     def guided(self) -> bool:
@@ -94,11 +103,13 @@ def check_texts(request: GenerationRequest) -> None:
 def resolve_request(spec: ModelSpec, request: GenerationRequest | None = None, *, height=None,
                     width=None, num_frames=None, num_inference_steps=None, guidance_scale=None,
                     guidance_scale_2=None, max_sequence_length=512, image=None,
-                    has_image: bool | None = None) -> ResolvedRequest:
-    """Fill in the model's defaults and check every value; raises :class:`InputError`.
+                    has_image: bool | None = None, default_cache: Any = None) -> ResolvedRequest:
+    """Fill in the model's defaults and check every value; raises :class:`InputError` (and a
+    :class:`~fastdit.errors.UserError` for bad cache settings).
 
     Give a :class:`GenerationRequest`, or the fields as keywords (``has_image`` stands for an
-    image that was checked elsewhere).
+    image that was checked elsewhere). ``default_cache``: the pipeline's cache (``load(...,
+    cache=...)``), used when the request sets none.
     """
     if request is not None:
         height, width, num_frames = request.height, request.width, request.num_frames
@@ -135,7 +146,42 @@ def resolve_request(spec: ModelSpec, request: GenerationRequest | None = None, *
     fps = d.fps if request is None or request.fps is None else _as_int("fps", request.fps)
     if fps < 1:
         raise InputError(f"fps must be at least 1, got {fps}")
-    return ResolvedRequest(height, width, num_frames, steps, g, g2, seq, int(fps))
+    resolved = ResolvedRequest(height, width, num_frames, steps, g, g2, seq, int(fps))
+    return _opt_in(spec, request, resolved, has_image, default_cache)
+
+
+def _opt_in(spec: ModelSpec, request: GenerationRequest | None, resolved: ResolvedRequest,
+            has_image: bool, default_cache: Any) -> ResolvedRequest:
+    """The step cache and the guidance shortcuts of a request, checked (docs/caching.md)."""
+    value = None if request is None else request.cache
+    cache = None
+    if value is not None or default_cache is not None:
+        from fastdit.cache.wiring import resolve_cache
+
+        cache = resolve_cache(value, default_cache, spec, num_steps=resolved.num_inference_steps,
+                              height=resolved.height, width=resolved.width, has_image=has_image)
+    until, zero_star, zero_steps = None, False, 1
+    if request is not None:
+        until, zero_star = request.guidance_until, request.cfg_zero_star
+        if until is not None:
+            until = _as_float("guidance_until", until)
+            if not 0.0 <= until <= 1.0:
+                raise InputError(f"guidance_until must be a fraction of the steps in [0, 1], got {until:g}")
+        if not isinstance(zero_star, bool):
+            raise InputError(f"cfg_zero_star must be True or False, got {zero_star!r}")
+        if request.zero_init_steps is not None:
+            zero_steps = _as_int("zero_init_steps", request.zero_init_steps)
+            if not zero_star:
+                raise InputError("zero_init_steps is a CFG-Zero* setting: it needs cfg_zero_star")
+            if not 0 <= zero_steps <= resolved.num_inference_steps:
+                raise InputError(f"zero_init_steps must be in 0..{resolved.num_inference_steps} "
+                                 f"(the steps), got {zero_steps}")
+        if (until is not None or zero_star) and not resolved.guided:
+            what = "guidance_until" if until is not None else "cfg_zero_star"
+            raise InputError(f"{what} changes classifier-free guidance, which is off "
+                             f"(guidance_scale {resolved.guidance_scale:g} <= 1)")
+    return dataclasses.replace(resolved, cache=cache, guidance_until=until, cfg_zero_star=zero_star,
+                               zero_init_steps=zero_steps)
 
 
 def _guidance(spec: ModelSpec, guidance_scale, guidance_scale_2) -> tuple[float, float | None]:
