@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastdit.cache import CacheConfig, CachedGuidance, CacheSession, CFGZeroStar, GuidanceUntil
-from fastdit.cache.guidance import optimized_scale
+from fastdit.cache import CacheConfig, CachedGuidance, CacheSession
+from fastdit.pipelines.guidance import CFGZeroStar, GuidanceUntil, optimized_scale
 from fastdit.errors import UserError
 
 from .stand_in import CFGStrategy, denoise, make_branch_model
