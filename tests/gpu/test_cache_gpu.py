@@ -1,4 +1,5 @@
-"""GPU-only: the cached model on CUDA in bf16 (the stand-in transformer of tests/cache).
+"""GPU-only: the cached model on CUDA in bf16 (the stand-in transformer of tests/cache, and the
+real pipeline on a tiny random model).
 
 MagCache decides from its table on the host: a whole cached generation must not synchronise
 (``torch.cuda.set_sync_debug_mode("error")`` raises on any device -> host wait); TeaCache and
@@ -54,3 +55,33 @@ def test_measuring_policies_reuse_in_bf16(spec):
     cached, session = _run(spec)
     assert session.stats.reused > 0
     assert torch.isfinite(cached.float()).all() and not torch.equal(cached, plain)
+
+
+# ---- the real pipeline on the GPU (tiny random model, bf16) ----------------------------------
+@pytest.fixture(scope="module")
+def gpu_t2v(tmp_path_factory):
+    import fastdit
+    from tests.pipelines.helpers import tiny_model
+
+    return fastdit.load(tiny_model(tmp_path_factory.mktemp("tiny"), "t2v"), device="cuda", dtype=torch.bfloat16)
+
+
+TINY = dict(height=32, width=32, num_frames=5, num_inference_steps=6, seed=0, negative_prompt="blurry",
+            max_sequence_length=32, output_type="latent")
+BORROW = ",model=Wan2.1-T2V-1.3B"
+
+
+def test_pipeline_threshold_zero_is_the_uncached_output_on_the_gpu(gpu_t2v):
+    plain = gpu_t2v.generate("a fox", **TINY).frames
+    for spec in ("teacache:threshold=0" + BORROW, "magcache:threshold=0" + BORROW, "fbcache:threshold=0",
+                 "dbcache:threshold=0,n=1,warmup=0"):
+        result = gpu_t2v.generate("a fox", cache=spec, **TINY)
+        assert torch.equal(result.frames, plain), spec
+        assert result.stats["cache"]["forwards_reused"] == 0
+
+
+def test_pipeline_reuses_on_the_gpu(gpu_t2v):
+    plain = gpu_t2v.generate("a fox", **TINY).frames
+    result = gpu_t2v.generate("a fox", cache="fbcache:threshold=0.3", **TINY)
+    assert result.stats["cache"]["forwards_reused"] > 0
+    assert torch.isfinite(result.frames).all() and not torch.equal(result.frames, plain)
