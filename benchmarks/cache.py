@@ -1,25 +1,36 @@
 """Step caching: each policy at three thresholds, against the uncached video and peer caches.
 
     python benchmarks/cache.py --out benchmarks/results/cache-h200.json                 # everything
-    python benchmarks/cache.py --impls fastdit --out out/cache-fastdit.json             # split runs
+    python benchmarks/cache.py --impls fastdit --policies teacache,magcache --out out/cache-fastdit-1.json
     python benchmarks/cache.py --impls diffusers,diffusers-fbcache --out out/cache-fbc.json
-    python benchmarks/cache.py --impls cache-dit --out out/cache-dit.json
+    python benchmarks/cache.py --impls diffusers,cache-dit --policies dbcache --out out/cache-dit-1.json
     python benchmarks/cache.py --tiny --out /tmp/cache.json                             # CPU check
 
 Wan2.1-T2V-1.3B with random weights (the components of ``benchmarks/e2e.py``: one seed, diffusers'
 WanTransformer3DModel shares fastdit's tensors), 480x832, 81 frames, 50 steps, guidance 5.
-Per run: total seconds, denoise seconds, branch forwards run (of 2 x steps) and PSNR of the
-frames against the same implementation without a cache (and against fastdit without a cache).
+Per run: total seconds, denoise seconds, branch forwards run (of 2 x steps), the speed-up
+over the same implementation without a cache, and the PSNR of the frames against it (and
+against fastdit without a cache when it ran in the same process). The PSNR is this script's own
+(``e2e.compare``: 10 log10(1 / MSE) over float frames in [0, 1]; main has no
+``fastdit.quality`` yet).
 
-* ``fastdit``: no cache, then ``teacache``, ``magcache``, ``fbcache``, ``dbcache`` and
-  ``dbcache+taylorseer`` at three thresholds each, through ``pipe.generate(..., cache=SPEC)``.
-  PHASE 2: this needs the cache wired into the pipeline (issue 12 phase 2); until then each
-  cached fastdit run is recorded as ``{"skipped": ...}`` and only the uncached run is timed.
+* ``fastdit``: no cache, then the ``--policies`` (``teacache``, ``magcache``, ``fbcache``,
+  ``dbcache``, ``dbcache+taylorseer``) at three thresholds each, through
+  ``pipe.generate(..., cache=SPEC)``; the forwards come from ``result.stats["cache"]``. With
+  ``--overhead-steps N`` (default 10) also the cost of deciding: an ``N``-step run of each
+  policy at ``threshold=1e-9`` (it measures every step and reuses none) against an uncached
+  ``N``-step run, per step.
 * ``diffusers``: WanPipeline without a cache; ``diffusers-fbcache``: diffusers' FirstBlockCache
   hook (``transformer.enable_cache(FirstBlockCacheConfig(threshold))``) at the fbcache thresholds.
 * ``cache-dit``: cache-dit's DBCache (F8B0, warm-up 8, ``cache_dit.enable_cache(pipe,
-  cache_config=DBCacheConfig(...), calibrator_config=TaylorSeerCalibratorConfig(1))``) with
-  and without TaylorSeer at the dbcache thresholds; skipped when ``cache_dit`` is not installed.
+  cache_config=DBCacheConfig(...), calibrator_config=TaylorSeerCalibratorConfig(1))``) without
+  TaylorSeer when ``dbcache`` is in ``--policies`` and with it for ``dbcache+taylorseer``, at the
+  dbcache thresholds; skipped when ``cache_dit`` is not installed.
+
+One GPU step of ``benchmarks/gpu_run.sh`` runs a few policies (three runs of 50 steps take
+about 2.5 minutes on an H200 at worst): ``cache-fastdit-1`` teacache + magcache,
+``cache-fastdit-2`` fbcache + dbcache, ``cache-fastdit-3`` dbcache+taylorseer,
+``cache-diffusers``, ``cache-dit-1`` / ``cache-dit-2``.
 
 Random weights make the cache decisions unlike a trained model's (how fast the residuals move
 decides everything): report the forwards run and the PSNR for what they are.
@@ -30,7 +41,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import inspect
 import json
 import sys
 import time
@@ -76,23 +86,22 @@ class BlockCounter:
 # ---------------------------------------------------------------------------------------
 # fastdit
 # ---------------------------------------------------------------------------------------
-def fastdit_accepts_cache(pipe) -> bool:
-    return "cache" in inspect.signature(pipe.generate).parameters
-
-
-def run_fastdit(e2e, pipe, args, device, spec: str | None) -> tuple[dict, object]:
-    kwargs = {} if spec is None else {"cache": spec}
+def run_fastdit(e2e, pipe, args, device, spec: str | None, steps: int | None = None) -> tuple[dict, object]:
+    """One fastdit generation (``spec``: a cache, or None); its times and cache stats."""
+    steps = steps or args.steps
     e2e.sync(device)
     t0 = time.perf_counter()
     result = pipe.generate(e2e.PROMPT, negative_prompt=e2e.NEGATIVE, height=args.height, width=args.width,
-                           num_frames=args.frames, num_inference_steps=args.steps,
-                           guidance_scale=args.guidance, seed=args.seed, **kwargs)
+                           num_frames=args.frames, num_inference_steps=steps,
+                           guidance_scale=args.guidance, seed=args.seed, cache=spec or "none")
     e2e.sync(device)
     total = time.perf_counter() - t0
-    stats = getattr(result, "stats", {}).get("cache") if spec else None
+    stats = result.stats.get("cache")
+    if (stats is None) != (spec is None):
+        raise RuntimeError(f"fastdit ran with cache stats {stats} for the setting {spec!r}")
     run = {"total_s": total, "denoise_s": result.timings["denoise"], "per_step_s": result.timings["per_step"],
-           "forwards_run": stats["forwards_run"] if stats else 2 * args.steps,
-           "forwards_total": 2 * args.steps, "cache_stats": stats}
+           "forwards_run": stats["forwards_run"] if stats else 2 * steps,
+           "forwards_total": 2 * steps, "cache_stats": stats}
     return run, result.frames
 
 
@@ -101,16 +110,34 @@ def fastdit_runs(e2e, c, args, device, dtype, log) -> None:
     e2e.run_fastdit(pipe, args, args.warmup_steps, device)  # warm-up
     base, frames = run_fastdit(e2e, pipe, args, device, None)
     log("fastdit", None, base, frames, frames)
-    wired = fastdit_accepts_cache(pipe)
-    for policy, (template, thresholds) in selected(args.policies):
+    policies = selected(args.policies)
+    for policy, (template, thresholds) in policies:
         for threshold in thresholds:
-            spec = template.format(t=threshold, n=args.dbcache_n, w=args.dbcache_warmup,
-                                   model=args.model_suffix)
-            if not wired:
-                log("fastdit", spec, {"skipped": "needs the phase-2 wiring: generate(cache=...)"}, None, None)
-                continue
-            run, out = run_fastdit(e2e, pipe, args, device, spec)
-            log("fastdit", spec, run, out, frames)
+            run, out = run_fastdit(e2e, pipe, args, device, fastdit_spec(template, threshold, args))
+            run["speedup"] = base["total_s"] / run["total_s"]
+            log("fastdit", fastdit_spec(template, threshold, args), run, out, frames)
+    if args.overhead_steps:
+        overhead_runs(e2e, pipe, args, device, policies, log)
+
+
+def fastdit_spec(template: str, threshold: float, args) -> str:
+    return template.format(t=threshold, n=args.dbcache_n, w=args.dbcache_warmup, model=args.model_suffix)
+
+
+def overhead_runs(e2e, pipe, args, device, policies, log) -> None:
+    """The cost of deciding: each policy measuring every step and reusing none, per step,
+    against the uncached per-step time (same short run)."""
+    steps = args.overhead_steps
+    plain, _ = run_fastdit(e2e, pipe, args, device, None, steps)
+    log("fastdit-overhead", None, plain, None, None)
+    for policy, (template, _) in policies:
+        spec = fastdit_spec(template, 1e-9, args)
+        run, _ = run_fastdit(e2e, pipe, args, device, spec, steps)
+        reused = run["cache_stats"]["forwards_reused"]
+        run["overhead_per_step_pct"] = 100.0 * (run["per_step_s"] / plain["per_step_s"] - 1.0)
+        if reused:
+            run["note"] = f"{reused} forwards reused even at threshold 1e-9: not a pure decision cost"
+        log("fastdit-overhead", spec, run, None, None)
 
 
 def selected(names: str):
@@ -150,20 +177,22 @@ def diffusers_runs(e2e, c, args, device, impls, log, fastdit_frames) -> None:
                 run, out = run_diffusers(e2e, pipe, args, device, counted_block=1)
             finally:
                 pipe.transformer.disable_cache()
+            run["speedup"] = base["total_s"] / run["total_s"]
             log("diffusers-fbcache", f"FirstBlockCacheConfig(threshold={threshold})", run, out, frames,
                 fastdit_frames)
     if "cache-dit" in impls:
-        cache_dit_runs(e2e, pipe, args, device, log, frames, fastdit_frames)
+        cache_dit_runs(e2e, pipe, args, device, log, frames, fastdit_frames, base)
 
 
-def cache_dit_runs(e2e, pipe, args, device, log, frames, fastdit_frames) -> None:
+def cache_dit_runs(e2e, pipe, args, device, log, frames, fastdit_frames, base) -> None:
     try:
         import cache_dit
         from cache_dit import DBCacheConfig, TaylorSeerCalibratorConfig
     except ImportError as exc:
         log("cache-dit", None, {"skipped": f"cache_dit not importable ({exc})"}, None, None)
         return
-    for taylorseer in (False, True):
+    wanted = [name for name, _ in selected(args.policies)]
+    for taylorseer in [t for t, name in ((False, "dbcache"), (True, "dbcache+taylorseer")) if name in wanted]:
         for threshold in FASTDIT_POLICIES["dbcache"][1]:
             config = DBCacheConfig(Fn_compute_blocks=args.dbcache_n, Bn_compute_blocks=0,
                                    residual_diff_threshold=threshold,
@@ -174,6 +203,7 @@ def cache_dit_runs(e2e, pipe, args, device, log, frames, fastdit_frames) -> None
                 run, out = run_diffusers(e2e, pipe, args, device, counted_block=args.dbcache_n)
             finally:
                 cache_dit.disable_cache(pipe)
+            run["speedup"] = base["total_s"] / run["total_s"]
             name = f"DBCache F{args.dbcache_n}B0 W{args.dbcache_warmup} R{threshold}"
             log("cache-dit", name + (" +TaylorSeer(1)" if taylorseer else ""), run, out, frames,
                 fastdit_frames)
@@ -193,6 +223,8 @@ def main(argv=None) -> int:
     parser.add_argument("--flow-shift", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--warmup-steps", type=int, default=3)
+    parser.add_argument("--overhead-steps", type=int, default=10,
+                        help="steps of the decision-cost runs (0: none)")
     parser.add_argument("--tiny", action="store_true", help="toy model on the CPU (checks the script)")
     args = parser.parse_args(argv)
     impls = [s.strip() for s in args.impls.split(",") if s.strip()]
@@ -203,6 +235,7 @@ def main(argv=None) -> int:
     args.dbcache_n, args.dbcache_warmup, args.model_suffix = 8, 8, ""
     if args.tiny:  # the toy transformer has 2 blocks and is no published model
         args.height, args.width, args.frames, args.steps, args.warmup_steps = 32, 32, 5, 6, 1
+        args.overhead_steps = min(args.overhead_steps, 3)
         args.dbcache_n, args.dbcache_warmup = 1, 1
         args.model_suffix = ",model=Wan2.1-T2V-1.3B"  # borrowed constants (TeaCache / MagCache)
         torch.set_num_threads(min(4, torch.get_num_threads()))
@@ -228,7 +261,7 @@ def main(argv=None) -> int:
             other = fastdit_reference if fastdit_reference is not None else frames.get("fastdit")
             if other is not None:
                 entry["psnr_vs_fastdit_uncached_db"] = e2e.compare(out, other)["psnr_db"]
-            if setting is None:
+            if setting is None and impl not in frames:
                 frames[impl] = out
         result["runs"].append(entry)
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -39,6 +39,5 @@ def identify_model(name: str | None, config: Any = None, *, two_experts: bool = 
     elif (dim, layers, channels) == (5120, 40, 16) and not image:
         guess = "Wan2.1-T2V-14B"
     if guess:
-        log.info("cache: the transformer looks like %s (its architecture); its constants are used",
-                 guess)
+        log.debug("cache: the transformer looks like %s (its architecture)", guess)
     return guess

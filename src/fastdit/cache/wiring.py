@@ -81,7 +81,8 @@ def new_session(config: CacheConfig, spec: Any, transformer: Any, plan: Sequence
     name = model_name(spec, transformer.config, height=height, width=width)
     session = CacheSession(config, len(plan), list(plan), model=name, has_image=has_image)
     session.prepare(len(transformer.blocks), transformer.config)
+    model = f" (model {name}{'' if name == spec.name else ', by its architecture'})" if name else ""
     for expert, settings in sorted(session.stats.settings.items()):
-        log.info("cache %s%s: %s", config.policy, f", expert {expert + 1}" if spec.two_experts else "",
-                 settings)
+        log.info("cache %s%s%s: %s", config.policy, model,
+                 f", expert {expert + 1}" if spec.two_experts else "", settings)
     return session
