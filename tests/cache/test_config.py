@@ -86,3 +86,12 @@ def test_every_policy_has_a_threshold_and_help():
     for policy, knobs in KNOBS.items():
         assert knobs[0].name == "threshold", policy
         assert f"{policy}:" in text and all(f"  {k.name} (" in text for k in knobs)
+
+
+def test_brief_help_names_every_knob_on_one_line():
+    from fastdit.cache.config import policy_help
+
+    text = policy_help(brief=True)
+    assert "\n" not in text and "fbcache/dbcache:" in text
+    for policy, knobs in KNOBS.items():
+        assert policy in text and all(k.name in text for k in knobs)

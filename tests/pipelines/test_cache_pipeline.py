@@ -275,3 +275,20 @@ def test_guidance_shortcuts(t2v, uncached):
 def test_bad_guidance_shortcuts(t2v, kwargs, message):
     with pytest.raises(InputError, match=message):
         t2v.generate(PROMPT, **{**SMALL, **kwargs})
+
+
+@pytest.mark.parametrize("task, spec", [("i2v", "fbcache:threshold={t}"),
+                                        ("ti2v", "teacache:threshold={t},ret_steps=true,model=Wan2.1-T2V-14B")])
+def test_image_models(tiny_model, task, spec):
+    """Wan2.1 I2V (CLIP image tokens per branch) and TI2V (per-frame timesteps, temb6 per frame)."""
+    from tests.pipelines.helpers import sample_image
+
+    pipe = fastdit.load(tiny_model(task), device="cpu", dtype=torch.float32)
+    size = dict(SMALL, height=64, width=64) if task == "ti2v" else SMALL
+    kwargs = dict(size, image=sample_image(), num_inference_steps=7)
+    plain = pipe.generate(PROMPT, **kwargs)
+    never = pipe.generate(PROMPT, cache=spec.format(t=0), **kwargs)
+    assert np.array_equal(never.frames, plain.frames) and never.stats["cache"]["forwards_reused"] == 0
+    reused = pipe.generate(PROMPT, cache=spec.format(t=0.3), **kwargs)
+    assert reused.stats["cache"]["forwards_reused"] > 0
+    assert 0 < np.abs(reused.frames - plain.frames).mean() < 0.05

@@ -83,10 +83,13 @@ class WanVideoPipeline:
             raise ValueError(f"offload must be one of none, experts, model; got {offload!r}")
         self.offload = offload
         self.cache = None  # the default CacheConfig (frozen; each generation has its own session)
-        if cache is not None:
+        if cache is not None:  # checked against the model now (load() did so before any weights)
             from fastdit.cache.config import as_cache_config
+            from fastdit.cache.wiring import check_cache
 
             self.cache = as_cache_config(cache)
+            if self.cache is not None:
+                check_cache(self.cache, spec)
         self.video_processor = VideoProcessor(vae_scale_factor=spec.vae_stride_spatial)
         self.load_seconds: float | None = None
         # diffusers' Wan VAE keeps its causal-convolution cache on the module: one user at a time
