@@ -1,5 +1,7 @@
-"""A tiny transformer with the WanTransformer split (seams.md section 3) and a BranchModel
-(section 4), so the cached model is tested before the real ones exist on this branch.
+"""A tiny float64 transformer with the WanTransformer split (seams.md section 3) and a
+BranchModel (section 4): the cached model's exact checks (batched vs separate branches to
+1e-12, decision replays). The same properties on the real Wan transformer and pipeline (fp32)
+are in tests/pipelines/test_cache_pipeline.py.
 
 ``embed(latents, timestep, text, image) -> (x (B, L, D), ctx)``, ``run_blocks(x, ctx, start,
 stop)``, ``head(x, ctx) -> (B, C_out, T, H, W)``; ``ctx`` has WanContext's fields. The blocks
