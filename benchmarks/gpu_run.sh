@@ -2,7 +2,7 @@
 # Everything the GPU machine has to do, in one call (device time is scarce):
 #   bash benchmarks/gpu_run.sh [tests] [ops] [transformer] [e2e]    (default: all)
 #   other steps: transformer-1.3b, transformer-14b, compile-block, tune, diag, diag-attention,
-#   quant-tests, quant, offload
+#   quant-tests, quant, offload, cache-fastdit-1..3, cache-diffusers, cache-dit-1..2
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
 # tests, runs the benchmarks and writes JSON and logs under $OUT (or ./out/gpu).
 set -uo pipefail
@@ -51,6 +51,18 @@ for step in $STEPS; do
       python3 benchmarks/quant.py --out "$OUT/quant.json" ${QUANT_ARGS:-} 2>&1 | tee "$OUT/quant.log" ;;
     offload)  # OFFLOAD_ARGS="--variants resident,stream-24gb" to run a subset
       python3 benchmarks/offload.py --out "$OUT/offload.json" ${OFFLOAD_ARGS:-} 2>&1 | tee "$OUT/offload.log" ;;
+    cache-fastdit-1)  # each cache step: one 50-step 480p video uncached, then 3-6 cached (< 8 min on an H200)
+      python3 benchmarks/cache.py --impls fastdit --policies teacache,magcache --out "$OUT/cache-fastdit-1.json" 2>&1 | tee "$OUT/cache-fastdit-1.log" ;;
+    cache-fastdit-2)
+      python3 benchmarks/cache.py --impls fastdit --policies fbcache,dbcache --out "$OUT/cache-fastdit-2.json" 2>&1 | tee "$OUT/cache-fastdit-2.log" ;;
+    cache-fastdit-3)
+      python3 benchmarks/cache.py --impls fastdit --policies dbcache+taylorseer --out "$OUT/cache-fastdit-3.json" 2>&1 | tee "$OUT/cache-fastdit-3.log" ;;
+    cache-diffusers)
+      python3 benchmarks/cache.py --impls diffusers,diffusers-fbcache --out "$OUT/cache-diffusers.json" 2>&1 | tee "$OUT/cache-diffusers.log" ;;
+    cache-dit-1)
+      python3 benchmarks/cache.py --impls diffusers,cache-dit --policies dbcache --out "$OUT/cache-dit-1.json" 2>&1 | tee "$OUT/cache-dit-1.log" ;;
+    cache-dit-2)
+      python3 benchmarks/cache.py --impls diffusers,cache-dit --policies dbcache+taylorseer --out "$OUT/cache-dit-2.json" 2>&1 | tee "$OUT/cache-dit-2.log" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

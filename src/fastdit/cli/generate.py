@@ -71,7 +71,28 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="run a request beyond the model's range or the device estimate of time and memory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_cache_arguments(p)
     p.set_defaults(func=cmd_generate)
+
+
+def add_cache_arguments(p: argparse.ArgumentParser) -> None:
+    """Step caching and the guidance shortcuts: opt-in, they change the output (docs/caching.md)."""
+    from fastdit.cache.config import policy_help  # no torch import: --help stays fast
+
+    g = p.add_argument_group("step caching and guidance shortcuts (change the output; docs/caching.md)")
+    g.add_argument("--cache", default=None, metavar="NAME[:k=v,...]",
+                   help="reuse the transformer's residual on steps where its input barely moved, e.g. "
+                        "teacache:threshold=0.08 (threshold=0 never reuses; none: off). "
+                        + policy_help(brief=True))
+    g.add_argument("--guidance-until", type=float, default=None, metavar="FRACTION",
+                   help="classifier-free guidance on the first FRACTION of the steps only, the prompt "
+                        "alone after (0.8: the last 20%% of the steps run one branch)")
+    g.add_argument("--cfg-zero-star", action="store_true",
+                   help="CFG-Zero*: zero velocity on the first steps (no forward) and the optimised "
+                        "guidance scale after")
+    g.add_argument("--zero-init-steps", type=int, default=None, metavar="N",
+                   help="CFG-Zero*: how many first steps predict zero velocity (default 1; 0: only the "
+                        "optimised scale)")
 
 
 def _quiet_libraries(verbose: bool) -> None:
@@ -95,7 +116,9 @@ def request_from_args(args: argparse.Namespace, image=None):
         prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, height=args.height,
         width=args.width, num_frames=args.num_frames, num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale, guidance_scale_2=args.guidance_scale_2, seed=args.seed,
-        max_sequence_length=args.max_sequence_length, fps=args.fps, force=args.force)
+        max_sequence_length=args.max_sequence_length, fps=args.fps, force=args.force,
+        cache=args.cache, guidance_until=args.guidance_until, cfg_zero_star=args.cfg_zero_star,
+        zero_init_steps=args.zero_init_steps)
 
 
 def read_image(text: str):
@@ -188,7 +211,8 @@ CLI_WORDS = (("num_inference_steps", "--steps"), ("num_frames", "--num-frames"),
              ("max_sequence_length", "--max-sequence-length"), ("negative_prompt", "--negative-prompt"),
              ("prompt", "--prompt"), ("height", "--height"), ("width", "--width"), ("seed", "--seed"),
              ("fps", "--fps"), ("flow_shift", "--flow-shift"), ("dtype", "--dtype"),
-             ("force=True", "--force"))
+             ("force=True", "--force"), ("guidance_until", "--guidance-until"),
+             ("cfg_zero_star", "--cfg-zero-star"), ("zero_init_steps", "--zero-init-steps"))
 
 
 def _cli_words(message: str) -> str:
@@ -219,4 +243,8 @@ def _print_summary(pipe, result, output: Path, fps, frames_dir, write_seconds: f
           + f"  | {t['per_step']:.3f} s/step over {result.settings['num_inference_steps']} steps")
     peak = result.peak_memory
     print("peak GPU memory: " + (f"{peak / 2**30:.2f} GiB" if peak is not None else "n/a (no GPU)"))
+    if "cache" in result.stats:  # forwards run and reused, per branch and expert
+        print(result.stats["cache"]["summary"])
+    if result.settings.get("guidance_until") is not None or result.settings.get("cfg_zero_star"):
+        print("guidance: " + "; ".join(result.settings["guidance"]))
     sys.stdout.flush()

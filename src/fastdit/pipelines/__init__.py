@@ -30,7 +30,8 @@ def load(path, device=None, dtype=None, **kwargs):
     The task (T2V, I2V, TI2V, Wan2.2 A14B experts) comes from the folder's model_index.json.
     Keyword options are the fields of :class:`~fastdit.pipelines.loading.LoadOptions`:
     ``scheduler="unipc"|"euler"``, ``flow_shift``, ``offload="auto"|"none"|"experts"|"model"``,
-    ``vae_dtype``, ``vae_tiling``, ``check_files``.
+    ``vae_dtype``, ``vae_tiling``, ``check_files``, ``cache`` (a step cache for every generation,
+    e.g. ``"teacache:threshold=0.08"``; see docs/caching.md).
     """
     from fastdit.pipelines.wan import WanVideoPipeline
 

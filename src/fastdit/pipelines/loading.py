@@ -55,6 +55,8 @@ class LoadOptions:
     ``text_encoder_device``: "auto", "device" or "cpu" (also the CLIP encoder's);
     ``prefetch``: streamed blocks copied ahead (default: the planner's); ``plan_video``:
     ``(height, width, num_frames)`` the plan must hold (default: the model's defaults).
+    ``cache``: the step cache of every generation that sets none (``"teacache:threshold=0.08"``,
+    a :class:`~fastdit.cache.CacheConfig`; stored as the parsed CacheConfig; docs/caching.md).
     """
 
     scheduler: str = "unipc"
@@ -68,6 +70,7 @@ class LoadOptions:
     text_encoder_device: str = "auto"
     prefetch: int | None = None
     plan_video: tuple[int, int, int] | None = None
+    cache: Any = None
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -79,6 +82,10 @@ class LoadOptions:
         if self.vae_dtype is not None:
             object.__setattr__(self, "vae_dtype", resolve_dtype(self.vae_dtype, None, name="vae_dtype"))
         _check_memory_options(self)
+        if self.cache is not None:  # parsed here: a bad setting fails before anything loads
+            from fastdit.cache.config import as_cache_config
+
+            object.__setattr__(self, "cache", as_cache_config(self.cache))
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "LoadOptions":
@@ -265,6 +272,10 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     spec = path if isinstance(path, ModelSpec) else inspect_model(path, check_files=options.check_files)
+    if options.cache is not None:  # the cache's settings against this model, before any weights
+        from fastdit.cache.wiring import check_cache
+
+        check_cache(options.cache, spec)
     if options.check_files:
         check_components(spec)  # every tensor name and shape, before any weights load
     spec.device_budget = device_budget(spec, device, dtype, offload=options.offload,
@@ -311,7 +322,8 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
             transformer_2 = load_transformer(spec, "transformer_2", second_home, dtype)
     pipe = cls(spec, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=sched,
                transformer=transformer, transformer_2=transformer_2, image_encoder=image_encoder,
-               image_processor=image_processor, device=device, dtype=dtype, offload=offload)
+               image_processor=image_processor, device=device, dtype=dtype, offload=offload,
+               cache=options.cache)
     pipe.memory_plan = plan
     current_platform().synchronize()
     pipe.load_seconds = time.perf_counter() - start

@@ -55,6 +55,11 @@ class GenerationRequest:
     fps: int | None = None
     output_type: str = "np"
     force: bool = False
+    # Opt-in features that change the output (docs/caching.md):
+    cache: Any = None  # a step cache: "NAME[:k=v,...]", a CacheConfig; None: the pipeline's; "none": off
+    guidance_until: float | None = None  # guidance on the first fraction of the steps only
+    cfg_zero_star: bool = False  # CFG-Zero*: zero-init first steps, optimised guidance scale
+    zero_init_steps: int | None = None  # CFG-Zero*'s zero-velocity first steps (default 1)
 
     def replace(self, **changes: Any) -> "GenerationRequest":
         return dataclasses.replace(self, **changes)
@@ -76,6 +81,10 @@ class ResolvedRequest:
     max_sequence_length: int
     fps: int
     notices: tuple[str, ...] = field(default=(), compare=False)
+    cache: Any = None  # the CacheConfig this generation runs with (checked), or None
+    guidance_until: float | None = None
+    cfg_zero_star: bool = False
+    zero_init_steps: int = 1
 
     @property
     def guided(self) -> bool:
@@ -159,12 +168,16 @@ def resolve_request(spec: ModelSpec, request: GenerationRequest | None = None, *
                     width=None, num_frames=None, num_inference_steps=None, guidance_scale=None,
                     guidance_scale_2=None, max_sequence_length=512, image=None,
                     has_image: bool | None = None, seed: Any = 0, force: bool = False,
-                    notify: Callable[[str], None] | None = log.warning) -> ResolvedRequest:
+                    notify: Callable[[str], None] | None = log.warning,
+                    default_cache: Any = None) -> ResolvedRequest:
     """Fill in the model's defaults and check every value; raises :class:`InputError`
-    (:class:`~fastdit.errors.ResourceError` for a request too large, unless ``force``).
+    (:class:`~fastdit.errors.ResourceError` for a request too large, unless ``force``; a
+    :class:`~fastdit.errors.UserError` for bad cache settings).
 
     Give a :class:`GenerationRequest`, or the fields as keywords (``has_image`` stands for an
     image that was checked elsewhere). ``notify`` gets each notice (default: a log warning).
+    ``default_cache``: the pipeline's cache (``load(..., cache=...)``), used when the request
+    sets none.
     """
     negative_prompt = None
     if request is not None:
@@ -201,7 +214,9 @@ def resolve_request(spec: ModelSpec, request: GenerationRequest | None = None, *
     if notify is not None:
         for notice in notices:
             notify(notice)
-    return ResolvedRequest(height, width, num_frames, steps, g, g2, seq, int(fps), tuple(notices))
+    resolved = ResolvedRequest(height, width, num_frames, steps, g, g2, seq, int(fps), tuple(notices))
+    has_image = (image is not None) if has_image is None else has_image
+    return _opt_in(spec, request, resolved, has_image, default_cache)
 
 
 def _check_sizes(spec: ModelSpec, height: int, width: int, num_frames: int) -> None:
@@ -221,6 +236,40 @@ def _check_image_mode(spec: ModelSpec, has_image: bool) -> None:
         raise InputError(f"{spec.name or 'this model'} is an image-to-video model: an image is required")
     if spec.image_mode == "none" and has_image:
         raise InputError(f"{spec.name or 'this model'} is a text-to-video model: it takes no image")
+
+
+def _opt_in(spec: ModelSpec, request: GenerationRequest | None, resolved: ResolvedRequest,
+            has_image: bool, default_cache: Any) -> ResolvedRequest:
+    """The step cache and the guidance shortcuts of a request, checked (docs/caching.md)."""
+    value = None if request is None else request.cache
+    cache = None
+    if value is not None or default_cache is not None:
+        from fastdit.cache.wiring import resolve_cache
+
+        cache = resolve_cache(value, default_cache, spec, num_steps=resolved.num_inference_steps,
+                              height=resolved.height, width=resolved.width, has_image=has_image)
+    until, zero_star, zero_steps = None, False, 1
+    if request is not None:
+        until, zero_star = request.guidance_until, request.cfg_zero_star
+        if until is not None:
+            until = _as_float("guidance_until", until)
+            if not 0.0 <= until <= 1.0:
+                raise InputError(f"guidance_until must be a fraction of the steps in [0, 1], got {until:g}")
+        if not isinstance(zero_star, bool):
+            raise InputError(f"cfg_zero_star must be True or False, got {zero_star!r}")
+        if request.zero_init_steps is not None:
+            zero_steps = _as_int("zero_init_steps", request.zero_init_steps)
+            if not zero_star:
+                raise InputError("zero_init_steps is a CFG-Zero* setting: it needs cfg_zero_star")
+            if not 0 <= zero_steps <= resolved.num_inference_steps:
+                raise InputError(f"zero_init_steps must be in 0..{resolved.num_inference_steps} "
+                                 f"(the steps), got {zero_steps}")
+        if (until is not None or zero_star) and not resolved.guided:
+            what = "guidance_until" if until is not None else "cfg_zero_star"
+            raise InputError(f"{what} changes classifier-free guidance, which is off "
+                             f"(guidance_scale {resolved.guidance_scale:g} <= 1)")
+    return dataclasses.replace(resolved, cache=cache, guidance_until=until, cfg_zero_star=zero_star,
+                               zero_init_steps=zero_steps)
 
 
 def _guidance(spec: ModelSpec, guidance_scale, guidance_scale_2) -> tuple[float, float | None]:

@@ -26,13 +26,16 @@ from fastdit.pipelines.video_io import (  # noqa: F401  (re-exported)
 class GenerationResult:
     """``frames``: float32 ``[F, H, W, 3]`` in [0, 1] (or a tensor / latents, per output_type);
     ``timings``: seconds per stage (text, image, latents, denoise, decode, total) and per step;
-    ``peak_memory``: peak bytes allocated on the GPU during generation (None on the CPU)."""
+    ``peak_memory``: peak bytes allocated on the GPU during generation (None on the CPU);
+    ``stats``: what the opt-in features did, e.g. ``stats["cache"]`` (forwards run and reused
+    per branch and expert, :meth:`fastdit.cache.CacheStats.to_dict`)."""
 
     frames: Any
     timings: dict[str, float] = field(default_factory=dict)
     fps: int = 16
     peak_memory: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_frames(self) -> int:

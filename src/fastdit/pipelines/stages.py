@@ -313,6 +313,22 @@ def timestep_rows(t: torch.Tensor, batch: int, frame_mask: torch.Tensor | None) 
     return (frame_mask * t).unsqueeze(0).expand(batch, -1)  # (B, F)
 
 
+def expert_plan(timesteps: torch.Tensor, boundary_timestep: float | None) -> list[int]:
+    """Which expert runs each step: 0 for ``t >= boundary_timestep`` (or always), 1 below;
+    decided once on the host (no device sync inside the loop)."""
+    if boundary_timestep is None:
+        return [0] * len(timesteps)
+    return [0 if float(t) >= boundary_timestep else 1 for t in timesteps.cpu()]
+
+
+def plan_steps(scheduler, num_inference_steps: int, boundary_timestep: float | None,
+               device: torch.device) -> list[int]:
+    """:func:`expert_plan` for the timesteps ``scheduler`` will run (it sets them, as
+    :func:`denoise` does again)."""
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    return expert_plan(scheduler.timesteps, boundary_timestep)
+
+
 @torch.no_grad()
 def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts: Sequence[Expert],
             texts: Sequence[torch.Tensor], *, dtype: torch.dtype,
@@ -347,11 +363,7 @@ def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts:
     for index, expert in enumerate(experts):
         model = BranchModel(expert.model, texts, image_embeds)
         models.append(model if wrap_model is None else wrap_model(index, model))
-    # which expert runs each step, decided once on the host (no device sync inside the loop)
-    if boundary_timestep is None:
-        plan = [0] * len(timesteps)
-    else:
-        plan = [0 if float(t) >= boundary_timestep else 1 for t in timesteps.cpu()]
+    plan = expert_plan(timesteps, boundary_timestep)
     # TI2V with an image: the held first frame's part of every step's input, computed once
     held_frame = None if cond.first_frame is None else (1 - cond.keep_mask) * cond.first_frame
     total = len(timesteps)

@@ -27,7 +27,7 @@ import torch
 from fastdit.errors import InputError, first_line
 from fastdit.pipelines import stages
 from fastdit.pipelines.control import GenerationControl, Progress
-from fastdit.pipelines.guidance import CFG, NoGuidance
+from fastdit.pipelines.guidance import CFG, CFGZeroStar, GuidanceUntil, NoGuidance
 from fastdit.pipelines.loading import (  # noqa: F401  (re-exported for older imports)
     OFFLOAD_MODES,
     SCHEDULERS,
@@ -57,14 +57,15 @@ class WanVideoPipeline:
 
     ``offload``: ``"none"`` keeps everything on the device; ``"experts"`` keeps only the active
     Wan2.2 expert there (the other waits in CPU memory); ``"model"`` also moves the text and
-    image encoders to the device only while they run. The pipeline holds no per-generation
-    state: every generation makes its own scheduler and control object.
+    image encoders to the device only while they run. ``cache``: the step cache of every
+    generation that sets none (docs/caching.md). The pipeline holds no per-generation state:
+    every generation makes its own scheduler, control object and cache session.
     """
 
     def __init__(self, spec: ModelSpec, *, tokenizer, text_encoder, vae, scheduler, transformer,
                  transformer_2=None, image_encoder=None, image_processor=None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-                 offload: str = "none"):
+                 offload: str = "none", cache: Any = None):
         from diffusers.video_processor import VideoProcessor
 
         self.spec = spec
@@ -81,6 +82,14 @@ class WanVideoPipeline:
         if offload not in OFFLOAD_MODES or offload == "auto":
             raise ValueError(f"offload must be one of none, experts, model; got {offload!r}")
         self.offload = offload
+        self.cache = None  # the default CacheConfig (frozen; each generation has its own session)
+        if cache is not None:  # checked against the model now (load() did so before any weights)
+            from fastdit.cache.config import as_cache_config
+            from fastdit.cache.wiring import check_cache
+
+            self.cache = as_cache_config(cache)
+            if self.cache is not None:
+                check_cache(self.cache, spec)
         self.video_processor = VideoProcessor(vae_scale_factor=spec.vae_stride_spatial)
         self.load_seconds: float | None = None
         # diffusers' Wan VAE keeps its causal-convolution cache on the module: one user at a time
@@ -100,8 +109,8 @@ class WanVideoPipeline:
         return [m for m in (self.transformer, self.transformer_2) if m is not None]
 
     def check_request(self, request: GenerationRequest | None = None, **kwargs) -> ResolvedRequest:
-        """:func:`resolve_request` for this model."""
-        return resolve_request(self.spec, request, **kwargs)
+        """:func:`resolve_request` for this model (and this pipeline's default cache)."""
+        return resolve_request(self.spec, request, default_cache=self.cache, **kwargs)
 
     def _activate_expert(self, index: int) -> None:
         if self.offload == "none" or len(self.experts) < 2:
@@ -127,15 +136,28 @@ class WanVideoPipeline:
 
         As diffusers: guidance is on when guidance_scale > 1, and then every expert applies its
         own scale (an expert whose scale is exactly 1 runs the prompt alone: the same math, half
-        the work)."""
+        the work). The guidance shortcuts of the request (CFG-Zero*, guidance until a step
+        fraction) replace CFG in each guided expert; their step index is the global one."""
         guided = req.guided
-        experts = [stages.Expert(self.transformer, CFG(req.guidance_scale) if guided else NoGuidance())]
+        experts = [stages.Expert(self.transformer, self._guidance(req.guidance_scale, req) if guided
+                                 else NoGuidance())]
         boundary = None
         if self.spec.two_experts:
-            second = CFG(req.guidance_scale_2) if guided and req.guidance_scale_2 != 1.0 else NoGuidance()
+            second = (self._guidance(req.guidance_scale_2, req) if guided and req.guidance_scale_2 != 1.0
+                      else NoGuidance())
             experts.append(stages.Expert(self.transformer_2, second))
             boundary = self.spec.boundary_ratio * self.scheduler.config.num_train_timesteps
         return experts, boundary
+
+    @staticmethod
+    def _guidance(scale: float, req: ResolvedRequest):
+        """CFG at ``scale``, or the request's guidance shortcuts around it."""
+        steps = req.num_inference_steps
+        strategy = (CFGZeroStar(scale, steps, zero_init_steps=req.zero_init_steps) if req.cfg_zero_star
+                    else CFG(scale))
+        if req.guidance_until is not None and req.guidance_until < 1.0:
+            strategy = GuidanceUntil(scale, req.guidance_until, steps, guided=strategy)
+        return strategy
 
     # ---- generation ------------------------------------------------------------------
     def generate(self, prompt: str, negative_prompt: str | None = None, height: int | None = None,
@@ -144,7 +166,9 @@ class WanVideoPipeline:
                  guidance_scale_2: float | None = None, seed: int | torch.Generator | None = 0,
                  image: Any = None, max_sequence_length: int = 512, output_type: str = "np",
                  progress: bool = False, callback: Callable[[int, int], None] | None = None,
-                 control: GenerationControl | None = None) -> GenerationResult:
+                 control: GenerationControl | None = None, cache: Any = None,
+                 guidance_until: float | None = None, cfg_zero_star: bool = False,
+                 zero_init_steps: int | None = None) -> GenerationResult:
         """Generate one video. Unset sizes/steps/guidance come from the model's defaults.
 
         ``image``: a PIL image, a path or an array (I2V: required; TI2V-5B: optional).
@@ -152,12 +176,19 @@ class WanVideoPipeline:
         ``"latent"``. ``progress``: a progress bar on stderr. ``callback(step, total)`` runs
         after every denoising step; ``control`` reports progress and can cancel (see
         :class:`~fastdit.pipelines.control.GenerationControl`).
+
+        Opt-in, output-changing features (docs/caching.md): ``cache`` a step cache
+        (``"teacache:threshold=0.08"``; None: the pipeline's default, ``"none"``: off; the
+        result's ``stats["cache"]`` says what it reused); ``guidance_until`` guidance on that
+        fraction of the steps only; ``cfg_zero_star`` CFG-Zero* (``zero_init_steps`` zero-velocity
+        first steps, default 1).
         """
         request = GenerationRequest(
             prompt=prompt, negative_prompt=negative_prompt, image=image, height=height, width=width,
             num_frames=num_frames, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2, seed=seed,
-            max_sequence_length=max_sequence_length, output_type=output_type)
+            max_sequence_length=max_sequence_length, output_type=output_type, cache=cache,
+            guidance_until=guidance_until, cfg_zero_star=cfg_zero_star, zero_init_steps=zero_init_steps)
         return self.run(request, control=control, progress=progress, callback=callback)
 
     __call__ = generate
@@ -207,11 +238,16 @@ class WanVideoPipeline:
                         req.width, spec.vae_stride_temporal, spec.expand_timesteps)
 
         experts, boundary = self._experts_for(req)
+        guidance = [repr(e.strategy()) for e in experts]
+        scheduler = copy.deepcopy(self.scheduler)  # this generation's own
+        session = None
+        if req.cache is not None:  # a step cache: this generation's own session, every expert
+            experts, session = self._cached(experts, req, scheduler, boundary, pil_image is not None)
         control, bar = _control_with_reports(control, progress, callback, req.num_inference_steps)
         try:
             with clock("denoise"):
                 latents = stages.denoise(
-                    latents, copy.deepcopy(self.scheduler), req.num_inference_steps, experts, texts,
+                    latents, scheduler, req.num_inference_steps, experts, texts,
                     dtype=dtype, boundary_timestep=boundary, image_embeds=image_embeds, condition=condition,
                     expand_timesteps=spec.expand_timesteps, patch_size=spec.patch_size, control=control,
                     on_expert=self._activate_expert)
@@ -229,10 +265,24 @@ class WanVideoPipeline:
         settings = dataclasses.asdict(req) | {
             "seed": seed if not isinstance(seed, torch.Generator) else None, "prompt": request.prompt,
             "negative_prompt": request.negative_prompt or "", "image": pil_image is not None,
-            "model": spec.name, "task": spec.task,
-            "guidance": [repr(e.strategy()) for e in experts]}
+            "model": spec.name, "task": spec.task, "guidance": guidance,
+            "cache": None if req.cache is None else req.cache.spec()}
+        stats = {} if session is None else {"cache": session.finish().to_dict()}
         return GenerationResult(frames=frames, timings=timings, fps=req.fps,
-                                peak_memory=platform.memory_allocated_peak(), settings=settings)
+                                peak_memory=platform.memory_allocated_peak(), settings=settings,
+                                stats=stats)
+
+    def _cached(self, experts: list[stages.Expert], req: ResolvedRequest, scheduler,
+                boundary: float | None, has_image: bool):
+        """The experts with their guidance behind this generation's step cache, and the session."""
+        from fastdit.cache.session import CachedGuidance
+        from fastdit.cache.wiring import new_session
+
+        plan = stages.plan_steps(scheduler, req.num_inference_steps, boundary, self.device)
+        session = new_session(req.cache, self.spec, self.transformer, plan, height=req.height,
+                              width=req.width, has_image=has_image)
+        cached = [dataclasses.replace(e, guidance=CachedGuidance(e.strategy(), session)) for e in experts]
+        return cached, session
 
     @staticmethod
     def _read_image(image: Any):
