@@ -252,13 +252,13 @@ def _opt_in(spec: ModelSpec, request: GenerationRequest | None, resolved: Resolv
     if request is not None:
         until, zero_star = request.guidance_until, request.cfg_zero_star
         if until is not None:
-            until = _as_float("guidance_until", until)
+            until = as_float("guidance_until", until)
             if not 0.0 <= until <= 1.0:
                 raise InputError(f"guidance_until must be a fraction of the steps in [0, 1], got {until:g}")
         if not isinstance(zero_star, bool):
             raise InputError(f"cfg_zero_star must be True or False, got {zero_star!r}")
         if request.zero_init_steps is not None:
-            zero_steps = _as_int("zero_init_steps", request.zero_init_steps)
+            zero_steps = as_int("zero_init_steps", request.zero_init_steps)
             if not zero_star:
                 raise InputError("zero_init_steps is a CFG-Zero* setting: it needs cfg_zero_star")
             if not 0 <= zero_steps <= resolved.num_inference_steps:
