@@ -247,11 +247,13 @@ def plan_lora(path: str | Path, names: ParameterNames, *, scale: float = 1.0, st
                             f"{lora_key.key!r} both give the {lora_key.role} of {lora_key.module!r}")
         roles[lora_key.role] = lora_key.key
 
-    alphas = read_scalars(path, [roles["alpha"] for roles in by_module.values() if "alpha" in roles])
-    for key, value in alphas.items():
+    alpha_keys = [roles["alpha"] for roles in by_module.values() if "alpha" in roles]
+    for key in alpha_keys:
         if infos[key].shape not in ((), (1,)):
             raise LoraError(f"LoRA file {path}: alpha tensor {key!r} has shape "
                             f"{list(infos[key].shape)}, expected one value")
+    alphas = read_scalars(path, alpha_keys)
+    for key, value in alphas.items():
         if not math.isfinite(value):
             raise LoraError(f"LoRA file {path}: alpha tensor {key!r} is {value}")
 
