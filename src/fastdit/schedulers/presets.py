@@ -1,0 +1,120 @@
+"""Named few-step presets: the settings a step-distilled Wan model was trained for, and the
+files (LoRAs, distilled transformers) that go with each base model.
+
+    preset = get_preset("lightx2v-4step")
+    scheduler = preset.scheduler(two_experts=True)   # FewStepScheduler, boundary at step 2
+    recipe = preset.recipe_for("Wan2.2-I2V-A14B")
+
+Sources: LightX2V's configs (``configs/distill/wan21/*_4step_cfg.json``,
+``configs/distill/wan22/wan_moe_*_distill_*.json``: ``denoising_step_list [1000, 750, 500,
+250]``, ``sample_shift 5``, ``enable_cfg false``, ``boundary_step_index 2``) and model cards
+(lightx2v/Wan2.1-Distill-Loras, Wan2.1-Distill-Models, Wan2.2-Distill-Loras,
+Wan2.2-Distill-Models); Wan2.2-Lightning's configs (``sample_steps 4``, ``sample_shift 5``,
+``sample_guide_scale (1, 1)``, Euler, expert switch at t >= 875 (T2V) / 900 (I2V), which for
+this schedule, timesteps 1000, 937.5, 833.3, 625, is the switch at step 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastdit.errors import InputError
+from fastdit.schedulers.few_step import DEFAULT_TIMESTEPS, FewStepScheduler
+
+
+@dataclass(frozen=True)
+class FewStepRecipe:
+    """The files of a distilled variant of one base model (names as published)."""
+
+    model: str  # the base model, a name in fastdit.models.wan.WAN_CONFIGS
+    repo: str  # the Hugging Face repository holding the files
+    lora: str | None = None  # for ``transformer`` (Wan2.2 A14B: the high-noise expert)
+    lora_2: str | None = None  # Wan2.2 A14B: for ``transformer_2`` (low noise)
+    transformer: str | None = None  # a full distilled transformer (single file)
+    transformer_2: str | None = None
+
+
+@dataclass(frozen=True)
+class FewStepPreset:
+    """A few-step schedule: timesteps, shift, guidance off, the expert switch."""
+
+    name: str
+    description: str
+    timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
+    flow_shift: float = 5.0
+    guidance_scale: float = 1.0  # 1: guidance off, one forward per step
+    boundary_step: int | None = 2  # two-expert models: first step of the low-noise expert
+    recipes: tuple[FewStepRecipe, ...] = ()
+
+    @property
+    def num_inference_steps(self) -> int:
+        return len(self.timesteps)
+
+    def scheduler(self, two_experts: bool = False) -> FewStepScheduler:
+        return FewStepScheduler(self.timesteps, self.flow_shift,
+                                boundary_step=self.boundary_step if two_experts else None)
+
+    def recipe_for(self, model: str | None) -> list[FewStepRecipe]:
+        return [r for r in self.recipes if r.model == model]
+
+
+_W21_LORAS = "lightx2v/Wan2.1-Distill-Loras"
+_W21_MODELS = "lightx2v/Wan2.1-Distill-Models"
+_W22_LORAS = "lightx2v/Wan2.2-Distill-Loras"
+_W22_MODELS = "lightx2v/Wan2.2-Distill-Models"
+_LIGHTNING = "lightx2v/Wan2.2-Lightning"
+
+PRESETS: dict[str, FewStepPreset] = {
+    "lightx2v-4step": FewStepPreset(
+        name="lightx2v-4step",
+        description="LightX2V step- and CFG-distilled Wan2.1/Wan2.2 14B: 4 steps, shift 5, no "
+                    "guidance, A14B experts switch at step 2",
+        recipes=(
+            FewStepRecipe("Wan2.1-T2V-14B", _W21_LORAS,
+                          lora="wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors"),
+            FewStepRecipe("Wan2.1-T2V-14B", _W21_MODELS,
+                          transformer="wan2.1_t2v_14b_lightx2v_4step.safetensors"),
+            FewStepRecipe("Wan2.1-T2V-14B", _W21_MODELS,
+                          transformer="wan2.1_t2v_14b_scaled_fp8_e4m3_lightx2v_4step.safetensors"),
+            FewStepRecipe("Wan2.1-I2V-14B-480P", _W21_LORAS,
+                          lora="wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors"),
+            FewStepRecipe("Wan2.1-I2V-14B-480P", _W21_MODELS,
+                          transformer="wan2.1_i2v_480p_lightx2v_4step.safetensors"),
+            FewStepRecipe("Wan2.1-I2V-14B-480P", _W21_MODELS,
+                          transformer="wan2.1_i2v_480p_scaled_fp8_e4m3_lightx2v_4step.safetensors"),
+            FewStepRecipe("Wan2.1-I2V-14B-720P", _W21_MODELS,
+                          transformer="wan2.1_i2v_720p_lightx2v_4step.safetensors"),
+            FewStepRecipe("Wan2.2-T2V-A14B", _W22_LORAS,
+                          lora="wan2.2_t2v_A14b_high_noise_lora_rank64_lightx2v_4step_1217.safetensors",
+                          lora_2="wan2.2_t2v_A14b_low_noise_lora_rank64_lightx2v_4step_1217.safetensors"),
+            FewStepRecipe("Wan2.2-I2V-A14B", _W22_LORAS,
+                          lora="wan2.2_i2v_A14b_high_noise_lora_rank64_lightx2v_4step_1022.safetensors",
+                          lora_2="wan2.2_i2v_A14b_low_noise_lora_rank64_lightx2v_4step_1022.safetensors"),
+            FewStepRecipe("Wan2.2-I2V-A14B", _W22_MODELS,
+                          transformer="wan2.2_i2v_A14b_high_noise_lightx2v_4step.safetensors",
+                          transformer_2="wan2.2_i2v_A14b_low_noise_lightx2v_4step.safetensors"),
+            FewStepRecipe("Wan2.2-I2V-A14B", _W22_MODELS,
+                          transformer="wan2.2_i2v_A14b_high_noise_scaled_fp8_e4m3_lightx2v_4step.safetensors",
+                          transformer_2="wan2.2_i2v_A14b_low_noise_scaled_fp8_e4m3_lightx2v_4step.safetensors"),
+        )),
+    "lightning-4step": FewStepPreset(
+        name="lightning-4step",
+        description="Wan2.2-Lightning (A14B) 4-step LoRAs: 4 steps, shift 5, no guidance, "
+                    "Euler, experts switch at step 2",
+        recipes=(
+            FewStepRecipe("Wan2.2-T2V-A14B", _LIGHTNING,
+                          lora="Wan2.2-T2V-A14B-4steps-lora-rank64-Seko-V1.1/high_noise_model.safetensors",
+                          lora_2="Wan2.2-T2V-A14B-4steps-lora-rank64-Seko-V1.1/low_noise_model.safetensors"),
+            FewStepRecipe("Wan2.2-I2V-A14B", _LIGHTNING,
+                          lora="Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1/high_noise_model.safetensors",
+                          lora_2="Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1/low_noise_model.safetensors"),
+        )),
+}
+
+
+def get_preset(name: str) -> FewStepPreset:
+    """A preset by name; the error lists the known names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise InputError(f"unknown few-step preset {name!r}; known: {', '.join(PRESETS)}") from None
