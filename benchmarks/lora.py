@@ -112,25 +112,31 @@ def bench_runtime_products(config: WanConfig, tokens: int, text_len: int, rank: 
     rows = []
     base_total = lora_total = 0.0
     for name, n, k_in, n_out, count in products:
-        x = torch.randn(n, k_in, generator=g).to(device, dtype)
-        w = (torch.randn(n_out, k_in, generator=g) / k_in**0.5).to(device, dtype)
-        b = torch.zeros(n_out, device=device, dtype=dtype)
-        adapter = LoraAdapter((torch.randn(rank, k_in, generator=g) / k_in**0.5).to(device, dtype),
-                              (torch.randn(n_out, rank, generator=g) * 1e-3).to(device, dtype))
-        plain = median_seconds(lambda: F.linear(x, w, b), device, warmup, repeat)
-        with_lora = median_seconds(lambda: adapter(x, F.linear(x, w, b)), device, warmup, repeat)
+        plain, with_lora = _product_times(n, k_in, n_out, rank, g, device, dtype, warmup, repeat)
         rows.append({"product": name, "rows": n, "in": k_in, "out": n_out, "per_block": count,
                      "plain_ms": plain * 1e3, "with_adapter_ms": with_lora * 1e3,
                      "overhead": with_lora / plain - 1})
         base_total += count * plain
         lora_total += count * with_lora
-        del x, w, b, adapter
     layers = config.num_layers
     return {"tokens": tokens, "text_len": text_len, "rank": rank, "products": rows,
             "products_per_forward_s": base_total * layers,
             "with_adapters_per_forward_s": lora_total * layers,
             "adapter_cost_per_forward_s": (lora_total - base_total) * layers,
             "overhead_of_products": lora_total / base_total - 1}
+
+
+def _product_times(rows: int, k_in: int, n_out: int, rank: int, g, device, dtype, warmup: int,
+                   repeat: int) -> tuple[float, float]:
+    """Median seconds of ``x W^T + b`` alone and followed by a rank-``rank`` adapter."""
+    x = torch.randn(rows, k_in, generator=g).to(device, dtype)
+    w = (torch.randn(n_out, k_in, generator=g) / k_in**0.5).to(device, dtype)
+    b = torch.zeros(n_out, device=device, dtype=dtype)
+    adapter = LoraAdapter((torch.randn(rank, k_in, generator=g) / k_in**0.5).to(device, dtype),
+                          (torch.randn(n_out, rank, generator=g) * 1e-3).to(device, dtype))
+    plain = median_seconds(lambda: F.linear(x, w, b), device, warmup, repeat)
+    with_lora = median_seconds(lambda: adapter(x, F.linear(x, w, b)), device, warmup, repeat)
+    return plain, with_lora
 
 
 def bench_runtime_forward(model, path: Path, config: WanConfig, latent_shape, text_len: int, device,

@@ -228,3 +228,28 @@ def _names(config):
 
 def test_lora_error_is_a_user_error():
     assert issubclass(LoraError, UserError) and issubclass(LoraError, ValueError)
+
+
+def test_conv_pair_and_modulation_delta(tmp_path):
+    """A LoRA pair on the patch embedding (conv factors ``[r, C, 1, 2, 2]`` / ``[D, r, 1, 1, 1]``)
+    and LightX2V's ``blocks.N.diff_m`` modulation delta, against float64."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(16)
+    down = torch.randn(3, T2V.in_channels, 1, 2, 2, generator=g) * 0.1
+    up = torch.randn(T2V.dim, 3, 1, 1, 1, generator=g) * 0.1
+    diff_m = torch.randn(1, 6, T2V.dim, generator=g) * 0.1
+    path = tmp_path / "conv.safetensors"
+    save_file({"diffusion_model.patch_embedding.lora_down.weight": down,
+               "diffusion_model.patch_embedding.lora_up.weight": up,
+               "diffusion_model.patch_embedding.alpha": torch.tensor(6.0),
+               "diffusion_model.blocks.1.diff_m": diff_m}, str(path))
+    reference = diffusers_model(T2V)
+    model = fastdit_from(reference, T2V)
+    before = {k: v.double() for k, v in model.state_dict().items()}
+    apply_loras(model, [(path, 0.5)])
+    state = model.state_dict()
+    conv = before["patch_embedding.weight"] + 0.5 * (6.0 / 3) * (
+        up.double().flatten(1) @ down.double().flatten(1)).view(T2V.dim, T2V.in_channels, 1, 2, 2)
+    _close(state, {"patch_embedding.weight": conv,
+                   "blocks.1.scale_shift_table": before["blocks.1.scale_shift_table"] + 0.5 * diff_m.double()})

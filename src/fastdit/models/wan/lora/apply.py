@@ -137,8 +137,7 @@ def apply_loras(model: nn.Module, loras: Iterable[LoraLike], *, mode: str = "mer
         return result
 
     adapter_terms, merge_terms = _split_terms(model, plans, mode)
-    if mode == "merge" or merge_terms:
-        _check_mergeable(model, params, merge_terms)
+    _check_mergeable(model, params, merge_terms)
     checked = time.perf_counter()
     tensors = _read_tensors(plans)
     read = time.perf_counter()
@@ -150,8 +149,10 @@ def apply_loras(model: nn.Module, loras: Iterable[LoraLike], *, mode: str = "mer
         module = model.get_submodule(module_name)
         module.adapters.append(_build_adapter(module, module_name, terms, tensors))
     result.adapters = len(adapter_terms)
-    if result.merged and params and next(iter(params.values())).is_cuda:
-        torch.cuda.synchronize()
+    if any(p.device.type != "cpu" for p in params.values()):
+        from fastdit.platforms import current_platform
+
+        current_platform().synchronize()  # the timings below are wall clock
     done = time.perf_counter()
     result.seconds = {"check": checked - start, "read": read - checked, "apply": done - read,
                       "total": done - start}
