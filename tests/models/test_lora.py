@@ -253,3 +253,14 @@ def test_conv_pair_and_modulation_delta(tmp_path):
         up.double().flatten(1) @ down.double().flatten(1)).view(T2V.dim, T2V.in_channels, 1, 2, 2)
     _close(state, {"patch_embedding.weight": conv,
                    "blocks.1.scale_shift_table": before["blocks.1.scale_shift_table"] + 0.5 * diff_m.double()})
+
+
+def test_loras_by_expert():
+    from fastdit.models.wan.lora import loras_by_expert
+
+    first, second = loras_by_expert(["a.safetensors:0.5", "low:b.safetensors", ("c.safetensors", 2)],
+                                    ["d.safetensors:0.3"], two_experts=True)
+    assert [(s.path, s.scale) for s in first] == [("a.safetensors", 0.5), ("c.safetensors", 2.0)]
+    assert [(s.path, s.scale) for s in second] == [("d.safetensors", 0.3), ("b.safetensors", 1.0)]
+    with pytest.raises(LoraError, match="second .low-noise. expert, but this model has one"):
+        loras_by_expert(["low:b.safetensors"], two_experts=False)

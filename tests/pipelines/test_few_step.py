@@ -166,3 +166,24 @@ def test_presets():
         "low_noise_model.safetensors")
     with pytest.raises(InputError, match="known: lightx2v-4step, lightning-4step"):
         get_preset("turbo")
+
+
+def test_resolve_few_step():
+    from fastdit.schedulers.presets import resolve_few_step
+
+    assert resolve_few_step() is None
+    settings = resolve_few_step("lightx2v-4step", two_experts=True)
+    assert (settings.num_inference_steps, settings.guidance_scale) == (4, 1.0)
+    assert settings.scheduler.config.boundary_step == 2
+    assert resolve_few_step("lightx2v-4step").scheduler.config.boundary_step is None
+    custom = resolve_few_step(timesteps="1000,500", flow_shift=3, boundary_step=1, two_experts=True)
+    assert custom.scheduler.config.timesteps == (1000, 500)
+    assert custom.scheduler.config.flow_shift == 3.0 and custom.scheduler.config.boundary_step == 1
+    assert resolve_few_step("lightning-4step", flow_shift=8).scheduler.config.flow_shift == 8.0
+    assert resolve_few_step(timesteps=[1000, 800, 600, 400, 200, 100], two_experts=True
+                            ).scheduler.config.boundary_step == 3
+    assert resolve_few_step(timesteps="1000", two_experts=True).scheduler.config.boundary_step is None
+    with pytest.raises(InputError, match="only for two-expert"):
+        resolve_few_step("lightx2v-4step", boundary_step=2)
+    with pytest.raises(InputError, match="needs a few-step schedule"):
+        resolve_few_step(boundary_step=2, two_experts=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastdit.errors import InputError
-from fastdit.schedulers.few_step import DEFAULT_TIMESTEPS, FewStepScheduler
+from fastdit.schedulers.few_step import DEFAULT_TIMESTEPS, FewStepScheduler, parse_timesteps
 
 
 @dataclass(frozen=True)
@@ -118,3 +118,39 @@ def get_preset(name: str) -> FewStepPreset:
         return PRESETS[name]
     except KeyError:
         raise InputError(f"unknown few-step preset {name!r}; known: {', '.join(PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class FewStepSettings:
+    """What a few-step request resolves to: the scheduler and the request values it implies."""
+
+    scheduler: FewStepScheduler
+    num_inference_steps: int
+    guidance_scale: float
+    preset: str | None
+
+
+def resolve_few_step(preset: str | None = None, timesteps=None, flow_shift: float | None = None,
+                     boundary_step: int | None = None, *, two_experts: bool = False
+                     ) -> FewStepSettings | None:
+    """The few-step settings of ``--preset`` / ``--timesteps`` / ``--flow-shift`` /
+    ``--boundary-step``: the preset's values, each overridden by an explicit one; None when
+    neither a preset nor timesteps are given (the model's own scheduler then runs). Without a
+    preset the shift is 5 (LightX2V's) and, for two experts, the switch halfway through the
+    list (LightX2V: step 2 of 4). ``boundary_step`` is an error on a one-transformer model."""
+    if preset is None and timesteps is None:
+        if boundary_step is not None:
+            raise InputError("boundary_step needs a few-step schedule (a preset or timesteps)")
+        return None
+    if boundary_step is not None and not two_experts:
+        raise InputError("boundary_step is only for two-expert models (Wan2.2 A14B)")
+    base = get_preset(preset) if preset is not None else None
+    steps = parse_timesteps(timesteps) if timesteps is not None else base.timesteps
+    if boundary_step is None and two_experts:
+        # the preset's switch; explicit timesteps without one: halfway (LightX2V: 2 of 4)
+        boundary_step = base.boundary_step if base is not None and timesteps is None else max(1, len(steps) // 2)
+        boundary_step = boundary_step if len(steps) > 1 else None
+    shift = flow_shift if flow_shift is not None else base.flow_shift if base is not None else 5.0
+    scheduler = FewStepScheduler(steps, shift, boundary_step=boundary_step if two_experts else None)
+    guidance = base.guidance_scale if base is not None else 1.0
+    return FewStepSettings(scheduler, len(steps), guidance, preset)

@@ -18,6 +18,7 @@ from fastdit.models.wan.lora.apply import (
     LoraSpec,
     apply_loras,
     as_spec,
+    loras_by_expert,
     parse_lora_arg,
     remove_lora_adapters,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "ParameterNames",
     "apply_loras",
     "as_spec",
+    "loras_by_expert",
     "parse_lora_arg",
     "plan_lora",
     "remove_lora_adapters",

@@ -97,6 +97,22 @@ def parse_lora_arg(text: str) -> tuple[int, LoraSpec]:
     return expert, LoraSpec(text)
 
 
+def loras_by_expert(loras: Iterable[LoraLike | str] = (), loras_2: Iterable[LoraLike] = (), *,
+                    two_experts: bool) -> tuple[list[LoraSpec], list[LoraSpec]]:
+    """``--lora`` values (strings may carry ``high:``/``low:`` and ``:SCALE``) and ``--lora-2``
+    values -> the LoRAs of ``transformer`` and of ``transformer_2``. A LoRA for the second
+    expert on a one-transformer model is a :class:`LoraError`."""
+    first: list[LoraSpec] = []
+    second: list[LoraSpec] = [parse_lora_arg(x)[1] if isinstance(x, str) else as_spec(x) for x in loras_2]
+    for item in loras:
+        expert, spec = parse_lora_arg(item) if isinstance(item, str) else (0, as_spec(item))
+        (second if expert == 1 else first).append(spec)
+    if second and not two_experts:
+        raise LoraError(f"LoRA {second[0].path} is for the second (low-noise) expert, but this model "
+                        "has one transformer")
+    return first, second
+
+
 @dataclass
 class LoraResult:
     """What :func:`apply_loras` did."""
