@@ -48,9 +48,10 @@ def _lightx2v_quantised(original, kind="fp8"):
     return out
 
 
-def _comfy_scaled(original):
-    """ComfyUI scaled fp8: one scale per tensor as ``<module>.scale_weight``, a marker."""
-    out = {"scaled_fp8": torch.zeros(2, dtype=FP8)}
+def _comfy_scaled(original, prefix=""):
+    """ComfyUI scaled fp8: one scale per tensor as ``<module>.scale_weight``, a marker named
+    ``<prefix>scaled_fp8``."""
+    out = {prefix + "scaled_fp8": torch.zeros(2, dtype=FP8)}
     for key, w in original.items():
         if w.dim() == 2 and _is_block_linear(key):
             scale = w.abs().max() / torch.finfo(FP8).max
@@ -116,8 +117,9 @@ def test_lightx2v_quantised_per_channel(tmp_path, state, kind):
     assert not torch.equal(q, state["blocks.0.attn1.to_q.weight"])
 
 
-def test_comfyui_scaled_fp8(tmp_path, state):
-    tensors = _comfy_scaled(_original(state, "model.diffusion_model."))
+@pytest.mark.parametrize("marker_prefix", ["", "model.diffusion_model."])
+def test_comfyui_scaled_fp8(tmp_path, state, marker_prefix):
+    tensors = _comfy_scaled(_original(state, "model.diffusion_model."), marker_prefix)
     path = tmp_path / "wan2.1_t2v_tiny_scaled_fp8_e4m3_lightx2v_4step_comfyui.safetensors"
     save_file(tensors, str(path))
     model = _load(path, dtype=torch.bfloat16)

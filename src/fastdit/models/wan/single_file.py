@@ -135,11 +135,12 @@ def load_transformer_file(path: str | PathLike, config: WanConfig | str | Mappin
 def _layout(path: Path, shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]
             ) -> tuple[dict[str, str], dict[str, str]]:
     """``({parameter name: key}, {weight key: scale key})`` for the file's keys."""
-    prefix = next((p for p in _PREFIXES if all(k.startswith(p) or k == "scaled_fp8" for k in shapes)
-                   and any(k.startswith(p) for k in shapes)), "")
+    # ComfyUI's marker is "<prefix>scaled_fp8" (the prefix its weights carry, or none)
+    markers = [k for k in shapes if k.rpartition(".")[2] == "scaled_fp8" and k.endswith("scaled_fp8")]
+    names = [k for k in shapes if k not in markers]
+    prefix = next((p for p in _PREFIXES if all(k.startswith(p) for k in names)), "")
     _check_quant_formats(path, shapes, metadata)
-    keys = [k for k in shapes if k != "scaled_fp8" and not k.endswith(_DROPPED_SUFFIXES)
-            and not IGNORED_KEYS.search(k)]
+    keys = [k for k in names if not k.endswith(_DROPPED_SUFFIXES) and not IGNORED_KEYS.search(k)]
     scales = {}
     for key in keys:
         for suffix in _SCALES:
