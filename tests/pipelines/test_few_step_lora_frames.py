@@ -47,8 +47,9 @@ def test_few_step_lora_frames_equal_diffusers(tiny_model, tmp_path, task):
     ours = _fastdit_frames(path, loras, loras_2, boundary_step=2 if task == "a14b" else None)
     theirs = diffusers_few_step_frames(path, prompt=PROMPT, seed=3, loras=loras, loras_2=loras_2,
                                        **SETTINGS)
-    plain = diffusers_few_step_frames(path, prompt=PROMPT, seed=3, **SETTINGS)
     assert ours.shape == theirs.shape
     err = float(np.abs(ours - theirs).max())
     assert err <= STRICT <= ATOL, f"max frame difference {err:.3g}"
-    assert float(np.abs(plain - theirs).max()) > 100 * STRICT  # the LoRAs do change the video
+    if task == "t2v":  # the LoRAs do change the video (one extra run, on the cheaper model)
+        plain = diffusers_few_step_frames(path, prompt=PROMPT, seed=3, **SETTINGS)
+        assert float(np.abs(plain - theirs).max()) > 100 * STRICT
