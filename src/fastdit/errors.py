@@ -1,17 +1,17 @@
-"""fastdit's error types.
+"""fastdit's error types: one hierarchy, mapped once to CLI exit codes (and HTTP statuses).
 
-::
+```
+FastditError
+  UserError (also a ValueError)     bad input a user can fix            exit 2, HTTP 400
+    InputError                      request values: sizes, frames, steps, image, ...
+    ModelFolderError                a model folder or its configuration
+      CheckpointError               weight files: missing, extra or mis-shaped tensors
+    LoraError                       LoRA files: unknown keys, ranks, shapes, model size
+  ProviderError (also RuntimeError) a requested op provider cannot run  exit 2
+  Cancelled                         a generation stopped by its control  exit 130
+```
 
-    FastditError(Exception)
-      UserError(FastditError, ValueError)        # bad input a user can fix -> CLI exit 2, HTTP 400
-        InputError(UserError)                    # request values (size, frames, steps, image, ...)
-        ModelFolderError(UserError)              # model folder / config problems
-          CheckpointError(ModelFolderError)      # weight files: missing/extra/mis-shaped tensors
-        LoraError(UserError)                     # LoRA files: unknown keys, ranks, shapes, model size
-      ProviderError(FastditError, RuntimeError)  # a requested op provider cannot run
-      Cancelled(FastditError)                    # a generation stopped by its control object
-
-Messages are one line and name what is wrong (the tensor, the file, the value).
+Loader code wraps only I/O and format errors into these types, so a bug keeps its traceback.
 """
 
 from __future__ import annotations
@@ -22,19 +22,19 @@ class FastditError(Exception):
 
 
 class UserError(FastditError, ValueError):
-    """Bad input that the user can fix (CLI exit code 2, HTTP 400)."""
+    """A problem with the user's input (arguments, files, settings): one line, exit code 2."""
 
 
 class InputError(UserError):
-    """A request value is out of range or of the wrong kind."""
+    """A generation request that cannot be honoured (size, frames, steps, guidance, image)."""
 
 
 class ModelFolderError(UserError):
-    """A model folder or its configuration cannot be used."""
+    """The model folder is missing, unreadable, not a Wan model, or holds corrupt files."""
 
 
 class CheckpointError(ModelFolderError):
-    """A weight file is missing, corrupt, or holds missing, unexpected or mis-shaped tensors."""
+    """A transformer checkpoint that cannot be loaded (bad files, keys or shapes)."""
 
 
 class LoraError(UserError):
@@ -43,8 +43,33 @@ class LoraError(UserError):
 
 
 class ProviderError(FastditError, RuntimeError):
-    """A requested op provider cannot run here."""
+    """A provider was required (strict mode or by name) but cannot run the call."""
 
 
 class Cancelled(FastditError):
-    """A generation was stopped through its control object."""
+    """A generation was cancelled through its :class:`~fastdit.pipelines.control.GenerationControl`."""
+
+
+#: Exit codes of the command line, by error type (the first matching class wins).
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (UserError, 2),
+    (ProviderError, 2),
+    (Cancelled, 130),
+    (KeyboardInterrupt, 130),
+)
+EXIT_INTERNAL = 1
+EXIT_SIGTERM = 143
+
+
+def exit_code(exc: BaseException) -> int:
+    """The CLI exit code for ``exc`` (1 for anything that is not a known fastdit error)."""
+    for cls, code in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return EXIT_INTERNAL
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message, first line only (its type name when it has none)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -184,6 +184,20 @@ def linear_gelu_cases():
     return cases
 
 
+def linear_cases():
+    cases = []
+    for dtype in DTYPES:
+        def build(dtype=dtype):
+            return (rand((2, 5, 64), dtype), rand((96, 64), dtype, 0.1), rand((96,), dtype)), {}
+
+        def build_out(dtype=dtype):  # written into a preallocated output, no bias
+            return (rand((7, 64), dtype), rand((33, 64), dtype, 0.1), None), {
+                "out": torch.full((7, 33), float("nan"), dtype=dtype)}
+        cases.append(Case(f"{str(dtype)[6:]}", build, dtype))
+        cases.append(Case(f"{str(dtype)[6:]}-out", build_out, dtype))
+    return cases
+
+
 CASES = {
     "rms_norm": rms_norm_cases(),
     "layer_norm_scale_shift": norm_cases("layer_norm_scale_shift"),
@@ -195,6 +209,7 @@ CASES = {
     "rms_norm_rope_": norm_rope_cases(),
     "rope_qk_cache_store": cache_store_cases(),
     "linear_gelu_tanh": linear_gelu_cases(),
+    "linear": linear_cases(),
 }
 LIGHT_PROVIDERS = {"compiled"}
 

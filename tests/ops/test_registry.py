@@ -105,7 +105,7 @@ def test_provider_table_lists_every_op():
     rows = {row["op"]: row for row in ops.provider_table()}
     assert set(rows) >= {"rms_norm", "layer_norm_scale_shift", "scale_residual_norm_scale_shift",
                          "norm_tanh_mul_add", "mul_add", "scale_shift", "rope_qk_", "rms_norm_rope_",
-                         "rope_qk_cache_store", "attention", "linear_gelu_tanh"}
+                         "rope_qk_cache_store", "attention", "linear_gelu_tanh", "linear"}
     for op, row in rows.items():
         assert row["chosen"] in row["available"], op
         assert ("sdpa" if op == "attention" else "native") in row["available"]
@@ -157,6 +157,9 @@ BAD_CALLS = [
     ("attention", lambda: ops.attention(torch.randn(1, 4, 3, 8), torch.randn(1, 4, 2, 8),
                                         torch.randn(1, 4, 2, 8)), "not a multiple"),
     ("linear_gelu_tanh", lambda: ops.linear_gelu_tanh(torch.randn(2, 8), torch.randn(4, 7)), "weight must be"),
+    ("linear", lambda: ops.linear(torch.randn(2, 8), torch.randn(4, 8), out=torch.empty(2, 5)),
+     "out must be"),
+    ("linear", lambda: ops.linear(torch.randn(2, 8), torch.randn(4, 8).double()), "unsupported dtype"),
     ("linear_gelu_tanh", lambda: ops.linear_gelu_tanh(torch.randn(2, 8), torch.randn(4, 8),
                                                       torch.randn(5)), "bias must be"),
     ("attention", lambda: ops.attention(torch.randn(4, 3, 8), torch.randn(4, 3, 8),

@@ -260,6 +260,15 @@ def test_linear_gelu_tanh_spec():
     close64(ops.linear_gelu_tanh(x, w), gelu_tanh64(x.double() @ w.double().T), torch.float32)
 
 
+def test_linear_spec():
+    x, w, b = rand((2, 3, 16)), rand((24, 16)), rand((24,))
+    close64(ops.linear(x, w, b), x.double() @ w.double().T + b.double(), torch.float32)
+    out = torch.full((2, 3, 24), float("nan"))
+    assert ops.linear(x, w, out=out) is out  # written in place, returned
+    close64(out, x.double() @ w.double().T, torch.float32)
+    close64(ops.linear(x[:, 1:], w[:5]), x[:, 1:].double() @ w[:5].double().T, torch.float32)
+
+
 def test_attention_masks_match_sdpa():
     q, k, v = rand((2, 5, 4, 8)), rand((2, 7, 4, 8)), rand((2, 7, 4, 8))
     keep = torch.rand(2, 1, 5, 7) > 0.3

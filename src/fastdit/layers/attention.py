@@ -8,10 +8,13 @@ so state dicts load both ways.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
 from fastdit import ops
+from fastdit.layers.linear import Linear
 from fastdit.layers.norm import RMSNorm
 
 
@@ -31,16 +34,16 @@ class Attention(nn.Module):
         if dim % heads:
             raise ValueError(f"Attention: dim={dim} is not a multiple of heads={heads}")
         self.heads, self.head_dim = heads, dim // heads
-        self.to_q = nn.Linear(dim, dim)
-        self.to_k = nn.Linear(dim, dim)
-        self.to_v = nn.Linear(dim, dim)
-        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+        self.to_q = Linear(dim, dim)
+        self.to_k = Linear(dim, dim)
+        self.to_v = Linear(dim, dim)
+        self.to_out = nn.ModuleList([Linear(dim, dim)])
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
         self.add_k_proj = self.add_v_proj = self.norm_added_k = None
         if added_kv_dim is not None:
-            self.add_k_proj = nn.Linear(added_kv_dim, dim)
-            self.add_v_proj = nn.Linear(added_kv_dim, dim)
+            self.add_k_proj = Linear(added_kv_dim, dim)
+            self.add_v_proj = Linear(added_kv_dim, dim)
             self.norm_added_k = RMSNorm(dim, eps)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,15 +79,18 @@ class Attention(nn.Module):
         del q, k, v  # freed before the output projection allocates
         return self.to_out[0](out.flatten(2))  # (B, L, C)
 
-    def self_attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def self_attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                       attend: Callable[..., torch.Tensor] = ops.attention) -> torch.Tensor:
         """``forward(x, rope=rope)`` that lets go of ``x`` once q, k and v exist.
 
         A plain method, not a module call (whose argument tuple would hold ``x`` to the end):
         when the caller passes a tensor nothing else refers to, such as a norm's output
-        written inline, that ``[B, L, C]`` tensor is freed before attention runs.
+        written inline, that ``[B, L, C]`` tensor is freed before attention runs. ``attend``
+        is the attention function (``q, k, v [B, L, H, D] -> [B, L, H, D]``): the op itself,
+        or a sequence-parallel one that sees the other ranks' tokens.
         """
         q, k, v = self._qkv(x, x, rope)
         del x
-        out = ops.attention(q, k, v)  # (B, L, H, D)
+        out = attend(q, k, v)  # (B, L, H, D)
         del q, k, v
         return self.to_out[0](out.flatten(2))  # (B, L, C)

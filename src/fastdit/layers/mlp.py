@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastdit import ops
+from fastdit.layers.linear import Linear
 
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -32,7 +32,7 @@ class _Projection(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out)
+        self.proj = Linear(dim_in, dim_out)
 
 
 class FeedForward(nn.Module):
@@ -45,13 +45,12 @@ class FeedForward(nn.Module):
         self.act = _activation(activation)
         # net.1 is diffusers' dropout: an identity at inference, kept for the parameter names
         self.net = nn.ModuleList([_Projection(dim, inner_dim), nn.Identity(),
-                                  nn.Linear(inner_dim, dim_out or dim)])
+                                  Linear(inner_dim, dim_out or dim)])
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """``act(W1 x + b1)``: ``(..., dim) -> (..., inner)``."""
         if self.activation == "gelu_tanh":  # fused product + activation where a provider has one
-            proj = self.net[0].proj
-            return ops.linear_gelu_tanh(x, proj.weight, proj.bias)
+            return self.net[0].proj.gelu_tanh(x)
         return self.act(self.net[0].proj(x))
 
     def forward(self, x: torch.Tensor, chunk_rows: int = 0) -> torch.Tensor:
@@ -67,11 +66,7 @@ class FeedForward(nn.Module):
         out = x2d.new_empty(rows, out_proj.out_features)  # (B*L, dim_out)
         for start in range(0, rows, chunk_rows):
             hidden = self.hidden(x2d[start:start + chunk_rows])  # (chunk, inner)
-            rows_out = out[start:start + chunk_rows]  # a contiguous view: written in place
-            if out_proj.bias is None:
-                torch.mm(hidden, out_proj.weight.t(), out=rows_out)
-            else:
-                torch.addmm(out_proj.bias, hidden, out_proj.weight.t(), out=rows_out)
+            out_proj.into(hidden, out[start:start + chunk_rows])  # a contiguous view: in place
             del hidden  # else it is still held while the next slice's is computed
         return out.view(*x.shape[:-1], out_proj.out_features)  # (..., dim_out)
 
@@ -86,8 +81,8 @@ class MLPEmbedder(nn.Module):
         super().__init__()
         self.activation = activation
         self.act = _activation(activation)
-        self.linear_1 = nn.Linear(dim_in, dim)
-        self.linear_2 = nn.Linear(dim, dim)
+        self.linear_1 = Linear(dim_in, dim)
+        self.linear_2 = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(self.act(self.linear_1(x)))

@@ -6,7 +6,7 @@ oracle; providers in :mod:`fastdit.kernels` register faster implementations.
 
 from fastdit.ops.attention import attention
 from fastdit.ops.elementwise import mul_add, scale_shift
-from fastdit.ops.linear import linear_gelu_tanh
+from fastdit.ops.linear import linear, linear_gelu_tanh
 from fastdit.ops.norm import (
     layer_norm_scale_shift,
     norm_tanh_mul_add,
@@ -21,6 +21,7 @@ __all__ = [
     "attention",
     "call_provider",
     "layer_norm_scale_shift",
+    "linear",
     "linear_gelu_tanh",
     "mul_add",
     "norm_tanh_mul_add",

@@ -13,6 +13,7 @@ NATIVE_SPEC = {
     "rope_qk_cache_store": "fastdit.ops.rope:rope_qk_cache_store_native",
     "rms_norm_rope_": "fastdit.ops.rope:rms_norm_rope_native",
     "attention": "fastdit.ops.attention:attention_native",
+    "linear": "fastdit.ops.linear:linear_native",
     "linear_gelu_tanh": "fastdit.ops.linear:linear_gelu_tanh_native",
 }
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from fastdit.config import config_generation, get_config
+from fastdit.errors import ProviderError  # re-exported
 
 log = logging.getLogger("fastdit.ops")
 
@@ -40,10 +41,6 @@ PROVIDER_MODULES = (
     "fastdit.kernels.attention",
     "fastdit.kernels.cublaslt",
 )
-
-
-class ProviderError(RuntimeError):
-    """A provider was required (strict mode) but cannot run the call."""
 
 
 def _always(*_args: Any, **_kwargs: Any) -> bool:

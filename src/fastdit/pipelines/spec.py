@@ -17,18 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastdit.errors import InputError, ModelFolderError  # re-exported: the folder and request errors
+from fastdit.errors import first_line as _first_line
+
 log = logging.getLogger("fastdit.pipelines")
 
 #: The tasks ``fastdit make-tiny-model`` can build (here, not in ``tiny``, which imports torch).
 TINY_TASKS = ("t2v", "i2v", "ti2v", "a14b", "i2v-a14b")
-
-
-class ModelFolderError(ValueError):
-    """The model folder is missing, unreadable, not a Wan model, or holds corrupt files."""
-
-
-class InputError(ValueError):
-    """A generation request that cannot be honoured (size, frames, steps, guidance, image)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -243,11 +238,6 @@ def check_weights(folder: Path) -> tuple[list[Path], int]:
         files.append(path)
         numel += path.stat().st_size // 2  # rough: unknown dtype, assume 16-bit
     return files, numel
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 # ---------------------------------------------------------------------------------------

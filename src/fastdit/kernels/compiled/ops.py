@@ -11,9 +11,9 @@ from fastdit.ops.native import NATIVE_SPEC
 from fastdit.ops.registry import providers
 from fastdit.platforms import current_platform
 
-#: Every op with a native spec except attention (SDPA is already a fused kernel) and
-#: linear_gelu_tanh (a matrix product: cuBLAS, not the compiler, is what runs it fast).
-COMPILED_OPS = tuple(op for op in NATIVE_SPEC if op not in ("attention", "linear_gelu_tanh"))
+#: Every op with a native spec except attention (SDPA is already a fused kernel) and the
+#: matrix products (cuBLAS, not the compiler, is what runs them fast).
+COMPILED_OPS = tuple(op for op in NATIVE_SPEC if op not in ("attention", "linear", "linear_gelu_tanh"))
 
 
 def compiled_supported() -> bool:

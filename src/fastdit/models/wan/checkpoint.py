@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from fastdit.errors import CheckpointError  # re-exported: the checkpoint errors
 from fastdit.models.wan.configs import WAN_CONFIGS, WanConfig
 
 CONFIG_NAME = "config.json"
@@ -31,11 +32,6 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = WEIGHTS_NAME + ".index.json"
 #: Checkpoint tensors that diffusers also ignores (some conversions carry an unused norm).
 IGNORED_KEYS = re.compile(r"(^|\.)norm_added_q\.")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded: missing/corrupt file, missing, unexpected or
-    mis-shaped tensor. The message names the tensor and the file (or folder)."""
 
 
 # ---------------------------------------------------------------------------------------

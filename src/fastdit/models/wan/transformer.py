@@ -17,7 +17,9 @@ diffusers' (``blocks.0.attn1.to_q.weight``, ...), so ``state_dict()`` loads into
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from os import PathLike
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,7 @@ from fastdit.layers import (
     FeedForward,
     LayerNorm,
     LayerNormScaleShift,
+    Linear,
     MLPEmbedder,
     RotaryEmbedding3D,
     ScaleResidualNormScaleShift,
@@ -44,6 +47,69 @@ FP32_PARTS = ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")
 
 def keeps_fp32(name: str) -> bool:
     return any(part in FP32_PARTS for part in name.split("."))
+
+
+@dataclass(frozen=True)
+class TransformerPlan:
+    """Where the subsystems attach to a DiT, as data (read by offload, parallelism, caching).
+
+    * ``blocks``: the ``nn.ModuleList`` attribute holding the blocks: the unit of offload and
+      the body that sequence parallelism runs on a shard of the tokens.
+    * ``sequence_dim``: the token dimension of the hidden state ``x (B, L, D)`` that sequence
+      parallelism splits after :meth:`embed` and gathers before :meth:`head`.
+    * ``self_attention`` / ``local_attention``: the attention of a block that sees the whole
+      sequence (it goes through ``WanContext.self_attention``), and those that stay local
+      (cross-attention to text and image tokens).
+    * ``cache_signals``: the :class:`WanContext` fields a step cache may read (the timestep
+      embedding and the six modulation rows of every block).
+    """
+
+    blocks: str = "blocks"
+    sequence_dim: int = 1
+    self_attention: str = "attn1"
+    local_attention: tuple[str, ...] = ("attn2",)
+    cache_signals: tuple[str, ...] = ("temb", "temb6")
+
+
+class BlockHooks:
+    """Called around every block by :meth:`WanTransformer.run_blocks` (offload streams weights
+    through these); the base class does nothing."""
+
+    def before_block(self, index: int) -> None:
+        return None
+
+    def after_block(self, index: int) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class WanContext:
+    """Everything the blocks and the head need besides the hidden state, built by ``embed``.
+
+    ``grid`` (F, H, W) in patches; ``temb`` (B, [T,] D) in the model dtype; ``temb6`` fp32
+    (B, [T,] 6, D); ``text`` (B, S, D); ``image`` (B, S_img, D) or None; ``rope`` the (cos, sin)
+    tables ``(tokens, D_head/2)`` of the tokens ``x`` holds; ``tokens`` the global range
+    ``[start, stop)`` of those tokens (the whole sequence unless sequence parallelism split it);
+    ``self_attention`` the attention function the blocks call for self-attention (``q, k, v
+    [B, L, H, D] -> [B, L, H, D]``; sequence parallelism replaces it); ``block_hooks`` None or
+    a :class:`BlockHooks`.
+    """
+
+    grid: tuple[int, int, int]
+    temb: torch.Tensor
+    temb6: torch.Tensor
+    text: torch.Tensor
+    image: torch.Tensor | None
+    rope: tuple[torch.Tensor, torch.Tensor]
+    tokens: tuple[int, int]
+    self_attention: Callable[..., torch.Tensor] = field(default=ops.attention)
+    block_hooks: BlockHooks | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens of the whole sequence (``F * H * W``)."""
+        return math.prod(self.grid)
 
 
 class WanImageEmbedding(nn.Module):
@@ -82,7 +148,7 @@ class WanConditionEmbedder(nn.Module):
         dim = config.dim
         self.freq_dim = config.freq_dim
         self.time_embedder = MLPEmbedder(config.freq_dim, dim, activation="silu")
-        self.time_proj = nn.Linear(dim, 6 * dim)
+        self.time_proj = Linear(dim, 6 * dim)
         self.text_embedder = MLPEmbedder(config.text_dim, dim, activation="gelu_tanh")
         self.image_embedder = (WanImageEmbedding(config.image_dim, dim, config.pos_embed_seq_len)
                                if config.has_image_input else None)
@@ -101,9 +167,10 @@ class WanConditionEmbedder(nn.Module):
 class WanBlock(nn.Module):
     """adaLN self-attention with 3D RoPE, cross-attention to text (and image) tokens, FFN."""
 
-    def __init__(self, config: WanConfig) -> None:
+    def __init__(self, config: WanConfig, ffn_chunk_tokens: int = 0) -> None:
         super().__init__()
         dim, eps = config.dim, config.eps
+        self.ffn_chunk_tokens = ffn_chunk_tokens  # tokens per FFN slice (0: all at once)
         self.norm1 = LayerNormScaleShift(dim, eps)
         self.attn1 = Attention(dim, config.num_attention_heads, eps)
         self.norm2 = (ScaleResidualNormScaleShift(dim, eps, elementwise_affine=True)
@@ -114,27 +181,27 @@ class WanBlock(nn.Module):
         self.ffn = FeedForward(dim, config.ffn_dim, activation="gelu_tanh")
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x: torch.Tensor, temb6: torch.Tensor, text: torch.Tensor,
-                image: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        # x (B, L, D); temb6 fp32 (B, 6, D), or (B, T, 6, D) per token (T = L) or per frame;
-        # text (B, S, D)
-        mod = self.scale_shift_table + temb6  # (B, [T,] 6, D) fp32
+    def forward(self, x: torch.Tensor, ctx: WanContext) -> torch.Tensor:
+        # x (B, L, D); ctx.temb6 fp32 (B, 6, D), or (B, T, 6, D) per token (T = L) or per
+        # frame; ctx.text (B, S, D)
+        mod = self.scale_shift_table + ctx.temb6  # (B, [T,] 6, D) fp32
         # each (B, 1, D), or (B, T, 1, D): the ops' per-frame mode, per token when T = L
         shift, scale, gate, c_shift, c_scale, c_gate = mod.split(1, dim=-2)
 
         # Activation memory: the norm output goes inline so it is freed once q, k, v exist,
         # and each [B, L, D] tensor is deleted as soon as it is dead.
-        attn = self.attn1.self_attention(self.norm1(x, shift, scale), rope)  # (B, L, D)
+        attn = self.attn1.self_attention(self.norm1(x, shift, scale), ctx.rope,
+                                         attend=ctx.self_attention)  # (B, L, D)
         if self.norm2 is not None:
             h, x = self.norm2(x, attn, gate)  # x += gate * attn; h = LayerNorm_affine(x)
         else:
             x = h = ops.mul_add(attn, gate, x)
         del attn
-        attn = self.attn2(h, text, image_context=image)
+        attn = self.attn2(h, ctx.text, image_context=ctx.image)
         del h
         h, x = self.norm3(x, attn, 1, c_shift, c_scale)  # x += attn; h = adaLN(x)
         del attn
-        ffn = self.ffn(h, chunk_rows=get_config().memory.ffn_chunk_tokens)
+        ffn = self.ffn(h, chunk_rows=self.ffn_chunk_tokens)
         del h
         return ops.mul_add(ffn, c_gate, x)  # x + c_gate * FFN(h)
 
@@ -156,16 +223,21 @@ class WanTransformer(nn.Module):
     encoder_hidden_states_image=image_embeds).sample`` for the same weights.
     """
 
-    def __init__(self, config: WanConfig) -> None:
+    #: where offload, sequence parallelism and step caches attach (see :class:`TransformerPlan`)
+    PLAN = TransformerPlan()
+
+    def __init__(self, config: WanConfig, ffn_chunk_tokens: int | None = None) -> None:
         super().__init__()
         self.config = config
         dim, patch = config.dim, config.patch_size
+        if ffn_chunk_tokens is None:  # bound once, at construction (MemoryConfig)
+            ffn_chunk_tokens = get_config().memory.ffn_chunk_tokens
         self.rope = RotaryEmbedding3D(config.attention_head_dim)
         self.patch_embedding = nn.Conv3d(config.in_channels, dim, kernel_size=patch, stride=patch)
         self.condition_embedder = WanConditionEmbedder(config)
-        self.blocks = nn.ModuleList(WanBlock(config) for _ in range(config.num_layers))
+        self.blocks = nn.ModuleList(WanBlock(config, ffn_chunk_tokens) for _ in range(config.num_layers))
         self.norm_out = LayerNormScaleShift(dim, config.eps)
-        self.proj_out = nn.Linear(dim, config.out_channels * math.prod(patch))
+        self.proj_out = Linear(dim, config.out_channels * math.prod(patch))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
     # ------------------------------------------------------------------------------------
@@ -223,10 +295,14 @@ class WanTransformer(nn.Module):
     # ------------------------------------------------------------------------------------
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text_embeds: torch.Tensor,
                 image_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        frames, height, width = self._check_inputs(latents, timestep, text_embeds, image_embeds)
-        batch, dtype = latents.shape[0], self.dtype
-        rope = self.rope(frames, height, width, latents.device)  # cos, sin (L, D_head/2) fp32
+        x, ctx = self.embed(latents, timestep, text_embeds, image_embeds)
+        return self.head(self.run_blocks(x, ctx), ctx)
 
+    def embed(self, latents: torch.Tensor, timestep: torch.Tensor, text_embeds: torch.Tensor,
+              image_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, WanContext]:
+        """Patch embedding and the conditions: ``x (B, L, D)`` and the :class:`WanContext`."""
+        grid = self._check_inputs(latents, timestep, text_embeds, image_embeds)
+        batch, dtype = latents.shape[0], self.dtype
         x = self.patch_embedding(latents.to(dtype))  # (B, D, F, H, W)
         x = x.flatten(2).transpose(1, 2).contiguous()  # (B, L, D)
 
@@ -235,15 +311,41 @@ class WanTransformer(nn.Module):
             timestep = timestep.expand(batch, *timestep.shape[1:])
         temb, temb6, text, image = self.condition_embedder(
             timestep, text_embeds.to(dtype), None if image_embeds is None else image_embeds.to(dtype))
+        tokens = (0, math.prod(grid))
+        ctx = WanContext(grid=grid, temb=temb, temb6=temb6.float(),  # fp32 once for all blocks
+                         text=text, image=image, rope=self.rope_for(grid, latents.device),
+                         tokens=tokens)
+        return x, ctx
 
-        temb6 = temb6.float()  # once for all blocks (the modulations are fp32)
-        for block in self.blocks:
-            x = block(x, temb6, text, image, rope)
+    def run_blocks(self, x: torch.Tensor, ctx: WanContext, start: int = 0,
+                   stop: int | None = None) -> torch.Tensor:
+        """Blocks ``start .. stop - 1`` on ``x (B, L, D)`` (the tokens ``ctx.tokens`` names)."""
+        stop = len(self.blocks) if stop is None else stop
+        hooks = ctx.block_hooks
+        for index in range(start, stop):
+            if hooks is not None:
+                hooks.before_block(index)
+            x = self.blocks[index](x, ctx)
+            if hooks is not None:
+                hooks.after_block(index)
+        return x
 
-        # output adaLN: (shift, scale) = scale_shift_table + temb, fp32, each (B, [T,] 1, D)
-        shift, scale = (self.scale_shift_table + temb.unsqueeze(-2)).split(1, dim=-2)
+    def head(self, x: torch.Tensor, ctx: WanContext) -> torch.Tensor:
+        """Output adaLN, projection and unpatchify: ``(B, L, D) -> (B, C_out, T, H, W)``."""
+        # (shift, scale) = scale_shift_table + temb, fp32, each (B, [T,] 1, D)
+        shift, scale = (self.scale_shift_table + ctx.temb.unsqueeze(-2)).split(1, dim=-2)
         x = self.proj_out(self.norm_out(x, shift, scale))  # (B, L, C_out * pt * ph * pw)
-        return self.unpatchify(x, (frames, height, width))
+        return self.unpatchify(x, ctx.grid)
+
+    def rope_for(self, grid: tuple[int, int, int], device: torch.device,
+                 tokens: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE (cos, sin) ``(stop - start, D_head/2)`` fp32 for the tokens ``[start, stop)`` of
+        the frame-major sequence of ``grid`` (global positions; the whole sequence by default)."""
+        cos, sin = self.rope(*grid, device)  # (L, D_head/2) each
+        if tokens is None or tuple(tokens) == (0, cos.shape[0]):
+            return cos, sin
+        start, stop = tokens
+        return cos[start:stop], sin[start:stop]
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """``(B, F*H*W, C*pt*ph*pw)`` -> ``(B, C, F*pt, H*ph, W*pw)``."""
@@ -298,7 +400,7 @@ class WanTransformer(nn.Module):
         """Random initialisation in place: torch's defaults for linear and conv layers, ones and
         zeros for norms, ``randn / sqrt(dim)`` for the modulation tables, zero position embedding."""
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Conv3d)):
+            if isinstance(module, (Linear, nn.Conv3d)):
                 fan_in = module.weight[0].numel()
                 bound = 1.0 / math.sqrt(fan_in)
                 # torch's default: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in))
