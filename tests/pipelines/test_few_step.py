@@ -111,8 +111,8 @@ def test_denoise_stage_drives_it_and_switches_experts_at_the_boundary_step():
 
     latents = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(2))
     text = torch.zeros(1, 3, 8)
-    out = stages.denoise(latents.clone(), sched, 4, [stages.Expert(expert(0), 1.0, False),
-                                                     stages.Expert(expert(1), 1.0, False)],
+    out = stages.denoise(latents.clone(), sched, 4, [stages.Expert(expert(0)),
+                                                     stages.Expert(expert(1))],
                          text, None, dtype=torch.float32, boundary_timestep=sched.boundary_timestep)
     assert [c[0] for c in calls] == [0, 0, 1, 1]
     assert [sched.expert_for_step(i) for i in range(4)] == [0, 0, 1, 1]

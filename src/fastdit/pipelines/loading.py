@@ -15,18 +15,20 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from fastdit.errors import CheckpointError, ModelFolderError, first_line
+from fastdit.errors import CheckpointError, LoraError, ModelFolderError, first_line
 from fastdit.pipelines.spec import ModelSpec, inspect_model
+from fastdit.pipelines.variants import ExpertWeights, plan_variant
 from fastdit.schedulers.unipc import FlowUniPCScheduler
 
 log = logging.getLogger("fastdit.pipelines")
 
 SCHEDULERS = ("unipc", "euler")
 OFFLOAD_MODES = ("auto", "none", "experts", "model")
+LORA_MODES = ("merge", "runtime")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,19 @@ class LoadOptions:
     Wan2.2 expert, "model" also moves the encoders there only while they run, "auto" picks by
     free device memory; ``vae_dtype``: the VAE's dtype (default: the pipeline's);
     ``vae_tiling``: decode in tiles; ``check_files``: check every weight file's header first.
+
+    Few-step models and LoRAs (docs/lora.md): ``loras``: LoRAs for ``transformer`` (Wan2.2
+    A14B: the high-noise expert), each a path, ``(path, scale)`` or ``"[high:|low:]PATH[:SCALE]"``
+    (``low:`` sends it to the second expert); ``loras_2``: LoRAs for ``transformer_2``;
+    ``lora_mode``: "merge" (into the weights, no cost per step) or "runtime" (side branches
+    ``y += s (x A^T) B^T`` on the Linear layers); ``lora_strict``: a LoRA key that maps to no
+    parameter is an error (False: skipped with a warning); ``transformer`` / ``transformer_2``:
+    a single ``.safetensors`` file (a distilled model, official or diffusers names, fp8/int8
+    with scales dequantised) replacing the folder's transformer; ``preset``: a few-step preset
+    ("lightx2v-4step", "lightning-4step": timesteps, shift, guidance off, expert switch);
+    ``timesteps``: a few-step timestep list (``[1000, 750, 500, 250]`` or "1000,750,500,250");
+    ``boundary_step``: the first step of the low-noise expert on a few-step schedule. With a
+    preset or timesteps, ``flow_shift`` is the few-step schedule's shift.
     """
 
     scheduler: str = "unipc"
@@ -46,12 +61,35 @@ class LoadOptions:
     vae_dtype: torch.dtype | None = None
     vae_tiling: bool = False
     check_files: bool = True
+    loras: Sequence[Any] = ()
+    loras_2: Sequence[Any] = ()
+    lora_mode: str = "merge"
+    lora_strict: bool = True
+    transformer: str | os.PathLike | None = None
+    transformer_2: str | os.PathLike | None = None
+    preset: str | None = None
+    timesteps: Any = None
+    boundary_step: int | None = None
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.offload not in OFFLOAD_MODES:
             raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {self.offload!r}")
+        for name in ("loras", "loras_2"):
+            value = getattr(self, name)
+            if value is None:
+                value = ()
+            elif isinstance(value, (str, os.PathLike)) or (
+                    isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], (int, float))):
+                value = (value,)  # one LoRA on its own: a path or (path, scale)
+            object.__setattr__(self, name, tuple(value))
+        if self.lora_mode not in LORA_MODES:
+            raise LoraError(f"lora_mode must be one of {', '.join(LORA_MODES)}, got {self.lora_mode!r}")
+        if not isinstance(self.lora_strict, bool):
+            raise LoraError(f"lora_strict must be True or False, got {self.lora_strict!r}")
+        if isinstance(self.timesteps, list):
+            object.__setattr__(self, "timesteps", tuple(self.timesteps))
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "LoadOptions":
@@ -102,6 +140,22 @@ def load_transformer(spec: ModelSpec, subfolder: str, device: torch.device, dtyp
     with _loading(spec, subfolder):
         return WanTransformer.from_pretrained(str(spec.root), dtype=dtype, device=device,
                                               subfolder=subfolder)  # in eval mode
+
+
+def load_expert(spec: ModelSpec, weights: ExpertWeights, device: torch.device, dtype: torch.dtype):
+    """One transformer: the folder's ``weights.subfolder`` or the checked single file, then its
+    LoRAs (merged, or as runtime adapters) with the plans made when they were checked."""
+    if weights.file is not None:
+        from fastdit.models.wan.single_file import load_transformer_file
+
+        model = load_transformer_file(weights.file, dtype=dtype, device=device)
+    else:
+        model = load_transformer(spec, weights.subfolder, device, dtype)
+    if weights.loras:
+        from fastdit.models.wan.lora import apply_loras
+
+        apply_loras(model, weights.loras, mode=weights.mode, strict=weights.strict, plans=weights.plans)
+    return model
 
 
 def make_scheduler(spec: ModelSpec, kind: str = "unipc", flow_shift: float | None = None):
@@ -158,6 +212,8 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
 
     start = time.perf_counter()
     spec = path if isinstance(path, ModelSpec) else inspect_model(path, check_files=options.check_files)
+    # presets, transformer files and LoRAs: checked (headers only) before anything loads
+    spec, variant = plan_variant(spec, options)
     device = resolve_device(device)
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
@@ -187,15 +243,19 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
             vae.enable_tiling()
         vae = current_platform().optimize_vae(vae)
     with _loading(spec, "scheduler"):
-        sched = make_scheduler(spec, options.scheduler, options.flow_shift)
-    transformer = load_transformer(spec, "transformer", device, dtype)
+        if variant.few_step is not None:
+            sched = variant.few_step.scheduler(spec.scheduler_config.get("num_train_timesteps", 1000))
+        else:
+            sched = make_scheduler(spec, options.scheduler, options.flow_shift)
+    transformer = load_expert(spec, variant.expert("transformer"), device, dtype)
     transformer_2 = None
     if spec.two_experts:
         second_home = device if offload == "none" else torch.device("cpu")
-        transformer_2 = load_transformer(spec, "transformer_2", second_home, dtype)
+        transformer_2 = load_expert(spec, variant.expert("transformer_2"), second_home, dtype)
     pipe = cls(spec, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=sched,
                transformer=transformer, transformer_2=transformer_2, image_encoder=image_encoder,
-               image_processor=image_processor, device=device, dtype=dtype, offload=offload)
+               image_processor=image_processor, device=device, dtype=dtype, offload=offload,
+               options=options, variant=variant)
     current_platform().synchronize()
     pipe.load_seconds = time.perf_counter() - start
     log.debug("loaded %s in %.1f s (offload=%s)", spec.describe(), pipe.load_seconds, offload)

@@ -12,8 +12,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from fastdit.errors import InputError
 from fastdit.pipelines.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from fastdit.schedulers.presets import FewStep
 
 OUTPUT_TYPES = ("np", "pt", "latent")
 
@@ -25,6 +30,13 @@ class GenerationRequest:
     ``image``: a PIL image, a path or an array (I2V: required; TI2V-5B: optional). ``seed``:
     an integer (None draws a random one, recorded in the result). ``output_type``: ``"np"``
     (float32 ``[F, H, W, 3]`` in [0, 1]), ``"pt"`` (``[F, 3, H, W]``) or ``"latent"``.
+
+    The sampler, for this generation only (see :mod:`fastdit.schedulers.presets`):
+    ``timesteps`` (e.g. ``[1000, 750, 500, 250]`` or ``"1000,750,500,250"``) runs the few-step
+    Euler sampler on that list; ``flow_shift`` is the shift of the few-step schedule, or of the
+    model's own scheduler when there is none; ``boundary_step`` is the first step of Wan2.2's
+    low-noise expert on a few-step schedule. Unset, they come from the pipeline (a preset
+    given to :func:`fastdit.load`) or the model.
     """
 
     prompt: str
@@ -40,6 +52,9 @@ class GenerationRequest:
     max_sequence_length: int = 512
     fps: int | None = None
     output_type: str = "np"
+    timesteps: Any = None
+    flow_shift: float | None = None
+    boundary_step: int | None = None
 
     def replace(self, **changes: Any) -> "GenerationRequest":
         return dataclasses.replace(self, **changes)
@@ -57,6 +72,8 @@ class ResolvedRequest:
     guidance_scale_2: float | None
     max_sequence_length: int
     fps: int
+    few_step: FewStep | None = None  # the few-step schedule, or None: the model's scheduler
+    flow_shift: float | None = None  # without few_step: the shift for the model's scheduler
 
     @property
     def guided(self) -> bool:
@@ -94,21 +111,36 @@ def check_texts(request: GenerationRequest) -> None:
 def resolve_request(spec: ModelSpec, request: GenerationRequest | None = None, *, height=None,
                     width=None, num_frames=None, num_inference_steps=None, guidance_scale=None,
                     guidance_scale_2=None, max_sequence_length=512, image=None,
-                    has_image: bool | None = None) -> ResolvedRequest:
+                    has_image: bool | None = None, timesteps=None, flow_shift=None,
+                    boundary_step=None) -> ResolvedRequest:
     """Fill in the model's defaults and check every value; raises :class:`InputError`.
 
     Give a :class:`GenerationRequest`, or the fields as keywords (``has_image`` stands for an
-    image that was checked elsewhere).
+    image that was checked elsewhere). A few-step schedule (the request's ``timesteps``, else
+    the pipeline's preset in ``spec.defaults.few_step``) fixes the step count to the length of
+    its list, and guidance defaults to off.
     """
     if request is not None:
         height, width, num_frames = request.height, request.width, request.num_frames
         num_inference_steps, guidance_scale = request.num_inference_steps, request.guidance_scale
         guidance_scale_2, max_sequence_length = request.guidance_scale_2, request.max_sequence_length
         image = request.image
+        timesteps, flow_shift, boundary_step = request.timesteps, request.flow_shift, request.boundary_step
     d = spec.defaults
+    few_step, model_shift = _sampler(spec, timesteps, flow_shift, boundary_step)
+    if few_step is not None and d.few_step is None and guidance_scale is None:
+        guidance_scale = few_step.guidance_scale  # few-step models run without guidance
+        guidance_scale_2 = guidance_scale_2 if guidance_scale_2 is not None else few_step.guidance_scale
     height = _as_int("height", d.height if height is None else height)
     width = _as_int("width", d.width if width is None else width)
     num_frames = _as_int("num_frames", d.num_frames if num_frames is None else num_frames)
+    if few_step is not None:
+        if num_inference_steps is not None and _as_int("num_inference_steps", num_inference_steps) != (
+                few_step.num_inference_steps):
+            raise InputError(f"num_inference_steps={num_inference_steps} does not match the "
+                             f"{few_step.num_inference_steps} timesteps of the few-step schedule "
+                             f"({','.join(map(str, few_step.timesteps))}); leave it unset")
+        num_inference_steps = few_step.num_inference_steps
     steps = _as_int("num_inference_steps", d.num_inference_steps if num_inference_steps is None
                     else num_inference_steps)
     seq = _as_int("max_sequence_length", max_sequence_length)
@@ -135,7 +167,18 @@ def resolve_request(spec: ModelSpec, request: GenerationRequest | None = None, *
     fps = d.fps if request is None or request.fps is None else _as_int("fps", request.fps)
     if fps < 1:
         raise InputError(f"fps must be at least 1, got {fps}")
-    return ResolvedRequest(height, width, num_frames, steps, g, g2, seq, int(fps))
+    return ResolvedRequest(height, width, num_frames, steps, g, g2, seq, int(fps), few_step, model_shift)
+
+
+def _sampler(spec: ModelSpec, timesteps, flow_shift, boundary_step) -> tuple[FewStep | None, float | None]:
+    """``(few-step schedule or None, shift for the model's own scheduler or None)``."""
+    from fastdit.schedulers.presets import positive_shift, resolve_few_step
+
+    few_step = resolve_few_step(spec.defaults.few_step, timesteps, flow_shift, boundary_step,
+                                two_experts=spec.two_experts)
+    if few_step is not None or flow_shift is None:
+        return few_step, None
+    return None, positive_shift(flow_shift)
 
 
 def _guidance(spec: ModelSpec, guidance_scale, guidance_scale_2) -> tuple[float, float | None]:

@@ -46,6 +46,7 @@ from fastdit.pipelines.request import (  # noqa: F401  (re-exported)
 )
 from fastdit.pipelines.result import GenerationResult
 from fastdit.pipelines.spec import ModelSpec
+from fastdit.pipelines.variants import Variant
 
 log = logging.getLogger("fastdit.pipelines")
 
@@ -64,7 +65,7 @@ class WanVideoPipeline:
     def __init__(self, spec: ModelSpec, *, tokenizer, text_encoder, vae, scheduler, transformer,
                  transformer_2=None, image_encoder=None, image_processor=None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-                 offload: str = "none"):
+                 offload: str = "none", options: LoadOptions | None = None, variant: Variant | None = None):
         from diffusers.video_processor import VideoProcessor
 
         self.spec = spec
@@ -83,6 +84,8 @@ class WanVideoPipeline:
         self.offload = offload
         self.video_processor = VideoProcessor(vae_scale_factor=spec.vae_stride_spatial)
         self.load_seconds: float | None = None
+        self.options = options if options is not None else LoadOptions()  # how it was loaded
+        self.variant = variant if variant is not None else Variant()  # preset, files, LoRAs
         # diffusers' Wan VAE keeps its causal-convolution cache on the module: one user at a time
         self._vae_lock = threading.Lock()
 
@@ -122,19 +125,35 @@ class WanVideoPipeline:
         finally:
             module.to("cpu")
 
-    def _experts_for(self, req: ResolvedRequest) -> tuple[list[stages.Expert], float | None]:
+    def _scheduler_for(self, req: ResolvedRequest):
+        """This generation's own scheduler: the few-step schedule it resolved to, the model's
+        scheduler with the request's shift, or a fresh copy of the pipeline's."""
+        if req.few_step is not None:
+            return req.few_step.scheduler(self.spec.scheduler_config.get("num_train_timesteps", 1000))
+        if req.flow_shift is not None:
+            return make_scheduler(self.spec, self.options.scheduler, req.flow_shift)
+        return copy.deepcopy(self.scheduler)
+
+    def _experts_for(self, req: ResolvedRequest, scheduler=None) -> tuple[list[stages.Expert], float | None]:
         """Each expert with its guidance, and the timestep where the second takes over.
 
         As diffusers: guidance is on when guidance_scale > 1, and then every expert applies its
         own scale (an expert whose scale is exactly 1 runs the prompt alone: the same math, half
-        the work)."""
+        the work). The switch is at ``boundary_ratio * num_train_timesteps``, or, on a few-step
+        schedule, after its ``boundary_step`` steps (LightX2V)."""
+        from fastdit.schedulers.few_step import FewStepScheduler
+
+        scheduler = scheduler if scheduler is not None else self.scheduler
         guided = req.guided
         experts = [stages.Expert(self.transformer, CFG(req.guidance_scale) if guided else NoGuidance())]
         boundary = None
         if self.spec.two_experts:
             second = CFG(req.guidance_scale_2) if guided and req.guidance_scale_2 != 1.0 else NoGuidance()
             experts.append(stages.Expert(self.transformer_2, second))
-            boundary = self.spec.boundary_ratio * self.scheduler.config.num_train_timesteps
+            if isinstance(scheduler, FewStepScheduler):
+                boundary = scheduler.boundary_timestep  # None: one step, the first expert
+            else:
+                boundary = self.spec.boundary_ratio * scheduler.config.num_train_timesteps
         return experts, boundary
 
     # ---- generation ------------------------------------------------------------------
@@ -144,20 +163,24 @@ class WanVideoPipeline:
                  guidance_scale_2: float | None = None, seed: int | torch.Generator | None = 0,
                  image: Any = None, max_sequence_length: int = 512, output_type: str = "np",
                  progress: bool = False, callback: Callable[[int, int], None] | None = None,
-                 control: GenerationControl | None = None) -> GenerationResult:
+                 control: GenerationControl | None = None, timesteps=None,
+                 flow_shift: float | None = None, boundary_step: int | None = None) -> GenerationResult:
         """Generate one video. Unset sizes/steps/guidance come from the model's defaults.
 
         ``image``: a PIL image, a path or an array (I2V: required; TI2V-5B: optional).
         ``output_type``: ``"np"`` (float32 [F, H, W, 3] in [0, 1]), ``"pt"`` ([F, 3, H, W]) or
         ``"latent"``. ``progress``: a progress bar on stderr. ``callback(step, total)`` runs
         after every denoising step; ``control`` reports progress and can cancel (see
-        :class:`~fastdit.pipelines.control.GenerationControl`).
+        :class:`~fastdit.pipelines.control.GenerationControl`). ``timesteps``, ``flow_shift``,
+        ``boundary_step``: this generation's sampler (see
+        :class:`~fastdit.pipelines.request.GenerationRequest`).
         """
         request = GenerationRequest(
             prompt=prompt, negative_prompt=negative_prompt, image=image, height=height, width=width,
             num_frames=num_frames, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2, seed=seed,
-            max_sequence_length=max_sequence_length, output_type=output_type)
+            max_sequence_length=max_sequence_length, output_type=output_type, timesteps=timesteps,
+            flow_shift=flow_shift, boundary_step=boundary_step)
         return self.run(request, control=control, progress=progress, callback=callback)
 
     __call__ = generate
@@ -206,12 +229,13 @@ class WanVideoPipeline:
                         self.vae, self.video_processor, pil_image, latents, req.num_frames, req.height,
                         req.width, spec.vae_stride_temporal, spec.expand_timesteps)
 
-        experts, boundary = self._experts_for(req)
+        scheduler = self._scheduler_for(req)
+        experts, boundary = self._experts_for(req, scheduler)
         control, bar = _control_with_reports(control, progress, callback, req.num_inference_steps)
         try:
             with clock("denoise"):
                 latents = stages.denoise(
-                    latents, copy.deepcopy(self.scheduler), req.num_inference_steps, experts, texts,
+                    latents, scheduler, req.num_inference_steps, experts, texts,
                     dtype=dtype, boundary_timestep=boundary, image_embeds=image_embeds, condition=condition,
                     expand_timesteps=spec.expand_timesteps, patch_size=spec.patch_size, control=control,
                     on_expert=self._activate_expert)
@@ -230,7 +254,9 @@ class WanVideoPipeline:
             "seed": seed if not isinstance(seed, torch.Generator) else None, "prompt": request.prompt,
             "negative_prompt": request.negative_prompt or "", "image": pil_image is not None,
             "model": spec.name, "task": spec.task,
-            "guidance": [repr(e.strategy()) for e in experts]}
+            "guidance": [repr(e.strategy()) for e in experts],
+            "sampler": req.few_step.describe() if req.few_step is not None else type(scheduler).__name__,
+            "weights": [e.settings() for e in self.variant.experts]}
         return GenerationResult(frames=frames, timings=timings, fps=req.fps,
                                 peak_memory=platform.memory_allocated_peak(), settings=settings)
 

@@ -120,37 +120,100 @@ def get_preset(name: str) -> FewStepPreset:
         raise InputError(f"unknown few-step preset {name!r}; known: {', '.join(PRESETS)}") from None
 
 
+#: LightX2V's shift, used for explicit timesteps when nothing else gives one
+DEFAULT_FEW_STEP_SHIFT = 5.0
+
+
 @dataclass(frozen=True)
-class FewStepSettings:
-    """What a few-step request resolves to: the scheduler and the request values it implies."""
+class FewStep:
+    """A resolved few-step schedule (plain data; :meth:`scheduler` builds the sampler).
 
-    scheduler: FewStepScheduler
-    num_inference_steps: int
-    guidance_scale: float
-    preset: str | None
+    ``boundary_step``: for two experts, the index of the first step the low-noise expert runs
+    (None for one transformer); ``preset``: the preset it came from, if any; ``guidance_scale``:
+    the guidance the schedule is meant for (1: off)."""
+
+    timesteps: tuple[int, ...]
+    flow_shift: float
+    boundary_step: int | None = None
+    preset: str | None = None
+    guidance_scale: float = 1.0
+
+    @property
+    def num_inference_steps(self) -> int:
+        return len(self.timesteps)
+
+    def scheduler(self, num_train_timesteps: int = 1000) -> FewStepScheduler:
+        return FewStepScheduler(self.timesteps, self.flow_shift, num_train_timesteps,
+                                boundary_step=self.boundary_step)
+
+    def describe(self) -> str:
+        what = f"preset {self.preset}: " if self.preset else ""
+        switch = f", experts switch at step {self.boundary_step}" if self.boundary_step else ""
+        return (f"{what}few-step Euler, timesteps {','.join(map(str, self.timesteps))}, "
+                f"shift {self.flow_shift:g}{switch}")
 
 
-def resolve_few_step(preset: str | None = None, timesteps=None, flow_shift: float | None = None,
-                     boundary_step: int | None = None, *, two_experts: bool = False
-                     ) -> FewStepSettings | None:
-    """The few-step settings of ``--preset`` / ``--timesteps`` / ``--flow-shift`` /
-    ``--boundary-step``: the preset's values, each overridden by an explicit one; None when
-    neither a preset nor timesteps are given (the model's own scheduler then runs). Without a
-    preset the shift is 5 (LightX2V's) and, for two experts, the switch halfway through the
-    list (LightX2V: step 2 of 4). ``boundary_step`` is an error on a one-transformer model."""
+def preset_schedule(name: str, two_experts: bool = False) -> FewStep:
+    """A preset's schedule as a :class:`FewStep`."""
+    preset = get_preset(name)
+    return FewStep(preset.timesteps, preset.flow_shift,
+                   preset.boundary_step if two_experts else None, preset.name, preset.guidance_scale)
+
+
+def resolve_few_step(preset: str | FewStep | None = None, timesteps=None, flow_shift=None,
+                     boundary_step=None, *, two_experts: bool = False) -> FewStep | None:
+    """The few-step schedule of ``preset`` / ``timesteps`` / ``flow_shift`` / ``boundary_step``:
+    the preset's values (a name, or an already resolved :class:`FewStep`), each overridden by
+    an explicit one; None when neither a preset nor timesteps are given (the model's own
+    scheduler then runs, and ``flow_shift`` is its shift). Without a preset the shift is 5
+    (LightX2V's) and, for two experts, the switch halfway through the list (LightX2V: step 2
+    of 4); explicit timesteps that differ from the preset's get the halfway switch too.
+    ``boundary_step`` is an error on a one-transformer model. Raises :class:`InputError`."""
     if preset is None and timesteps is None:
         if boundary_step is not None:
             raise InputError("boundary_step needs a few-step schedule (a preset or timesteps)")
         return None
     if boundary_step is not None and not two_experts:
         raise InputError("boundary_step is only for two-expert models (Wan2.2 A14B)")
-    base = get_preset(preset) if preset is not None else None
+    base = preset_schedule(preset, two_experts) if isinstance(preset, str) else preset
     steps = parse_timesteps(timesteps) if timesteps is not None else base.timesteps
-    if boundary_step is None and two_experts:
-        # the preset's switch; explicit timesteps without one: halfway (LightX2V: 2 of 4)
-        boundary_step = base.boundary_step if base is not None and timesteps is None else max(1, len(steps) // 2)
-        boundary_step = boundary_step if len(steps) > 1 else None
-    shift = flow_shift if flow_shift is not None else base.flow_shift if base is not None else 5.0
-    scheduler = FewStepScheduler(steps, shift, boundary_step=boundary_step if two_experts else None)
-    guidance = base.guidance_scale if base is not None else 1.0
-    return FewStepSettings(scheduler, len(steps), guidance, preset)
+    same = base is not None and steps == base.timesteps
+    shift = positive_shift(flow_shift if flow_shift is not None else
+                   base.flow_shift if base is not None else DEFAULT_FEW_STEP_SHIFT)
+    if not two_experts:
+        boundary_step = None
+    elif boundary_step is None:
+        boundary_step = base.boundary_step if same else len(steps) // 2 or None
+    elif isinstance(boundary_step, bool) or not isinstance(boundary_step, int) or not (
+            0 < boundary_step < len(steps)):
+        raise InputError(f"boundary_step must be an integer in 1..{len(steps) - 1} (the first step "
+                         f"of the low-noise expert) for {len(steps)} timesteps, got {boundary_step!r}")
+    return FewStep(steps, shift, boundary_step, base.preset if same else None,
+                   base.guidance_scale if base is not None else 1.0)
+
+
+def positive_shift(value) -> float:
+    try:
+        shift = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"flow_shift must be a number, got {value!r}") from None
+    if not shift > 0 or shift == float("inf"):
+        raise InputError(f"flow_shift must be a positive number, got {value!r}")
+    return shift
+
+
+def recipes_for_file(path) -> list[tuple[FewStepPreset, FewStepRecipe]]:
+    """The (preset, recipe) pairs that publish a file of this name (a LoRA or a distilled
+    transformer), matched on the file name: for hints when no preset is given."""
+    from pathlib import PurePath
+
+    given = PurePath(str(path))
+    out = []
+    for preset in PRESETS.values():
+        for recipe in preset.recipes:
+            files = [PurePath(f) for f in (recipe.lora, recipe.lora_2, recipe.transformer,
+                                           recipe.transformer_2) if f]
+            # generic names (Lightning's high_noise_model.safetensors) count with their folder
+            if any(f.name == given.name and (f.parent.name in ("", given.parent.name)) for f in files):
+                out.append((preset, recipe))
+    return out

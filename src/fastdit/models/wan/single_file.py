@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Mapping
@@ -48,6 +49,7 @@ from fastdit.models.wan.checkpoint import (
     resolve_config,
     weight_files,
 )
+from fastdit.errors import first_line as _first_line
 from fastdit.models.wan.configs import WanConfig
 
 log = logging.getLogger("fastdit.models")
@@ -69,20 +71,33 @@ def transformer_config(model_path: str | PathLike, subfolder: str | None = None)
     return config_for_checkpoint(raw, tensors, folder / CONFIG_NAME)[0]
 
 
-def load_transformer_file(path: str | PathLike, config: WanConfig | str | Mapping,
-                          dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"):
-    """A :class:`~fastdit.models.wan.WanTransformer` with the weights of the single file
-    ``path`` and the architecture ``config`` (a ``WanConfig``, a name in ``WAN_CONFIGS`` or a
-    diffusers config dict); see the module doc for the layouts and quantised formats read."""
+@dataclass(frozen=True)
+class TransformerFile:
+    """A single-file transformer checked against a model config (headers only)."""
+
+    path: Path
+    config: WanConfig
+    weights: dict  # {parameter name: key in the file}
+    scales: dict  # {weight key: scale key}
+
+
+def check_transformer_file(path: str | PathLike, config: WanConfig | str | Mapping) -> TransformerFile:
+    """Read the header of ``path`` and check every tensor against the model ``config``
+    describes (names, shapes, scale shapes, quantisation formats); no tensor data is read.
+    Raises :class:`CheckpointError` naming the file and the tensor."""
     from fastdit.models.wan.transformer import WanTransformer
 
     path, config = Path(path), resolve_config(config)
-    device = torch.device(device)
     if not path.is_file():
         raise CheckpointError(f"transformer file {path} does not exist")
-    with _open(path) as handle:
-        metadata = handle.metadata() or {}
-        shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    try:
+        with _open(path) as handle:
+            metadata = handle.metadata() or {}
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except CheckpointError:
+        raise
+    except Exception as exc:  # safetensors' own errors for damaged files
+        raise CheckpointError(f"cannot read transformer file {path}: {_first_line(exc)}") from None
     if not shapes:
         raise CheckpointError(f"transformer file {path} holds no tensors")
     weights, scales = _layout(path, shapes, metadata)
@@ -109,6 +124,22 @@ def load_transformer_file(path: str | PathLike, config: WanConfig | str | Mappin
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise CheckpointError(f"transformer file {path} lacks tensor(s) {shown}{more} of the model "
                               f"({_describe(config)})")
+    return TransformerFile(path, config, weights, scales)
+
+
+def load_transformer_file(path: str | PathLike | TransformerFile, config: WanConfig | str | Mapping | None = None,
+                          dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"):
+    """A :class:`~fastdit.models.wan.WanTransformer` with the weights of the single file
+    ``path`` and the architecture ``config`` (a ``WanConfig``, a name in ``WAN_CONFIGS`` or a
+    diffusers config dict); see the module doc for the layouts and quantised formats read.
+    ``path`` may be the result of :func:`check_transformer_file` (then ``config`` is its)."""
+    from fastdit.models.wan.transformer import WanTransformer
+
+    checked = path if isinstance(path, TransformerFile) else check_transformer_file(path, config)
+    path, config, weights, scales = checked.path, checked.config, checked.weights, checked.scales
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = WanTransformer(config)
 
     quantised = 0
     with _open(path) as handle:
@@ -125,7 +156,7 @@ def load_transformer_file(path: str | PathLike, config: WanConfig | str | Mappin
                 else:
                     tensor = tensor.to(target)
             except Exception as exc:
-                raise CheckpointError(f"cannot read tensor {key!r} from {path}: {exc}") from None
+                raise CheckpointError(f"cannot read tensor {key!r} from {path}: {_first_line(exc)}") from None
             _set_parameter(model, name, tensor)
     log.info("transformer: %s (%d tensors, %d dequantised with their scales) on %s in %s",
              path.name, len(weights), quantised, device, str(dtype).replace("torch.", ""))

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from fastdit.errors import LoraError
-from fastdit.models.wan.lora.adapters import DeltaAdapter, LoraAdapter, is_lora_adapter
+from fastdit.layers.linear import Linear
+from fastdit.models.wan.lora.adapters import DeltaAdapter, LoraAdapter, attach, detach_all
 from fastdit.models.wan.lora.names import ParameterNames
 from fastdit.models.wan.lora.plan import (
     DeltaTerm,
@@ -130,24 +131,43 @@ class LoraResult:
 
 
 # ---------------------------------------------------------------------------------------
-@torch.no_grad()
-def apply_loras(model: nn.Module, loras: Iterable[LoraLike], *, mode: str = "merge",
-                strict: bool = True) -> LoraResult:
-    """Apply ``loras`` (stacked, each with its own scale) to ``model``; see the module doc.
-
-    Raises :class:`LoraError` before any change when a file is missing, damaged, made for
-    another model, or holds tensors that do not fit (see :func:`~.plan.plan_lora`); with
-    ``strict=False`` keys that map to no parameter are skipped with a logged warning.
-    """
+def check_loras(model: nn.Module, loras: Iterable[LoraLike], *, mode: str = "merge",
+                strict: bool = True) -> list[LoraPlan]:
+    """Every check :func:`apply_loras` makes, without reading a weight or changing the model:
+    the files' headers against the model's parameters, and what the mode needs of the layers.
+    ``model`` may live on the meta device (``with torch.device("meta"): WanTransformer(cfg)``),
+    so a loader can check LoRAs before it reads any weight. Raises :class:`LoraError`."""
     if mode not in MODES:
         raise LoraError(f"LoRA mode must be one of {', '.join(MODES)}, got {mode!r}")
     specs = [as_spec(item) for item in loras]
-    start = time.perf_counter()
     config = getattr(model, "config", None)
     params = dict(model.named_parameters())
     names = ParameterNames({n: tuple(p.shape) for n, p in params.items()})
     plans = [plan_lora(spec.path, names, scale=spec.scale, strict=strict, config=config)
              for spec in specs]
+    _, merge_terms = _split_terms(model, plans, mode)
+    _check_mergeable(model, params, merge_terms)
+    return plans
+
+
+@torch.no_grad()
+def apply_loras(model: nn.Module, loras: Iterable[LoraLike], *, mode: str = "merge",
+                strict: bool = True, plans: Sequence[LoraPlan] | None = None) -> LoraResult:
+    """Apply ``loras`` (stacked, each with its own scale) to ``model``; see the module doc.
+
+    Raises :class:`LoraError` before any change when a file is missing, damaged, made for
+    another model, or holds tensors that do not fit (see :func:`~.plan.plan_lora`); with
+    ``strict=False`` keys that map to no parameter are skipped with a logged warning.
+    ``plans``: the result of :func:`check_loras` for these LoRAs on a model of this
+    configuration (the files are then not planned again).
+    """
+    if mode not in MODES:
+        raise LoraError(f"LoRA mode must be one of {', '.join(MODES)}, got {mode!r}")
+    start = time.perf_counter()
+    params = dict(model.named_parameters())
+    if plans is None:
+        plans = check_loras(model, loras, mode=mode, strict=strict)
+    plans = list(plans)
     result = LoraResult(mode=mode, plans=plans)
     if not plans:
         return result
@@ -163,7 +183,7 @@ def apply_loras(model: nn.Module, loras: Iterable[LoraLike], *, mode: str = "mer
     result.merged = len(merge_terms)
     for module_name, terms in adapter_terms.items():
         module = model.get_submodule(module_name)
-        module.adapters.append(_build_adapter(module, module_name, terms, tensors))
+        attach(module, _build_adapter(module, module_name, terms, tensors))
     result.adapters = len(adapter_terms)
     if any(p.device.type != "cpu" for p in params.values()):
         from fastdit.platforms import current_platform
@@ -179,13 +199,7 @@ def apply_loras(model: nn.Module, loras: Iterable[LoraLike], *, mode: str = "mer
 def remove_lora_adapters(model: nn.Module) -> int:
     """Drop every runtime LoRA adapter from the model's ``Linear`` layers; returns how many
     layers had one. (Merged LoRAs stay: reload the weights to undo them.)"""
-    count = 0
-    for module in model.modules():
-        adapters = getattr(module, "adapters", None)
-        if isinstance(adapters, list) and any(is_lora_adapter(a) for a in adapters):
-            adapters[:] = [a for a in adapters if not is_lora_adapter(a)]
-            count += 1
-    return count
+    return sum(detach_all(module) for module in list(model.modules()) if isinstance(module, Linear))
 
 
 # ---------------------------------------------------------------------------------------
@@ -194,31 +208,36 @@ Term = Union[PairTerm, DeltaTerm]
 
 def _split_terms(model: nn.Module, plans: Sequence[LoraPlan], mode: str
                  ) -> tuple[dict[str, list[Term]], dict[str, list[Term]]]:
-    """``({linear module: terms}, {parameter: terms})``: what becomes an adapter, what merges."""
+    """``({linear module: terms}, {parameter: terms})``: what becomes an adapter, what merges.
+
+    In runtime mode the weight and bias of every product layer take an adapter; a product
+    layer that is not a :class:`fastdit.layers.linear.Linear` (e.g. a plain ``nn.Linear`` in
+    a model fastdit did not build) is a :class:`LoraError`. Other parameters merge."""
     adapter_terms: dict[str, list[Term]] = defaultdict(list)
     merge_terms: dict[str, list[Term]] = defaultdict(list)
     for plan in plans:
         for term in [*plan.pairs, *plan.deltas]:
             module_name, _, leaf = term.target.rpartition(".")
-            if mode == "runtime" and leaf in ("weight", "bias") and _is_linear(model, module_name):
+            if mode == "runtime" and leaf in ("weight", "bias") and _is_product(model, module_name):
                 adapter_terms[module_name].append(term)
             else:
                 merge_terms[term.target].append(term)
-    if mode == "runtime":
-        for module_name in adapter_terms:
-            module = model.get_submodule(module_name)
-            if not isinstance(getattr(module, "adapters", None), list):
-                raise LoraError(f"runtime LoRA mode needs Linear layers with an adapters list "
-                                f"(fastdit.layers.linear.Linear); {module_name!r} is a "
-                                f"{type(module).__module__}.{type(module).__name__} (use merge mode)")
+    for module_name in adapter_terms:
+        module = model.get_submodule(module_name)
+        if not isinstance(module, Linear):
+            raise LoraError(f"runtime LoRA mode needs fastdit Linear layers (fastdit.layers.linear."
+                            f"Linear); {module_name!r} is a {type(module).__module__}."
+                            f"{type(module).__name__} (use the merge mode)")
     return adapter_terms, merge_terms
 
 
-def _is_linear(model: nn.Module, module_name: str) -> bool:
+def _is_product(model: nn.Module, module_name: str) -> bool:
+    """A matrix-product layer: a fastdit ``Linear``, an ``nn.Linear``, or any module with an
+    ``adapters`` list and a 2-D weight."""
     module = model.get_submodule(module_name) if module_name else model
     weight = getattr(module, "weight", None)
-    return isinstance(module, nn.Linear) or (hasattr(module, "adapters") and weight is not None
-                                             and weight.dim() == 2)
+    return isinstance(module, (Linear, nn.Linear)) or (
+        hasattr(module, "adapters") and weight is not None and weight.dim() == 2)
 
 
 def _check_mergeable(model: nn.Module, params, merge_terms) -> None:
