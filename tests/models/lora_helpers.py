@@ -1,4 +1,4 @@
-"""Random LoRA files in every format, the diffusers reference, and a stand-in Linear.
+"""Random LoRA files in every format, and the diffusers reference.
 
 A LoRA is built in fastdit's (= diffusers') module names as ``{module: {role: tensor}}`` and
 written in one of the file layouts:
@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
-from torch import nn
 
 from fastdit.models.wan import WanConfig, WanTransformer, diffusers_to_original_key
 
@@ -175,35 +173,3 @@ def diffusers_merged(reference, files: Iterable[tuple[Path, float]], *, expert: 
     pipe.fuse_lora(components=[component], adapter_names=names)
     pipe.unload_lora_weights()
     return {k: v.detach().clone() for k, v in reference.state_dict().items()}
-
-
-# ---------------------------------------------------------------------------------------
-class StandInLinear(nn.Linear):
-    """What seams.md promises of ``fastdit.layers.linear.Linear`` for LoRA: an ``adapters``
-    list run after the product, ``y = adapter(x, y)``."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.adapters: list = []
-        self.weight_scale = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
-        for adapter in self.adapters:
-            y = adapter(x, y)
-        return y
-
-
-def use_stand_in_linears(model: nn.Module) -> list[str]:
-    """Replace every ``nn.Linear`` of ``model`` by a :class:`StandInLinear` holding the same
-    parameters (test set-up only); returns their names."""
-    names = []
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if type(child) is nn.Linear:
-                new = StandInLinear(child.in_features, child.out_features, bias=child.bias is not None,
-                                    device="meta")
-                new.weight, new.bias = child.weight, child.bias
-                setattr(module, child_name, new)
-                names.append(f"{name}.{child_name}" if name else child_name)
-    return names

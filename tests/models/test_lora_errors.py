@@ -178,8 +178,3 @@ def test_bad_alpha_and_scale(tmp_path, model):
 def test_merge_into_quantised_weights_is_refused(tmp_path, model):
     model.blocks[0].attn1.to_q.weight_scale = torch.ones(32)  # what the quant subsystem sets
     _fails(model, [_good(tmp_path)], r"cannot merge a LoRA into 'blocks\.0\.attn1\.to_q\.weight'.*runtime")
-
-
-def test_runtime_mode_needs_adapter_linears(tmp_path, model):
-    _fails(model, [_good(tmp_path)], r"runtime LoRA mode needs Linear layers with an adapters list",
-           mode="runtime")

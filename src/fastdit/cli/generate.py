@@ -57,7 +57,50 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", required=True, help="the video to write (.mp4)")
     p.add_argument("--save-frames", default=None, metavar="DIR", help="also write the frames as PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_variant_arguments(p)
     p.set_defaults(func=cmd_generate)
+
+
+# ---- LoRAs, distilled transformers, few-step sampling (docs/lora.md) ----------------------
+def add_variant_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LoRAs, distilled transformers and few-step sampling (docs/lora.md)")
+    g.add_argument("--lora", action="append", default=[], metavar="[high:|low:]PATH[:SCALE]",
+                   help="a LoRA file and its scale (default 1); repeat to stack; low: sends it to "
+                        "the low-noise expert of Wan2.2 A14B")
+    g.add_argument("--lora-2", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="a LoRA for the second (low-noise) expert of Wan2.2 A14B; repeatable")
+    g.add_argument("--lora-mode", default="merge", choices=("merge", "runtime"),
+                   help="merge into the weights (default, no cost per step) or keep as side "
+                        "branches (runtime)")
+    g.add_argument("--lora-strict", default="on", choices=("on", "off"),
+                   help="on: a LoRA key that matches no weight is an error; off: skipped with a warning")
+    g.add_argument("--transformer", default=None, metavar="PATH",
+                   help="a single .safetensors transformer (e.g. a LightX2V distilled model) "
+                        "replacing the model folder's")
+    g.add_argument("--transformer-2", default=None, metavar="PATH",
+                   help="the same for the second expert of Wan2.2 A14B")
+    g.add_argument("--preset", default=None, metavar="NAME",
+                   help="few-step preset: lightx2v-4step or lightning-4step (timesteps, shift, "
+                        "no guidance, expert switch)")
+    g.add_argument("--timesteps", default=None, metavar="T1,T2,...",
+                   help="few-step Euler on these timesteps, e.g. 1000,750,500,250 (shift: "
+                        "--flow-shift, default 5)")
+    g.add_argument("--boundary-step", type=int, default=None, metavar="N",
+                   help="few-step schedule on Wan2.2 A14B: the first step of the low-noise expert")
+
+
+def variant_options(args: argparse.Namespace) -> dict:
+    """The :class:`~fastdit.pipelines.loading.LoadOptions` fields of the flags above."""
+    return dict(loras=tuple(args.lora), loras_2=tuple(args.lora_2), lora_mode=args.lora_mode,
+                lora_strict=args.lora_strict == "on", transformer=args.transformer,
+                transformer_2=args.transformer_2, preset=args.preset, timesteps=args.timesteps,
+                boundary_step=args.boundary_step)
+
+
+def _print_variant(pipe) -> None:
+    for line in pipe.variant.summary():
+        print(line)
+    sys.stdout.flush()
 
 
 def _check_output(path: Path) -> Path:
@@ -143,6 +186,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from fastdit.pipelines.request import resolve_request
     from fastdit.pipelines.spec import inspect_model
     from fastdit.pipelines.stages import load_image
+    from fastdit.pipelines.variants import few_step_spec
 
     # 1. Everything that can be checked without loading the model.
     output = _check_output(Path(args.output))
@@ -156,6 +200,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if device is not None and device.type == "cpu" and dtype is torch.float16:
         raise UsageError("fp16 is not supported on the CPU (use fp32 or bf16)")
     spec = inspect_model(args.model)
+    spec = few_step_spec(spec, args.preset, args.timesteps, args.flow_shift, args.boundary_step)
     image = None
     if args.image is not None:
         try:
@@ -177,7 +222,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     log.info("loading %s", spec.describe())
     pipe = WanVideoPipeline.from_pretrained(spec, device=device, dtype=dtype, scheduler=args.scheduler,
                                             flow_shift=args.flow_shift, offload=args.offload,
-                                            vae_tiling=args.vae_tiling, check_files=False)
+                                            vae_tiling=args.vae_tiling, check_files=False,
+                                            **variant_options(args))
     log.info("loaded in %.1f s on %s (%s); generating %d frames at %dx%d, %d steps",
              pipe.load_seconds, pipe.device, str(pipe.dtype).replace("torch.", ""), resolved.num_frames,
              resolved.width, resolved.height, resolved.num_inference_steps)
@@ -194,6 +240,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         _save_frames_atomically(result, frames_dir)
     write_seconds = time.perf_counter() - start
     _print_summary(pipe, result, output, fps, frames_dir, write_seconds)
+    _print_variant(pipe)
     return 0
 
 

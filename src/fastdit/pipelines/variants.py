@@ -115,6 +115,16 @@ def with_few_step(spec: ModelSpec, few) -> ModelSpec:
     return dataclasses.replace(spec, defaults=defaults)
 
 
+def few_step_spec(spec: ModelSpec, preset=None, timesteps=None, flow_shift=None,
+                  boundary_step=None) -> ModelSpec:
+    """:func:`with_few_step` for these settings (resolved as :func:`plan_variant` does): the
+    defaults a request is checked against, cheaply, before the model loads."""
+    from fastdit.schedulers.presets import resolve_few_step
+
+    return with_few_step(spec, resolve_few_step(preset, timesteps, flow_shift, boundary_step,
+                                                two_experts=spec.two_experts))
+
+
 def expert_config(spec: ModelSpec, subfolder: str):
     """The :class:`~fastdit.models.wan.WanConfig` of the folder's ``subfolder`` transformer
     (its config.json; an in-memory spec's transformer config for both experts)."""
