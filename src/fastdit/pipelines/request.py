@@ -130,7 +130,8 @@ def resolve_request(spec: ModelSpec, request: GenerationRequest | None = None, *
     few_step, model_shift = _sampler(spec, timesteps, flow_shift, boundary_step)
     if few_step is not None and d.few_step is None and guidance_scale is None:
         guidance_scale = few_step.guidance_scale  # few-step models run without guidance
-        guidance_scale_2 = guidance_scale_2 if guidance_scale_2 is not None else few_step.guidance_scale
+        if spec.two_experts and guidance_scale_2 is None:
+            guidance_scale_2 = few_step.guidance_scale
     height = _as_int("height", d.height if height is None else height)
     width = _as_int("width", d.width if width is None else width)
     num_frames = _as_int("num_frames", d.num_frames if num_frames is None else num_frames)
