@@ -186,7 +186,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from fastdit.pipelines.request import resolve_request
     from fastdit.pipelines.spec import inspect_model
     from fastdit.pipelines.stages import load_image
-    from fastdit.pipelines.variants import few_step_spec
+    from fastdit.pipelines.loading import LoadOptions
+    from fastdit.pipelines.variants import plan_variant
 
     # 1. Everything that can be checked without loading the model.
     output = _check_output(Path(args.output))
@@ -200,7 +201,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if device is not None and device.type == "cpu" and dtype is torch.float16:
         raise UsageError("fp16 is not supported on the CPU (use fp32 or bf16)")
     spec = inspect_model(args.model)
-    spec = few_step_spec(spec, args.preset, args.timesteps, args.flow_shift, args.boundary_step)
+    spec, variant = plan_variant(spec, LoadOptions.from_kwargs(flow_shift=args.flow_shift,
+                                                               **variant_options(args)))
     image = None
     if args.image is not None:
         try:
@@ -223,7 +225,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipe = WanVideoPipeline.from_pretrained(spec, device=device, dtype=dtype, scheduler=args.scheduler,
                                             flow_shift=args.flow_shift, offload=args.offload,
                                             vae_tiling=args.vae_tiling, check_files=False,
-                                            **variant_options(args))
+                                            variant=variant, **variant_options(args))
     log.info("loaded in %.1f s on %s (%s); generating %d frames at %dx%d, %d steps",
              pipe.load_seconds, pipe.device, str(pipe.dtype).replace("torch.", ""), resolved.num_frames,
              resolved.width, resolved.height, resolved.num_inference_steps)

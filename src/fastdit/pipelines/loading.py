@@ -21,7 +21,7 @@ import torch
 
 from fastdit.errors import CheckpointError, LoraError, ModelFolderError, first_line
 from fastdit.pipelines.spec import ModelSpec, inspect_model
-from fastdit.pipelines.variants import ExpertWeights, plan_variant
+from fastdit.pipelines.variants import ExpertWeights, Variant, plan_variant
 from fastdit.schedulers.unipc import FlowUniPCScheduler
 
 log = logging.getLogger("fastdit.pipelines")
@@ -203,9 +203,11 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
 
 
 def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device | str | None,
-                  dtype: torch.dtype | None, options: LoadOptions):
+                  dtype: torch.dtype | None, options: LoadOptions, variant: Variant | None = None):
     """Load a diffusers-format Wan folder (or Hub id) into ``cls`` (a pipeline class). ``dtype``
-    defaults to bf16 on a GPU and fp32 on the CPU."""
+    defaults to bf16 on a GPU and fp32 on the CPU. ``variant``: what
+    :func:`~fastdit.pipelines.variants.plan_variant` returned for ``options`` (with ``path``
+    the spec it returned), when the caller checked them already."""
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     from fastdit.platforms import current_platform
@@ -213,7 +215,10 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
     start = time.perf_counter()
     spec = path if isinstance(path, ModelSpec) else inspect_model(path, check_files=options.check_files)
     # presets, transformer files and LoRAs: checked (headers only) before anything loads
-    spec, variant = plan_variant(spec, options)
+    if variant is None:
+        spec, variant = plan_variant(spec, options)
+    for line in variant.summary():
+        log.info("%s", line)
     device = resolve_device(device)
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16

@@ -98,8 +98,6 @@ def plan_variant(spec: ModelSpec, options) -> tuple[ModelSpec, Variant]:
             continue
         variant.experts.append(_plan_expert(spec, subfolder, file, loras, options))
     _hints(spec, variant, options)
-    for line in variant.summary():
-        log.info("%s", line)
     return spec, variant
 
 
@@ -113,16 +111,6 @@ def with_few_step(spec: ModelSpec, few) -> ModelSpec:
         d, num_inference_steps=few.num_inference_steps, guidance_scale=few.guidance_scale,
         guidance_scale_2=few.guidance_scale if spec.two_experts else d.guidance_scale_2, few_step=few)
     return dataclasses.replace(spec, defaults=defaults)
-
-
-def few_step_spec(spec: ModelSpec, preset=None, timesteps=None, flow_shift=None,
-                  boundary_step=None) -> ModelSpec:
-    """:func:`with_few_step` for these settings (resolved as :func:`plan_variant` does): the
-    defaults a request is checked against, cheaply, before the model loads."""
-    from fastdit.schedulers.presets import resolve_few_step
-
-    return with_few_step(spec, resolve_few_step(preset, timesteps, flow_shift, boundary_step,
-                                                two_experts=spec.two_experts))
 
 
 def expert_config(spec: ModelSpec, subfolder: str):

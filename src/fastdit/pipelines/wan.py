@@ -92,10 +92,13 @@ class WanVideoPipeline:
     # ---- construction ----------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | ModelSpec, device: torch.device | str | None = None,
-                        dtype: torch.dtype | None = None, **options: Any) -> "WanVideoPipeline":
+                        dtype: torch.dtype | None = None, variant: Variant | None = None,
+                        **options: Any) -> "WanVideoPipeline":
         """Load a diffusers-format Wan folder (or Hub id); ``options`` are :class:`LoadOptions`
-        fields. ``dtype`` defaults to bf16 on a GPU and fp32 on the CPU."""
-        return load_pipeline(cls, path, device, dtype, LoadOptions.from_kwargs(**options))
+        fields. ``dtype`` defaults to bf16 on a GPU and fp32 on the CPU. ``variant``: the
+        result of :func:`~fastdit.pipelines.variants.plan_variant` for these options, when the
+        caller checked them first (``path`` is then the spec it returned)."""
+        return load_pipeline(cls, path, device, dtype, LoadOptions.from_kwargs(**options), variant)
 
     # ---- helpers ---------------------------------------------------------------------
     @property

@@ -90,9 +90,11 @@ def parse_lora_arg(text: str) -> tuple[int, LoraSpec]:
     path, sep, tail = text.rpartition(":")
     if sep and path:
         try:
-            return expert, LoraSpec(path, float(tail))
-        except ValueError:
+            scale = float(tail)
+        except ValueError:  # not a number: part of the path (C:\..., a colon in a name)
             pass
+        else:
+            return expert, LoraSpec(path, scale)  # a non-finite scale is an error
     if not text:
         raise LoraError("empty LoRA argument")
     return expert, LoraSpec(text)
