@@ -110,10 +110,9 @@ def test_denoise_stage_drives_it_and_switches_experts_at_the_boundary_step():
         return run
 
     latents = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(2))
-    text = torch.zeros(1, 3, 8)
-    out = stages.denoise(latents.clone(), sched, 4, [stages.Expert(expert(0)),
-                                                     stages.Expert(expert(1))],
-                         text, None, dtype=torch.float32, boundary_timestep=sched.boundary_timestep)
+    texts = [torch.zeros(1, 3, 8)]
+    out = stages.denoise(latents.clone(), sched, 4, [stages.Expert(expert(0)), stages.Expert(expert(1))],
+                         texts, dtype=torch.float32, boundary_timestep=sched.boundary_timestep)
     assert [c[0] for c in calls] == [0, 0, 1, 1]
     assert [sched.expert_for_step(i) for i in range(4)] == [0, 0, 1, 1]
     assert [c[1] for c in calls] == pytest.approx([1000.0, 937.5, 833.3333, 625.0], rel=1e-6)
@@ -169,21 +168,37 @@ def test_presets():
 
 
 def test_resolve_few_step():
-    from fastdit.schedulers.presets import resolve_few_step
+    from fastdit.schedulers.presets import FewStep, resolve_few_step
 
     assert resolve_few_step() is None
+    assert resolve_few_step(flow_shift=3.0) is None  # a shift alone is the model scheduler's
     settings = resolve_few_step("lightx2v-4step", two_experts=True)
-    assert (settings.num_inference_steps, settings.guidance_scale) == (4, 1.0)
-    assert settings.scheduler.config.boundary_step == 2
-    assert resolve_few_step("lightx2v-4step").scheduler.config.boundary_step is None
+    assert settings == FewStep((1000, 750, 500, 250), 5.0, 2, "lightx2v-4step", 1.0)
+    assert settings.scheduler().boundary_timestep == 937.5
+    assert resolve_few_step("lightx2v-4step").boundary_step is None
     custom = resolve_few_step(timesteps="1000,500", flow_shift=3, boundary_step=1, two_experts=True)
-    assert custom.scheduler.config.timesteps == (1000, 500)
-    assert custom.scheduler.config.flow_shift == 3.0 and custom.scheduler.config.boundary_step == 1
-    assert resolve_few_step("lightning-4step", flow_shift=8).scheduler.config.flow_shift == 8.0
-    assert resolve_few_step(timesteps=[1000, 800, 600, 400, 200, 100], two_experts=True
-                            ).scheduler.config.boundary_step == 3
-    assert resolve_few_step(timesteps="1000", two_experts=True).scheduler.config.boundary_step is None
+    assert (custom.timesteps, custom.flow_shift, custom.boundary_step, custom.preset) == ((1000, 500), 3.0, 1, None)
+    assert custom.scheduler().config.timesteps == (1000, 500)
+    assert resolve_few_step("lightning-4step", flow_shift=8).flow_shift == 8.0
+    assert resolve_few_step(timesteps=[1000, 800, 600, 400, 200, 100], two_experts=True).boundary_step == 3
+    assert resolve_few_step(timesteps="1000", two_experts=True).boundary_step is None
+    # a resolved schedule as the base: a request overriding some of its values
+    assert resolve_few_step(settings, flow_shift=7.0, two_experts=True) == FewStep(
+        (1000, 750, 500, 250), 7.0, 2, "lightx2v-4step", 1.0)
+    assert resolve_few_step(settings, timesteps=[1000, 500], two_experts=True).boundary_step == 1
     with pytest.raises(InputError, match="only for two-expert"):
         resolve_few_step("lightx2v-4step", boundary_step=2)
     with pytest.raises(InputError, match="needs a few-step schedule"):
         resolve_few_step(boundary_step=2, two_experts=True)
+    with pytest.raises(InputError, match=r"integer in 1\.\.3"):
+        resolve_few_step("lightx2v-4step", boundary_step=True, two_experts=True)
+
+
+def test_recipes_for_file():
+    from fastdit.schedulers.presets import recipes_for_file
+
+    [(preset, recipe)] = recipes_for_file("/m/wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors")
+    assert preset.name == "lightx2v-4step" and recipe.model == "Wan2.1-T2V-14B"
+    lightning = recipes_for_file("x/Wan2.2-T2V-A14B-4steps-lora-rank64-Seko-V1.1/high_noise_model.safetensors")
+    assert [(p.name, r.model) for p, r in lightning] == [("lightning-4step", "Wan2.2-T2V-A14B")]
+    assert recipes_for_file("my/high_noise_model.safetensors") == []  # a generic name alone

@@ -137,7 +137,7 @@ class WanVideoPipeline:
             return make_scheduler(self.spec, self.options.scheduler, req.flow_shift)
         return copy.deepcopy(self.scheduler)
 
-    def _experts_for(self, req: ResolvedRequest, scheduler=None) -> tuple[list[stages.Expert], float | None]:
+    def _experts_for(self, req: ResolvedRequest) -> tuple[list[stages.Expert], float | None]:
         """Each expert with its guidance, and the timestep where the second takes over.
 
         As diffusers: guidance is on when guidance_scale > 1, and then every expert applies its
@@ -146,13 +146,13 @@ class WanVideoPipeline:
         schedule, after its ``boundary_step`` steps (LightX2V)."""
         from fastdit.schedulers.few_step import FewStepScheduler
 
-        scheduler = scheduler if scheduler is not None else self.scheduler
         guided = req.guided
         experts = [stages.Expert(self.transformer, CFG(req.guidance_scale) if guided else NoGuidance())]
         boundary = None
         if self.spec.two_experts:
             second = CFG(req.guidance_scale_2) if guided and req.guidance_scale_2 != 1.0 else NoGuidance()
             experts.append(stages.Expert(self.transformer_2, second))
+            scheduler = self._scheduler_for(req) if req.few_step is not None else self.scheduler
             if isinstance(scheduler, FewStepScheduler):
                 boundary = scheduler.boundary_timestep  # None: one step, the first expert
             else:
@@ -233,7 +233,7 @@ class WanVideoPipeline:
                         req.width, spec.vae_stride_temporal, spec.expand_timesteps)
 
         scheduler = self._scheduler_for(req)
-        experts, boundary = self._experts_for(req, scheduler)
+        experts, boundary = self._experts_for(req)
         control, bar = _control_with_reports(control, progress, callback, req.num_inference_steps)
         try:
             with clock("denoise"):
