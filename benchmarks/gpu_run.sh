@@ -43,7 +43,7 @@ for step in $STEPS; do
       python3 benchmarks/lora.py --sections merge,runtime --out "$OUT/lora.json" 2>&1 | tee "$OUT/lora.log" ;;
     lora-e2e)  # 4-step 480x832x81 videos, 1.3B / 14B / A14B, fastdit vs diffusers (needs peft; ~4-6 min)
       python3 benchmarks/lora.py --sections e2e --out "$OUT/lora-e2e.json" --markdown "$OUT/lora-e2e.md" \
-        $BENCH_ARGS 2>&1 | tee "$OUT/lora-e2e.log" ;;
+        2>&1 | tee "$OUT/lora-e2e.log" ;;
     e2e)
       python3 benchmarks/e2e.py --out "$OUT/e2e.json" $BENCH_ARGS 2>&1 | tee "$OUT/e2e.log" ;;
     *) echo "unknown step $step"; exit 2 ;;
