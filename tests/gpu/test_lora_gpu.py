@@ -76,3 +76,24 @@ def test_few_step_schedule_on_gpu():
     t_cpu, x_cpu = run("cpu")
     assert t_gpu.is_cuda and torch.equal(t_gpu.cpu(), t_cpu)
     assert x_gpu.dtype == torch.float32 and torch.allclose(x_gpu.cpu(), x_cpu, atol=1e-5)
+
+
+def test_runtime_adapters_follow_the_model_to_the_gpu(tmp_path):
+    """Adapters built on the CPU (an offloaded expert) move with the model; the bf16 forward
+    on the GPU matches the merged model's."""
+    from tests.models.wan_helpers import inputs
+
+    lora = make_lora(T2V, block_modules(T2V), rank=8, alpha=4.0, seed=1)
+    path = write_lora(tmp_path / "a.safetensors", lora, "original")
+    runtime = WanTransformer.from_config(T2V, dtype=torch.bfloat16, seed=0)
+    merged = WanTransformer.from_config(T2V, dtype=torch.bfloat16, seed=0)
+    apply_loras(runtime, [(path, 0.7)], mode="runtime")
+    apply_loras(merged, [(path, 0.7)])
+    runtime.cuda()
+    merged.cuda()
+    assert runtime.blocks[0].ffn.net[0].proj.adapters[0].down.is_cuda
+    args = [a.cuda().bfloat16() if a is not None and a.is_floating_point() else a for a in inputs(T2V)]
+    args[1] = args[1].float()  # the timestep
+    with torch.no_grad():
+        got, ref = runtime(*args).float().flatten(), merged(*args).float().flatten()
+    assert torch.nn.functional.cosine_similarity(got, ref, dim=0) > 0.9999

@@ -30,7 +30,10 @@ def load(path, device=None, dtype=None, **kwargs):
     The task (T2V, I2V, TI2V, Wan2.2 A14B experts) comes from the folder's model_index.json.
     Keyword options are the fields of :class:`~fastdit.pipelines.loading.LoadOptions`:
     ``scheduler="unipc"|"euler"``, ``flow_shift``, ``offload="auto"|"none"|"experts"|"model"``,
-    ``vae_dtype``, ``vae_tiling``, ``check_files``.
+    ``vae_dtype``, ``vae_tiling``, ``check_files``; LoRAs, distilled files and few-step sampling
+    (docs/lora.md): ``loras=[(path, scale), ...]``, ``loras_2``, ``lora_mode="merge"|"runtime"``,
+    ``lora_strict``, ``transformer=PATH``, ``transformer_2=PATH``, ``preset="lightx2v-4step"``,
+    ``timesteps``, ``boundary_step``.
     """
     from fastdit.pipelines.wan import WanVideoPipeline
 
