@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastdit.errors import first_line
 from fastdit.models.wan import WanTransformer
 from fastdit.models.wan.checkpoint import diffusers_to_original_key
 from fastdit.models.wan.configs import WAN_CONFIGS, WanConfig
@@ -332,8 +333,9 @@ def e2e_diffusers(config, two: bool, loras: list[Path], c: dict, shape: dict, de
 
 
 def bench_e2e(models: list[str], rank: int, c: dict, shape: dict, device, dtype, tmp: Path,
-              impls: list[str], seed: int = 0) -> dict:
-    out = {"shape": shape, "timesteps": list(TIMESTEPS), "shift": SHIFT, "rank": rank, "models": {}}
+              impls: list[str], out: dict, save=None, seed: int = 0) -> dict:
+    """Fills ``out`` model by model (``save()`` after each, so a failure keeps the rest)."""
+    out.update({"shape": shape, "timesteps": list(TIMESTEPS), "shift": SHIFT, "rank": rank, "models": {}})
     for name in models:
         if name not in TINY_E2E and name not in E2E_CHOICES:
             raise SystemExit(f"--e2e-models: {name!r} is not one of {', '.join(E2E_CHOICES)}")
@@ -344,21 +346,27 @@ def bench_e2e(models: list[str], rank: int, c: dict, shape: dict, device, dtype,
             write_random_lora(path, config, rank, dtype, seed=10 + i)
             loras.append(path)
         entry: dict = {"experts": 2 if two else 1, "runs": []}
+        out["models"][name] = entry  # filled as the runs finish
         frames = {}
         try:
-            if "fastdit" in impls:
-                run, frames["fastdit"] = e2e_fastdit(name, config, two, loras, c, shape, device, dtype, seed)
+            for impl in impls:
+                try:
+                    if impl == "fastdit":
+                        run, frames[impl] = e2e_fastdit(name, config, two, loras, c, shape, device, dtype, seed)
+                    elif importlib.util.find_spec("peft") is None:  # diffusers' LoRA loading needs it
+                        entry["diffusers"] = {"available": False, "why": "peft is not installed"}
+                        continue
+                    else:
+                        run, frames[impl] = e2e_diffusers(config, two, loras, c, shape, device, dtype, seed)
+                        if "fastdit" in frames:
+                            run["frames_vs_fastdit"] = c["e2e"].compare(frames[impl], frames["fastdit"])
+                except Exception as exc:  # e.g. out of memory: record it, go on with the rest
+                    entry.setdefault("errors", {})[impl] = f"{type(exc).__name__}: {first_line(exc)}"
+                    print(f"{name:18s} {impl:9s} FAILED: {entry['errors'][impl]}", flush=True)
+                    _free(device)
+                    continue
                 entry["runs"].append(run)
                 _print_run(name, run)
-            if "diffusers" in impls:
-                if importlib.util.find_spec("peft") is None:  # diffusers' LoRA loading needs it
-                    entry["diffusers"] = {"available": False, "why": "peft is not installed"}
-                else:
-                    run, frames["diffusers"] = e2e_diffusers(config, two, loras, c, shape, device, dtype, seed)
-                    if "fastdit" in frames:
-                        run["frames_vs_fastdit"] = c["e2e"].compare(frames["diffusers"], frames["fastdit"])
-                    entry["runs"].append(run)
-                    _print_run(name, run)
         finally:
             for path in loras:
                 path.unlink(missing_ok=True)
@@ -371,6 +379,8 @@ def bench_e2e(models: list[str], rank: int, c: dict, shape: dict, device, dtype,
             print(f"{name:18s} fastdit / diffusers: " + json.dumps({k: round(v, 3) for k, v in entry["ratios"].items()}),
                   flush=True)
         out["models"][name] = entry
+        if save is not None:
+            save()
     return out
 
 
@@ -485,7 +495,8 @@ def main(argv=None) -> int:
         if "e2e" in sections:
             impls = [s.strip() for s in args.impls.split(",") if s.strip()]
             c = shared_components(args.tiny, device, e2e_dtype)
-            result["e2e"] = bench_e2e(e2e_models, rank, c, shape, device, e2e_dtype, Path(tmp), impls)
+            result["e2e"] = {}
+            bench_e2e(e2e_models, rank, c, shape, device, e2e_dtype, Path(tmp), impls, result["e2e"], save)
             del c
             _free(device)
     save()

@@ -34,7 +34,7 @@ class ExpertWeights:
     single file, then the LoRAs (already checked against its config)."""
 
     subfolder: str  # "transformer" or "transformer_2"
-    config: Any  # WanConfig
+    config: Any = None  # WanConfig (read only when a file or LoRAs need checking)
     file: Any = None  # a checked TransformerFile, or None: the folder's weights
     loras: list = field(default_factory=list)  # [LoraSpec]
     plans: list = field(default_factory=list)  # [LoraPlan], one per LoRA
@@ -128,6 +128,8 @@ def expert_config(spec: ModelSpec, subfolder: str):
 def _plan_expert(spec: ModelSpec, subfolder: str, file, loras, options) -> ExpertWeights:
     from fastdit.models.wan.single_file import check_transformer_file
 
+    if file is None and not loras:  # the folder's weights as they are: nothing to check here
+        return ExpertWeights(subfolder, None, mode=options.lora_mode, strict=options.lora_strict)
     config = expert_config(spec, subfolder)
     checked = check_transformer_file(file, config) if file is not None else None
     plans = []
