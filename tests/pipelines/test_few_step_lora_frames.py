@@ -131,3 +131,22 @@ def test_distilled_transformer_file_with_a_lora(tiny_model, tmp_path):
     # fp32 rounding only (the two copies of the weights sit at different memory alignments)
     assert _max_diff(got.frames, expected) <= STRICT
     assert _max_diff(with_base_weights, expected) > 100 * STRICT
+
+
+@pytest.mark.parametrize("task, size", [("i2v", 32), ("ti2v", 64)])
+def test_image_models_with_a_lora_and_the_preset(tiny_model, tmp_path, task, size):
+    """Image-to-video (CLIP image tokens; TI2V's per-frame timesteps) with a LoRA and the
+    preset: runtime adapters give the merged LoRA's frames."""
+    from tests.pipelines.helpers import sample_image
+
+    path = tiny_model(task)
+    lora = [(tiny_lora(path, tmp_path / "a.safetensors", seed=1), 0.9)]
+    settings = dict(SETTINGS, height=size, width=size)
+    frames = {}
+    for mode in ("merge", "runtime"):
+        pipe = fastdit.load(path, device="cpu", dtype=torch.float32, loras=lora, lora_mode=mode,
+                            preset="lightx2v-4step")
+        result = pipe.generate(PROMPT, image=sample_image(), seed=3, **settings)
+        assert result.settings["num_inference_steps"] == 4
+        frames[mode] = result.frames
+    assert _max_diff(frames["runtime"], frames["merge"]) <= STRICT
