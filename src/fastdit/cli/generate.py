@@ -183,10 +183,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from fastdit.errors import InputError, first_line
+    from fastdit.pipelines.loading import LoadOptions
     from fastdit.pipelines.request import resolve_request
     from fastdit.pipelines.spec import inspect_model
     from fastdit.pipelines.stages import load_image
-    from fastdit.pipelines.loading import LoadOptions
     from fastdit.pipelines.variants import plan_variant
 
     # 1. Everything that can be checked without loading the model.
