@@ -2,7 +2,7 @@
 # Everything the GPU machine has to do, in one call (device time is scarce):
 #   bash benchmarks/gpu_run.sh [tests] [ops] [transformer] [e2e]    (default: all)
 #   other steps: transformer-1.3b, transformer-14b, compile-block, tune, diag, diag-attention,
-#   quant-tests, quant, offload, cache-fastdit-1..3, cache-diffusers, cache-dit-1..2
+#   quant-tests, quant, offload, cache-fastdit-1..3, cache-diffusers, cache-dit-1..2, lora, lora-e2e
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
 # tests, runs the benchmarks and writes JSON and logs under $OUT (or ./out/gpu).
 set -uo pipefail
@@ -43,6 +43,11 @@ for step in $STEPS; do
       python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B --out "$OUT/transformer.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer.log" ;;
     compile-block)
       python3 benchmarks/compile_block.py --out "$OUT/compile-block.json" $BENCH_ARGS 2>&1 | tee "$OUT/compile-block.log" ;;
+    lora)  # 14B: rank-64 LoRA load + merge, runtime-mode cost per forward (~2-3 min)
+      python3 benchmarks/lora.py --sections merge,runtime --out "$OUT/lora.json" 2>&1 | tee "$OUT/lora.log" ;;
+    lora-e2e)  # 4-step 480x832x81 videos, 1.3B / 14B / A14B, fastdit vs diffusers (needs peft; ~4-6 min)
+      python3 benchmarks/lora.py --sections e2e --out "$OUT/lora-e2e.json" --markdown "$OUT/lora-e2e.md" \
+        2>&1 | tee "$OUT/lora-e2e.log" ;;
     e2e)
       python3 benchmarks/e2e.py --out "$OUT/e2e.json" $BENCH_ARGS 2>&1 | tee "$OUT/e2e.log" ;;
     quant-tests)

@@ -10,6 +10,7 @@ FastditError
       CheckpointError               weight files: missing, extra or mis-shaped tensors
     DeviceError                     a device or dtype this machine cannot run
     ConfigError                     a bad FASTDIT_* value
+    LoraError                       LoRA files: unknown keys, ranks, shapes, model size
   OutputError (also an OSError)     a video or frames could not be written exit 2
   ProviderError (also RuntimeError) a requested op provider cannot run  exit 2
   Cancelled                         a generation stopped by its control  exit 130
@@ -67,6 +68,11 @@ class OutputError(FastditError, OSError):
 
     Nothing is left under the output's name when this is raised: an existing file is untouched.
     """
+
+
+class LoraError(UserError):
+    """A LoRA file cannot be applied: unknown keys, mismatched ranks or shapes, a LoRA made for
+    another model size, a damaged file. Raised before any weight is changed."""
 
 
 class ProviderError(FastditError, RuntimeError):

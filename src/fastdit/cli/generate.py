@@ -72,7 +72,50 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="run a request beyond the model's range or the device estimate of time and memory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_cache_arguments(p)
+    add_variant_arguments(p)
     p.set_defaults(func=cmd_generate)
+
+
+# ---- LoRAs, distilled transformers, few-step sampling (docs/lora.md) ----------------------
+def add_variant_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LoRAs, distilled transformers and few-step sampling (docs/lora.md)")
+    g.add_argument("--lora", action="append", default=[], metavar="[high:|low:]PATH[:SCALE]",
+                   help="a LoRA file and its scale (default 1); repeat to stack; low: sends it to "
+                        "the low-noise expert of Wan2.2 A14B")
+    g.add_argument("--lora-2", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="a LoRA for the second (low-noise) expert of Wan2.2 A14B; repeatable")
+    g.add_argument("--lora-mode", default="merge", choices=("merge", "runtime"),
+                   help="merge into the weights (default, no cost per step) or keep as side "
+                        "branches (runtime)")
+    g.add_argument("--lora-strict", default="on", choices=("on", "off"),
+                   help="on: a LoRA key that matches no weight is an error; off: skipped with a warning")
+    g.add_argument("--transformer", default=None, metavar="PATH",
+                   help="a single .safetensors transformer (e.g. a LightX2V distilled model) "
+                        "replacing the model folder's")
+    g.add_argument("--transformer-2", default=None, metavar="PATH",
+                   help="the same for the second expert of Wan2.2 A14B")
+    g.add_argument("--preset", default=None, metavar="NAME",
+                   help="few-step preset: lightx2v-4step or lightning-4step (timesteps, shift, "
+                        "no guidance, expert switch)")
+    g.add_argument("--timesteps", default=None, metavar="T1,T2,...",
+                   help="few-step Euler on these timesteps, e.g. 1000,750,500,250 (shift: "
+                        "--flow-shift, default 5)")
+    g.add_argument("--boundary-step", type=int, default=None, metavar="N",
+                   help="few-step schedule on Wan2.2 A14B: the first step of the low-noise expert")
+
+
+def variant_options(args: argparse.Namespace) -> dict:
+    """The :class:`~fastdit.pipelines.loading.LoadOptions` fields of the flags above."""
+    return dict(loras=tuple(args.lora), loras_2=tuple(args.lora_2), lora_mode=args.lora_mode,
+                lora_strict=args.lora_strict == "on", transformer=args.transformer,
+                transformer_2=args.transformer_2, preset=args.preset, timesteps=args.timesteps,
+                boundary_step=args.boundary_step)
+
+
+def _print_variant(pipe) -> None:
+    for line in pipe.variant.summary():
+        print(line)
+    sys.stdout.flush()
 
 
 def add_cache_arguments(p: argparse.ArgumentParser) -> None:
@@ -146,10 +189,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from fastdit.cli.output import check_frames_dir, check_output, write_outputs
     from fastdit.pipelines.limits import device_budget
-    from fastdit.pipelines.loading import check_flow_shift, resolve_device, resolve_dtype
+    from fastdit.pipelines.loading import LoadOptions, check_flow_shift, resolve_device, resolve_dtype
     from fastdit.pipelines.preflight import check_components
     from fastdit.pipelines.request import resolve_request
     from fastdit.pipelines.spec import inspect_model
+    from fastdit.pipelines.variants import plan_variant
 
     # 1. Everything that can be checked without loading the model.
     output = check_output(args.output)
@@ -159,6 +203,8 @@ def _generate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     spec = inspect_model(args.model)  # JSON values and weight headers
+    spec, variant = plan_variant(spec, LoadOptions.from_kwargs(flow_shift=args.flow_shift,
+                                                               **variant_options(args)))
     spec.device_budget = device_budget(spec, device, dtype, offload=args.offload, vae_tiling=args.vae_tiling)
     image = read_image(args.image) if args.image is not None else None
     request = request_from_args(args, image)
@@ -173,6 +219,7 @@ def _generate(args: argparse.Namespace) -> int:
     pipe = WanVideoPipeline.from_pretrained(spec, device=device, dtype=dtype, scheduler=args.scheduler,
                                             flow_shift=args.flow_shift, offload=args.offload,
                                             vae_tiling=args.vae_tiling, check_files=False,
+                                            variant=variant, **variant_options(args),
                                             **memory_options(args, resolved))
     log.info("loaded in %.1f s on %s (%s); generating %d frames at %dx%d, %d steps",
              pipe.load_seconds, pipe.device, str(pipe.dtype).replace("torch.", ""), resolved.num_frames,
@@ -185,6 +232,7 @@ def _generate(args: argparse.Namespace) -> int:
     write_outputs(result.frames, output, fps, frames_dir)
     _print_summary(pipe, result, output, fps, frames_dir, time.perf_counter() - start,
                    default_fps=args.fps is None)
+    _print_variant(pipe)
     return 0
 
 

@@ -74,9 +74,12 @@ class Linear(nn.Module):
 
     def into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Write ``x W^T + b`` (adapters included) into the contiguous ``out [..., N]``."""
+        y = ops.linear(x, self.dense_weight(x.dtype), self.bias, out=out)
         if self.adapters:
-            return out.copy_(self.forward(x))
-        return ops.linear(x, self.dense_weight(x.dtype), self.bias, out=out)
+            y = self._adapt(x, y)  # LoRA adapters add into the contiguous out in place
+            if y is not out:
+                out.copy_(y)
+        return out
 
     def extra_repr(self) -> str:
         stored = "" if self.weight_scale is None else f", weight {self.weight.dtype} with scales"

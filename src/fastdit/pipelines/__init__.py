@@ -31,7 +31,10 @@ def load(path, device=None, dtype=None, **kwargs):
     Keyword options are the fields of :class:`~fastdit.pipelines.loading.LoadOptions`:
     ``scheduler="unipc"|"euler"``, ``flow_shift``, ``offload="auto"|"none"|"experts"|"model"``,
     ``vae_dtype``, ``vae_tiling``, ``check_files``, ``cache`` (a step cache for every generation,
-    e.g. ``"teacache:threshold=0.08"``; see docs/caching.md).
+    e.g. ``"teacache:threshold=0.08"``; see docs/caching.md); LoRAs, distilled files and few-step
+    sampling (docs/lora.md): ``loras=[(path, scale), ...]``, ``loras_2``,
+    ``lora_mode="merge"|"runtime"``, ``lora_strict``, ``transformer=PATH``, ``transformer_2=PATH``,
+    ``preset="lightx2v-4step"``, ``timesteps``, ``boundary_step``.
     """
     from fastdit.pipelines.wan import WanVideoPipeline
 

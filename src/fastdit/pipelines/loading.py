@@ -20,12 +20,13 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from fastdit.errors import CheckpointError, DeviceError, ModelFolderError, first_line, is_out_of_memory
+from fastdit.errors import CheckpointError, DeviceError, LoraError, ModelFolderError, first_line, is_out_of_memory
 from fastdit.pipelines.spec import ModelSpec, inspect_model
+from fastdit.pipelines.variants import ExpertWeights, Variant, plan_variant
 from fastdit.schedulers.unipc import FlowUniPCScheduler
 
 log = logging.getLogger("fastdit.pipelines")
@@ -36,6 +37,7 @@ OFFLOAD_MODES = ("auto", "none", "experts", "model", "blocks")
 DTYPE_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
                "float16": torch.float16, "half": torch.float16, "fp32": torch.float32,
                "float32": torch.float32, "float": torch.float32}
+LORA_MODES = ("merge", "runtime")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,18 @@ class LoadOptions:
     ``(height, width, num_frames)`` the plan must hold (default: the model's defaults).
     ``cache``: the step cache of every generation that sets none (``"teacache:threshold=0.08"``,
     a :class:`~fastdit.cache.CacheConfig`; stored as the parsed CacheConfig; docs/caching.md).
+    Few-step models and LoRAs (docs/lora.md): ``loras``: LoRAs for ``transformer`` (Wan2.2
+    A14B: the high-noise expert), each a path, ``(path, scale)`` or ``"[high:|low:]PATH[:SCALE]"``
+    (``low:`` sends it to the second expert); ``loras_2``: LoRAs for ``transformer_2``;
+    ``lora_mode``: "merge" (into the weights, no cost per step) or "runtime" (side branches
+    ``y += s (x A^T) B^T`` on the Linear layers); ``lora_strict``: a LoRA key that maps to no
+    parameter is an error (False: skipped with a warning); ``transformer`` / ``transformer_2``:
+    a single ``.safetensors`` file (a distilled model, official or diffusers names, fp8/int8
+    with scales dequantised) replacing the folder's transformer; ``preset``: a few-step preset
+    ("lightx2v-4step", "lightning-4step": timesteps, shift, guidance off, expert switch);
+    ``timesteps``: a few-step timestep list (``[1000, 750, 500, 250]`` or "1000,750,500,250");
+    ``boundary_step``: the first step of the low-noise expert on a few-step schedule. With a
+    preset or timesteps, ``flow_shift`` is the few-step schedule's shift.
     """
 
     scheduler: str = "unipc"
@@ -71,6 +85,15 @@ class LoadOptions:
     prefetch: int | None = None
     plan_video: tuple[int, int, int] | None = None
     cache: Any = None
+    loras: Sequence[Any] = ()
+    loras_2: Sequence[Any] = ()
+    lora_mode: str = "merge"
+    lora_strict: bool = True
+    transformer: str | os.PathLike | None = None
+    transformer_2: str | os.PathLike | None = None
+    preset: str | None = None
+    timesteps: Any = None
+    boundary_step: int | None = None
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -86,6 +109,20 @@ class LoadOptions:
             from fastdit.cache.config import as_cache_config
 
             object.__setattr__(self, "cache", as_cache_config(self.cache))
+        for name in ("loras", "loras_2"):
+            value = getattr(self, name)
+            if value is None:
+                value = ()
+            elif isinstance(value, (str, os.PathLike)) or (
+                    isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], (int, float))):
+                value = (value,)  # one LoRA on its own: a path or (path, scale)
+            object.__setattr__(self, name, tuple(value))
+        if self.lora_mode not in LORA_MODES:
+            raise LoraError(f"lora_mode must be one of {', '.join(LORA_MODES)}, got {self.lora_mode!r}")
+        if not isinstance(self.lora_strict, bool):
+            raise LoraError(f"lora_strict must be True or False, got {self.lora_strict!r}")
+        if isinstance(self.timesteps, list):
+            object.__setattr__(self, "timesteps", tuple(self.timesteps))
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "LoadOptions":
@@ -164,6 +201,22 @@ def load_transformer(spec: ModelSpec, subfolder: str, device: torch.device, dtyp
     with _loading(spec, subfolder):
         return WanTransformer.from_pretrained(str(spec.root), dtype=dtype, device=device,
                                               subfolder=subfolder)  # in eval mode
+
+
+def load_expert(spec: ModelSpec, weights: ExpertWeights, device: torch.device, dtype: torch.dtype):
+    """One transformer: the folder's ``weights.subfolder`` or the checked single file, then its
+    LoRAs (merged, or as runtime adapters) with the plans made when they were checked."""
+    if weights.file is not None:
+        from fastdit.models.wan.single_file import load_transformer_file
+
+        model = load_transformer_file(weights.file, dtype=dtype, device=device)
+    else:
+        model = load_transformer(spec, weights.subfolder, device, dtype)
+    if weights.loras:
+        from fastdit.models.wan.lora import apply_loras
+
+        apply_loras(model, weights.loras, mode=weights.mode, strict=weights.strict, plans=weights.plans)
+    return model
 
 
 def make_scheduler(spec: ModelSpec, kind: str = "unipc", flow_shift: float | None = None):
@@ -259,9 +312,11 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device | None, 
 
 
 def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device | str | None,
-                  dtype: torch.dtype | None, options: LoadOptions):
+                  dtype: torch.dtype | None, options: LoadOptions, variant: Variant | None = None):
     """Load a diffusers-format Wan folder (or Hub id) into ``cls`` (a pipeline class). ``dtype``
-    defaults to bf16 on a GPU and fp32 on the CPU."""
+    defaults to bf16 on a GPU and fp32 on the CPU. ``variant``: what
+    :func:`~fastdit.pipelines.variants.plan_variant` returned for ``options`` (with ``path``
+    the spec it returned), when the caller checked them already."""
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     from fastdit.pipelines.limits import device_budget
@@ -276,6 +331,11 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
         from fastdit.cache.wiring import check_cache
 
         check_cache(options.cache, spec)
+    # presets, transformer files and LoRAs: checked (headers only) before anything loads
+    if variant is None:
+        spec, variant = plan_variant(spec, options)
+    for line in variant.summary():
+        log.info("%s", line)
     if options.check_files:
         check_components(spec)  # every tensor name and shape, before any weights load
     spec.device_budget = device_budget(spec, device, dtype, offload=options.offload,
@@ -311,19 +371,25 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
             vae.enable_tiling()
         vae = current_platform().optimize_vae(vae)
     with _loading(spec, "scheduler"):
-        sched = make_scheduler(spec, options.scheduler, options.flow_shift)
+        if variant.few_step is not None:
+            sched = variant.few_step.scheduler(spec.scheduler_config.get("num_train_timesteps", 1000))
+        else:
+            sched = make_scheduler(spec, options.scheduler, options.flow_shift)
     if plan is not None and plan.uses_runtime:  # blocks in host memory, streamed
+        if any(e.file is not None or e.loras for e in variant.experts):
+            raise LoraError("LoRAs and single-file transformers are not yet combined with streamed "
+                            "block offload (offload='blocks' / a memory budget that streams)")
         transformer, transformer_2 = load_streamed_experts(spec, device, dtype, plan, options)
     else:
-        transformer = load_transformer(spec, "transformer", device, dtype)
+        transformer = load_expert(spec, variant.expert("transformer"), device, dtype)
         transformer_2 = None
         if spec.two_experts:
             second_home = device if offload == "none" else torch.device("cpu")
-            transformer_2 = load_transformer(spec, "transformer_2", second_home, dtype)
+            transformer_2 = load_expert(spec, variant.expert("transformer_2"), second_home, dtype)
     pipe = cls(spec, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=sched,
                transformer=transformer, transformer_2=transformer_2, image_encoder=image_encoder,
                image_processor=image_processor, device=device, dtype=dtype, offload=offload,
-               cache=options.cache)
+               cache=options.cache, options=options, variant=variant)
     pipe.memory_plan = plan
     current_platform().synchronize()
     pipe.load_seconds = time.perf_counter() - start

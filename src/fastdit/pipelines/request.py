@@ -17,12 +17,15 @@ import math
 import numbers
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from fastdit.errors import InputError
 from fastdit.pipelines.spec import MAX_FPS, ModelSpec
 
 log = logging.getLogger("fastdit.pipelines")
+
+if TYPE_CHECKING:
+    from fastdit.schedulers.presets import FewStep
 
 OUTPUT_TYPES = ("np", "pt", "latent")
 #: Wan's text encoder is used with 512 tokens; longer sequences only cost memory.
@@ -39,6 +42,13 @@ class GenerationRequest:
     an integer in [-2^63, 2^64) (None draws a random one, recorded in the result).
     ``output_type``: ``"np"`` (float32 ``[F, H, W, 3]`` in [0, 1]), ``"pt"`` (``[F, 3, H, W]``)
     or ``"latent"``. ``force``: run a request beyond the model's range or the device estimate.
+
+    The sampler, for this generation only (see :mod:`fastdit.schedulers.presets`):
+    ``timesteps`` (e.g. ``[1000, 750, 500, 250]`` or ``"1000,750,500,250"``) runs the few-step
+    Euler sampler on that list; ``flow_shift`` is the shift of the few-step schedule, or of the
+    model's own scheduler when there is none; ``boundary_step`` is the first step of Wan2.2's
+    low-noise expert on a few-step schedule. Unset, they come from the pipeline (a preset
+    given to :func:`fastdit.load`) or the model.
     """
 
     prompt: str
@@ -60,6 +70,9 @@ class GenerationRequest:
     guidance_until: float | None = None  # guidance on the first fraction of the steps only
     cfg_zero_star: bool = False  # CFG-Zero*: zero-init first steps, optimised guidance scale
     zero_init_steps: int | None = None  # CFG-Zero*'s zero-velocity first steps (default 1)
+    timesteps: Any = None
+    flow_shift: float | None = None
+    boundary_step: int | None = None
 
     def replace(self, **changes: Any) -> "GenerationRequest":
         return dataclasses.replace(self, **changes)
@@ -85,6 +98,8 @@ class ResolvedRequest:
     guidance_until: float | None = None
     cfg_zero_star: bool = False
     zero_init_steps: int = 1
+    few_step: FewStep | None = None  # the few-step schedule, or None: the model's scheduler
+    flow_shift: float | None = None  # without few_step: the shift for the model's scheduler
 
     @property
     def guided(self) -> bool:
@@ -169,7 +184,8 @@ def resolve_request(spec: ModelSpec, request: GenerationRequest | None = None, *
                     guidance_scale_2=None, max_sequence_length=512, image=None,
                     has_image: bool | None = None, seed: Any = 0, force: bool = False,
                     notify: Callable[[str], None] | None = log.warning,
-                    default_cache: Any = None) -> ResolvedRequest:
+                    default_cache: Any = None, timesteps=None, flow_shift=None,
+                    boundary_step=None) -> ResolvedRequest:
     """Fill in the model's defaults and check every value; raises :class:`InputError`
     (:class:`~fastdit.errors.ResourceError` for a request too large, unless ``force``; a
     :class:`~fastdit.errors.UserError` for bad cache settings).
@@ -177,7 +193,9 @@ def resolve_request(spec: ModelSpec, request: GenerationRequest | None = None, *
     Give a :class:`GenerationRequest`, or the fields as keywords (``has_image`` stands for an
     image that was checked elsewhere). ``notify`` gets each notice (default: a log warning).
     ``default_cache``: the pipeline's cache (``load(..., cache=...)``), used when the request
-    sets none.
+    sets none. A few-step schedule (the request's ``timesteps``, else the pipeline's preset in
+    ``spec.defaults.few_step``) fixes the step count to the length of its list, and guidance
+    defaults to off.
     """
     negative_prompt = None
     if request is not None:
@@ -186,10 +204,23 @@ def resolve_request(spec: ModelSpec, request: GenerationRequest | None = None, *
         num_inference_steps, guidance_scale = request.num_inference_steps, request.guidance_scale
         guidance_scale_2, max_sequence_length = request.guidance_scale_2, request.max_sequence_length
         image, seed, force, negative_prompt = request.image, request.seed, request.force, request.negative_prompt
+        timesteps, flow_shift, boundary_step = request.timesteps, request.flow_shift, request.boundary_step
     d = spec.defaults
+    few_step, model_shift = _sampler(spec, timesteps, flow_shift, boundary_step)
+    if few_step is not None and d.few_step is None and guidance_scale is None:
+        guidance_scale = few_step.guidance_scale  # few-step models run without guidance
+        if spec.two_experts and guidance_scale_2 is None:
+            guidance_scale_2 = few_step.guidance_scale
     height = as_int("height", d.height if height is None else height)
     width = as_int("width", d.width if width is None else width)
     num_frames = as_int("num_frames", d.num_frames if num_frames is None else num_frames)
+    if few_step is not None:
+        if num_inference_steps is not None and as_int("num_inference_steps", num_inference_steps) != (
+                few_step.num_inference_steps):
+            raise InputError(f"num_inference_steps={num_inference_steps} does not match the "
+                             f"{few_step.num_inference_steps} timesteps of the few-step schedule "
+                             f"({','.join(map(str, few_step.timesteps))}); leave it unset")
+        num_inference_steps = few_step.num_inference_steps
     steps = as_int("num_inference_steps", d.num_inference_steps if num_inference_steps is None
                    else num_inference_steps)
     seq = as_int("max_sequence_length", max_sequence_length)
@@ -214,7 +245,8 @@ def resolve_request(spec: ModelSpec, request: GenerationRequest | None = None, *
     if notify is not None:
         for notice in notices:
             notify(notice)
-    resolved = ResolvedRequest(height, width, num_frames, steps, g, g2, seq, int(fps), tuple(notices))
+    resolved = ResolvedRequest(height, width, num_frames, steps, g, g2, seq, int(fps), tuple(notices),
+                               few_step=few_step, flow_shift=model_shift)
     has_image = (image is not None) if has_image is None else has_image
     return _opt_in(spec, request, resolved, has_image, default_cache)
 
@@ -270,6 +302,17 @@ def _opt_in(spec: ModelSpec, request: GenerationRequest | None, resolved: Resolv
                              f"(guidance_scale {resolved.guidance_scale:g} <= 1)")
     return dataclasses.replace(resolved, cache=cache, guidance_until=until, cfg_zero_star=zero_star,
                                zero_init_steps=zero_steps)
+
+
+def _sampler(spec: ModelSpec, timesteps, flow_shift, boundary_step) -> tuple[FewStep | None, float | None]:
+    """``(few-step schedule or None, shift for the model's own scheduler or None)``."""
+    from fastdit.schedulers.presets import positive_shift, resolve_few_step
+
+    few_step = resolve_few_step(spec.defaults.few_step, timesteps, flow_shift, boundary_step,
+                                two_experts=spec.two_experts)
+    if few_step is not None or flow_shift is None:
+        return few_step, None
+    return None, positive_shift(flow_shift)
 
 
 def _guidance(spec: ModelSpec, guidance_scale, guidance_scale_2) -> tuple[float, float | None]:

@@ -15,11 +15,14 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastdit import model_files
 from fastdit.errors import InputError, ModelFolderError  # re-exported: the folder and request errors
 from fastdit.errors import first_line as _first_line
+
+if TYPE_CHECKING:
+    from fastdit.schedulers.presets import FewStep
 
 log = logging.getLogger("fastdit.pipelines")
 
@@ -42,6 +45,9 @@ class ModelDefaults:
     guidance_scale_2: float | None = None  # low-noise expert (Wan2.2 A14B)
     flow_shift: float | None = None  # recommended; the checkpoint's scheduler config wins
     fps: int = 16
+    # a few-step schedule (a preset or timesteps given to fastdit.load): the sampler every
+    # generation runs unless its request gives other timesteps; None: the model's scheduler
+    few_step: FewStep | None = None
 
 
 KNOWN_MODELS: dict[str, ModelDefaults] = {
@@ -333,7 +339,7 @@ def _defaults_for(spec: ModelSpec) -> ModelDefaults:
     if own.is_file():
         data = read_json(own)
         check_values(own, data, DEFAULTS_KEYS)
-        known = {f.name for f in dataclasses.fields(ModelDefaults)}
+        known = {f.name for f in dataclasses.fields(ModelDefaults)} - {"few_step"}
         base = dataclasses.replace(base, **{k: v for k, v in data.items() if k in known})
     return base
 

@@ -46,6 +46,7 @@ from fastdit.pipelines.request import (  # noqa: F401  (re-exported)
 )
 from fastdit.pipelines.result import GenerationResult
 from fastdit.pipelines.spec import ModelSpec
+from fastdit.pipelines.variants import Variant
 
 log = logging.getLogger("fastdit.pipelines")
 
@@ -65,7 +66,8 @@ class WanVideoPipeline:
     def __init__(self, spec: ModelSpec, *, tokenizer, text_encoder, vae, scheduler, transformer,
                  transformer_2=None, image_encoder=None, image_processor=None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-                 offload: str = "none", cache: Any = None):
+                 offload: str = "none", cache: Any = None, options: LoadOptions | None = None,
+                 variant: Variant | None = None):
         from diffusers.video_processor import VideoProcessor
 
         self.spec = spec
@@ -92,16 +94,21 @@ class WanVideoPipeline:
                 check_cache(self.cache, spec)
         self.video_processor = VideoProcessor(vae_scale_factor=spec.vae_stride_spatial)
         self.load_seconds: float | None = None
+        self.options = options if options is not None else LoadOptions()  # how it was loaded
+        self.variant = variant if variant is not None else Variant()  # preset, files, LoRAs
         # diffusers' Wan VAE keeps its causal-convolution cache on the module: one user at a time
         self._vae_lock = threading.Lock()
 
     # ---- construction ----------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | ModelSpec, device: torch.device | str | None = None,
-                        dtype: torch.dtype | None = None, **options: Any) -> "WanVideoPipeline":
+                        dtype: torch.dtype | None = None, variant: Variant | None = None,
+                        **options: Any) -> "WanVideoPipeline":
         """Load a diffusers-format Wan folder (or Hub id); ``options`` are :class:`LoadOptions`
-        fields. ``dtype`` defaults to bf16 on a GPU and fp32 on the CPU."""
-        return load_pipeline(cls, path, device, dtype, LoadOptions.from_kwargs(**options))
+        fields. ``dtype`` defaults to bf16 on a GPU and fp32 on the CPU. ``variant``: the
+        result of :func:`~fastdit.pipelines.variants.plan_variant` for these options, when the
+        caller checked them first (``path`` is then the spec it returned)."""
+        return load_pipeline(cls, path, device, dtype, LoadOptions.from_kwargs(**options), variant)
 
     # ---- helpers ---------------------------------------------------------------------
     @property
@@ -131,13 +138,26 @@ class WanVideoPipeline:
         finally:
             module.to("cpu")
 
+    def _scheduler_for(self, req: ResolvedRequest):
+        """This generation's own scheduler: the few-step schedule it resolved to, the model's
+        scheduler with the request's shift, or a fresh copy of the pipeline's."""
+        if req.few_step is not None:
+            return req.few_step.scheduler(self.spec.scheduler_config.get("num_train_timesteps", 1000))
+        if req.flow_shift is not None:
+            return make_scheduler(self.spec, self.options.scheduler, req.flow_shift)
+        return copy.deepcopy(self.scheduler)
+
     def _experts_for(self, req: ResolvedRequest) -> tuple[list[stages.Expert], float | None]:
         """Each expert with its guidance, and the timestep where the second takes over.
 
         As diffusers: guidance is on when guidance_scale > 1, and then every expert applies its
         own scale (an expert whose scale is exactly 1 runs the prompt alone: the same math, half
         the work). The guidance shortcuts of the request (CFG-Zero*, guidance until a step
-        fraction) replace CFG in each guided expert; their step index is the global one."""
+        fraction) replace CFG in each guided expert; their step index is the global one. The
+        switch is at ``boundary_ratio * num_train_timesteps``, or, on a few-step schedule, after
+        its ``boundary_step`` steps (LightX2V)."""
+        from fastdit.schedulers.few_step import FewStepScheduler
+
         guided = req.guided
         experts = [stages.Expert(self.transformer, self._guidance(req.guidance_scale, req) if guided
                                  else NoGuidance())]
@@ -146,7 +166,11 @@ class WanVideoPipeline:
             second = (self._guidance(req.guidance_scale_2, req) if guided and req.guidance_scale_2 != 1.0
                       else NoGuidance())
             experts.append(stages.Expert(self.transformer_2, second))
-            boundary = self.spec.boundary_ratio * self.scheduler.config.num_train_timesteps
+            scheduler = self._scheduler_for(req) if req.few_step is not None else self.scheduler
+            if isinstance(scheduler, FewStepScheduler):
+                boundary = scheduler.boundary_timestep  # None: one step, the first expert
+            else:
+                boundary = self.spec.boundary_ratio * scheduler.config.num_train_timesteps
         return experts, boundary
 
     @staticmethod
@@ -168,7 +192,8 @@ class WanVideoPipeline:
                  progress: bool = False, callback: Callable[[int, int], None] | None = None,
                  control: GenerationControl | None = None, cache: Any = None,
                  guidance_until: float | None = None, cfg_zero_star: bool = False,
-                 zero_init_steps: int | None = None) -> GenerationResult:
+                 zero_init_steps: int | None = None, timesteps=None,
+                 flow_shift: float | None = None, boundary_step: int | None = None) -> GenerationResult:
         """Generate one video. Unset sizes/steps/guidance come from the model's defaults.
 
         ``image``: a PIL image, a path or an array (I2V: required; TI2V-5B: optional).
@@ -182,13 +207,17 @@ class WanVideoPipeline:
         result's ``stats["cache"]`` says what it reused); ``guidance_until`` guidance on that
         fraction of the steps only; ``cfg_zero_star`` CFG-Zero* (``zero_init_steps`` zero-velocity
         first steps, default 1).
+        :class:`~fastdit.pipelines.control.GenerationControl`). ``timesteps``, ``flow_shift``,
+        ``boundary_step``: this generation's sampler (see
+        :class:`~fastdit.pipelines.request.GenerationRequest`).
         """
         request = GenerationRequest(
             prompt=prompt, negative_prompt=negative_prompt, image=image, height=height, width=width,
             num_frames=num_frames, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2, seed=seed,
             max_sequence_length=max_sequence_length, output_type=output_type, cache=cache,
-            guidance_until=guidance_until, cfg_zero_star=cfg_zero_star, zero_init_steps=zero_init_steps)
+            guidance_until=guidance_until, cfg_zero_star=cfg_zero_star, zero_init_steps=zero_init_steps,
+            timesteps=timesteps, flow_shift=flow_shift, boundary_step=boundary_step)
         return self.run(request, control=control, progress=progress, callback=callback)
 
     __call__ = generate
@@ -237,9 +266,9 @@ class WanVideoPipeline:
                         self.vae, self.video_processor, pil_image, latents, req.num_frames, req.height,
                         req.width, spec.vae_stride_temporal, spec.expand_timesteps)
 
+        scheduler = self._scheduler_for(req)
         experts, boundary = self._experts_for(req)
         guidance = [repr(e.strategy()) for e in experts]
-        scheduler = copy.deepcopy(self.scheduler)  # this generation's own
         session = None
         if req.cache is not None:  # a step cache: this generation's own session, every expert
             experts, session = self._cached(experts, req, scheduler, boundary, pil_image is not None)
@@ -266,7 +295,9 @@ class WanVideoPipeline:
             "seed": seed if not isinstance(seed, torch.Generator) else None, "prompt": request.prompt,
             "negative_prompt": request.negative_prompt or "", "image": pil_image is not None,
             "model": spec.name, "task": spec.task, "guidance": guidance,
-            "cache": None if req.cache is None else req.cache.spec()}
+            "cache": None if req.cache is None else req.cache.spec(),
+            "sampler": req.few_step.describe() if req.few_step is not None else type(scheduler).__name__,
+            "weights": [e.settings() for e in self.variant.experts]}
         stats = {} if session is None else {"cache": session.finish().to_dict()}
         return GenerationResult(frames=frames, timings=timings, fps=req.fps,
                                 peak_memory=platform.memory_allocated_peak(), settings=settings,
