@@ -1,4 +1,8 @@
-"""What each spawned rank runs (module-level functions, so spawn can import them)."""
+"""What each spawned rank runs (module-level functions, so spawn can import them).
+
+``workdir/models.pt`` holds the tiny models' weights; ``workdir/setup.pt`` (optional) the
+backend and device type (default gloo on the CPU; the GPU tests use NCCL on ``cuda:rank``).
+"""
 
 from __future__ import annotations
 
@@ -20,43 +24,58 @@ from fastdit.distributed.groups import close_parallel
 from tests.distributed import cases
 
 
-def _state(env, **fields):
-    return init_parallel(ParallelConfig(**fields), env=env, backend="gloo", device="cpu")
+class _Run:
+    def __init__(self, env, workdir: Path):
+        setup = torch.load(workdir / "setup.pt") if (workdir / "setup.pt").exists() else {}
+        self.env, self.world = env, env.world_size
+        self.backend = setup.get("backend", "gloo")
+        kind = setup.get("device", "cpu")
+        self.device = torch.device(kind, env.rank) if kind != "cpu" else torch.device("cpu")
+        if self.device.type == "cuda":  # exact fp32 on both sides of the comparison
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+
+    def state(self, **fields):
+        return init_parallel(ParallelConfig(**fields), env=self.env, backend=self.backend,
+                             device=self.device)
+
+    def to(self, *tensors):
+        return tuple(t.to(self.device) for t in tensors)
 
 
-def _attention(env, world: int) -> dict:
+def _attention(run: _Run) -> dict:
     out = {}
     for name, (fields, size, length, heads) in cases.ATTENTION_CASES.items():
-        if size != world:
+        if size != run.world:
             continue
-        state = _state(env, **fields)
-        q, k, v = cases.attention_inputs(length, heads)
+        state = run.state(**fields)
+        q, k, v = run.to(*cases.attention_inputs(length, heads))
         shard = SequenceShard.for_group(length, state.sp_group)
         local = SequenceParallelAttention(state, shard)(shard.split(q), shard.split(k), shard.split(v))
         out[name] = gather_sequence(local, shard, state.sp_group)
     return out
 
 
-def _models(workdir: Path):
+def _models(run: _Run, workdir: Path):
     vaes, model = cases.empty_models()
     saved = torch.load(workdir / "models.pt")
     for name, vae in vaes.items():
         vae.load_state_dict(saved[name])
+        vae.to(run.device)
     model.load_state_dict(saved["transformer"])
-    return vaes, model
+    return vaes, model.to(run.device)
 
 
-def _transformer(env, world: int, model) -> dict:
+def _transformer(run: _Run, model) -> dict:
     out = {}
-    inputs = cases.transformer_inputs()
+    inputs = {name: t.to(run.device) for name, t in cases.transformer_inputs().items()}
     for name, (fields, size) in cases.TRANSFORMER_CASES.items():
-        if size == world:
-            state = _state(env, **fields)
+        if size == run.world:
+            state = run.state(**fields)
             out["transformer/" + name] = sequence_parallel_forward(
                 model, state, inputs["latents"], inputs["timestep"], inputs["text"])
     for name, (fields, size) in cases.CFG_CASES.items():
-        if size == world:
-            state = _state(env, **fields)
+        if size == run.world:
+            state = run.state(**fields)
             branches = cases.Branches(
                 lambda x, t, text: sequence_parallel_forward(model, state, x, t, text),
                 [inputs["text"], inputs["negative"]])
@@ -65,21 +84,22 @@ def _transformer(env, world: int, model) -> dict:
     return out
 
 
-def _vae(env, world: int, vaes) -> dict:
-    state = _state(env, world_size=world, ulysses=1, ring=world)  # vae = every rank
-    return {f"vae{world}/{name}": parallel_vae_decode(vae, cases.vae_latents(name), state.vae_group)
+def _vae(run: _Run, vaes) -> dict:
+    state = run.state(ring=run.world)  # vae = every rank
+    return {f"vae{run.world}/{name}": parallel_vae_decode(vae, *run.to(cases.vae_latents(name)),
+                                                          state.vae_group)
             for name, vae in vaes.items()}
 
 
 def run_all(rank: int, env, workdir: Path) -> dict:
-    """Every case of this world size, in one process group."""
+    """Every case of this world size, in one process group; results on the CPU."""
     torch.manual_seed(0)
-    world = env.world_size
-    root = _state(env, ring=world)  # joins the process group; later states reuse it
-    vaes, model = _models(workdir)
-    out = _attention(env, world)
+    run = _Run(env, workdir)
+    root = run.state(ring=run.world)  # joins the process group; later states reuse it
+    vaes, model = _models(run, workdir)
+    out = _attention(run)
     with torch.no_grad():
-        out.update(_transformer(env, world, model))
-        out.update(_vae(env, world, vaes))
+        out.update(_transformer(run, model))
+        out.update(_vae(run, vaes))
     close_parallel(root)
-    return out
+    return {name: t.cpu() for name, t in out.items()}

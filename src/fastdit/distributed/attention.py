@@ -87,7 +87,10 @@ def ring_attention(q, k, v, *, group, chunk_valid: list[int], scale=None) -> tor
         raise ValueError(f"ring_attention: {len(chunk_valid)} chunk lengths for {ranks} ranks")
     send_to, recv_from = global_rank(group, (me + 1) % ranks), global_rank(group, (me - 1) % ranks)
     out = lse = None
-    kv = torch.stack([k, v])  # (2, B, S, Hk, D): one message per step
+    # Heads-first buffers, seen through [B, L, H, D] views: the fused kernels' (B, H, L, D)
+    # layout is then a free transpose, not a copy per step.
+    q = q.transpose(1, 2).contiguous().transpose(1, 2)  # (B, S, H, D) view of (B, H, S, D)
+    kv = torch.stack([k.transpose(1, 2), v.transpose(1, 2)])  # (2, B, Hk, S, D): one message per step
     for step in range(ranks):
         owner = (me - step) % ranks  # whose chunk kv is now
         requests, incoming = [], None
@@ -97,7 +100,8 @@ def ring_attention(q, k, v, *, group, chunk_valid: list[int], scale=None) -> tor
                                                dist.P2POp(dist.irecv, incoming, recv_from, group)])
         valid = chunk_valid[owner]
         if valid > 0:
-            part, part_lse = attention_lse(q, kv[0, :, :valid], kv[1, :, :valid], scale=scale)
+            k_chunk, v_chunk = (kv[i, :, :, :valid].transpose(1, 2) for i in (0, 1))  # (B, valid, Hk, D)
+            part, part_lse = attention_lse(q, k_chunk, v_chunk, scale=scale)
             out, lse = merge_partial(out, lse, part, part_lse)
         for request in requests:
             request.wait()
