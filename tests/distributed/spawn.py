@@ -21,7 +21,7 @@ def _entry(rank: int, fn, world: int, port: int, workdir: str) -> None:
     torch.save(results, Path(workdir) / f"rank{rank}.pt")
 
 
-def run_ranks(fn, world: int, workdir: Path, timeout_s: float = 150.0) -> list[dict]:
+def run_ranks(fn, world: int, workdir: Path, timeout_s: float = 240.0) -> list[dict]:
     """``fn(rank, env, workdir) -> dict`` on ranks ``0 .. world - 1``; their dicts, by rank.
 
     A rank that raises fails the call with its traceback; past ``timeout_s`` every rank is

@@ -20,7 +20,7 @@ from fastdit.distributed import (
     parallel_vae_decode,
     sequence_parallel_forward,
 )
-from fastdit.distributed.groups import close_parallel
+from fastdit.distributed.groups import broadcast_from_writer, close_parallel
 from tests.distributed import cases
 
 
@@ -98,6 +98,7 @@ def run_all(rank: int, env, workdir: Path) -> dict:
     root = run.state(ring=run.world)  # joins the process group; later states reuse it
     vaes, model = _models(run, workdir)
     out = _attention(run)
+    out["broadcast"] = broadcast_from_writer(torch.full((3,), float(rank + 1), device=run.device), root)
     with torch.no_grad():
         out.update(_transformer(run, model))
         out.update(_vae(run, vaes))

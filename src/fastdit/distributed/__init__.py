@@ -13,6 +13,7 @@ from fastdit.distributed.attention import (
 )
 from fastdit.distributed.groups import (
     ParallelState,
+    broadcast_from_writer,
     close_parallel,
     init_parallel,
     single_process,
@@ -30,6 +31,7 @@ __all__ = [
     "ParallelState",
     "SequenceParallelAttention",
     "SequenceShard",
+    "broadcast_from_writer",
     "check_layout",
     "close_parallel",
     "gather_sequence",

@@ -195,3 +195,11 @@ def group_rank(group) -> int:
 def global_rank(group, index: int) -> int:
     """The global rank of member ``index`` of ``group``."""
     return index if group is None else dist.get_global_rank(group, index)
+
+
+def broadcast_from_writer(tensor: torch.Tensor, state: ParallelState) -> torch.Tensor:
+    """Rank 0's ``tensor`` on every rank (in place; the identity in a one-process run): for
+    the initial noise and the text embeddings, computed on the writer and shared."""
+    if state.world_size > 1:
+        dist.broadcast(tensor, src=0)
+    return tensor
