@@ -81,3 +81,21 @@ def test_optimize_vae_rocm_can_be_switched_off(fresh_config, cudnn_benchmark):
     set_config(EngineConfig(platform=PlatformConfig(vae_autotune=False)))
     platform_class("rocm")().optimize_vae(object())
     assert torch.backends.cudnn.benchmark is False
+
+
+def test_capabilities_the_features_need(fresh_config):
+    """device_count / set_device / mem_get_info / streams / events / pinning / fp8 dtype /
+    has_capability answer on every platform class without touching a device that is absent."""
+    cpu = platform_class("cpu")()
+    assert cpu.device_count() == 1 and cpu.set_device(0) == torch.device("cpu")
+    assert cpu.mem_get_info() is None and cpu.stream() is None and cpu.event() is None
+    assert not cpu.pin_memory_available() and cpu.fp8_dtype() == torch.float8_e4m3fn
+    assert not cpu.has_capability((9, 0))
+
+    class Hopper(platform_class("cuda")):
+        def compute_capability(self):
+            return (9, 0)
+
+    hopper = Hopper()
+    assert hopper.has_capability((8, 9)) and hopper.has_capability((9, 0))
+    assert not hopper.has_capability((10, 0))

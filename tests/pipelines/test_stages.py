@@ -66,30 +66,31 @@ def _record_inputs(module):
     return seen, handle
 
 
-def test_ti2v_first_frame_tokens_get_t0(tiny_model):
-    """TI2V with an image: per-token timesteps [B, L], 0 on the first latent frame's tokens; the
-    first latent frame is the image latent at every step."""
+def test_ti2v_first_frame_gets_t0(tiny_model):
+    """TI2V with an image: per-frame timesteps [B, F] (the transformer's per-frame mode: no
+    per-token time-MLP work), 0 on the first latent frame; the first latent frame is the image
+    latent at every step."""
     pipe = fastdit.load(tiny_model("ti2v"), device="cpu", dtype=torch.float32)
     seen, handle = _record_inputs(pipe.transformer)
     pipe.generate("a bird", image=sample_image(), height=64, width=64, num_frames=9, num_inference_steps=2,
                   guidance_scale=5.0, seed=0, output_type="latent")
     handle.remove()
-    tokens_per_frame = (64 // 16 // 2) ** 2  # latent 4x4, patch 2x2
+    latent_frames = 3
     first_frames = []
     for x, ts, text, image in seen:
-        assert ts.shape == (2, 3 * tokens_per_frame) and ts.dtype == torch.float32
-        assert torch.all(ts[:, :tokens_per_frame] == 0)
-        assert torch.all(ts[:, tokens_per_frame:] == ts[0, -1]) and ts[0, -1] > 0
+        assert ts.shape == (2, latent_frames) and ts.dtype == torch.float32
+        assert torch.all(ts[:, 0] == 0)
+        assert torch.all(ts[:, 1:] == ts[0, -1]) and ts[0, -1] > 0
         first_frames.append(x[:, :, 0])
     torch.testing.assert_close(first_frames[0], first_frames[1], atol=0, rtol=0)
 
-    # without an image every token has the step's t (text-to-video with the TI2V model)
+    # without an image every frame has the step's t (text-to-video with the TI2V model)
     seen, handle = _record_inputs(pipe.transformer)
     pipe.generate("a bird", height=64, width=64, num_frames=9, num_inference_steps=1, guidance_scale=1.0,
                   output_type="latent")
     handle.remove()
     (x, ts, text, image), = seen
-    assert ts.shape == (1, 3 * tokens_per_frame) and torch.all(ts == 999)
+    assert ts.shape == (1, latent_frames) and torch.all(ts == 999)
 
 
 def test_i2v_mask_channels_and_clip_tokens(tiny_model):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import UniPCMultistepScheduler
 
-from fastdit.pipelines.unipc import FlowUniPCScheduler
+from fastdit.schedulers.unipc import FlowUniPCScheduler
 
 
 def _flow(**kw):

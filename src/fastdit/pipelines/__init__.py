@@ -28,8 +28,9 @@ def load(path, device=None, dtype=None, **kwargs):
     """Load a diffusers-format Wan model folder (or Hub id) as a :class:`WanVideoPipeline`.
 
     The task (T2V, I2V, TI2V, Wan2.2 A14B experts) comes from the folder's model_index.json.
-    Keyword options: ``scheduler="unipc"|"euler"``, ``flow_shift``, ``offload="auto"|"none"|
-    "experts"|"model"``, ``vae_dtype``, ``vae_tiling``.
+    Keyword options are the fields of :class:`~fastdit.pipelines.loading.LoadOptions`:
+    ``scheduler="unipc"|"euler"``, ``flow_shift``, ``offload="auto"|"none"|"experts"|"model"``,
+    ``vae_dtype``, ``vae_tiling``, ``check_files``.
     """
     from fastdit.pipelines.wan import WanVideoPipeline
 
@@ -37,10 +38,22 @@ def load(path, device=None, dtype=None, **kwargs):
 
 
 def __getattr__(name):  # lazy: the pipeline module imports diffusers
-    if name in ("WanVideoPipeline", "Request", "resolve_request"):
+    if name in ("WanVideoPipeline", "Request"):
         from fastdit.pipelines import wan
 
         return getattr(wan, name)
+    if name in ("GenerationRequest", "ResolvedRequest", "resolve_request"):
+        from fastdit.pipelines import request
+
+        return getattr(request, name)
+    if name in ("GenerationControl", "Progress"):
+        from fastdit.pipelines import control
+
+        return getattr(control, name)
+    if name == "LoadOptions":
+        from fastdit.pipelines.loading import LoadOptions
+
+        return LoadOptions
     if name == "make_tiny_model":
         from fastdit.pipelines.tiny import make_tiny_model
 
@@ -49,16 +62,22 @@ def __getattr__(name):  # lazy: the pipeline module imports diffusers
 
 
 __all__ = [
+    "GenerationControl",
+    "GenerationRequest",
     "GenerationResult",
     "HUB_IDS",
     "InputError",
     "KNOWN_MODELS",
+    "LoadOptions",
     "ModelDefaults",
     "ModelFolderError",
     "ModelSpec",
+    "Progress",
+    "ResolvedRequest",
     "WanVideoPipeline",
     "inspect_model",
     "load",
     "make_tiny_model",
+    "resolve_request",
     "write_video",
 ]

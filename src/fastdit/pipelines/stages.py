@@ -178,42 +178,59 @@ def encode_image_condition(vae, video_processor, image, latents: torch.Tensor, n
 # ---------------------------------------------------------------------------------------
 @dataclass
 class Expert:
-    """One transformer and the guidance scale it runs with (``guided``: cond + uncond)."""
+    """One transformer and its guidance strategy (:mod:`fastdit.pipelines.guidance`)."""
 
     model: Callable[..., torch.Tensor]
-    guidance_scale: float
-    guided: bool = True
+    guidance: Any = None  # a strategy; None: NoGuidance
+
+    def strategy(self):
+        from fastdit.pipelines.guidance import NoGuidance
+
+        return self.guidance if self.guidance is not None else NoGuidance()
+
+
+def timestep_rows(t: torch.Tensor, batch: int, frame_mask: torch.Tensor | None) -> torch.Tensor:
+    """The transformer's timestep for one step: ``(B,)``, or per latent frame ``(B, F)`` when
+    ``frame_mask (F,)`` holds frames at t = 0 (TI2V: the image's first frame)."""
+    if frame_mask is None:
+        return t.expand(batch)  # (B,)
+    return (frame_mask * t).unsqueeze(0).expand(batch, -1)  # (B, F)
 
 
 @torch.no_grad()
 def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts: Sequence[Expert],
-            text_embeds: torch.Tensor, negative_embeds: torch.Tensor | None, *,
-            dtype: torch.dtype, boundary_timestep: float | None = None,
-            image_embeds: torch.Tensor | None = None, condition: ImageCondition | None = None,
-            expand_timesteps: bool = False, patch_size: Sequence[int] = (1, 2, 2),
+            texts: Sequence[torch.Tensor], *, dtype: torch.dtype,
+            boundary_timestep: float | None = None, image_embeds: torch.Tensor | None = None,
+            condition: ImageCondition | None = None, expand_timesteps: bool = False,
+            patch_size: Sequence[int] = (1, 2, 2), control=None,
             on_expert: Callable[[int], None] | None = None,
-            on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+            wrap_model: Callable[[int, Any], Any] | None = None) -> torch.Tensor:
     """The denoising loop; returns the final latents (fp32, first frame restored for TI2V).
 
-    ``experts[0]`` runs for ``t >= boundary_timestep`` (or always), ``experts[1]`` below.
-    A guided expert runs cond and uncond as ONE batch of 2: ``noise = uncond + g * (cond - uncond)``;
-    an unguided one runs the prompt alone (batch 1). ``on_expert(i)`` is called before expert i
-    first runs.
+    ``scheduler`` is this generation's own (its state is changed). ``texts``: the text
+    embeddings of each guidance branch (prompt, then negative prompt when guided).
+    ``experts[0]`` runs for ``t >= boundary_timestep`` (or always), ``experts[1]`` below; each
+    expert's guidance strategy turns its :class:`~fastdit.pipelines.guidance.BranchModel` into
+    the step's noise prediction. ``wrap_model(expert_index, branch_model)`` may wrap the model
+    (a step cache). ``control`` (a :class:`~fastdit.pipelines.control.GenerationControl`) is
+    checked before every step (cancellation) and told after it (progress); ``on_expert(i)`` is
+    called before expert i first runs.
     """
+    from fastdit.pipelines.guidance import BranchModel
+
     scheduler.set_timesteps(num_inference_steps, device=latents.device)
     timesteps = scheduler.timesteps
     scheduler.set_begin_index(0)
     batch = latents.shape[0]
     cond = condition or ImageCondition()
-    # Per-token timesteps (TI2V): one value per patch, 0 on the first frame when it holds the image.
-    token_mask = None
+    frame_mask = None  # TI2V: per-frame timesteps, 0 on a first frame that holds the image
     if expand_timesteps:
         keep = cond.keep_mask if cond.keep_mask is not None else torch.ones_like(latents[:1, :1])
-        token_mask = keep[0][0][:, ::patch_size[1], ::patch_size[2]].flatten()  # (L,)
-
-    # Text (and image tokens) for the batch of 2, built once.
-    cfg_text = torch.cat([text_embeds, negative_embeds]) if negative_embeds is not None else None
-    cfg_image = torch.cat([image_embeds, image_embeds]) if image_embeds is not None else None
+        frame_mask = keep[0, 0, ::patch_size[0], 0, 0]  # (F,)
+    models = []
+    for index, expert in enumerate(experts):
+        model = BranchModel(expert.model, texts, image_embeds)
+        models.append(model if wrap_model is None else wrap_model(index, model))
     # which expert runs each step, decided once on the host (no device sync inside the loop)
     if boundary_timestep is None:
         plan = [0] * len(timesteps)
@@ -221,36 +238,28 @@ def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts:
         plan = [0 if float(t) >= boundary_timestep else 1 for t in timesteps.cpu()]
     # TI2V with an image: the held first frame's part of every step's input, computed once
     held_frame = None if cond.first_frame is None else (1 - cond.keep_mask) * cond.first_frame
+    total = len(timesteps)
+    if control is not None:
+        control.begin(total)
     current = -1
     for i, t in enumerate(timesteps):
+        if control is not None:
+            control.check()
         index = plan[i]
         if index != current:
             if on_expert is not None:
                 on_expert(index)
             current = index
-        expert = experts[index]
-
         if cond.first_frame is not None:
             x = held_frame + cond.keep_mask * latents
         elif cond.channels is not None:
             x = torch.cat([latents, cond.channels], dim=1)
         else:
             x = latents
-        x = x.to(dtype)
-        if token_mask is not None:
-            ts = (token_mask * t).unsqueeze(0).expand(batch, -1)  # (B, L)
-        else:
-            ts = t.expand(batch)  # (B,)
-
-        if expert.guided and cfg_text is not None:
-            out = expert.model(torch.cat([x, x]), torch.cat([ts, ts]), cfg_text, cfg_image)
-            noise_cond, noise_uncond = out.chunk(2)
-            noise = noise_uncond + expert.guidance_scale * (noise_cond - noise_uncond)
-        else:
-            noise = expert.model(x, ts, text_embeds, image_embeds)
+        noise = experts[index].strategy()(models[index], x.to(dtype), timestep_rows(t, batch, frame_mask), i)
         latents = scheduler.step(noise, t, latents, return_dict=False)[0]
-        if on_step is not None:
-            on_step(i, len(timesteps))
+        if control is not None:
+            control.step_done(i + 1, total)
 
     if cond.first_frame is not None:
         latents = held_frame + cond.keep_mask * latents

@@ -50,6 +50,58 @@ class Platform:
     def is_hopper(self) -> bool:
         return False
 
+    def has_capability(self, capability: tuple[int, int]) -> bool:
+        """True when the device's compute capability is at least ``capability`` (GPUs only)."""
+        own = self.compute_capability()
+        return own is not None and tuple(own) >= tuple(capability)
+
+    # ---- devices, memory, streams (what offload, parallelism and serving need) -------
+    def _backend(self):
+        """``torch.<device_type>`` (torch.cuda, torch.xpu, ...), or None on the CPU."""
+        return None if self.device_type == "cpu" else getattr(torch, self.device_type, None)
+
+    def device_count(self) -> int:
+        """Devices of this kind on the machine (1 for the CPU)."""
+        backend = self._backend()
+        count = getattr(backend, "device_count", None) if backend is not None else None
+        return int(count()) if count is not None else 1
+
+    def set_device(self, index: int) -> torch.device:
+        """Make device ``index`` the current one (each rank of a process group does this)."""
+        backend = self._backend()
+        if backend is not None and hasattr(backend, "set_device"):
+            backend.set_device(index)
+        return self.device(index)
+
+    def mem_get_info(self, device: torch.device | None = None) -> tuple[int, int] | None:
+        """``(free, total)`` bytes of device memory, or None when unknown (the CPU)."""
+        backend = self._backend()
+        query = getattr(backend, "mem_get_info", None) if backend is not None else None
+        if query is None:
+            return None
+        free, total = query(device) if device is not None else query()
+        return int(free), int(total)
+
+    def stream(self, device: torch.device | None = None):
+        """A new side stream on ``device`` (copies that overlap compute), or None on the CPU."""
+        backend = self._backend()
+        make = getattr(backend, "Stream", None) if backend is not None else None
+        return make(device=device) if make is not None else None
+
+    def event(self):
+        """A new event to order work across streams, or None on the CPU."""
+        backend = self._backend()
+        make = getattr(backend, "Event", None) if backend is not None else None
+        return make() if make is not None else None
+
+    def pin_memory_available(self) -> bool:
+        """Whether page-locked host memory can be allocated (fast, asynchronous host copies)."""
+        return False
+
+    def fp8_dtype(self) -> torch.dtype:
+        """The e4m3 fp8 dtype this device computes with (``float8_e4m3fn``; MI300 uses fnuz)."""
+        return torch.float8_e4m3fn
+
     def provider_priority(self, op: str) -> tuple[str, ...]:
         """Provider names tried in order for ``op`` on this platform."""
         return self.op_providers.get(op, self.default_providers)

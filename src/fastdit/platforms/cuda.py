@@ -38,3 +38,6 @@ class CudaPlatform(Platform):
 
     def synchronize(self) -> None:
         torch.cuda.synchronize()
+
+    def pin_memory_available(self) -> bool:
+        return torch.cuda.is_available()

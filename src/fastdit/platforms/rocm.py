@@ -28,3 +28,8 @@ class RocmPlatform(CudaPlatform):
     def is_hopper(self) -> bool:
         return False
 
+    def fp8_dtype(self) -> torch.dtype:
+        """MI300 (gfx94x) computes with the fnuz e4m3 variant; later chips with OCP e4m3fn."""
+        arch = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "gcnArchName", "")
+        return torch.float8_e4m3fnuz if arch.startswith("gfx94") else torch.float8_e4m3fn
+

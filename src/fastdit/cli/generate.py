@@ -1,4 +1,4 @@
-"""``fastdit generate`` and ``fastdit make-tiny-model``.
+"""``fastdit generate``.
 
 Every check a user can fail (sizes, frames, steps, guidance, model folder, weights headers,
 image, output path) runs before the model is loaded; the video is written to a temporary
@@ -125,12 +125,24 @@ def _quiet_libraries(verbose: bool) -> None:
     dlogging.disable_progress_bar()
 
 
+def request_from_args(args: argparse.Namespace, image=None):
+    """The :class:`~fastdit.pipelines.request.GenerationRequest` the flags describe."""
+    from fastdit.pipelines.request import GenerationRequest
+
+    return GenerationRequest(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, height=args.height,
+        width=args.width, num_frames=args.num_frames, num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale, guidance_scale_2=args.guidance_scale_2, seed=args.seed,
+        max_sequence_length=args.max_sequence_length, fps=args.fps)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from fastdit.pipelines.spec import InputError, ModelFolderError, _first_line, inspect_model
+    from fastdit.errors import InputError, first_line
+    from fastdit.pipelines.request import resolve_request
+    from fastdit.pipelines.spec import inspect_model
     from fastdit.pipelines.stages import load_image
-    from fastdit.pipelines.wan import resolve_request
 
     # 1. Everything that can be checked without loading the model.
     output = _check_output(Path(args.output))
@@ -143,10 +155,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
     if device is not None and device.type == "cpu" and dtype is torch.float16:
         raise UsageError("fp16 is not supported on the CPU (use fp32 or bf16)")
-    try:
-        spec = inspect_model(args.model)
-    except ModelFolderError as exc:
-        raise UsageError(str(exc)) from None
+    spec = inspect_model(args.model)
     image = None
     if args.image is not None:
         try:
@@ -154,12 +163,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         except FileNotFoundError:
             raise UsageError(f"cannot read image {args.image}: no such file") from None
         except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read image {args.image}: {_first_line(exc)}") from None
+            raise UsageError(f"cannot read image {args.image}: {first_line(exc)}") from None
+    request = request_from_args(args, image)
     try:
-        request = resolve_request(spec, height=args.height, width=args.width, num_frames=args.num_frames,
-                                  num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                                  guidance_scale_2=args.guidance_scale_2,
-                                  max_sequence_length=args.max_sequence_length, has_image=image is not None)
+        resolved = resolve_request(spec, request)
     except InputError as exc:
         raise UsageError(_cli_words(str(exc))) from None
 
@@ -168,28 +175,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from fastdit.pipelines.wan import WanVideoPipeline
 
     log.info("loading %s", spec.describe())
-    try:
-        pipe = WanVideoPipeline.from_pretrained(spec, device=device, dtype=dtype, scheduler=args.scheduler,
-                                                flow_shift=args.flow_shift, offload=args.offload,
-                                                vae_tiling=args.vae_tiling, check_files=False)
-    except ModelFolderError as exc:
-        raise UsageError(str(exc)) from None
+    pipe = WanVideoPipeline.from_pretrained(spec, device=device, dtype=dtype, scheduler=args.scheduler,
+                                            flow_shift=args.flow_shift, offload=args.offload,
+                                            vae_tiling=args.vae_tiling, check_files=False)
     log.info("loaded in %.1f s on %s (%s); generating %d frames at %dx%d, %d steps",
-             pipe.load_seconds, pipe.device, str(pipe.dtype).replace("torch.", ""), request.num_frames,
-             request.width, request.height, request.num_inference_steps)
+             pipe.load_seconds, pipe.device, str(pipe.dtype).replace("torch.", ""), resolved.num_frames,
+             resolved.width, resolved.height, resolved.num_inference_steps)
     try:
-        result = pipe.generate(args.prompt, negative_prompt=args.negative_prompt, height=request.height,
-                               width=request.width, num_frames=request.num_frames,
-                               num_inference_steps=request.num_inference_steps,
-                               guidance_scale=request.guidance_scale,
-                               guidance_scale_2=request.guidance_scale_2, seed=args.seed, image=image,
-                               max_sequence_length=request.max_sequence_length,
-                               progress=not args.no_progress)
+        result = pipe.run(request, progress=not args.no_progress)
     except InputError as exc:
         raise UsageError(_cli_words(str(exc))) from None
 
     # 3. Write (temporary names, renamed at the end).
-    fps = args.fps or result.fps
+    fps = result.fps
     start = time.perf_counter()
     result.save(output, fps=fps)
     if frames_dir is not None:
@@ -239,44 +237,3 @@ def _print_summary(pipe, result, output: Path, fps: int, frames_dir, write_secon
     peak = result.peak_memory
     print("peak GPU memory: " + (f"{peak / 2**30:.2f} GiB" if peak is not None else "n/a (no GPU)"))
     sys.stdout.flush()
-
-
-# ---------------------------------------------------------------------------------------
-# fastdit make-tiny-model
-# ---------------------------------------------------------------------------------------
-def add_make_tiny_model(sub: argparse._SubParsersAction) -> None:
-    from fastdit.pipelines.spec import TINY_TASKS as TASKS
-
-    p = sub.add_parser("make-tiny-model", help="write a tiny random Wan model (for tests and the demo)",
-                       description="Write a tiny random diffusers-format Wan model. Its weights are "
-                                   "random: the videos it makes are noise.")
-    p.add_argument("directory", help="folder to write (created; an existing model there is replaced)")
-    p.add_argument("--task", default="t2v", choices=TASKS)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_make_tiny_model)
-
-
-def cmd_make_tiny_model(args: argparse.Namespace) -> int:
-    folder = Path(args.directory)
-    if folder.exists():
-        if not folder.is_dir():
-            raise UsageError(f"{folder} exists and is not a folder")
-        if any(folder.iterdir()) and not (folder / "model_index.json").is_file():
-            raise UsageError(f"{folder} exists, is not empty and holds no model: choose another folder")
-        _check_writable_dir(folder, what=f"a model into {folder}")
-    else:
-        parent = folder.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        _check_writable_dir(parent, what=f"a model into {folder}")
-    _quiet_libraries(args.verbose)
-    from fastdit.pipelines.tiny import make_tiny_model
-
-    start = time.perf_counter()
-    if folder.exists() and (folder / "model_index.json").is_file():
-        for sub in ("transformer", "transformer_2", "image_encoder", "image_processor"):
-            shutil.rmtree(folder / sub, ignore_errors=True)  # a previous task's extra parts
-    make_tiny_model(folder, task=args.task, seed=args.seed)
-    print(f"wrote a tiny random {args.task} Wan model to {folder} in {time.perf_counter() - start:.1f} s "
-          "(random weights: its videos are noise)")
-    return 0

@@ -1,0 +1,109 @@
+"""Command line: ``fastdit ops | generate | make-tiny-model``.
+
+One module per sub-command (``cli/ops.py``, ``cli/generate.py``, ``cli/tiny.py``), each with an
+``add_*(subparsers)`` builder listed in :data:`COMMANDS`. Errors go through the one error
+hierarchy (:mod:`fastdit.errors`) to one line on stderr and an exit code: a user error 2, an
+interrupt 130, an internal error 1 (with the traceback only under ``-v``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from typing import Callable, Sequence
+
+from fastdit.config import get_config
+from fastdit.errors import UserError, exit_code, first_line
+
+log = logging.getLogger("fastdit")
+
+
+class UsageError(UserError):
+    """A problem with the command-line input: printed as one line, exit code 2."""
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else getattr(logging, get_config().log_level, logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[fastdit] %(message)s"))
+    root = logging.getLogger("fastdit")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _add_ops(sub: argparse._SubParsersAction) -> None:
+    from fastdit.cli.ops import add_ops
+
+    add_ops(sub)
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    from fastdit.cli.generate import add_generate
+
+    add_generate(sub)
+
+
+def _add_make_tiny_model(sub: argparse._SubParsersAction) -> None:
+    from fastdit.cli.tiny import add_make_tiny_model
+
+    add_make_tiny_model(sub)
+
+
+# Sub-command builders; other modules add theirs here.
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ops, _add_generate, _add_make_tiny_model]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is ONE line on stderr (exit code 2), like fastdit's own errors."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fastdit", description="fast inference for Wan video DiTs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"fastdit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (``fastdit ops | head``): nothing to report
+        _silence_stdout()
+        return 0
+    except Exception as exc:  # noqa: BLE001 - mapped to one line and an exit code
+        code = exit_code(exc)
+        if code == 1:  # not a fastdit error: a bug, or something unforeseen
+            if args.verbose:
+                traceback.print_exc()
+            print(f"fastdit {args.command}: internal error: {type(exc).__name__}: {first_line(exc)}"
+                  + ("" if args.verbose else " (run with -v for the traceback)"), file=sys.stderr)
+        else:
+            print(f"fastdit {args.command}: error: {first_line(exc)}", file=sys.stderr)
+        return code
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
