@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Everything the GPU machine has to do, in one call (device time is scarce):
 #   bash benchmarks/gpu_run.sh [tests] [ops] [transformer] [e2e]    (default: all)
-#   other steps: transformer-1.3b, transformer-14b, tune, diag, diag-attention
+#   other steps: transformer-1.3b, transformer-14b, tune, diag, diag-attention,
+#   tests-distributed (tests/gpu/test_distributed_gpu.py: LSE kernels; NCCL layouts with >= 2 GPUs),
+#   parallel (benchmarks/parallel.py: every layout at 1/2/4/8 GPUs as present; BENCH_ARGS e.g.
+#   "--models Wan2.1-T2V-1.3B --resolutions 480p")
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
 # tests, runs the benchmarks and writes JSON and logs under $OUT (or ./out/gpu).
 set -uo pipefail
@@ -39,6 +42,10 @@ for step in $STEPS; do
       python3 benchmarks/transformer.py --models Wan2.1-T2V-14B --out "$OUT/transformer-14b.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer-14b.log" ;;
     transformer-1.3b)
       python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B --out "$OUT/transformer.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer.log" ;;
+    tests-distributed)
+      python3 -m pytest -q -p no:cacheprovider tests/gpu/test_distributed_gpu.py 2>&1 | tail -25 | tee "$OUT/gpu-tests-distributed.log" ;;
+    parallel)
+      python3 benchmarks/parallel.py --out "$OUT/parallel.json" $BENCH_ARGS 2>&1 | tee "$OUT/parallel.log" ;;
     e2e)
       python3 benchmarks/e2e.py --out "$OUT/e2e.json" $BENCH_ARGS 2>&1 | tee "$OUT/e2e.log" ;;
     *) echo "unknown step $step"; exit 2 ;;

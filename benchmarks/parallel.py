@@ -75,26 +75,13 @@ def _time(step, state, warmup: int, steps: int) -> list[float]:
 
 def _step_fn(model, state, latents, timestep, text, negative, scale=5.0):
     """The guided step of this layout: the transformer call(s) and the combine."""
-    import torch
-
     from fastdit.distributed import CFGParallel, sequence_parallel_forward
+    from fastdit.pipelines.guidance import CFG, BranchModel
 
-    if state.config.cfg == 2:
-        strategy = CFGParallel(scale, state)
-        texts = [text, negative]
-
-        def branches(x, t, which):
-            return [sequence_parallel_forward(model, state, x, t, texts[b]) for b in which]
-
-        return lambda: strategy(branches, latents, timestep, 0)
-
-    def batched():
-        out = sequence_parallel_forward(model, state, torch.cat([latents, latents]),
-                                        torch.cat([timestep, timestep]), torch.cat([text, negative]))
-        cond, uncond = out.chunk(2)
-        return uncond + scale * (cond - uncond)
-
-    return batched
+    branches = BranchModel(lambda x, t, txt, image: sequence_parallel_forward(model, state, x, t, txt, image),
+                           [text, negative])
+    strategy = CFGParallel(scale, state) if state.config.cfg == 2 else CFG(scale, mode="batched")
+    return lambda: strategy(branches, latents, timestep, 0)
 
 
 def _peak(state) -> float | None:

@@ -78,14 +78,3 @@ def empty_models():
 
     vaes = {name: _vae(wan22=name == "wan22").eval() for name in VAE_LATENTS}
     return vaes, WanTransformer.from_config(TINY_TRANSFORMER, dtype=torch.float32)
-
-
-class Branches:
-    """A BranchModel stand-in: branch 0 the prompt, 1 the negative prompt; ``forward`` runs
-    the transformer (sequence-parallel or not)."""
-
-    def __init__(self, forward, texts):
-        self.forward, self.texts = forward, texts
-
-    def __call__(self, x, t, which):
-        return [self.forward(x, t, self.texts[b]) for b in which]

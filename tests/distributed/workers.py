@@ -21,6 +21,7 @@ from fastdit.distributed import (
     sequence_parallel_forward,
 )
 from fastdit.distributed.groups import broadcast_from_writer, close_parallel
+from fastdit.pipelines.guidance import BranchModel
 from tests.distributed import cases
 
 
@@ -76,8 +77,8 @@ def _transformer(run: _Run, model) -> dict:
     for name, (fields, size) in cases.CFG_CASES.items():
         if size == run.world:
             state = run.state(**fields)
-            branches = cases.Branches(
-                lambda x, t, text: sequence_parallel_forward(model, state, x, t, text),
+            branches = BranchModel(
+                lambda x, t, text, image, state=state: sequence_parallel_forward(model, state, x, t, text, image),
                 [inputs["text"], inputs["negative"]])
             strategy = CFGParallel(cases.GUIDANCE_SCALE, state)
             out[name] = strategy(branches, inputs["latents"], inputs["timestep"], 0)

@@ -121,8 +121,8 @@ def init_parallel(config: ParallelConfig, *, env: DistributedEnv | None = None,
         local = env.local_rank if env.local_rank is not None else rank
         device = platform.device(local if platform.device_type != "cpu" else None)
     device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    if device.type != "cpu" and device.index is not None:
+        platform.set_device(device.index)
     if world == 1:
         return ParallelState(config=config, device=device)
 

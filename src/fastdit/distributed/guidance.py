@@ -20,26 +20,32 @@ import torch
 import torch.distributed as dist
 
 from fastdit.distributed.groups import ParallelState, group_rank, group_size
+from fastdit.pipelines.guidance import combine_cfg
 
 
 class CFGParallel:
     """Classifier-free guidance with the branches split over the CFG group.
 
-    ``model`` is a ``BranchModel``: ``model(x, t, which: Sequence[int]) -> list[Tensor]``.
-    ``scale`` is the guidance scale (per expert: build one strategy per expert).
+    ``model`` is a :class:`fastdit.pipelines.guidance.BranchModel` (``model(x, t, which) ->
+    list[Tensor]``); ``scale`` the guidance scale (one strategy per expert). ``branches`` names
+    the one branch this rank runs (a step cache keeps state for it only).
     """
 
     def __init__(self, scale: float, state: ParallelState):
         if state.config.cfg != 2 or group_size(state.cfg_group) != 2:
             raise ValueError("CFGParallel needs a layout with cfg=2 (two rank groups)")
-        self.scale = scale
+        self.scale = float(scale)
         self.group = state.cfg_group
         self.branch = group_rank(state.cfg_group)  # == the CFG coordinate: 0 prompt, 1 negative
+        self.branches = (self.branch,)
 
     def __call__(self, model, x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
-        (mine,) = model(x, t, [self.branch])
+        (mine,) = model(x, t, self.branches)
         cond, uncond = exchange_branches(mine.contiguous(), self.group)
-        return uncond + self.scale * (cond - uncond)
+        return combine_cfg(cond, uncond, self.scale)
+
+    def __repr__(self) -> str:
+        return f"CFGParallel(scale={self.scale}, branch={self.branch})"
 
 
 def exchange_branches(mine: torch.Tensor, group) -> Sequence[torch.Tensor]:
