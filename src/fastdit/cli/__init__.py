@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --gpus N runs again per rank
     setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)

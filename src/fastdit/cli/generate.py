@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fastdit.cli import UsageError
+from fastdit.cli import UsageError, parallel
 from fastdit.pipelines.result import _umask
 
 log = logging.getLogger("fastdit")
@@ -57,6 +57,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", required=True, help="the video to write (.mp4)")
     p.add_argument("--save-frames", default=None, metavar="DIR", help="also write the frames as PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parallel.add_parallel_arguments(p)  # --gpus, --parallel, --all-ranks
     p.set_defaults(func=cmd_generate)
 
 
@@ -169,6 +170,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         resolved = resolve_request(spec, request)
     except InputError as exc:
         raise UsageError(_cli_words(str(exc))) from None
+    layout = parallel.parallel_layout(args, spec, resolved, device)  # several GPUs: checked here
+    if (code := parallel.start_ranks(args, layout)) is not None:  # --gpus N: N ranks run this
+        return code
 
     # 2. Load and generate.
     _quiet_libraries(args.verbose)
@@ -177,7 +181,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     log.info("loading %s", spec.describe())
     pipe = WanVideoPipeline.from_pretrained(spec, device=device, dtype=dtype, scheduler=args.scheduler,
                                             flow_shift=args.flow_shift, offload=args.offload,
-                                            vae_tiling=args.vae_tiling, check_files=False)
+                                            vae_tiling=args.vae_tiling, check_files=False,
+                                            parallel=layout)
     log.info("loaded in %.1f s on %s (%s); generating %d frames at %dx%d, %d steps",
              pipe.load_seconds, pipe.device, str(pipe.dtype).replace("torch.", ""), resolved.num_frames,
              resolved.width, resolved.height, resolved.num_inference_steps)
@@ -185,6 +190,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         result = pipe.run(request, progress=not args.no_progress)
     except InputError as exc:
         raise UsageError(_cli_words(str(exc))) from None
+    pipe.close()  # leaves the process group of a multi-GPU run
+    if not pipe.is_writer:  # rank 0 writes the video and prints the summary
+        return 0
 
     # 3. Write (temporary names, renamed at the end).
     fps = result.fps

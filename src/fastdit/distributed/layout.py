@@ -12,9 +12,14 @@ Rank 0 is the writer: it saves the video and prints the summary.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
 
 from fastdit.errors import UserError
+
+#: ``parallel="auto"``: the layout :meth:`ParallelConfig.auto` picks for the processes started
+AUTO = "auto"
+DEGREES = ("ulysses", "ring", "cfg", "vae")
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,28 @@ class ParallelConfig:
         ulysses = max(d for d in range(1, sequence + 1) if sequence % d == 0 and heads % d == 0)
         return cls(ulysses=ulysses, ring=sequence // ulysses, cfg=cfg, world_size=world_size)
 
+    @classmethod
+    def parse(cls, spec: str) -> "ParallelConfig":
+        """``"ulysses=2,ring=2,cfg=2,vae=4"`` (any subset, any order; omitted degrees are 1,
+        ``vae`` all ranks) -> a ParallelConfig; a clear :class:`UserError` otherwise."""
+        values: dict[str, int] = {}
+        for item in (part.strip() for part in spec.split(",")):
+            if not item:
+                continue
+            name, sep, text = (piece.strip() for piece in item.partition("="))
+            name = name.lower()
+            if not sep or name not in DEGREES:
+                raise UserError(f"parallel layout {spec!r}: expected name=value pairs with names "
+                                f"{', '.join(DEGREES)} (e.g. \"ulysses=2,cfg=2\"), got {item!r}")
+            if name in values:
+                raise UserError(f"parallel layout {spec!r}: {name} given twice")
+            try:
+                values[name] = int(text)
+            except ValueError:
+                raise UserError(f"parallel layout {spec!r}: {name} must be a whole number, "
+                                f"got {text!r}") from None
+        return cls(**values)
+
     def _product_message(self, world_size: int) -> str:
         return (f"parallel layout: ulysses={self.ulysses} x ring={self.ring} x cfg={self.cfg} = "
                 f"{self.product} rank(s), but {world_size} process(es) were started; the degrees "
@@ -142,3 +169,27 @@ def check_layout(config: ParallelConfig, *, world_size: int | None = None,
                         "on two rank groups, but this generation has no guidance "
                         "(guidance_scale <= 1 or no negative branch); use cfg=1")
     return config
+
+
+def parallel_option(value: Any) -> "ParallelConfig | str | None":
+    """The ``parallel=`` option of :func:`fastdit.load` in its canonical form.
+
+    Accepts None (one process, or ``"auto"`` when launched with several), a
+    :class:`ParallelConfig`, a dict of its fields, ``"auto"``, or a spec string
+    ``"ulysses=2,cfg=2"`` (:meth:`ParallelConfig.parse`). Returns a ParallelConfig,
+    :data:`AUTO` or None; raises :class:`UserError` for anything else.
+    """
+    if value is None or isinstance(value, ParallelConfig):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        return AUTO if text.lower() == AUTO else ParallelConfig.parse(text)
+    if isinstance(value, Mapping):
+        known = {f.name for f in fields(ParallelConfig)}
+        unknown = sorted(set(map(str, value)) - known)
+        if unknown:
+            raise UserError(f"parallel layout: unknown field(s) {', '.join(unknown)}; known: "
+                            f"{', '.join(sorted(known))}")
+        return ParallelConfig(**value)
+    raise UserError(f"parallel must be a ParallelConfig, a dict, \"auto\" or a spec such as "
+                    f"\"ulysses=2,cfg=2\", got {type(value).__name__}")

@@ -37,7 +37,10 @@ class LoadOptions:
     checkpoint's; ``offload``: "none" keeps everything on the device, "experts" only the active
     Wan2.2 expert, "model" also moves the encoders there only while they run, "auto" picks by
     free device memory; ``vae_dtype``: the VAE's dtype (default: the pipeline's);
-    ``vae_tiling``: decode in tiles; ``check_files``: check every weight file's header first.
+    ``vae_tiling``: decode in tiles; ``check_files``: check every weight file's header first;
+    ``parallel``: the multi-GPU layout, a :class:`~fastdit.distributed.layout.ParallelConfig`, a
+    dict of its fields, a spec ``"ulysses=2,ring=2,cfg=2,vae=4"`` or ``"auto"`` (None: one
+    process, or ``"auto"`` when launched with several; see ``docs/distributed.md``).
     """
 
     scheduler: str = "unipc"
@@ -46,12 +49,16 @@ class LoadOptions:
     vae_dtype: torch.dtype | None = None
     vae_tiling: bool = False
     check_files: bool = True
+    parallel: Any = None
 
     def __post_init__(self) -> None:
+        from fastdit.distributed.layout import parallel_option
+
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.offload not in OFFLOAD_MODES:
             raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {self.offload!r}")
+        object.__setattr__(self, "parallel", parallel_option(self.parallel))  # canonical form
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "LoadOptions":
@@ -156,9 +163,12 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
 
     from fastdit.platforms import current_platform
 
+    from fastdit.distributed.pipeline import resolve_parallel
+
     start = time.perf_counter()
     spec = path if isinstance(path, ModelSpec) else inspect_model(path, check_files=options.check_files)
-    device = resolve_device(device)
+    parallel = resolve_parallel(options.parallel, spec, device, vae_tiling=options.vae_tiling)  # weights: none yet
+    device = parallel.device if parallel.world_size > 1 else resolve_device(device)
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     offload = options.offload
@@ -170,13 +180,14 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
     with _loading(spec, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
     place = {} if home.type == "cpu" else {"device_map": {"": home}}  # straight to the GPU
-    with _loading(spec, "text_encoder"):
-        text_encoder = UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder", **_dtype_kw(dtype),
-                                                        **place)
-        text_encoder.to(home).eval()
-    image_encoder = image_processor = None
-    if spec.has_clip:
-        image_processor, image_encoder = _load_clip(spec, dtype, home, place)
+    text_encoder = image_encoder = image_processor = None
+    if parallel.is_writer:  # the writer encodes the prompt (and CLIP image) for every rank
+        with _loading(spec, "text_encoder"):
+            text_encoder = UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder", **_dtype_kw(dtype),
+                                                            **place)
+            text_encoder.to(home).eval()
+        if spec.has_clip:
+            image_processor, image_encoder = _load_clip(spec, dtype, home, place)
     with _loading(spec, "vae"):
         from diffusers import AutoencoderKLWan
 
@@ -195,7 +206,8 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
         transformer_2 = load_transformer(spec, "transformer_2", second_home, dtype)
     pipe = cls(spec, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=sched,
                transformer=transformer, transformer_2=transformer_2, image_encoder=image_encoder,
-               image_processor=image_processor, device=device, dtype=dtype, offload=offload)
+               image_processor=image_processor, device=device, dtype=dtype, offload=offload,
+               parallel=parallel)
     current_platform().synchronize()
     pipe.load_seconds = time.perf_counter() - start
     log.debug("loaded %s in %.1f s (offload=%s)", spec.describe(), pipe.load_seconds, offload)

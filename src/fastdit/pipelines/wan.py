@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import torch
 
+from fastdit.distributed import pipeline as parallel_run
+from fastdit.distributed.groups import ParallelState, broadcast_from_writer, close_parallel, single_process
 from fastdit.errors import InputError, first_line
 from fastdit.pipelines import stages
 from fastdit.pipelines.control import GenerationControl, Progress
@@ -59,12 +61,17 @@ class WanVideoPipeline:
     Wan2.2 expert there (the other waits in CPU memory); ``"model"`` also moves the text and
     image encoders to the device only while they run. The pipeline holds no per-generation
     state: every generation makes its own scheduler and control object.
+
+    ``parallel``: this process's place in a multi-GPU run (:mod:`fastdit.distributed`; default
+    one process). Every rank calls :meth:`run` with the same request; the text encoder and CLIP
+    run on the writer (rank 0, the only rank that loads them) and their outputs are broadcast;
+    every rank returns the latents, the ranks of the VAE group the frames (others: None).
     """
 
     def __init__(self, spec: ModelSpec, *, tokenizer, text_encoder, vae, scheduler, transformer,
                  transformer_2=None, image_encoder=None, image_processor=None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-                 offload: str = "none"):
+                 offload: str = "none", parallel: ParallelState | None = None):
         from diffusers.video_processor import VideoProcessor
 
         self.spec = spec
@@ -81,6 +88,7 @@ class WanVideoPipeline:
         if offload not in OFFLOAD_MODES or offload == "auto":
             raise ValueError(f"offload must be one of none, experts, model; got {offload!r}")
         self.offload = offload
+        self.parallel = parallel if parallel is not None else single_process(self.device)
         self.video_processor = VideoProcessor(vae_scale_factor=spec.vae_stride_spatial)
         self.load_seconds: float | None = None
         # diffusers' Wan VAE keeps its causal-convolution cache on the module: one user at a time
@@ -95,6 +103,15 @@ class WanVideoPipeline:
         return load_pipeline(cls, path, device, dtype, LoadOptions.from_kwargs(**options))
 
     # ---- helpers ---------------------------------------------------------------------
+    @property
+    def is_writer(self) -> bool:
+        """True on the process that saves the video and prints (rank 0; always in one process)."""
+        return self.parallel.is_writer
+
+    def close(self) -> None:
+        """Leave the process group this pipeline joined (a multi-GPU run); else nothing."""
+        close_parallel(self.parallel)
+
     @property
     def experts(self) -> list:
         return [m for m in (self.transformer, self.transformer_2) if m is not None]
@@ -179,35 +196,40 @@ class WanVideoPipeline:
         timings: dict[str, float] = {}
         clock = _StageClock(platform, timings)
         spec, device, dtype = self.spec, self.device, self.dtype
+        par = self.parallel
+        parallel_run.check_request(par, req.guided)
         if not req.guided and (req.guidance_scale_2 or 0.0) > 1.0:
             log.warning("guidance_scale <= 1 turns guidance off for both experts (as in diffusers); "
                         "guidance_scale_2=%s is not used", req.guidance_scale_2)
 
-        with clock("text"), self._on_device(self.text_encoder):
+        with clock("text"), self._on_device(self.text_encoder):  # on the writer, shared (parallel)
             prompts = [request.prompt] + ([request.negative_prompt or ""] if req.guided else [])
-            embeds = stages.encode_text(self.tokenizer, self.text_encoder, prompts, req.max_sequence_length,
-                                        device=device, dtype=self.text_encoder.dtype).to(dtype)
+            embeds = parallel_run.share_from_writer(lambda: stages.encode_text(
+                self.tokenizer, self.text_encoder, prompts, req.max_sequence_length, device=device,
+                dtype=self.text_encoder.dtype).to(dtype), par)
             texts = list(embeds.split(1))  # one (1, S, D) per guidance branch
 
         image_embeds = None
         if spec.has_clip:
             with clock("image"), self._on_device(self.image_encoder):
-                image_embeds = stages.encode_image(self.image_processor, self.image_encoder, pil_image,
-                                                   device, dtype)
+                image_embeds = parallel_run.share_from_writer(lambda: stages.encode_image(
+                    self.image_processor, self.image_encoder, pil_image, device, dtype), par)
 
         with clock("latents"):
             shape = stages.latent_shape(spec.latent_channels, req.num_frames, req.height, req.width,
                                         spec.vae_stride_temporal, spec.vae_stride_spatial)
-            latents = stages.initial_noise(shape, seed, device)
+            latents = broadcast_from_writer(stages.initial_noise(shape, seed, device), par)  # rank 0's
             condition = None
             if pil_image is not None:
                 with self._vae_lock:
-                    condition = stages.encode_image_condition(
+                    condition = parallel_run.share_from_writer(lambda: stages.encode_image_condition(
                         self.vae, self.video_processor, pil_image, latents, req.num_frames, req.height,
-                        req.width, spec.vae_stride_temporal, spec.expand_timesteps)
+                        req.width, spec.vae_stride_temporal, spec.expand_timesteps), par)
 
         experts, boundary = self._experts_for(req)
-        control, bar = _control_with_reports(control, progress, callback, req.num_inference_steps)
+        experts = parallel_run.parallel_experts(experts, par)
+        control, bar = _control_with_reports(control, progress and par.is_writer, callback,
+                                             req.num_inference_steps)
         try:
             with clock("denoise"):
                 latents = stages.denoise(
@@ -222,15 +244,20 @@ class WanVideoPipeline:
 
         if request.output_type == "latent":
             frames = latents
+        elif not parallel_run.decodes(par):  # a rank outside the VAE group
+            frames = None
         else:
             with clock("decode"), self._vae_lock:
-                frames = stages.decode(self.vae, self.video_processor, latents, output_type=request.output_type)
+                frames = stages.decode(self.vae, self.video_processor, latents, output_type=request.output_type,
+                                       decoder=parallel_run.vae_decoder(self.vae, par))
         timings["total"] = sum(v for k, v in timings.items() if k != "per_step")
         settings = dataclasses.asdict(req) | {
             "seed": seed if not isinstance(seed, torch.Generator) else None, "prompt": request.prompt,
             "negative_prompt": request.negative_prompt or "", "image": pil_image is not None,
             "model": spec.name, "task": spec.task,
             "guidance": [repr(e.strategy()) for e in experts]}
+        if par.world_size > 1:
+            settings["parallel"] = par.config.describe()
         return GenerationResult(frames=frames, timings=timings, fps=req.fps,
                                 peak_memory=platform.memory_allocated_peak(), settings=settings)
 
