@@ -2,7 +2,8 @@
 # Everything the GPU machine has to do, in one call (device time is scarce):
 #   bash benchmarks/gpu_run.sh [tests] [ops] [transformer] [e2e]    (default: all)
 #   other steps: transformer-1.3b, transformer-14b, tune, diag, diag-attention,
-#   tests-distributed (tests/gpu/test_distributed_gpu.py: LSE kernels; NCCL layouts with >= 2 GPUs),
+#   tests-distributed (tests/gpu/test_distributed_gpu.py, test_parallel_pipeline_gpu.py: LSE kernels,
+#   --gpus 1 / torchrun 1 == plain run; NCCL layouts and --gpus 2 with >= 2 GPUs),
 #   parallel (benchmarks/parallel.py: every layout at 1/2/4/8 GPUs as present; BENCH_ARGS e.g.
 #   "--models Wan2.1-T2V-1.3B --resolutions 480p")
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
@@ -43,7 +44,7 @@ for step in $STEPS; do
     transformer-1.3b)
       python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B --out "$OUT/transformer.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer.log" ;;
     tests-distributed)
-      python3 -m pytest -q -p no:cacheprovider tests/gpu/test_distributed_gpu.py 2>&1 | tail -25 | tee "$OUT/gpu-tests-distributed.log" ;;
+      python3 -m pytest -q -p no:cacheprovider tests/gpu/test_distributed_gpu.py tests/gpu/test_parallel_pipeline_gpu.py 2>&1 | tail -25 | tee "$OUT/gpu-tests-distributed.log" ;;
     parallel)
       python3 benchmarks/parallel.py --out "$OUT/parallel.json" $BENCH_ARGS 2>&1 | tee "$OUT/parallel.log" ;;
     e2e)
