@@ -113,3 +113,26 @@ def test_rank_output_silences_other_ranks(capsys):
     with rank_output(0):
         print("writer")
     assert capsys.readouterr().out == "asked for\nwriter\n"
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_to_the_launcher_stops_every_rank(tmp_path):
+    sleeper = (f"import os, time; open(os.path.join({str(tmp_path)!r}, 'pid' + os.environ['RANK']), 'w')"
+               f".write(str(os.getpid())); time.sleep(100)")
+    code = ("import sys; from fastdit.distributed.launch import launch; "
+            f"sys.exit(launch([sys.executable, '-c', {sleeper!r}], 2, log_dir={str(tmp_path / 'logs')!r}))")
+    parent = subprocess.Popen([sys.executable, "-c", code], env=_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while len(list(tmp_path.glob("pid*"))) < 2 or any(p.stat().st_size == 0 for p in tmp_path.glob("pid*")):
+            assert time.monotonic() < deadline, "the ranks did not start"
+            time.sleep(0.2)
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 143
+        for path in tmp_path.glob("pid*"):
+            with pytest.raises(ProcessLookupError):  # stopped and reaped
+                os.kill(int(path.read_text()), 0)
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait()

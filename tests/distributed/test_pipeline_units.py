@@ -11,7 +11,8 @@ import torch
 import fastdit
 from fastdit.distributed import ParallelConfig, SequenceShard, single_process
 from fastdit.distributed.layout import AUTO, parallel_option
-from fastdit.distributed.pipeline import parallel_experts, plan_layout, share_from_writer
+from fastdit.distributed.groups import ParallelState
+from fastdit.distributed.pipeline import check_request, parallel_experts, plan_layout, share_from_writer
 from fastdit.distributed.transformer import SequenceParallelTransformer, local_modulation
 from fastdit.errors import UserError
 from fastdit.pipelines.loading import LoadOptions
@@ -78,3 +79,10 @@ def test_one_process_identities():
     assert parallel_experts(experts, state) == experts
     with pytest.raises(ValueError, match="ulysses \\* ring > 1"):
         SequenceParallelTransformer(torch.nn.Identity(), state)
+
+
+def test_a_cfg_layout_refuses_an_unguided_request():
+    state = ParallelState(config=ParallelConfig(cfg=2))
+    check_request(state, guided=True)
+    with pytest.raises(UserError, match="cfg=2 .* no guidance"):
+        check_request(state, guided=False)

@@ -10,8 +10,8 @@ the launch of the ranks.
 line and exit code 2, before any process starts or any weights load), then
 :func:`start_ranks`: in the process the user started with ``--gpus N`` (N > 1) it launches N
 copies of the same command and returns their exit code; in a rank (launched by it or by
-torchrun) it silences stdout and logging on ranks other than 0 (unless ``--all-ranks``) and
-returns None, and the command carries on with ``parallel=layout``. Rank 0 writes the video
+torchrun) it returns None and the command carries on with ``parallel=layout``. Ranks other
+than 0 print nothing but errors (unless ``--all-ranks``). Rank 0 writes the video
 and prints the summary.
 """
 
@@ -48,7 +48,8 @@ def parallel_layout(args: argparse.Namespace, spec, resolved, device) -> Paralle
     """The checked layout of this command (None: one process), before anything loads.
 
     The process count is torchrun's ``WORLD_SIZE`` in a launched rank, else ``--gpus``, else
-    the ``--parallel`` layout's product. ``resolved``: the checked request (its guidance
+    the ``--parallel`` layout's product; in a launched rank other than 0, stdout and logging go
+    quiet first (unless ``--all-ranks``). ``resolved``: the checked request (its guidance
     decides whether ``cfg=2`` is allowed and what ``auto`` picks); ``device``: the parsed
     ``--device`` (or None). Raises a one-line UserError (exit code 2).
     """
@@ -57,6 +58,8 @@ def parallel_layout(args: argparse.Namespace, spec, resolved, device) -> Paralle
     from fastdit.distributed.pipeline import plan_layout
 
     env = distributed_env()
+    if env.launched and env.rank and not args.all_ranks:
+        quiet_rank()  # from here on: a rank other than 0 prints nothing but errors
     needs_launch(args.gpus, env)  # --gpus < 1, or --gpus against torchrun's world: an error
     option = parallel_option(args.parallel)
     if env.launched:
@@ -89,16 +92,13 @@ def _check_devices(layout: ParallelConfig, device, env) -> None:
 
 def start_ranks(args: argparse.Namespace, layout: ParallelConfig | None) -> int | None:
     """The launch hook: the N ranks' exit code when this process must start them, else None
-    (a plain run, or this process is a rank: ranks other than 0 go quiet)."""
+    (a plain run, or this process is a rank)."""
     from fastdit.distributed.launch import launch_fastdit, needs_launch
 
     world = layout.world if layout is not None else 1
     if needs_launch(world):
         log.info("starting %d processes (%s); rank 0 writes the video", world, layout.describe())
         return launch_fastdit(args.argv, world, verbose_ranks=args.all_ranks)
-    env = distributed_env()
-    if env.launched and env.rank and not args.all_ranks:
-        quiet_rank()
     return None
 
 

@@ -10,7 +10,9 @@ other way in (it sets the same variables).
 Each child gets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``,
 ``MASTER_ADDR=127.0.0.1`` and a free ``MASTER_PORT``. Rank 0 keeps the terminal; the others
 write to log files that are shown (their last lines) only when that rank fails. The exit code
-is the first failing rank's (the others are then stopped), else 0; Ctrl-C stops every rank.
+is the first failing rank's (the others are then stopped), else 0; Ctrl-C stops every rank
+(130), and so does SIGTERM to the launching process (143). A temporary log folder is removed
+when every rank succeeded.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -86,6 +90,7 @@ def launch(command: Sequence[str], nprocs: int, *, verbose_ranks: bool = False,
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen] = []
     files: list[io.IOBase | None] = []
+    previous = _on_sigterm(_terminated)
     try:
         for rank in range(nprocs):
             out = None
@@ -98,7 +103,11 @@ def launch(command: Sequence[str], nprocs: int, *, verbose_ranks: bool = False,
     except KeyboardInterrupt:
         _stop(procs)
         code = 130
+    except _Terminated:
+        _stop(procs)
+        code = 143
     finally:
+        _on_sigterm(previous)
         for f in files:
             if f is not None:
                 f.close()
@@ -106,7 +115,24 @@ def launch(command: Sequence[str], nprocs: int, *, verbose_ranks: bool = False,
     for rank in failed:
         if files[rank] is not None:
             _print_tail(logs / f"rank{rank}.log", rank, procs[rank].returncode, stream)
+    if code == 0 and log_dir is None:
+        shutil.rmtree(logs, ignore_errors=True)
     return code
+
+
+class _Terminated(BaseException):
+    """SIGTERM reached the launching process."""
+
+
+def _terminated(signum, frame):
+    raise _Terminated()
+
+
+def _on_sigterm(handler):
+    """Install ``handler`` for SIGTERM (main thread only); the previous handler, or None."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def launch_fastdit(argv: Sequence[str], nprocs: int, **kwargs) -> int:

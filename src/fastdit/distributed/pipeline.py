@@ -124,7 +124,9 @@ def share_from_writer(make: Callable[[], Any], state: ParallelState) -> Any:
 
 
 def _object_device(state: ParallelState):
-    return state.device if state.backend == "nccl" else None
+    """Where broadcast_object_list stages its bytes: the rank's GPU (NCCL and its kin), or the
+    CPU (gloo)."""
+    return state.device if state.device.type != "cpu" else None
 
 
 def _to_device(value: Any, device: torch.device) -> Any:

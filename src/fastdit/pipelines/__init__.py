@@ -30,7 +30,9 @@ def load(path, device=None, dtype=None, **kwargs):
     The task (T2V, I2V, TI2V, Wan2.2 A14B experts) comes from the folder's model_index.json.
     Keyword options are the fields of :class:`~fastdit.pipelines.loading.LoadOptions`:
     ``scheduler="unipc"|"euler"``, ``flow_shift``, ``offload="auto"|"none"|"experts"|"model"``,
-    ``vae_dtype``, ``vae_tiling``, ``check_files``.
+    ``vae_dtype``, ``vae_tiling``, ``check_files``, ``parallel`` (the multi-GPU layout:
+    ``"ulysses=2,cfg=2"``, a dict, a :class:`~fastdit.distributed.layout.ParallelConfig` or
+    ``"auto"``; see ``docs/distributed.md``).
     """
     from fastdit.pipelines.wan import WanVideoPipeline
 
