@@ -5,7 +5,8 @@ memory, and how far each layout's frames are from the one-GPU video.
 
     python benchmarks/parallel.py --out benchmarks/results/parallel-h200.json
     python benchmarks/parallel.py --models Wan2.1-T2V-1.3B --resolutions 480p --gpus 1 2 --out p.json
-    python benchmarks/parallel.py --layouts u4r1c2 u8r1c1 --gpus 8 --out p.json
+    python benchmarks/parallel.py --layouts u4r1c2 u8r1c1 --gpus 8 --out p8.json \
+        --baseline p.json --reference-dir refs/     # against an earlier 1-GPU run
     python benchmarks/parallel.py --tiny --out /tmp/p.json        # CPU smoke run (gloo, 1/2/4 ranks)
 
 The script starts itself once per GPU count (``fastdit.distributed.launch``: one process per
@@ -244,7 +245,11 @@ def main(argv=None) -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--partial", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--reference-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--reference-dir", default=None,
+                        help="where the 1-GPU videos are kept as uint8 .npy (default: a temporary "
+                             "folder); give the same folder to a later run without 1 in --gpus")
+    parser.add_argument("--baseline", default=None,
+                        help="an earlier --out JSON whose 1-GPU rows are the efficiency baseline")
     args = parser.parse_args(argv)
     if args.tiny:
         args.models, args.resolutions = ["tiny"], ["480p"]
@@ -260,17 +265,23 @@ def main(argv=None) -> int:
     counts = sorted(args.gpus or [n for n in (1, 2, 4, 8) if n <= present])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        references = args.reference_dir or tmp
+        Path(references).mkdir(parents=True, exist_ok=True)
         for world in counts:
             partial = Path(tmp) / f"world{world}.json"
             command = [sys.executable, str(Path(__file__).resolve()), *_passed(argv), "--worker",
-                       "--world", str(world), "--partial", str(partial), "--reference-dir", tmp]
+                       "--world", str(world), "--partial", str(partial), "--reference-dir", references]
             code = launch(command, world, log_dir=Path(tmp) / f"logs{world}")
             if code != 0 or not partial.exists():
                 print(f"world {world}: failed with exit code {code}", file=sys.stderr)
                 continue
             rows += json.loads(partial.read_text())
-    efficiencies(rows)
-    result = {"environment": environment(args), "results": rows}
+    baseline = []
+    if args.baseline and 1 not in counts:
+        baseline = [r for r in json.loads(Path(args.baseline).read_text())["results"] if r["gpus"] == 1]
+    efficiencies(baseline + rows)
+    result = {"environment": environment(args), "results": rows,
+              "baseline": args.baseline if baseline else None}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for row in rows:
