@@ -32,11 +32,11 @@ def _launch_in_subprocess(mode: str, tmp_path: Path, timeout: float = 120):
     return _run_session([sys.executable, "-c", code], timeout)
 
 
-def _run_session(command: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """Run ``command`` in its own session, killing the whole session (its ranks too) if it
-    outlives ``timeout``."""
+def _run_session(command: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``command`` in its own session (environment ``env``, default a minimal one), killing
+    the whole session (its ranks too) if it outlives ``timeout``."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=_env(), start_new_session=True)
+                               env=_env() if env is None else env, start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     finally:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,11 @@ import pytest
 import torch
 
 from fastdit.distributed.launch import free_port
-from tests.distributed.test_launch import _run_session
+from tests.distributed.test_launch import ROOT, _run_session
+
+# the device machine's environment (its PYTHONPATH carries the wheels), with this checkout first
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+    str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]))}
 
 pytestmark = pytest.mark.gpu
 
@@ -37,7 +42,7 @@ def _generate(model, folder: Path, launcher: list[str], *extra) -> np.ndarray:
     folder.mkdir(parents=True, exist_ok=True)
     command = [*launcher, "-m", "fastdit", "generate", "--model", str(model), *REQUEST, "--output",
                str(folder / "video.mp4"), "--save-frames", str(folder / "frames"), *extra]
-    result = _run_session(command, 400)
+    result = _run_session(command, 400, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("wrote ") == 1
     return np.stack([iio.imread(p) for p in sorted((folder / "frames").glob("*.png"))]).astype(int)
