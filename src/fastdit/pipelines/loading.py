@@ -161,9 +161,8 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
     defaults to bf16 on a GPU and fp32 on the CPU."""
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    from fastdit.platforms import current_platform
-
     from fastdit.distributed.pipeline import resolve_parallel
+    from fastdit.platforms import current_platform
 
     start = time.perf_counter()
     spec = path if isinstance(path, ModelSpec) else inspect_model(path, check_files=options.check_files)
