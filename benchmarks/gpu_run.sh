@@ -3,6 +3,8 @@
 #   bash benchmarks/gpu_run.sh [tests] [ops] [transformer] [e2e]    (default: all)
 #   other steps: transformer-1.3b, transformer-14b, compile-block, tune, diag, diag-attention,
 #   quant-tests, quant, offload, cache-fastdit-1..3, cache-diffusers, cache-dit-1..2, lora, lora-e2e
+#   tests-distributed (LSE kernels, --gpus 1 / torchrun 1 == plain run; NCCL layouts with >= 2 GPUs),
+#   parallel (benchmarks/parallel.py; BENCH_ARGS e.g. "--models Wan2.1-T2V-1.3B --resolutions 480p")
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
 # tests, runs the benchmarks and writes JSON and logs under $OUT (or ./out/gpu).
 set -uo pipefail
@@ -48,6 +50,10 @@ for step in $STEPS; do
     lora-e2e)  # 4-step 480x832x81 videos, 1.3B / 14B / A14B, fastdit vs diffusers (needs peft; ~4-6 min)
       python3 benchmarks/lora.py --sections e2e --out "$OUT/lora-e2e.json" --markdown "$OUT/lora-e2e.md" \
         2>&1 | tee "$OUT/lora-e2e.log" ;;
+    tests-distributed)
+      python3 -m pytest -q -p no:cacheprovider tests/gpu/test_distributed_gpu.py tests/gpu/test_parallel_pipeline_gpu.py 2>&1 | tail -25 | tee "$OUT/gpu-tests-distributed.log" ;;
+    parallel)
+      python3 benchmarks/parallel.py --out "$OUT/parallel.json" $BENCH_ARGS 2>&1 | tee "$OUT/parallel.log" ;;
     e2e)
       python3 benchmarks/e2e.py --out "$OUT/e2e.json" $BENCH_ARGS 2>&1 | tee "$OUT/e2e.log" ;;
     quant-tests)

@@ -16,6 +16,10 @@ Environment variables (read once, by :func:`get_config`, the first time it is ca
 ``TRITON_INTERPRET``              ``1``: Triton kernels run on the CPU in the interpreter
 ================================  =====================================================
 
+The launcher's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``,
+``MASTER_ADDR``, ``MASTER_PORT``: set by ``torchrun`` or by ``fastdit generate --gpus N``) are
+read here too, by :func:`distributed_env`, each time it is called.
+
 Code that wants another configuration builds one and installs it for the whole process with
 :func:`set_config`, or for one scope with :func:`override_config`: a ``contextvars`` scope, so
 an override applies only to the code that runs inside it (its thread, its asyncio task) and two
@@ -208,6 +212,53 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> EngineConfig:
         setting="ffn_chunk_tokens"))
     return EngineConfig(kernel=kernel, platform=platform, memory=memory,
                         log_level=env.get("FASTDIT_LOG_LEVEL", "INFO").strip().upper() or "INFO")
+
+
+@dataclass(frozen=True)
+class DistributedEnv:
+    """The process's place in a torchrun-style launch (all None when not launched so).
+
+    ``rank``/``world_size``: this process and the number of processes; ``local_rank`` /
+    ``local_world_size``: the same on this host (the GPU index is ``local_rank``);
+    ``master_addr``/``master_port``: the rendezvous of rank 0.
+    """
+
+    rank: int | None = None
+    world_size: int | None = None
+    local_rank: int | None = None
+    local_world_size: int | None = None
+    master_addr: str | None = None
+    master_port: int | None = None
+
+    @property
+    def launched(self) -> bool:
+        """True when a launcher set ``RANK`` and ``WORLD_SIZE``."""
+        return self.rank is not None and self.world_size is not None
+
+
+def distributed_env(environ: Mapping[str, str] | None = None) -> DistributedEnv:
+    """Read ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and
+    ``MASTER_PORT`` (the variables torchrun sets); absent ones are None. ``LOCAL_RANK`` defaults
+    to ``RANK`` and ``LOCAL_WORLD_SIZE`` to ``WORLD_SIZE`` (one host)."""
+    env = os.environ if environ is None else environ
+
+    def number(name: str) -> int | None:
+        value = env.get(name)
+        return None if value is None or not value.strip() else _parse_int(name, value, 0)
+
+    rank, world = number("RANK"), number("WORLD_SIZE")
+    local_rank, local_world = number("LOCAL_RANK"), number("LOCAL_WORLD_SIZE")
+    return DistributedEnv(rank=rank, world_size=world,
+                          local_rank=rank if local_rank is None else local_rank,
+                          local_world_size=world if local_world is None else local_world,
+                          master_addr=(env.get("MASTER_ADDR") or "").strip() or None,
+                          master_port=number("MASTER_PORT"))
+
+
+def child_environment(updates: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment with ``updates`` applied: for the processes fastdit starts
+    (the ranks of ``fastdit generate --gpus N``)."""
+    return {**os.environ, **updates}
 
 
 _config: EngineConfig | None = None  # the process-wide configuration (set_config)

@@ -106,6 +106,7 @@ def termination_raises() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --gpus N runs again per rank
     with termination_raises():
         try:
             setup_logging(args.verbose)

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from fastdit.cli import UsageError
+from fastdit.cli import UsageError, parallel
 from fastdit.errors import DeviceError, ImageError, InputError, first_line
 
 log = logging.getLogger("fastdit")
@@ -73,6 +73,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_cache_arguments(p)
     add_variant_arguments(p)
+    parallel.add_parallel_arguments(p)  # --gpus, --parallel, --all-ranks
     p.set_defaults(func=cmd_generate)
 
 
@@ -211,6 +212,9 @@ def _generate(args: argparse.Namespace) -> int:
     resolved = resolve_request(spec, request, notify=None)  # errors now; notices when it runs
     _quiet_libraries(args.verbose)  # the component checks build the libraries' models (on meta)
     check_components(spec)  # every tensor name and shape
+    layout = parallel.parallel_layout(args, spec, resolved, device)  # several GPUs: checked here
+    if (code := parallel.start_ranks(args, layout)) is not None:  # --gpus N: N ranks run this
+        return code
 
     # 2. Load and generate.
     from fastdit.pipelines.wan import WanVideoPipeline
@@ -220,11 +224,14 @@ def _generate(args: argparse.Namespace) -> int:
                                             flow_shift=args.flow_shift, offload=args.offload,
                                             vae_tiling=args.vae_tiling, check_files=False,
                                             variant=variant, **variant_options(args),
-                                            **memory_options(args, resolved))
+                                            **memory_options(args, resolved), parallel=layout)
     log.info("loaded in %.1f s on %s (%s); generating %d frames at %dx%d, %d steps",
              pipe.load_seconds, pipe.device, str(pipe.dtype).replace("torch.", ""), resolved.num_frames,
              resolved.width, resolved.height, resolved.num_inference_steps)
     result = pipe.run(request, progress=not args.no_progress)
+    pipe.close()  # leaves the process group of a multi-GPU run
+    if not pipe.is_writer:  # rank 0 writes the video and prints the summary
+        return 0
 
     # 3. Write (hidden temporaries, published together at the end).
     fps = result.video_fps()

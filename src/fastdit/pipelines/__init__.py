@@ -34,7 +34,9 @@ def load(path, device=None, dtype=None, **kwargs):
     e.g. ``"teacache:threshold=0.08"``; see docs/caching.md); LoRAs, distilled files and few-step
     sampling (docs/lora.md): ``loras=[(path, scale), ...]``, ``loras_2``,
     ``lora_mode="merge"|"runtime"``, ``lora_strict``, ``transformer=PATH``, ``transformer_2=PATH``,
-    ``preset="lightx2v-4step"``, ``timesteps``, ``boundary_step``.
+    ``preset="lightx2v-4step"``, ``timesteps``, ``boundary_step``, ``parallel`` (the multi-GPU layout:
+    ``"ulysses=2,cfg=2"``, a dict, a :class:`~fastdit.distributed.layout.ParallelConfig` or
+    ``"auto"``; see ``docs/distributed.md``).
     """
     from fastdit.pipelines.wan import WanVideoPipeline
 

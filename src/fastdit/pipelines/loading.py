@@ -71,6 +71,9 @@ class LoadOptions:
     ``timesteps``: a few-step timestep list (``[1000, 750, 500, 250]`` or "1000,750,500,250");
     ``boundary_step``: the first step of the low-noise expert on a few-step schedule. With a
     preset or timesteps, ``flow_shift`` is the few-step schedule's shift.
+    ``parallel``: the multi-GPU layout, a :class:`~fastdit.distributed.layout.ParallelConfig`, a
+    dict of its fields, a spec ``"ulysses=2,ring=2,cfg=2,vae=4"`` or ``"auto"`` (None: one
+    process, or ``"auto"`` when launched with several; see ``docs/distributed.md``).
     """
 
     scheduler: str = "unipc"
@@ -94,8 +97,11 @@ class LoadOptions:
     preset: str | None = None
     timesteps: Any = None
     boundary_step: int | None = None
+    parallel: Any = None
 
     def __post_init__(self) -> None:
+        from fastdit.distributed.layout import parallel_option
+
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.offload not in OFFLOAD_MODES:
@@ -123,6 +129,7 @@ class LoadOptions:
             raise LoraError(f"lora_strict must be True or False, got {self.lora_strict!r}")
         if isinstance(self.timesteps, list):
             object.__setattr__(self, "timesteps", tuple(self.timesteps))
+        object.__setattr__(self, "parallel", parallel_option(self.parallel))  # canonical form
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "LoadOptions":
@@ -319,14 +326,18 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
     the spec it returned), when the caller checked them already."""
     from transformers import AutoTokenizer, UMT5EncoderModel
 
+    from fastdit.distributed.pipeline import resolve_parallel
     from fastdit.pipelines.limits import device_budget
     from fastdit.pipelines.preflight import check_components
     from fastdit.platforms import current_platform
 
     start = time.perf_counter()
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
     spec = path if isinstance(path, ModelSpec) else inspect_model(path, check_files=options.check_files)
+    if device is not None and not isinstance(device, torch.device):
+        resolve_device(device)  # a bad name or an absent device: a DeviceError, before anything else
+    parallel = resolve_parallel(options.parallel, spec, device, vae_tiling=options.vae_tiling)  # weights: none yet
+    device = parallel.device if parallel.world_size > 1 else resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     if options.cache is not None:  # the cache's settings against this model, before any weights
         from fastdit.cache.wiring import check_cache
 
@@ -352,14 +363,15 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
     with _loading(spec, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
     place = {} if home.type == "cpu" else {"device_map": {"": home}}  # straight to the GPU
-    with _loading(spec, "text_encoder"):
-        text_encoder, info = UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder", **_dtype_kw(dtype),
-                                                              output_loading_info=True, **place)
-        _reject_missing(info)
-        text_encoder.to(home).eval()
-    image_encoder = image_processor = None
-    if spec.has_clip:
-        image_processor, image_encoder = _load_clip(spec, dtype, home, place)
+    text_encoder = image_encoder = image_processor = None
+    if parallel.is_writer:  # the writer encodes the prompt (and CLIP image) for every rank
+        with _loading(spec, "text_encoder"):
+            text_encoder, info = UMT5EncoderModel.from_pretrained(
+                root, subfolder="text_encoder", **_dtype_kw(dtype), output_loading_info=True, **place)
+            _reject_missing(info)
+            text_encoder.to(home).eval()
+        if spec.has_clip:
+            image_processor, image_encoder = _load_clip(spec, dtype, home, place)
     with _loading(spec, "vae"):
         from diffusers import AutoencoderKLWan
 
@@ -389,7 +401,7 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
     pipe = cls(spec, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=sched,
                transformer=transformer, transformer_2=transformer_2, image_encoder=image_encoder,
                image_processor=image_processor, device=device, dtype=dtype, offload=offload,
-               cache=options.cache, options=options, variant=variant)
+               cache=options.cache, options=options, variant=variant, parallel=parallel)
     pipe.memory_plan = plan
     current_platform().synchronize()
     pipe.load_seconds = time.perf_counter() - start

@@ -398,14 +398,19 @@ def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts:
 # Decoding
 # ---------------------------------------------------------------------------------------
 @torch.no_grad()
-def decode(vae, video_processor, latents: torch.Tensor, output_type: str = "np"):
+def decode(vae, video_processor, latents: torch.Tensor, output_type: str = "np",
+           decoder: Callable[[torch.Tensor], torch.Tensor] | None = None):
     """Latents -> frames: un-normalise with the VAE's latents_mean/std, decode, map to [0, 1].
 
     ``output_type="np"``: float32 ``(F, H, W, 3)``; ``"pt"``: float32 ``(F, 3, H, W)``.
+    ``decoder(z) -> video`` replaces ``vae.decode(z).sample`` (the parallel decode).
     """
     vae_device = next(vae.parameters()).device
     latents = latents.to(vae_device, dtype=vae.dtype)
     mean, inv_std = _latent_stats(vae, latents.device, latents.dtype)
     latents = latents / inv_std + mean
-    video = vae.decode(latents, return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
+    if decoder is None:
+        video = vae.decode(latents, return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
+    else:
+        video = decoder(latents)
     return video_processor.postprocess_video(video, output_type=output_type)[0]

@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import torch
 
+from fastdit.distributed import pipeline as parallel_run
+from fastdit.distributed.groups import ParallelState, broadcast_from_writer, close_parallel, single_process
 from fastdit.errors import InputError, first_line
 from fastdit.pipelines import stages
 from fastdit.pipelines.control import GenerationControl, Progress
@@ -61,13 +63,18 @@ class WanVideoPipeline:
     image encoders to the device only while they run. ``cache``: the step cache of every
     generation that sets none (docs/caching.md). The pipeline holds no per-generation state:
     every generation makes its own scheduler, control object and cache session.
+
+    ``parallel``: this process's place in a multi-GPU run (:mod:`fastdit.distributed`; default
+    one process). Every rank calls :meth:`run` with the same request; the text encoder and CLIP
+    run on the writer (rank 0, the only rank that loads them) and their outputs are broadcast;
+    every rank returns the latents, the ranks of the VAE group the frames (others: None).
     """
 
     def __init__(self, spec: ModelSpec, *, tokenizer, text_encoder, vae, scheduler, transformer,
                  transformer_2=None, image_encoder=None, image_processor=None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
                  offload: str = "none", cache: Any = None, options: LoadOptions | None = None,
-                 variant: Variant | None = None):
+                 variant: Variant | None = None, parallel: ParallelState | None = None):
         from diffusers.video_processor import VideoProcessor
 
         self.spec = spec
@@ -92,6 +99,7 @@ class WanVideoPipeline:
             self.cache = as_cache_config(cache)
             if self.cache is not None:
                 check_cache(self.cache, spec)
+        self.parallel = parallel if parallel is not None else single_process(self.device)
         self.video_processor = VideoProcessor(vae_scale_factor=spec.vae_stride_spatial)
         self.load_seconds: float | None = None
         self.options = options if options is not None else LoadOptions()  # how it was loaded
@@ -111,6 +119,15 @@ class WanVideoPipeline:
         return load_pipeline(cls, path, device, dtype, LoadOptions.from_kwargs(**options), variant)
 
     # ---- helpers ---------------------------------------------------------------------
+    @property
+    def is_writer(self) -> bool:
+        """True on the process that saves the video and prints (rank 0; always in one process)."""
+        return self.parallel.is_writer
+
+    def close(self) -> None:
+        """Leave the process group this pipeline joined (a multi-GPU run); else nothing."""
+        close_parallel(self.parallel)
+
     @property
     def experts(self) -> list:
         return [m for m in (self.transformer, self.transformer_2) if m is not None]
@@ -239,40 +256,45 @@ class WanVideoPipeline:
         timings: dict[str, float] = {}
         clock = _StageClock(platform, timings)
         spec, device, dtype = self.spec, self.device, self.dtype
+        par = self.parallel
+        parallel_run.check_request(par, req.guided)
         if not req.guided and (req.guidance_scale_2 or 0.0) > 1.0:
             log.warning("guidance_scale <= 1 turns guidance off for both experts (as in diffusers); "
                         "guidance_scale_2=%s is not used", req.guidance_scale_2)
 
-        with clock("text"), self._on_device(self.text_encoder):
+        with clock("text"), self._on_device(self.text_encoder):  # on the writer, shared (parallel)
             prompts = [request.prompt] + ([request.negative_prompt or ""] if req.guided else [])
-            embeds = stages.encode_text(self.tokenizer, self.text_encoder, prompts, req.max_sequence_length,
-                                        device=device, dtype=self.text_encoder.dtype).to(dtype)
+            embeds = parallel_run.share_from_writer(lambda: stages.encode_text(
+                self.tokenizer, self.text_encoder, prompts, req.max_sequence_length, device=device,
+                dtype=self.text_encoder.dtype).to(dtype), par)
             texts = list(embeds.split(1))  # one (1, S, D) per guidance branch
 
         image_embeds = None
         if spec.has_clip:
             with clock("image"), self._on_device(self.image_encoder):
-                image_embeds = stages.encode_image(self.image_processor, self.image_encoder, pil_image,
-                                                   device, dtype)
+                image_embeds = parallel_run.share_from_writer(lambda: stages.encode_image(
+                    self.image_processor, self.image_encoder, pil_image, device, dtype), par)
 
         with clock("latents"):
             shape = stages.latent_shape(spec.latent_channels, req.num_frames, req.height, req.width,
                                         spec.vae_stride_temporal, spec.vae_stride_spatial)
-            latents = stages.initial_noise(shape, seed, device)
+            latents = broadcast_from_writer(stages.initial_noise(shape, seed, device), par)  # rank 0's
             condition = None
             if pil_image is not None:
                 with self._vae_lock:
-                    condition = stages.encode_image_condition(
+                    condition = parallel_run.share_from_writer(lambda: stages.encode_image_condition(
                         self.vae, self.video_processor, pil_image, latents, req.num_frames, req.height,
-                        req.width, spec.vae_stride_temporal, spec.expand_timesteps)
+                        req.width, spec.vae_stride_temporal, spec.expand_timesteps), par)
 
         scheduler = self._scheduler_for(req)
         experts, boundary = self._experts_for(req)
         guidance = [repr(e.strategy()) for e in experts]
+        experts = parallel_run.parallel_experts(experts, par)
         session = None
         if req.cache is not None:  # a step cache: this generation's own session, every expert
             experts, session = self._cached(experts, req, scheduler, boundary, pil_image is not None)
-        control, bar = _control_with_reports(control, progress, callback, req.num_inference_steps)
+        control, bar = _control_with_reports(control, progress and par.is_writer, callback,
+                                             req.num_inference_steps)
         try:
             with clock("denoise"):
                 latents = stages.denoise(
@@ -287,9 +309,12 @@ class WanVideoPipeline:
 
         if request.output_type == "latent":
             frames = latents
+        elif not parallel_run.decodes(par):  # a rank outside the VAE group
+            frames = None
         else:
             with clock("decode"), self._vae_lock:
-                frames = stages.decode(self.vae, self.video_processor, latents, output_type=request.output_type)
+                frames = stages.decode(self.vae, self.video_processor, latents, output_type=request.output_type,
+                                       decoder=parallel_run.vae_decoder(self.vae, par))
         timings["total"] = sum(v for k, v in timings.items() if k != "per_step")
         settings = dataclasses.asdict(req) | {
             "seed": seed if not isinstance(seed, torch.Generator) else None, "prompt": request.prompt,
@@ -299,6 +324,8 @@ class WanVideoPipeline:
             "sampler": req.few_step.describe() if req.few_step is not None else type(scheduler).__name__,
             "weights": [e.settings() for e in self.variant.experts]}
         stats = {} if session is None else {"cache": session.finish().to_dict()}
+        if par.world_size > 1:
+            settings["parallel"] = par.config.describe()
         return GenerationResult(frames=frames, timings=timings, fps=req.fps,
                                 peak_memory=platform.memory_allocated_peak(), settings=settings,
                                 stats=stats)
