@@ -157,12 +157,13 @@ def create_app(config: ServeConfig, spec, store, supervisor, metrics, *, model_i
     @app.post("/v1/videos")
     async def create_video(request: Request):
         values, image_bytes = await _read_request(request, config)
-        job_request = resolve_job(spec, values, has_image=image_bytes is not None, model_id=model_id,
-                                  limits=limits)
-        job_id = new_job_id()
-        image_name = None
+        image = None
         if image_bytes is not None:
             image = await run_in_threadpool(decode_image, image_bytes, config.max_image_pixels)
+        job_request = resolve_job(spec, values, has_image=image is not None, model_id=model_id, limits=limits)
+        job_id = new_job_id()
+        image_name = None
+        if image is not None:
             image_name = f"{job_id}.png"
             await run_in_threadpool(_save_png, image, inputs / image_name)
         try:

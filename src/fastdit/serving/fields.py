@@ -244,9 +244,12 @@ def parse_fields(raw: Mapping[str, Any], *, from_form: bool = False, test_faults
 
 @dataclass(frozen=True)
 class Limits:
-    """Server-side limits on request text."""
+    """Server-side limits on what one request may ask for (beyond the model's own rules)."""
 
     max_prompt_chars: int = 4096
+    max_side: int = 4096  # pixels, width and height
+    max_frames: int = 1001
+    max_steps: int = 1000
 
 
 def resolve_job(spec, values: Mapping[str, Any], *, has_image: bool, model_id: str,
@@ -276,6 +279,7 @@ def resolve_job(spec, values: Mapping[str, Any], *, has_image: bool, model_id: s
     if "seconds" in values:
         stride = spec.vae_stride_temporal
         kwargs["num_frames"] = int(round(values["seconds"] * fps / stride)) * stride + 1
+    _check_limits(kwargs, limits)
     resolved = _resolve_with_pipeline(spec, kwargs, has_image)
     seed = values.get("seed")
     if seed is None:
@@ -285,6 +289,19 @@ def resolve_job(spec, values: Mapping[str, Any], *, has_image: bool, model_id: s
             "num_inference_steps": resolved.num_inference_steps, "guidance_scale": resolved.guidance_scale,
             "guidance_scale_2": resolved.guidance_scale_2, "max_sequence_length": resolved.max_sequence_length,
             "seed": int(seed), "fps": int(fps), "image": bool(has_image), "fault": values.get("fault")}
+
+
+def _check_limits(kwargs: Mapping[str, Any], limits: Limits) -> None:
+    for key in ("width", "height"):
+        if kwargs.get(key, 0) > limits.max_side:
+            raise RequestError(f"size: {key} {kwargs[key]} is more than this server's limit of {limits.max_side}",
+                               "size")
+    if kwargs.get("num_frames", 0) > limits.max_frames:
+        raise RequestError(f"{kwargs['num_frames']} frames is more than this server's limit of {limits.max_frames}",
+                           "num_frames")
+    if kwargs.get("num_inference_steps", 0) > limits.max_steps:
+        raise RequestError(f"steps {kwargs['num_inference_steps']} is more than this server's limit of "
+                           f"{limits.max_steps}", "steps")
 
 
 # The request keywords of the pipeline's checker, and the API field each one comes from.
