@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import time
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
