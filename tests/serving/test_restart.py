@@ -4,8 +4,10 @@ directory: nothing is lost, the interrupted job runs again, half-written files a
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -71,3 +73,26 @@ def test_sigkill_server_then_restart_loses_nothing(tiny_model, tmp_path):
     finally:
         code = again.stop()
     assert code in (0, -15)
+
+
+def test_a_frozen_worker_is_killed_when_its_heartbeats_stop(tiny_model, tmp_path):
+    """SIGSTOP: the worker is alive but silent; after --heartbeat-timeout it is killed, its job
+    retried (attempt 2 of 2) on the restarted worker."""
+    server = ServerProcess(tiny_model("t2v"), tmp_path / "state", "--devices", "cpu", "--test-faults",
+                           "--heartbeat-timeout", "3", name="frozen").start()
+    try:
+        client = server.client()
+        job = client.create("frozen", size="16x16", num_frames=1, steps=6, fault={"sleep_per_step": 0.2})
+        wait_for(lambda: client.get(job["id"])["steps_done"] >= 1, 60, what="the job to start")
+        pid = server.health()["workers"][0]["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        wait_for(lambda: not _alive(pid), 20, what="the frozen worker to be killed")
+        assert time.monotonic() - stopped >= 2.5
+        done = client.wait(job["id"], timeout=120)
+        assert done["status"] == "completed" and done["attempts"] == 2
+        requeued = [e for e in done["history"] if e["event"] == "requeued"]
+        assert len(requeued) == 1 and "sent nothing for 3 s" in requeued[0]["reason"]
+        assert server.health()["workers"][0]["restarts"] == 1
+    finally:
+        server.stop()

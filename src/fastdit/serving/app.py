@@ -174,7 +174,7 @@ def create_app(config: ServeConfig, spec, store, supervisor, metrics, *, model_i
             return error_response(429, f"the queue is full ({config.max_queue} jobs waiting); try again later",
                                   type="rate_limit_error", code="queue_full", headers={"Retry-After": "10"})
         supervisor.notify()
-        return job_json(job, model_id)
+        return JSONResponse(job_json(job, model_id))
 
     @app.get("/v1/videos")
     async def list_videos(request: Request):
@@ -197,12 +197,12 @@ def create_app(config: ServeConfig, spec, store, supervisor, metrics, *, model_i
         except KeyError:
             raise RequestError(f"no video with id {after!r}", "after", "not_found", 404) from None
         data = [job_json(j, model_id) for j in jobs]
-        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None, "has_more": more}
+        return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                             "last_id": data[-1]["id"] if data else None, "has_more": more})
 
     @app.get("/v1/videos/{video_id}")
     async def get_video(video_id: str):
-        return job_json(_job_or_404(video_id), model_id)
+        return JSONResponse(job_json(_job_or_404(video_id), model_id))
 
     @app.get("/v1/videos/{video_id}/content")
     async def video_content(video_id: str, request: Request):
