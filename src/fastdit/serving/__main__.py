@@ -16,7 +16,7 @@ def main(argv=None) -> int:
     add_serve_arguments(parser)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[fastdit serve] %(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s [fastdit serve] %(message)s", "%H:%M:%S"))
     root = logging.getLogger("fastdit")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if args.verbose else logging.INFO)

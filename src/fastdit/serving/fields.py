@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 from fastdit.errors import InputError
 
 SEED_LIMIT = 2**63  # seeds are 0 <= seed < 2**63 (torch.Generator.manual_seed takes 64-bit values)
+RANDOM_SEED_LIMIT = 2**53  # server-made seeds stay exact as JSON numbers in JavaScript
 
 
 class RequestError(InputError):
@@ -283,7 +284,7 @@ def resolve_job(spec, values: Mapping[str, Any], *, has_image: bool, model_id: s
     resolved = _resolve_with_pipeline(spec, kwargs, has_image)
     seed = values.get("seed")
     if seed is None:
-        seed = (rng or random.SystemRandom()).randrange(SEED_LIMIT)
+        seed = (rng or random.SystemRandom()).randrange(RANDOM_SEED_LIMIT)
     return {"prompt": values["prompt"], "negative_prompt": values.get("negative_prompt"),
             "height": resolved.height, "width": resolved.width, "num_frames": resolved.num_frames,
             "num_inference_steps": resolved.num_inference_steps, "guidance_scale": resolved.guidance_scale,

@@ -317,6 +317,9 @@ class Supervisor:
                                                "output": f"{job.id}.mp4", "attempt": job.attempts}})
         if not sent:
             log.warning("worker %s: could not hand it job %s (it is exiting)", h.name, job.id)
+        current = self.store.get(job.id)
+        if current is None or current.status != "in_progress":  # cancelled between the claim and now
+            self.cancel(job.id)
 
     def _grace(self) -> float:
         return self.config.cancel_grace_s

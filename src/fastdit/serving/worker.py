@@ -73,7 +73,7 @@ def worker_main(spec: WorkerSpec, commands, events) -> None:
     """The entry point of a worker process (the target of a spawn-context Process)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front end decides when workers stop
     logging.basicConfig(level=spec.log_level, stream=sys.stderr,
-                        format=f"[fastdit worker {spec.name}] %(message)s")
+                        format=f"%(asctime)s [fastdit worker {spec.name}] %(message)s", datefmt="%H:%M:%S")
     out = _Events(events)
     running = _Running()
     inbox: queue.Queue = queue.Queue()

@@ -84,7 +84,7 @@ function row(job) {
   const status = element("span", { className: "status" });
   const progress = element("progress", { max: 100, value: 0 });
   const text = element("span", { className: "prompt", textContent: job.prompt });
-  const meta = element("span", { className: "id", textContent: `${job.id} · ${job.size} · ${job.num_frames} frames · seed ${job.seed}` });
+  const meta = element("span", { className: "id", textContent: `${job.id} · ${job.size} · ${job.num_frames} frame${job.num_frames === 1 ? "" : "s"} · seed ${job.seed}` });
   const cancel = element("button", { type: "button", className: "cancel", textContent: "Cancel" });
   const remove = element("button", { type: "button", className: "delete", textContent: "Delete" });
   const error = element("div", { className: "error" });
