@@ -5,7 +5,6 @@ Playwright). The browser test fails, never skips, when chromium or Playwright is
 from __future__ import annotations
 
 import base64
-import time
 from pathlib import Path
 
 import numpy as np
@@ -155,9 +154,9 @@ def test_web_page_in_a_headless_browser(i2v_server, tmp_path):
             expect(slow).to_have_attribute("data-status", "in_progress", timeout=30_000)
             slow.locator("button.cancel").click()
             expect(slow).to_have_attribute("data-status", "cancelled", timeout=20_000)
-            final = client.get(slow_id)
-            assert final["status"] == "cancelled" and final["steps_done"] < 40
-            time.sleep(0.6)
+            stopped = wait_for(lambda: [e for e in client.get(slow_id)["history"] if e["event"] == "stopped"], 10,
+                               what="the worker to stop")[0]
+            assert client.get(slow_id)["status"] == "cancelled" and stopped["after_step"] < 40
             assert not list((i2v_server.state_dir / "outputs").glob(f"*{slow_id}*"))
             assert errors == [], errors
         finally:

@@ -284,6 +284,11 @@ class JobStore:
             rows = self._db.execute("SELECT * FROM jobs WHERE status = 'in_progress'").fetchall()
         return (Job.from_row(r) for r in rows)
 
+    def note(self, job_id: str, event: str, **detail: Any) -> None:
+        """Add an event to a job's history (whatever its status)."""
+        with self._transaction() as db:
+            self._note(db, job_id, event, **detail)
+
     def add_timings(self, job_id: str, **timings: float) -> None:
         with self._transaction() as db:
             row = db.execute("SELECT timings FROM jobs WHERE id = ?", (job_id,)).fetchone()

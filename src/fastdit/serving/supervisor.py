@@ -97,6 +97,7 @@ class WorkerHandle:
         self.timing_out = False
         self.first_step_at: float | None = None
         self.last_step_at: float | None = None
+        self.steps_done = 0  # as the worker reports them (the store stops counting once a job is cancelled)
 
     def send(self, message: dict[str, Any]) -> bool:
         with self.send_lock:
@@ -260,8 +261,8 @@ class Supervisor:
                 h.first_step_at = now
             elif msg.get("step_s") is not None:
                 self.metrics.step(float(msg["step_s"]))
-            h.last_step_at = now
-            self.store.progress(job_id, int(msg["step"]), int(msg["total"]))
+            h.last_step_at, h.steps_done = now, int(msg["step"])
+            self.store.progress(job_id, h.steps_done, int(msg["total"]))
         elif kind == "completed":
             self._completed(h, msg)
         elif kind == "failed":
@@ -275,6 +276,8 @@ class Supervisor:
                 self._timed_out(h)
             elif self._stopping.is_set():
                 self.store.requeue(job_id, "the server stopped while the job ran")
+            else:
+                self.store.note(job_id, "stopped", after_step=h.steps_done)
             remove_partial_files(self.outputs_dir, job_id)
             self._job_done(h)
 
