@@ -97,6 +97,13 @@ def test_health_and_metrics(server):
                  "fastdit_step_seconds_count", "fastdit_worker_restarts_total"):
         assert name in body, name
     assert re.search(r"^fastdit_queue_depth \d+$", body, re.M)
+    # CORS is off by default: no browser on another origin may read the API
+    cross = request(server.url, "GET", "/v1/videos", headers={"Origin": "http://evil.example"})
+    assert cross.status == 200 and "access-control-allow-origin" not in cross.headers
+    preflight = request(server.url, "OPTIONS", "/v1/videos", headers={"Origin": "http://evil.example",
+                                                                     "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in preflight.headers
+    assert cross.headers["x-content-type-options"] == "nosniff"
 
 
 def test_cancel_a_running_job_stops_within_one_step(server):

@@ -207,3 +207,30 @@ def test_authorization_header_parsing():
     assert token_of("Bearer abc") == "abc" and token_of("bearer  abc ") == "abc"
     assert token_of("Basic " + base64.b64encode(b"user:secret").decode()) == "secret"
     assert token_of("Basic !!!") is None and token_of("abc") is None and token_of("") is None
+
+
+def test_the_housekeeper_deletes_expired_jobs(tmp_path):
+    import time
+
+    from fastdit.serving.options import ServeConfig
+    from fastdit.serving.server import _Housekeeper
+
+    config = ServeConfig(model="m", state_dir=tmp_path, keep_hours=0.5 / 3600)  # half a second
+    config.outputs_dir.mkdir(), config.inputs_dir.mkdir()
+    store = JobStore(config.db_path, keep_hours=config.keep_hours)
+    job_id = new_job_id()
+    store.create(job_id, _request(), max_queue=10, max_attempts=1)
+    store.claim_next("w0")
+    store.complete(job_id, f"{job_id}.mp4", {})
+    (config.outputs_dir / f"{job_id}.mp4").write_bytes(b"mp4")
+    keeper = _Housekeeper(config, store)
+    assert keeper.interval == 1.0
+    keeper.start()
+    try:
+        deadline = time.monotonic() + 10
+        while store.get(job_id) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        keeper.stopped.set()
+        keeper.join(5)
+    assert store.get(job_id) is None and not (config.outputs_dir / f"{job_id}.mp4").exists()
