@@ -96,6 +96,12 @@ RAW_CASES = [
     ("JSON array", b'["a cat"]', "application/json", 400, "JSON object"),
     ("NaN", b'{"prompt": "x", "guidance_scale": NaN}', "application/json", 400, "not valid JSON"),
     ("not UTF-8", b'{"prompt": "\xff\xfe"}', "application/json", 400, "not valid JSON"),
+    ("nested too deeply", b"[" * 200_000, "application/json", 400, "not valid JSON"),
+    ("lone surrogate", b'{"prompt": "\\ud800 cat"}', "application/json", 400, "not valid Unicode"),
+    ("NUL in prompt", b'{"prompt": "a\\u0000cat"}', "application/json", 400, "NUL"),
+    ("multipart without boundary", b"prompt=a", "multipart/form-data", 400, "boundary"),
+    ("multipart garbage", b"\x00\x01garbage--", "multipart/form-data; boundary=XyZ", 400, "multipart"),
+    ("urlencoded form", b"prompt=a+cat", "application/x-www-form-urlencoded", 415, "Content-Type"),
     ("text/plain", b"a cat", "text/plain", 415, "Content-Type"),
     ("no content type", b"a cat", None, 415, "Content-Type"),
 ]

@@ -295,6 +295,8 @@ async def _read_request(request: Request, config: ServeConfig) -> tuple[dict[str
             raw = json.loads(body, parse_constant=_reject_nan) if body else None
         except ValueError as exc:
             raise RequestError(f"the body is not valid JSON: {str(exc)[:120]}", None, "invalid_json") from None
+        except RecursionError:
+            raise RequestError("the body is not valid JSON: nested too deeply", None, "invalid_json") from None
         if not isinstance(raw, dict):
             raise RequestError("the body must be a JSON object", None, "invalid_json")
         return parse_fields(raw, test_faults=config.test_faults), None

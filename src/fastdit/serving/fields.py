@@ -107,6 +107,10 @@ def _parse_str(field: Field, value: Any, from_form: bool) -> str:
         raise RequestError(f"{field.name} must be a string, got {_type_name(value)}", field.name, "invalid_type")
     if "\x00" in value:
         raise RequestError(f"{field.name} must not contain NUL characters", field.name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(f"{field.name} is not valid Unicode (a lone surrogate)", field.name) from None
     return value
 
 

@@ -78,11 +78,14 @@ def worker_main(spec: WorkerSpec, commands, events) -> None:
     running = _Running()
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_heartbeat, args=(out,), name="heartbeat", daemon=True).start()
-    threading.Thread(target=_read_commands, args=(commands, inbox, running), name="commands", daemon=True).start()
+    loaded = threading.Event()
+    threading.Thread(target=_read_commands, args=(commands, inbox, running, loaded), name="commands",
+                     daemon=True).start()
 
     start = time.perf_counter()
     try:
         pipe = _load(spec)
+        loaded.set()
     except BaseException as exc:  # noqa: BLE001 - reported to the front end, which restarts us
         log.exception("loading the model failed")
         out.send("load_failed", message=_first_line(exc))
@@ -94,6 +97,9 @@ def worker_main(spec: WorkerSpec, commands, events) -> None:
             break
         run_job(pipe, spec, message, out, running)
     out.send("stopped", pid=os.getpid())
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(0)  # nothing left to save: skip tearing down torch and its threads (seconds)
 
 
 def _heartbeat(out: _Events) -> None:
@@ -102,7 +108,7 @@ def _heartbeat(out: _Events) -> None:
         time.sleep(HEARTBEAT_S)
 
 
-def _read_commands(commands, inbox: queue.Queue, running: _Running) -> None:
+def _read_commands(commands, inbox: queue.Queue, running: _Running, loaded: threading.Event) -> None:
     while True:
         try:
             message = commands.recv()
@@ -114,6 +120,8 @@ def _read_commands(commands, inbox: queue.Queue, running: _Running) -> None:
         elif kind == "cancel":
             running.stop(message.get("id"))
         elif kind == "stop":
+            if not loaded.is_set():
+                os._exit(0)  # still loading the model: nothing to finish
             running.stop()
             inbox.put(_STOP)
 
