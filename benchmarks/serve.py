@@ -57,12 +57,13 @@ def build_model(args) -> Path:
 
     torch.manual_seed(0)
     tokenizer = tiny.make_tokenizer()
-    text = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=4096, d_kv=64, d_ff=10240,
-                                       num_layers=args.text_layers, num_heads=64, relative_attention_num_buckets=32,
-                                       relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
-                                       dense_act_fn="gelu_new", tie_word_embeddings=False)).to(torch.bfloat16)
-    transformer = WanTransformer3DModel(**get_config("Wan2.1-T2V-1.3B").to_diffusers_config()).to(torch.bfloat16)
-    vae = AutoencoderKLWan()  # the Wan2.1 VAE's configuration; kept in fp32 as shipped
+    with torch.device(args.device):  # random init on the GPU is seconds, on the CPU minutes
+        text = UMT5EncoderModel._from_config(UMT5Config(
+            vocab_size=len(tokenizer), d_model=4096, d_kv=64, d_ff=10240, num_layers=args.text_layers, num_heads=64,
+            relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+            dense_act_fn="gelu_new", tie_word_embeddings=False), dtype=torch.bfloat16)
+        transformer = WanTransformer3DModel(**get_config("Wan2.1-T2V-1.3B").to_diffusers_config()).to(torch.bfloat16)
+        vae = AutoencoderKLWan()  # diffusers' defaults are the Wan2.1 VAE; fp32 as shipped
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                         num_train_timesteps=1000, flow_shift=3.0)
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text, vae=vae, scheduler=scheduler, transformer=transformer)
