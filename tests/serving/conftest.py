@@ -9,7 +9,7 @@ from tests.serving.helpers import ServerProcess
 
 # Small enough that a job takes a fraction of a second on a CPU.
 TINY = {"size": "16x16", "num_frames": 1, "steps": 2}
-JOB_TIMEOUT_S = 8
+JOB_TIMEOUT_S = 10
 CANCEL_GRACE_S = 2
 MAX_QUEUE = 64
 
@@ -24,8 +24,9 @@ def tiny_model(tmp_path_factory):
 def server(tiny_model, tmp_path_factory):
     """The shared server: T2V tiny model, workers on cpu,cpu, --test-faults, short job timeout."""
     root = tmp_path_factory.mktemp("serve-shared")
-    proc = ServerProcess(tiny_model("t2v"), root / "state", "--devices", "cpu,cpu", "--test-faults",
-                         "--job-timeout", str(JOB_TIMEOUT_S), "--cancel-grace", str(CANCEL_GRACE_S),
+    # one torch thread per worker: the same thread count as the direct call it is compared with
+    proc = ServerProcess(tiny_model("t2v"), root / "state", "--devices", "cpu,cpu", "--cpu-threads", "1",
+                         "--test-faults", "--job-timeout", str(JOB_TIMEOUT_S), "--cancel-grace", str(CANCEL_GRACE_S),
                          "--max-queue", str(MAX_QUEUE), "--max-body-bytes", str(2 * 2**20),
                          "--max-image-bytes", str(2**20), "--max-prompt-chars", "1000", name="shared")
     proc.start()

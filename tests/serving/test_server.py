@@ -205,7 +205,8 @@ def test_job_past_its_timeout(server):
 def test_queue_limit_answers_429_and_the_server_stays_up(server):
     client = server.client()
     server.wait_workers()
-    blockers = [client.create("busy", size="16x16", num_frames=1, steps=100, fault={"sleep_per_step": 0.05})
+    # one long step each (cancelled at the end): the queue cannot drain while it is filled
+    blockers = [client.create("busy", size="16x16", num_frames=1, steps=1, fault={"sleep_per_step": JOB_TIMEOUT_S - 1})
                 for _ in range(2)]
     wait_for(lambda: all(client.get(b["id"])["status"] == "in_progress" for b in blockers), 30, what="blockers")
     queued = [client.create("q", **TINY)["id"] for _ in range(MAX_QUEUE)]
@@ -213,6 +214,7 @@ def test_queue_limit_answers_429_and_the_server_stays_up(server):
         client.create("one too many", **TINY)
     assert err.value.status == 429 and err.value.code == "queue_full"
     assert server.health()["queue_depth"] == MAX_QUEUE
+    assert all(client.get(b["id"])["status"] == "in_progress" for b in blockers)
     for job_id in queued + [b["id"] for b in blockers]:
         client.cancel(job_id)
     assert client.wait(client.create("room again", **TINY)["id"], timeout=60)["status"] == "completed"
