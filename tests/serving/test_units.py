@@ -177,6 +177,10 @@ def test_cli_options_become_a_config(tmp_path, monkeypatch):
     assert config.api_key == "from-env" and config.host == "127.0.0.1" and config.cors_origins == ()
     args = _serve_args("--model", "m")
     assert args.func is cmd_serve
+    import torch
+
+    if not torch.cuda.is_available():
+        assert config_from_args(args).devices == ("cpu",)  # one CPU worker on a CPU machine
     for bad, words in ((["--devices", "gpu7"], "unknown device"), (["--devices", "cuda:3"], "not available"),
                        (["--port", "70000"], "--port"), (["--max-queue", "0"], "--max-queue"),
                        (["--dtype", "fp16"], "fp16"), (["--flow-shift", "-1"], "--flow-shift")):
