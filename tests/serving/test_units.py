@@ -238,3 +238,54 @@ def test_the_housekeeper_deletes_expired_jobs(tmp_path):
         keeper.stopped.set()
         keeper.join(5)
     assert store.get(job_id) is None and not (config.outputs_dir / f"{job_id}.mp4").exists()
+
+
+# ---- the generation adapter (the phase-2 seam) ---------------------------------------------------
+class _FakePipe:
+    """Records the keywords it is called with and runs ``total`` steps through the callback."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def generate(self, callback=None, **kwargs):
+        self.calls.append(kwargs)
+        total = kwargs["num_inference_steps"]
+        for step in range(total):
+            callback(step, total)
+        return "result"
+
+
+def test_run_generation_passes_the_request_and_reports_every_step(t2v_spec):
+    from fastdit.serving.generation import run_generation
+
+    job = resolve_job(t2v_spec, parse_fields({"prompt": "a cat", "size": "32x16", "steps": 3, "seed": 9}),
+                      has_image=False, model_id="m")
+    pipe, seen = _FakePipe(), []
+    assert run_generation(pipe, job, None, on_progress=lambda s, t: seen.append((s, t)),
+                          cancel_event=threading.Event()) == "result"
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    (call,) = pipe.calls
+    assert call == {"prompt": "a cat", "height": 16, "width": 32, "num_frames": job["num_frames"],
+                    "num_inference_steps": 3, "guidance_scale": job["guidance_scale"],
+                    "max_sequence_length": 512, "seed": 9, "image": None}
+
+
+def test_run_generation_stops_after_the_step_in_which_it_is_cancelled(t2v_spec):
+    from fastdit.errors import Cancelled
+    from fastdit.serving.generation import run_generation
+
+    job = resolve_job(t2v_spec, parse_fields({"prompt": "a cat", "steps": 10}), has_image=False, model_id="m")
+    cancel, seen = threading.Event(), []
+
+    def on_progress(step, total):
+        seen.append(step)
+        if step == 4:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        run_generation(_FakePipe(), job, None, on_progress=on_progress, cancel_event=cancel)
+    assert seen == [1, 2, 3, 4]
+    with pytest.raises(Cancelled):  # already cancelled: the pipeline is not called at all
+        pipe = _FakePipe()
+        run_generation(pipe, job, None, on_progress=on_progress, cancel_event=cancel)
+    assert pipe.calls == []

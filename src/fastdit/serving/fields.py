@@ -261,10 +261,11 @@ def resolve_job(spec, values: Mapping[str, Any], *, has_image: bool, model_id: s
                 limits: Limits = Limits(), rng: random.Random | None = None) -> dict[str, Any]:
     """The job's full request: every default filled in and every value checked against the model.
 
-    Returns a JSON-able dict with the keywords of ``pipe.generate`` (``prompt``, ``negative_prompt``,
-    ``height``, ``width``, ``num_frames``, ``num_inference_steps``, ``guidance_scale``,
-    ``guidance_scale_2``, ``max_sequence_length``, ``seed``) plus ``fps``, ``image`` (bool) and
-    ``fault``. A missing seed becomes a random one here, so the record says which seed ran.
+    Returns a JSON-able dict with the pipeline's keywords (:data:`PIPELINE_KEYWORDS`: ``prompt``,
+    ``negative_prompt``, ``height``, ``width``, ``num_frames``, ``num_inference_steps``,
+    ``guidance_scale``, ``guidance_scale_2``, ``max_sequence_length``, ``seed`` and the target of
+    any new field) plus ``fps``, ``image`` (bool) and ``fault``. A missing seed becomes a random
+    one here, so the record says which seed ran.
     """
     for name in ("prompt", "negative_prompt"):
         text = values.get(name)
@@ -289,11 +290,17 @@ def resolve_job(spec, values: Mapping[str, Any], *, has_image: bool, model_id: s
     seed = values.get("seed")
     if seed is None:
         seed = (rng or random.SystemRandom()).randrange(RANDOM_SEED_LIMIT)
-    return {"prompt": values["prompt"], "negative_prompt": values.get("negative_prompt"),
-            "height": resolved.height, "width": resolved.width, "num_frames": resolved.num_frames,
-            "num_inference_steps": resolved.num_inference_steps, "guidance_scale": resolved.guidance_scale,
-            "guidance_scale_2": resolved.guidance_scale_2, "max_sequence_length": resolved.max_sequence_length,
-            "seed": int(seed), "fps": int(fps), "image": bool(has_image), "fault": values.get("fault")}
+    job = {"negative_prompt": None, **kwargs}  # every field with a target, as given (new rows included)
+    job.update({key: getattr(resolved, key) for key in RESOLVED_KEYWORDS})
+    job.update(seed=int(seed), fps=int(fps), image=bool(has_image), fault=values.get("fault"))
+    return job
+
+
+# What the pipeline's checker fills in and checks; with the targets of FIELDS and the seed these are
+# the keywords the worker passes to the pipeline (fastdit.serving.generation).
+RESOLVED_KEYWORDS = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "guidance_scale_2",
+                     "max_sequence_length")
+PIPELINE_KEYWORDS = tuple(dict.fromkeys([*(f.target for f in FIELDS if f.target), *RESOLVED_KEYWORDS, "seed"]))
 
 
 def _check_limits(kwargs: Mapping[str, Any], limits: Limits) -> None:

@@ -19,9 +19,7 @@ from typing import Any, Callable, Mapping
 
 from fastdit.errors import Cancelled
 
-# The keys of a job's request that are keywords of the pipeline's generate().
-GENERATE_KEYWORDS = ("prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps",
-                     "guidance_scale", "guidance_scale_2", "seed", "max_sequence_length")
+from fastdit.serving.fields import PIPELINE_KEYWORDS
 
 
 def run_generation(pipe, request: Mapping[str, Any], image: Any, *,
@@ -40,5 +38,5 @@ def run_generation(pipe, request: Mapping[str, Any], image: Any, *,
         if cancel_event.is_set():
             raise Cancelled(f"cancelled after step {step + 1} of {total}")
 
-    keywords = {k: request[k] for k in GENERATE_KEYWORDS if request.get(k) is not None}
+    keywords = {k: request[k] for k in PIPELINE_KEYWORDS if request.get(k) is not None}
     return pipe.generate(**keywords, image=image, callback=callback)
