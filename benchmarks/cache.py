@@ -112,7 +112,7 @@ def fastdit_runs(e2e, c, args, device, dtype, log) -> None:
     log("fastdit", None, base, frames, frames)
     policies = selected(args.policies)
     for policy, (template, thresholds) in policies:
-        for threshold in thresholds:
+        for threshold in picked(thresholds, args):
             run, out = run_fastdit(e2e, pipe, args, device, fastdit_spec(template, threshold, args))
             run["speedup"] = base["total_s"] / run["total_s"]
             log("fastdit", fastdit_spec(template, threshold, args), run, out, frames)
@@ -138,6 +138,11 @@ def overhead_runs(e2e, pipe, args, device, policies, log) -> None:
         if reused:
             run["note"] = f"{reused} forwards reused even at threshold 1e-9: not a pure decision cost"
         log("fastdit-overhead", spec, run, None, None)
+
+
+def picked(thresholds, args) -> list[float]:
+    """The thresholds ``--threshold-index`` keeps (all three by default)."""
+    return [thresholds[int(i)] for i in args.threshold_index.split(",") if i.strip()]
 
 
 def selected(names: str):
@@ -171,7 +176,7 @@ def diffusers_runs(e2e, c, args, device, impls, log, fastdit_frames) -> None:
     if "diffusers-fbcache" in impls:
         from diffusers.hooks import FirstBlockCacheConfig
 
-        for threshold in FASTDIT_POLICIES["fbcache"][1]:
+        for threshold in picked(FASTDIT_POLICIES["fbcache"][1], args):
             pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
             try:
                 run, out = run_diffusers(e2e, pipe, args, device, counted_block=1)
@@ -193,7 +198,7 @@ def cache_dit_runs(e2e, pipe, args, device, log, frames, fastdit_frames, base) -
         return
     wanted = [name for name, _ in selected(args.policies)]
     for taylorseer in [t for t, name in ((False, "dbcache"), (True, "dbcache+taylorseer")) if name in wanted]:
-        for threshold in FASTDIT_POLICIES["dbcache"][1]:
+        for threshold in picked(FASTDIT_POLICIES["dbcache"][1], args):
             config = DBCacheConfig(Fn_compute_blocks=args.dbcache_n, Bn_compute_blocks=0,
                                    residual_diff_threshold=threshold,
                                    max_warmup_steps=args.dbcache_warmup, num_inference_steps=args.steps)
@@ -215,6 +220,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="JSON result file (rewritten after every run)")
     parser.add_argument("--impls", default=",".join(IMPLS), help=f"any of {', '.join(IMPLS)}")
     parser.add_argument("--policies", default=",".join(FASTDIT_POLICIES))
+    parser.add_argument("--threshold-index", default="0,1,2",
+                        help="which of each policy's three thresholds to run (e.g. 1: the middle one)")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--frames", type=int, default=81)

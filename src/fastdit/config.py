@@ -13,6 +13,10 @@ Environment variables (read once, by :func:`get_config`, the first time it is ca
 ``FASTDIT_FFN_CHUNK_TOKENS``      tokens per FFN chunk in the transformer blocks
                                   (default 8192; ``0``: the whole sequence at once)
 ``FASTDIT_LOG_LEVEL``             logging level of the ``fastdit`` logger (default INFO)
+``FASTDIT_API_KEY``               ``fastdit serve``: the bearer token clients must send
+                                  (read by :func:`serve_api_key`; ``--api-key`` wins)
+``XDG_DATA_HOME``                 the user's data folder (default ``~/.local/share``);
+                                  :func:`user_data_dir` is ``$XDG_DATA_HOME/fastdit``
 ``TRITON_INTERPRET``              ``1``: Triton kernels run on the CPU in the interpreter
 ================================  =====================================================
 
@@ -37,6 +41,7 @@ import contextlib
 import contextvars
 import dataclasses
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
@@ -327,3 +332,22 @@ def override_config(**changes: object) -> Iterator[EngineConfig]:
         yield config
     finally:
         _scoped.reset(token)
+
+
+# ---------------------------------------------------------------------------------------
+# Paths and secrets for ``fastdit serve`` (read when asked, not cached: a server reads them once)
+# ---------------------------------------------------------------------------------------
+def user_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """fastdit's folder in the user's data directory: ``$XDG_DATA_HOME/fastdit``, else
+    ``~/.local/share/fastdit`` (an unset, empty or relative ``XDG_DATA_HOME`` is ignored, as the
+    XDG base directory specification says)."""
+    env = os.environ if environ is None else environ
+    base = (env.get("XDG_DATA_HOME") or "").strip()
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
+    return root / "fastdit"
+
+
+def serve_api_key(environ: Mapping[str, str] | None = None) -> str | None:
+    """The ``FASTDIT_API_KEY`` bearer token for ``fastdit serve`` (None when unset or empty)."""
+    env = os.environ if environ is None else environ
+    return (env.get("FASTDIT_API_KEY") or "").strip() or None

@@ -1,4 +1,4 @@
-"""Command line: ``fastdit ops | generate | make-tiny-model``.
+"""Command line: ``fastdit ops | generate | make-tiny-model | serve | compare``.
 
 One module per sub-command (``cli/ops.py``, ``cli/generate.py``, ``cli/tiny.py``), each with an
 ``add_*(subparsers)`` builder listed in :data:`COMMANDS`. Every exception that reaches
@@ -65,8 +65,21 @@ def _add_make_tiny_model(sub: argparse._SubParsersAction) -> None:
     add_make_tiny_model(sub)
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from fastdit.cli.serve import add_serve
+
+    add_serve(sub)
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    from fastdit.cli.compare import add_compare
+
+    add_compare(sub)
+
+
 # Sub-command builders; other modules add theirs here.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ops, _add_generate, _add_make_tiny_model]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_ops, _add_generate, _add_make_tiny_model, _add_serve, _add_compare]
 
 
 class _Parser(argparse.ArgumentParser):
