@@ -27,7 +27,7 @@ python3 -m fastdit ops --shape 1,32760,1536 --heads 12 | tee "$OUT/ops-table.txt
 for step in $STEPS; do
   case "$step" in
     tests)
-      python3 -m pytest -q -p no:cacheprovider -rfE tests/gpu ${TEST_ARGS:-} > "$OUT/gpu-tests-full.log" 2>&1
+      python3 -m pytest -q -p no:cacheprovider -rfE ${TEST_PATHS:-tests/gpu} ${TEST_ARGS:-} > "$OUT/gpu-tests-full.log" 2>&1
       tail -40 "$OUT/gpu-tests-full.log" | tee "$OUT/gpu-tests.log" ;;
     ops)
       python3 benchmarks/ops.py --out "$OUT/ops.json" $BENCH_ARGS 2>&1 | tee "$OUT/ops.log" ;;
@@ -55,13 +55,17 @@ for step in $STEPS; do
     parallel)
       python3 benchmarks/parallel.py --out "$OUT/parallel.json" $BENCH_ARGS 2>&1 | tee "$OUT/parallel.log" ;;
     serve)
-      python3 benchmarks/serve.py --out "$OUT/serve.json" 2>&1 | grep -v "^\[fastdit\|^[0-9:]* \[fastdit" | tee "$OUT/serve.log" ;;
+      python3 benchmarks/serve.py --out "$OUT/serve.json" ${SERVE_ARGS:-} 2>&1 | grep -v "^\[fastdit\|^[0-9:]* \[fastdit" | tee "$OUT/serve.log" ;;
     e2e)
       python3 benchmarks/e2e.py --out "$OUT/e2e.json" $BENCH_ARGS 2>&1 | tee "$OUT/e2e.log" ;;
     quant-tests)
       python3 -m pytest -q -p no:cacheprovider tests/gpu/test_quant_gpu.py tests/gpu/test_ops_gpu.py -k "fp8 or int8 or quant" 2>&1 | tail -25 | tee "$OUT/quant-tests.log" ;;
     quant)
       python3 benchmarks/quant.py --out "$OUT/quant.json" ${QUANT_ARGS:-} 2>&1 | tee "$OUT/quant.log" ;;
+    lora-bench)  # LORA_ARGS="--sections merge,e2e --e2e-models Wan2.1-T2V-1.3B" for a subset
+      python3 benchmarks/lora.py --out "$OUT/lora.json" ${LORA_ARGS:-} 2>&1 | tee "$OUT/lora.log" ;;
+    cache)  # CACHE_ARGS="--impls fastdit --policies teacache --threshold-index 1" for a subset
+      python3 benchmarks/cache.py --out "$OUT/cache.json" ${CACHE_ARGS:-} 2>&1 | tee "$OUT/cache.log" ;;
     offload)  # OFFLOAD_ARGS="--variants resident,stream-24gb" to run a subset
       python3 benchmarks/offload.py --out "$OUT/offload.json" ${OFFLOAD_ARGS:-} 2>&1 | tee "$OUT/offload.log" ;;
     cache-fastdit-1)  # each cache step: one 50-step 480p video uncached, then 3-6 cached (< 8 min on an H200)
