@@ -2,7 +2,10 @@
 # Everything the GPU machine has to do, in one call (device time is scarce):
 #   bash benchmarks/gpu_run.sh [tests] [ops] [transformer] [e2e]    (default: all)
 #   other steps: transformer-1.3b, transformer-14b, compile-block, tune, diag, diag-attention,
-#   quant-tests, quant, quant-attention, transformer-fp8, ti2v, e2e-fp8
+#   serve, quant-tests, quant, offload, cache-fastdit-1..3, cache-diffusers, cache-dit-1..2, lora, lora-e2e
+#   tests-distributed (LSE kernels, --gpus 1 / torchrun 1 == plain run; NCCL layouts with >= 2 GPUs),
+#   parallel (benchmarks/parallel.py; BENCH_ARGS e.g. "--models Wan2.1-T2V-1.3B --resolutions 480p")
+#   quant-attention, transformer-fp8, ti2v, e2e-fp8 (issue 10 phase 2)
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
 # tests, runs the benchmarks and writes JSON and logs under $OUT (or ./out/gpu).
 set -uo pipefail
@@ -26,7 +29,7 @@ python3 -m fastdit ops --shape 1,32760,1536 --heads 12 --quantize fp8 | tee "$OU
 for step in $STEPS; do
   case "$step" in
     tests)
-      python3 -m pytest -q -p no:cacheprovider -rfE tests/gpu ${TEST_ARGS:-} > "$OUT/gpu-tests-full.log" 2>&1
+      python3 -m pytest -q -p no:cacheprovider -rfE ${TEST_PATHS:-tests/gpu} ${TEST_ARGS:-} > "$OUT/gpu-tests-full.log" 2>&1
       tail -40 "$OUT/gpu-tests-full.log" | tee "$OUT/gpu-tests.log" ;;
     ops)
       python3 benchmarks/ops.py --out "$OUT/ops.json" $BENCH_ARGS 2>&1 | tee "$OUT/ops.log" ;;
@@ -44,12 +47,41 @@ for step in $STEPS; do
       python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B --out "$OUT/transformer.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer.log" ;;
     compile-block)
       python3 benchmarks/compile_block.py --out "$OUT/compile-block.json" $BENCH_ARGS 2>&1 | tee "$OUT/compile-block.log" ;;
+    lora)  # 14B: rank-64 LoRA load + merge, runtime-mode cost per forward (~2-3 min)
+      python3 benchmarks/lora.py --sections merge,runtime --out "$OUT/lora.json" 2>&1 | tee "$OUT/lora.log" ;;
+    lora-e2e)  # 4-step 480x832x81 videos, 1.3B / 14B / A14B, fastdit vs diffusers (needs peft; ~4-6 min)
+      python3 benchmarks/lora.py --sections e2e --out "$OUT/lora-e2e.json" --markdown "$OUT/lora-e2e.md" \
+        2>&1 | tee "$OUT/lora-e2e.log" ;;
+    tests-distributed)
+      python3 -m pytest -q -p no:cacheprovider tests/gpu/test_distributed_gpu.py tests/gpu/test_parallel_pipeline_gpu.py 2>&1 | tail -25 | tee "$OUT/gpu-tests-distributed.log" ;;
+    parallel)
+      python3 benchmarks/parallel.py --out "$OUT/parallel.json" $BENCH_ARGS 2>&1 | tee "$OUT/parallel.log" ;;
+    serve)
+      python3 benchmarks/serve.py --out "$OUT/serve.json" ${SERVE_ARGS:-} 2>&1 | grep -v "^\[fastdit\|^[0-9:]* \[fastdit" | tee "$OUT/serve.log" ;;
     e2e)
       python3 benchmarks/e2e.py --out "$OUT/e2e.json" $BENCH_ARGS 2>&1 | tee "$OUT/e2e.log" ;;
     quant-tests)
       python3 -m pytest -q -p no:cacheprovider tests/gpu/test_quant_gpu.py tests/gpu/test_ops_gpu.py -k "fp8 or int8 or quant" 2>&1 | tail -25 | tee "$OUT/quant-tests.log" ;;
     quant)
       python3 benchmarks/quant.py --out "$OUT/quant.json" ${QUANT_ARGS:-} 2>&1 | tee "$OUT/quant.log" ;;
+    lora-bench)  # LORA_ARGS="--sections merge,e2e --e2e-models Wan2.1-T2V-1.3B" for a subset
+      python3 benchmarks/lora.py --out "$OUT/lora.json" ${LORA_ARGS:-} 2>&1 | tee "$OUT/lora.log" ;;
+    cache)  # CACHE_ARGS="--impls fastdit --policies teacache --threshold-index 1" for a subset
+      python3 benchmarks/cache.py --out "$OUT/cache.json" ${CACHE_ARGS:-} 2>&1 | tee "$OUT/cache.log" ;;
+    offload)  # OFFLOAD_ARGS="--variants resident,stream-24gb" to run a subset
+      python3 benchmarks/offload.py --out "$OUT/offload.json" ${OFFLOAD_ARGS:-} 2>&1 | tee "$OUT/offload.log" ;;
+    cache-fastdit-1)  # each cache step: one 50-step 480p video uncached, then 3-6 cached (< 8 min on an H200)
+      python3 benchmarks/cache.py --impls fastdit --policies teacache,magcache --out "$OUT/cache-fastdit-1.json" 2>&1 | tee "$OUT/cache-fastdit-1.log" ;;
+    cache-fastdit-2)
+      python3 benchmarks/cache.py --impls fastdit --policies fbcache,dbcache --out "$OUT/cache-fastdit-2.json" 2>&1 | tee "$OUT/cache-fastdit-2.log" ;;
+    cache-fastdit-3)
+      python3 benchmarks/cache.py --impls fastdit --policies dbcache+taylorseer --out "$OUT/cache-fastdit-3.json" 2>&1 | tee "$OUT/cache-fastdit-3.log" ;;
+    cache-diffusers)
+      python3 benchmarks/cache.py --impls diffusers,diffusers-fbcache --out "$OUT/cache-diffusers.json" 2>&1 | tee "$OUT/cache-diffusers.log" ;;
+    cache-dit-1)
+      python3 benchmarks/cache.py --impls diffusers,cache-dit --policies dbcache --out "$OUT/cache-dit-1.json" 2>&1 | tee "$OUT/cache-dit-1.log" ;;
+    cache-dit-2)
+      python3 benchmarks/cache.py --impls diffusers,cache-dit --policies dbcache+taylorseer --out "$OUT/cache-dit-2.json" 2>&1 | tee "$OUT/cache-dit-2.log" ;;
     quant-attention)  # the attention candidates only (~2.5 min)
       python3 benchmarks/quant.py --parts attention --out "$OUT/quant-attention.json" 2>&1 | tee "$OUT/quant-attention.log" ;;
     transformer-fp8)  # 1.3B and 14B at B=1: fastdit, fastdit-fp8, diffusers eager and compiled

@@ -159,3 +159,22 @@ def test_cli_compare(tmp_path, capsys):
     args = parser.parse_args(["compare", str(tmp_path / "a"), str(tmp_path / "missing")])
     with pytest.raises(InputError, match="B: no such file or folder"):
         args.func(args)
+
+
+def test_fastdit_compare_through_the_command_line(tmp_path, capsys):
+    """`fastdit compare` is a registered command: PSNR of a known error, and exit 2 with one
+    line for a missing input."""
+    from fastdit.cli import main
+
+    a = _frames()
+    b = np.clip(_with_known_mse(a, 0.05), 0.0, 1.0)
+    a8, b8 = (np.round(x * 255).astype(np.uint8) for x in (a, b))
+    write_frames(tmp_path / "a", a8)
+    write_frames(tmp_path / "b", b8)
+    assert main(["compare", "--json", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    mse = np.mean((a8.astype(np.float64) - b8.astype(np.float64)) ** 2) / 255.0**2
+    assert out["psnr"] == pytest.approx(10 * np.log10(1.0 / mse), abs=1e-3)
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such file or folder" in err[0]

@@ -13,8 +13,16 @@ Environment variables (read once, by :func:`get_config`, the first time it is ca
 ``FASTDIT_FFN_CHUNK_TOKENS``      tokens per FFN chunk in the transformer blocks
                                   (default 8192; ``0``: the whole sequence at once)
 ``FASTDIT_LOG_LEVEL``             logging level of the ``fastdit`` logger (default INFO)
+``FASTDIT_API_KEY``               ``fastdit serve``: the bearer token clients must send
+                                  (read by :func:`serve_api_key`; ``--api-key`` wins)
+``XDG_DATA_HOME``                 the user's data folder (default ``~/.local/share``);
+                                  :func:`user_data_dir` is ``$XDG_DATA_HOME/fastdit``
 ``TRITON_INTERPRET``              ``1``: Triton kernels run on the CPU in the interpreter
 ================================  =====================================================
+
+The launcher's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``,
+``MASTER_ADDR``, ``MASTER_PORT``: set by ``torchrun`` or by ``fastdit generate --gpus N``) are
+read here too, by :func:`distributed_env`, each time it is called.
 
 Code that wants another configuration builds one and installs it for the whole process with
 :func:`set_config`, or for one scope with :func:`override_config`: a ``contextvars`` scope, so
@@ -33,10 +41,15 @@ import contextlib
 import contextvars
 import dataclasses
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
+from fastdit.errors import ConfigError
+
 ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
+# the names fastdit.platforms registers (kept here: the config must not import the platforms)
+PLATFORM_NAMES = ("rocm", "cuda", "musa", "npu", "xpu", "mps", "cpu")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -142,7 +155,7 @@ def parse_op_providers(text: str) -> tuple[dict[str, tuple[str, ...]], tuple[str
         if "=" in item:
             op, _, provider = (s.strip() for s in item.partition("="))
             if not op or not provider:
-                raise ValueError(f"FASTDIT_OP_PROVIDERS: cannot parse {item!r} (want op=provider)")
+                raise ConfigError(f"FASTDIT_OP_PROVIDERS: cannot parse {item!r} (want op=provider)")
             per_op[op] = per_op.get(op, ()) + (provider,)
         else:
             default.append(item)
@@ -157,16 +170,30 @@ def _parse_bool(name: str, value: str | None, default: bool | None) -> bool | No
         return True
     if lowered in _FALSE:
         return False
-    raise ValueError(f"{name}: expected 1/0/true/false, got {value!r}")
+    raise ConfigError(f"{name}: expected 1/0/true/false, got {value!r}")
 
 
-def _parse_int(name: str, value: str | None, default: int) -> int:
+def _parse_int(name: str, value: str | None, default: int, minimum: int | None = None, setting: str = "") -> int:
     if value is None or not value.strip():
         return default
     try:
-        return int(value.strip())
+        number = int(value.strip())
     except ValueError:
-        raise ValueError(f"{name}: expected an integer, got {value!r}") from None
+        raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{name}: {setting or 'the value'} must be an integer >= {minimum}, got {value!r}")
+    return number
+
+
+def _parse_choice(name: str, value: str | None, choices: tuple[str, ...], default: str | None,
+                  setting: str) -> str | None:
+    """``value`` lower-cased, which must be one of ``choices`` (unset or empty: ``default``)."""
+    lowered = (value or "").strip().lower()
+    if not lowered:
+        return default
+    if lowered not in choices:
+        raise ConfigError(f"{name}: {setting} must be one of {', '.join(choices)}, got {value!r}")
+    return lowered
 
 
 def config_from_env(environ: Mapping[str, str] | None = None) -> EngineConfig:
@@ -177,17 +204,66 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> EngineConfig:
         op_providers=per_op,
         default_providers=default,
         strict=bool(_parse_bool("FASTDIT_STRICT_OPS", env.get("FASTDIT_STRICT_OPS"), False)),
-        attention_backend=env.get("FASTDIT_ATTENTION_BACKEND", "auto").strip().lower() or "auto",
+        attention_backend=_parse_choice("FASTDIT_ATTENTION_BACKEND", env.get("FASTDIT_ATTENTION_BACKEND"),
+                                        ATTENTION_BACKENDS, "auto", "attention_backend"),
         triton_interpret=bool(_parse_bool("TRITON_INTERPRET", env.get("TRITON_INTERPRET"), False)),
     )
     platform = PlatformConfig(
-        platform=(env.get("FASTDIT_PLATFORM") or "").strip().lower() or None,
+        platform=_parse_choice("FASTDIT_PLATFORM", env.get("FASTDIT_PLATFORM"), PLATFORM_NAMES, None, "platform"),
         vae_autotune=_parse_bool("FASTDIT_VAE_AUTOTUNE", env.get("FASTDIT_VAE_AUTOTUNE"), None),
     )
     memory = MemoryConfig(ffn_chunk_tokens=_parse_int(
-        "FASTDIT_FFN_CHUNK_TOKENS", env.get("FASTDIT_FFN_CHUNK_TOKENS"), MemoryConfig.ffn_chunk_tokens))
+        "FASTDIT_FFN_CHUNK_TOKENS", env.get("FASTDIT_FFN_CHUNK_TOKENS"), MemoryConfig.ffn_chunk_tokens, minimum=0,
+        setting="ffn_chunk_tokens"))
     return EngineConfig(kernel=kernel, platform=platform, memory=memory,
                         log_level=env.get("FASTDIT_LOG_LEVEL", "INFO").strip().upper() or "INFO")
+
+
+@dataclass(frozen=True)
+class DistributedEnv:
+    """The process's place in a torchrun-style launch (all None when not launched so).
+
+    ``rank``/``world_size``: this process and the number of processes; ``local_rank`` /
+    ``local_world_size``: the same on this host (the GPU index is ``local_rank``);
+    ``master_addr``/``master_port``: the rendezvous of rank 0.
+    """
+
+    rank: int | None = None
+    world_size: int | None = None
+    local_rank: int | None = None
+    local_world_size: int | None = None
+    master_addr: str | None = None
+    master_port: int | None = None
+
+    @property
+    def launched(self) -> bool:
+        """True when a launcher set ``RANK`` and ``WORLD_SIZE``."""
+        return self.rank is not None and self.world_size is not None
+
+
+def distributed_env(environ: Mapping[str, str] | None = None) -> DistributedEnv:
+    """Read ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and
+    ``MASTER_PORT`` (the variables torchrun sets); absent ones are None. ``LOCAL_RANK`` defaults
+    to ``RANK`` and ``LOCAL_WORLD_SIZE`` to ``WORLD_SIZE`` (one host)."""
+    env = os.environ if environ is None else environ
+
+    def number(name: str) -> int | None:
+        value = env.get(name)
+        return None if value is None or not value.strip() else _parse_int(name, value, 0)
+
+    rank, world = number("RANK"), number("WORLD_SIZE")
+    local_rank, local_world = number("LOCAL_RANK"), number("LOCAL_WORLD_SIZE")
+    return DistributedEnv(rank=rank, world_size=world,
+                          local_rank=rank if local_rank is None else local_rank,
+                          local_world_size=world if local_world is None else local_world,
+                          master_addr=(env.get("MASTER_ADDR") or "").strip() or None,
+                          master_port=number("MASTER_PORT"))
+
+
+def child_environment(updates: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment with ``updates`` applied: for the processes fastdit starts
+    (the ranks of ``fastdit generate --gpus N``)."""
+    return {**os.environ, **updates}
 
 
 _config: EngineConfig | None = None  # the process-wide configuration (set_config)
@@ -223,6 +299,14 @@ def set_config(config: EngineConfig) -> None:
     if not isinstance(config, EngineConfig):
         raise TypeError(f"set_config takes an EngineConfig, got {type(config).__name__}")
     _config = config
+    _generation += 1
+
+
+def reset_config() -> None:
+    """Forget the process-wide configuration: the next :func:`get_config` reads the environment
+    again (tests that change ``FASTDIT_*`` variables use this)."""
+    global _config, _generation
+    _config = None
     _generation += 1
 
 
@@ -262,3 +346,22 @@ def use_config(config: EngineConfig) -> Iterator[EngineConfig]:
         yield config
     finally:
         _scoped.reset(token)
+
+
+# ---------------------------------------------------------------------------------------
+# Paths and secrets for ``fastdit serve`` (read when asked, not cached: a server reads them once)
+# ---------------------------------------------------------------------------------------
+def user_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """fastdit's folder in the user's data directory: ``$XDG_DATA_HOME/fastdit``, else
+    ``~/.local/share/fastdit`` (an unset, empty or relative ``XDG_DATA_HOME`` is ignored, as the
+    XDG base directory specification says)."""
+    env = os.environ if environ is None else environ
+    base = (env.get("XDG_DATA_HOME") or "").strip()
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
+    return root / "fastdit"
+
+
+def serve_api_key(environ: Mapping[str, str] | None = None) -> str | None:
+    """The ``FASTDIT_API_KEY`` bearer token for ``fastdit serve`` (None when unset or empty)."""
+    env = os.environ if environ is None else environ
+    return (env.get("FASTDIT_API_KEY") or "").strip() or None

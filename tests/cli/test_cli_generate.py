@@ -99,7 +99,7 @@ BAD = {
     "corrupt-weights": ("t2v", [], "corrupt weights file", _corrupt_weights),
     "bad-model-index": ("t2v", [], "cannot parse", _bad_model_index),
     "device": ("t2v", ["--device", "warp-drive"], "unknown device", None),
-    "fps": ("t2v", ["--fps", "0"], "--fps must be at least 1", None),
+    "fps": ("t2v", ["--fps", "0"], "--fps must be between 1 and 1000", None),
 }
 
 
@@ -276,3 +276,40 @@ def test_make_tiny_model_bad_folder(tmp_path, capsys, case):
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
     if case == "not-empty":
         assert (target / "precious.txt").read_text() == "keep me"
+
+
+# ---- memory flags ------------------------------------------------------------------
+@pytest.mark.parametrize("flags,message", [
+    (["--max-gpu-memory", "abc"], "--max-gpu-memory must be a size"),
+    (["--max-gpu-memory", "0"], "--max-gpu-memory must be more than 0"),
+    (["--weights", "int4"], "invalid choice"),
+    (["--prefetch", "two"], "invalid int value"),
+])
+def test_bad_memory_flags_fail_while_parsing(tiny_model, tmp_path, capsys, flags, message):
+    out, model = tmp_path / "v.mp4", str(tiny_model("t2v"))
+    capsys.readouterr()  # (building the tiny model may warn)
+    with pytest.raises(SystemExit) as exited:  # argparse exits
+        main(["generate", "--model", model, "--prompt", "a cat", "--output", str(out), *flags])
+    stderr = capsys.readouterr().err
+    assert exited.value.code == 2 and len(stderr.strip().splitlines()) == 1 and message in stderr, stderr
+    assert not out.exists()
+
+
+def test_budget_too_small_is_refused_before_loading(tiny_model, tmp_path, capsys):
+    out = tmp_path / "v.mp4"
+    code, stdout, stderr = _run(["generate", "--model", str(tiny_model("t2v")), "--prompt", "a cat", *SMALL,
+                                 "--device", "cpu", "--max-gpu-memory", "1KB", "--output", str(out)], capsys)
+    last = stderr.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("fastdit generate: error: a 0.0 MB GPU memory budget")
+    assert "cannot hold this model" in last and "smallest plan needs" in last and "Traceback" not in stderr
+    assert stdout == "" and not out.exists()
+
+
+def test_generate_with_streamed_blocks_and_fp8(tiny_model, tmp_path, capsys):
+    out = tmp_path / "v.mp4"
+    code, stdout, stderr = _run(["generate", "--model", str(tiny_model("t2v")), "--prompt", "a cat", *SMALL,
+                                 "--output", str(out), "--device", "cpu", "--offload", "blocks", "--weights",
+                                 "fp8", "--prefetch", "2", "--no-progress"], capsys)
+    assert code == 0, stderr
+    assert "memory plan" in stderr and "weights fp8" in stderr and "prefetch 2" in stderr
+    assert iio.imread(out).shape == (5, 32, 48, 3)

@@ -1,4 +1,4 @@
-"""``fastdit generate --quantize`` (and the per-part flags), ``fastdit ops --quantize`` and
+"""``fastdit generate --quantize`` (per-part overrides in its text form), ``fastdit ops --quantize`` and
 ``fastdit compare``, through the CLI's entry point ``fastdit.cli.main``."""
 
 import json
@@ -40,10 +40,10 @@ def test_generate_fp8_writes_a_video_and_names_the_preset(tiny_model, tmp_path, 
     assert report["frames"] == 5 and report["psnr"] > 20 and 0.5 < report["ssim"] <= 1.0
 
 
-def test_per_part_flags_override_the_preset(tiny_model, tmp_path, capsys):
+def test_per_part_overrides_of_the_preset(tiny_model, tmp_path, capsys):
     out_path = tmp_path / "v.mp4"
     code, out, err = _run(["generate", "--model", str(tiny_model("t2v")), "--prompt", "a cat",
-                           "--quantize", "fp8", "--attention-precision", "exact", *SMALL,
+                           "--quantize", "fp8:attention=exact", *SMALL,
                            "--output", str(out_path)], capsys)
     assert code == 0, err
     assert "quantize=fp8:attention=exact" in out and "self-attention exact" in out
@@ -53,7 +53,7 @@ def test_per_part_flags_override_the_preset(tiny_model, tmp_path, capsys):
     (["--quantize", "int4"], "--quantize must be one of none, fp8, got 'int4'"),
     (["--quantize", "fp8:attention"], "--quantize: cannot read 'attention'"),
     (["--quantize", "fp8:speed=max"], r"--quantize: unknown part\(s\) speed"),
-    (["--attention-precision", "fp4"], "invalid choice: 'fp4'"),
+    (["--quantize", "fp8:attention=fp4"], "attention must be one of exact, int8, sage"),
 ])
 def test_bad_quantize_flags_fail_before_loading(tiny_model, tmp_path, capsys, flags, message):
     out_path = tmp_path / "v.mp4"

@@ -188,7 +188,7 @@ def test_no_weights(tiny_model, tmp_path):
     ("a14b", dict(guidance_scale_2=-0.5), "guidance_scale_2 must be >= 0"),
     ("t2v", dict(guidance_scale_2=3.0), "only for two-expert models"),
     ("t2v", dict(num_frames=8.5), "num_frames must be an integer"),
-    ("t2v", dict(max_sequence_length=0), "max_sequence_length must be at least 1"),
+    ("t2v", dict(max_sequence_length=0), "max_sequence_length must be between 1 and 512"),
     ("i2v", dict(), "image-to-video model: an image is required"),
     ("i2v-a14b", dict(), "an image is required"),
     ("t2v", dict(has_image=True), "text-to-video model: it takes no image"),

@@ -106,9 +106,14 @@ class Linear(nn.Module):
 
     def into(self, x: torch.Tensor | Fp8Activation, out: torch.Tensor) -> torch.Tensor:
         """Write ``x W^T + b`` (adapters included) into the contiguous ``out [..., N]``."""
-        if self.adapters or self.takes_fp8 or isinstance(x, Fp8Activation):
-            return out.copy_(self.forward(x))
-        return ops.linear(x, self.dense_weight(x.dtype), self.bias, out=out)
+        if self.takes_fp8 or isinstance(x, Fp8Activation):
+            return out.copy_(self.forward(x))  # the fp8 product (adapters included)
+        y = ops.linear(x, self.dense_weight(x.dtype), self.bias, out=out)
+        if self.adapters:
+            y = self._adapt(x, y)  # LoRA adapters add into the contiguous out in place
+            if y is not out:
+                out.copy_(y)
+        return out
 
     def extra_repr(self) -> str:
         stored = ("" if self.weight_scale is None else

@@ -30,8 +30,14 @@ def load(path, device=None, dtype=None, **kwargs):
     The task (T2V, I2V, TI2V, Wan2.2 A14B experts) comes from the folder's model_index.json.
     Keyword options are the fields of :class:`~fastdit.pipelines.loading.LoadOptions`:
     ``scheduler="unipc"|"euler"``, ``flow_shift``, ``offload="auto"|"none"|"experts"|"model"``,
-    ``vae_dtype``, ``vae_tiling``, ``check_files``, ``quantize="none"|"fp8"`` (with per-part
-    overrides, ``"fp8:attention=exact"``; docs/quantization.md).
+    ``vae_dtype``, ``vae_tiling``, ``check_files``, ``cache`` (a step cache for every generation,
+    e.g. ``"teacache:threshold=0.08"``; see docs/caching.md); LoRAs, distilled files and few-step
+    sampling (docs/lora.md): ``loras=[(path, scale), ...]``, ``loras_2``,
+    ``lora_mode="merge"|"runtime"``, ``lora_strict``, ``transformer=PATH``, ``transformer_2=PATH``,
+    ``preset="lightx2v-4step"``, ``timesteps``, ``boundary_step``, ``parallel`` (the multi-GPU layout:
+    ``"ulysses=2,cfg=2"``, a dict, a :class:`~fastdit.distributed.layout.ParallelConfig` or
+    ``"auto"``; see ``docs/distributed.md``), ``quantize="none"|"fp8"`` (with per-part overrides,
+    ``"fp8:attention=exact"``; docs/quantization.md).
     """
     from fastdit.pipelines.wan import WanVideoPipeline
 

@@ -3,6 +3,10 @@ and the choice of what stays in device memory.
 
     pipe = fastdit.load(path, device="cuda", dtype=torch.bfloat16, offload="auto")
 
+Before any weights load, the device and dtype are checked (:func:`resolve_device`,
+:func:`resolve_dtype`: :class:`~fastdit.errors.DeviceError`), and, with ``check_files``, the
+folder's JSON files, weight headers and every component's tensor names and shapes
+(:func:`~fastdit.pipelines.spec.inspect_model`, :func:`~fastdit.pipelines.preflight.check_components`).
 Every failure while reading a component becomes one :class:`~fastdit.errors.ModelFolderError`
 line naming the component; only I/O and format errors are wrapped (a bug keeps its traceback).
 """
@@ -12,21 +16,29 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from fastdit.errors import CheckpointError, ModelFolderError, first_line
+from fastdit.errors import (CheckpointError, DeviceError, LoraError, ModelFolderError, UserError,
+                            first_line, is_out_of_memory)
 from fastdit.pipelines.spec import ModelSpec, inspect_model
+from fastdit.pipelines.variants import ExpertWeights, Variant, plan_variant
 from fastdit.schedulers.unipc import FlowUniPCScheduler
 
 log = logging.getLogger("fastdit.pipelines")
 
 SCHEDULERS = ("unipc", "euler")
-OFFLOAD_MODES = ("auto", "none", "experts", "model")
+OFFLOAD_MODES = ("auto", "none", "experts", "model", "blocks")
+#: dtype names the CLI and ``load(dtype=...)`` accept
+DTYPE_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+               "float16": torch.float16, "half": torch.float16, "fp32": torch.float32,
+               "float32": torch.float32, "float": torch.float32}
+LORA_MODES = ("merge", "runtime")
 
 
 @dataclass(frozen=True)
@@ -37,12 +49,38 @@ class LoadOptions:
     checkpoint's; ``offload``: "none" keeps everything on the device, "experts" only the active
     Wan2.2 expert, "model" also moves the encoders there only while they run, "auto" picks by
     free device memory; ``vae_dtype``: the VAE's dtype (default: the pipeline's);
-    ``vae_tiling``: decode in tiles; ``check_files``: check every weight file's header first;
+    ``vae_tiling``: decode in tiles; ``check_files``: check every weight file's header first.
+
+    Memory (:mod:`fastdit.pipelines.memory`, :mod:`fastdit.runtime`): ``offload="blocks"``
+    streams transformer blocks from host memory as the budget needs ("auto" may too);
+    ``max_gpu_memory``: the budget ("24GB", "16GiB" or bytes; default: the device's free
+    memory); ``weights``: "dense" or "fp8" (e4m3 block weights, per-channel scales);
+    ``text_encoder_device``: "auto", "device" or "cpu" (also the CLIP encoder's);
+    ``prefetch``: streamed blocks copied ahead (default: the planner's); ``plan_video``:
+    ``(height, width, num_frames)`` the plan must hold (default: the model's defaults).
+    ``cache``: the step cache of every generation that sets none (``"teacache:threshold=0.08"``,
+    a :class:`~fastdit.cache.CacheConfig`; stored as the parsed CacheConfig; docs/caching.md).
+    Few-step models and LoRAs (docs/lora.md): ``loras``: LoRAs for ``transformer`` (Wan2.2
+    A14B: the high-noise expert), each a path, ``(path, scale)`` or ``"[high:|low:]PATH[:SCALE]"``
+    (``low:`` sends it to the second expert); ``loras_2``: LoRAs for ``transformer_2``;
+    ``lora_mode``: "merge" (into the weights, no cost per step) or "runtime" (side branches
+    ``y += s (x A^T) B^T`` on the Linear layers); ``lora_strict``: a LoRA key that maps to no
+    parameter is an error (False: skipped with a warning); ``transformer`` / ``transformer_2``:
+    a single ``.safetensors`` file (a distilled model, official or diffusers names, fp8/int8
+    with scales dequantised) replacing the folder's transformer; ``preset``: a few-step preset
+    ("lightx2v-4step", "lightning-4step": timesteps, shift, guidance off, expert switch);
+    ``timesteps``: a few-step timestep list (``[1000, 750, 500, 250]`` or "1000,750,500,250");
+    ``boundary_step``: the first step of the low-noise expert on a few-step schedule. With a
+    preset or timesteps, ``flow_shift`` is the few-step schedule's shift.
+    ``parallel``: the multi-GPU layout, a :class:`~fastdit.distributed.layout.ParallelConfig`, a
+    dict of its fields, a spec ``"ulysses=2,ring=2,cfg=2,vae=4"`` or ``"auto"`` (None: one
+    process, or ``"auto"`` when launched with several; see ``docs/distributed.md``).
     ``quantize``: the precision of the transformers (``"none"``, the default: exact, output
     equal to diffusers; ``"fp8"``: 8-bit self-attention and fp8 block linear layers; per-part
     overrides such as ``"fp8:attention=exact"``; or a
     :class:`~fastdit.quant.config.PrecisionConfig`), applied once at load
-    (:func:`fastdit.quant.apply.apply_precision`); stored here as a ``PrecisionConfig``.
+    (:func:`fastdit.quant.apply.apply_precision`; docs/quantization.md); stored here as a
+    ``PrecisionConfig``.
     """
 
     scheduler: str = "unipc"
@@ -51,15 +89,56 @@ class LoadOptions:
     vae_dtype: torch.dtype | None = None
     vae_tiling: bool = False
     check_files: bool = True
+    max_gpu_memory: int | str | None = None
+    weights: str = "dense"
+    text_encoder_device: str = "auto"
+    prefetch: int | None = None
+    plan_video: tuple[int, int, int] | None = None
+    cache: Any = None
+    loras: Sequence[Any] = ()
+    loras_2: Sequence[Any] = ()
+    lora_mode: str = "merge"
+    lora_strict: bool = True
+    transformer: str | os.PathLike | None = None
+    transformer_2: str | os.PathLike | None = None
+    preset: str | None = None
+    timesteps: Any = None
+    boundary_step: int | None = None
+    parallel: Any = None
     quantize: Any = None  # str | PrecisionConfig | None, normalised to a PrecisionConfig
 
     def __post_init__(self) -> None:
+        from fastdit.distributed.layout import parallel_option
         from fastdit.quant.config import parse_quantize
 
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.offload not in OFFLOAD_MODES:
             raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {self.offload!r}")
+        if self.flow_shift is not None:
+            object.__setattr__(self, "flow_shift", check_flow_shift(self.flow_shift))
+        if self.vae_dtype is not None:
+            object.__setattr__(self, "vae_dtype", resolve_dtype(self.vae_dtype, None, name="vae_dtype"))
+        _check_memory_options(self)
+        if self.cache is not None:  # parsed here: a bad setting fails before anything loads
+            from fastdit.cache.config import as_cache_config
+
+            object.__setattr__(self, "cache", as_cache_config(self.cache))
+        for name in ("loras", "loras_2"):
+            value = getattr(self, name)
+            if value is None:
+                value = ()
+            elif isinstance(value, (str, os.PathLike)) or (
+                    isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], (int, float))):
+                value = (value,)  # one LoRA on its own: a path or (path, scale)
+            object.__setattr__(self, name, tuple(value))
+        if self.lora_mode not in LORA_MODES:
+            raise LoraError(f"lora_mode must be one of {', '.join(LORA_MODES)}, got {self.lora_mode!r}")
+        if not isinstance(self.lora_strict, bool):
+            raise LoraError(f"lora_strict must be True or False, got {self.lora_strict!r}")
+        if isinstance(self.timesteps, list):
+            object.__setattr__(self, "timesteps", tuple(self.timesteps))
+        object.__setattr__(self, "parallel", parallel_option(self.parallel))  # canonical form
         object.__setattr__(self, "quantize", parse_quantize(self.quantize))  # InputError if bad
 
     @classmethod
@@ -70,6 +149,19 @@ class LoadOptions:
             raise TypeError(f"fastdit.load: unknown option(s) {', '.join(unknown)}; "
                             f"known: {', '.join(sorted(known))}")
         return cls(**kwargs)
+
+
+def check_flow_shift(value: Any) -> float:
+    """A positive finite flow shift (nan, inf or <= 0 give an all-NaN video)."""
+    from fastdit.errors import InputError
+
+    try:
+        shift = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"flow_shift must be a number, got {value!r}") from None
+    if not math.isfinite(shift) or shift <= 0:
+        raise InputError(f"flow_shift must be a positive finite number, got {value!r}")
+    return shift
 
 
 def _dtype_kw(dtype: torch.dtype) -> dict[str, Any]:
@@ -101,8 +193,23 @@ def _loading(spec: ModelSpec, component: str):
     except (KeyboardInterrupt, MemoryError, torch.OutOfMemoryError):
         raise
     except Exception as exc:
+        if is_out_of_memory(exc):  # the machine's limit, not the folder's fault
+            raise
         raise ModelFolderError(f"cannot load {component} from {spec.root / component}: "
                                f"{first_line(exc)}") from exc
+
+
+def _reject_missing(info: dict[str, Any] | None) -> None:
+    """The library's own loading report: a missing or mis-shaped tensor would be random."""
+    info = info or {}
+    missing = list(info.get("missing_keys") or [])
+    mismatched = list(info.get("mismatched_keys") or [])
+    if missing:
+        shown = ", ".join(repr(k) for k in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CheckpointError(f"its weights lack tensor(s) {shown}")  # _loading names the component
+    if mismatched:
+        first = mismatched[0][0] if isinstance(mismatched[0], (tuple, list)) else mismatched[0]
+        raise CheckpointError(f"tensor {first!r} does not have the shape its config.json expects")
 
 
 def load_transformer(spec: ModelSpec, subfolder: str, device: torch.device, dtype: torch.dtype):
@@ -111,6 +218,22 @@ def load_transformer(spec: ModelSpec, subfolder: str, device: torch.device, dtyp
     with _loading(spec, subfolder):
         return WanTransformer.from_pretrained(str(spec.root), dtype=dtype, device=device,
                                               subfolder=subfolder)  # in eval mode
+
+
+def load_expert(spec: ModelSpec, weights: ExpertWeights, device: torch.device, dtype: torch.dtype):
+    """One transformer: the folder's ``weights.subfolder`` or the checked single file, then its
+    LoRAs (merged, or as runtime adapters) with the plans made when they were checked."""
+    if weights.file is not None:
+        from fastdit.models.wan.single_file import load_transformer_file
+
+        model = load_transformer_file(weights.file, dtype=dtype, device=device)
+    else:
+        model = load_transformer(spec, weights.subfolder, device, dtype)
+    if weights.loras:
+        from fastdit.models.wan.lora import apply_loras
+
+        apply_loras(model, weights.loras, mode=weights.mode, strict=weights.strict, plans=weights.plans)
+    return model
 
 
 def make_scheduler(spec: ModelSpec, kind: str = "unipc", flow_shift: float | None = None):
@@ -143,70 +266,159 @@ def make_scheduler(spec: ModelSpec, kind: str = "unipc", flow_shift: float | Non
 
 
 def default_device() -> torch.device:
+    """This machine's device (the platform's: a forced ``FASTDIT_PLATFORM`` whose device is
+    missing is a :class:`DeviceError`)."""
     from fastdit.platforms import current_platform
 
-    return current_platform().device()
+    platform = current_platform()
+    try:
+        return platform.device()
+    except (RuntimeError, AssertionError) as exc:
+        raise DeviceError(f"the {platform.name} platform (FASTDIT_PLATFORM) has no usable device on this "
+                          f"machine: {first_line(exc)}") from None
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
     """The device to run on: as given (``cuda`` resolved to the current index), else this
-    machine's GPU, else the CPU."""
-    device = torch.device(device) if device is not None else default_device()
-    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+    machine's GPU, else the CPU. An unknown or unavailable device is a :class:`DeviceError`."""
+    if device is None:
+        device = default_device()
+        given = str(device)
+    elif isinstance(device, (str, torch.device)):
+        given = str(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise DeviceError(f"unknown device {given!r} (try cuda, cuda:0 or cpu)") from None
+    else:
+        raise DeviceError(f"device must be a string or a torch.device, got {type(device).__name__}")
+    if device.type != "cpu":
+        backend = getattr(torch, device.type, None)
+        available = getattr(backend, "is_available", None)
+        try:
+            ok = bool(available()) if callable(available) else False
+        except (RuntimeError, AssertionError):
+            ok = False
+        if not ok:
+            raise DeviceError(f"device {given!r} is not available on this machine")
+        count = getattr(backend, "device_count", lambda: 1)()
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"device {given!r} does not exist (this machine has {count})")
+    if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device | None, *,
+                  name: str = "dtype") -> torch.dtype:
+    """A floating-point dtype (a ``torch.dtype`` or a name such as ``"bf16"``); None: bf16 on a
+    GPU, fp32 on the CPU. fp16 on the CPU is refused (:class:`DeviceError`), as in the CLI."""
+    if dtype is None:
+        return torch.float32 if device is None or device.type == "cpu" else torch.bfloat16
+    if isinstance(dtype, str):
+        if dtype.lower() not in DTYPE_NAMES:
+            raise DeviceError(f"{name} must be one of {', '.join(DTYPE_NAMES)} or a torch dtype, got {dtype!r}")
+        dtype = DTYPE_NAMES[dtype.lower()]
+    if not isinstance(dtype, torch.dtype):
+        raise DeviceError(f"{name} must be a torch dtype or a name such as 'bf16', got {type(dtype).__name__}")
+    if not dtype.is_floating_point or dtype.itemsize < 2:
+        raise DeviceError(f"{name} must be a floating-point dtype (float32, bfloat16, float16), got {dtype}")
+    if device is not None and device.type == "cpu" and dtype == torch.float16:
+        raise DeviceError(f"{name} float16 is not supported on the CPU (use float32 or bfloat16)")
+    return dtype
+
+
 def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device | str | None,
-                  dtype: torch.dtype | None, options: LoadOptions):
+                  dtype: torch.dtype | None, options: LoadOptions, variant: Variant | None = None):
     """Load a diffusers-format Wan folder (or Hub id) into ``cls`` (a pipeline class). ``dtype``
-    defaults to bf16 on a GPU and fp32 on the CPU."""
+    defaults to bf16 on a GPU and fp32 on the CPU. ``variant``: what
+    :func:`~fastdit.pipelines.variants.plan_variant` returned for ``options`` (with ``path``
+    the spec it returned), when the caller checked them already."""
     from transformers import AutoTokenizer, UMT5EncoderModel
 
+    from fastdit.distributed.pipeline import resolve_parallel
+    from fastdit.pipelines.limits import device_budget
+    from fastdit.pipelines.preflight import check_components
     from fastdit.platforms import current_platform
 
     start = time.perf_counter()
     spec = path if isinstance(path, ModelSpec) else inspect_model(path, check_files=options.check_files)
-    device = resolve_device(device)
-    if dtype is None:
-        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    if device is not None and not isinstance(device, torch.device):
+        resolve_device(device)  # a bad name or an absent device: a DeviceError, before anything else
+    parallel = resolve_parallel(options.parallel, spec, device, vae_tiling=options.vae_tiling)  # weights: none yet
+    device = parallel.device if parallel.world_size > 1 else resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    if options.cache is not None:  # the cache's settings against this model, before any weights
+        from fastdit.cache.wiring import check_cache
+
+        check_cache(options.cache, spec)
+    # presets, transformer files and LoRAs: checked (headers only) before anything loads
+    if variant is None:
+        spec, variant = plan_variant(spec, options)
+    for line in variant.summary():
+        log.info("%s", line)
+    if options.check_files:
+        check_components(spec)  # every tensor name and shape, before any weights load
+    spec.device_budget = device_budget(spec, device, dtype, offload=options.offload,
+                                       vae_tiling=options.vae_tiling)
     offload = options.offload
-    if offload == "auto":
+    plan = plan_for_load(spec, device, dtype, options)  # None: no memory option asks for one
+    if plan is not None:
+        offload = plan.pipeline_offload
+    elif offload == "auto":
         offload = _auto_offload(spec, device, dtype)
     root = str(spec.root)
-    home = torch.device("cpu") if offload == "model" else device
+    home = torch.device("cpu") if offload == "model" or (plan and plan.encoders == "cpu") else device
 
     with _loading(spec, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
     place = {} if home.type == "cpu" else {"device_map": {"": home}}  # straight to the GPU
-    with _loading(spec, "text_encoder"):
-        text_encoder = UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder", **_dtype_kw(dtype),
-                                                        **place)
-        text_encoder.to(home).eval()
-    image_encoder = image_processor = None
-    if spec.has_clip:
-        image_processor, image_encoder = _load_clip(spec, dtype, home, place)
+    text_encoder = image_encoder = image_processor = None
+    if parallel.is_writer:  # the writer encodes the prompt (and CLIP image) for every rank
+        with _loading(spec, "text_encoder"):
+            text_encoder, info = UMT5EncoderModel.from_pretrained(
+                root, subfolder="text_encoder", **_dtype_kw(dtype), output_loading_info=True, **place)
+            _reject_missing(info)
+            text_encoder.to(home).eval()
+        if spec.has_clip:
+            image_processor, image_encoder = _load_clip(spec, dtype, home, place)
     with _loading(spec, "vae"):
         from diffusers import AutoencoderKLWan
 
-        vae = AutoencoderKLWan.from_pretrained(root, subfolder="vae",
-                                               **diffusers_dtype_kw(options.vae_dtype or dtype))
+        vae, info = AutoencoderKLWan.from_pretrained(root, subfolder="vae", output_loading_info=True,
+                                                     **diffusers_dtype_kw(options.vae_dtype or dtype))
+        _reject_missing(info)
         vae.to(device).eval()
-        if options.vae_tiling:
+        if options.vae_tiling or (plan is not None and plan.vae_tiling):
             vae.enable_tiling()
         vae = current_platform().optimize_vae(vae)
     with _loading(spec, "scheduler"):
-        sched = make_scheduler(spec, options.scheduler, options.flow_shift)
-    transformer = load_transformer(spec, "transformer", device, dtype)
-    transformer_2 = None
-    if spec.two_experts:
-        second_home = device if offload == "none" else torch.device("cpu")
-        transformer_2 = load_transformer(spec, "transformer_2", second_home, dtype)
+        if variant.few_step is not None:
+            sched = variant.few_step.scheduler(spec.scheduler_config.get("num_train_timesteps", 1000))
+        else:
+            sched = make_scheduler(spec, options.scheduler, options.flow_shift)
+    if plan is not None and plan.uses_runtime:  # blocks in host memory, streamed
+        if any(e.file is not None or e.loras for e in variant.experts):
+            raise LoraError("LoRAs and single-file transformers are not yet combined with streamed "
+                            "block offload (offload='blocks' / a memory budget that streams)")
+        if not options.quantize.exact:
+            raise UserError(f"quantize={options.quantize.spec()} is not yet combined with streamed "
+                            "block offload (offload='blocks' / a memory budget that streams); "
+                            "weights='fp8' stores the streamed weights in e4m3")
+        transformer, transformer_2 = load_streamed_experts(spec, device, dtype, plan, options)
+    else:
+        transformer = load_expert(spec, variant.expert("transformer"), device, dtype)
+        transformer_2 = None
+        if spec.two_experts:
+            second_home = device if offload == "none" else torch.device("cpu")
+            transformer_2 = load_expert(spec, variant.expert("transformer_2"), second_home, dtype)
     reports = apply_precision_to(options.quantize, device, transformer, transformer_2)
     pipe = cls(spec, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=sched,
                transformer=transformer, transformer_2=transformer_2, image_encoder=image_encoder,
-               image_processor=image_processor, device=device, dtype=dtype, offload=offload)
+               image_processor=image_processor, device=device, dtype=dtype, offload=offload,
+               cache=options.cache, options=options, variant=variant, parallel=parallel)
     pipe.precision, pipe.precision_reports = options.quantize, reports
+    pipe.memory_plan = plan
     current_platform().synchronize()
     pipe.load_seconds = time.perf_counter() - start
     log.debug("loaded %s in %.1f s (offload=%s)", spec.describe(), pipe.load_seconds, offload)
@@ -242,8 +454,9 @@ def _load_clip(spec: ModelSpec, dtype: torch.dtype, home: torch.device, place: d
         processor_cls = getattr(transformers, entry[1], transformers.CLIPImageProcessor)
         image_processor = processor_cls.from_pretrained(root, subfolder="image_processor")
     with _loading(spec, "image_encoder"):
-        image_encoder = CLIPVisionModel.from_pretrained(root, subfolder="image_encoder", **_dtype_kw(dtype),
-                                                        **place)
+        image_encoder, info = CLIPVisionModel.from_pretrained(root, subfolder="image_encoder", **_dtype_kw(dtype),
+                                                              output_loading_info=True, **place)
+        _reject_missing(info)
         image_encoder.to(home).eval()
     return image_processor, image_encoder
 
@@ -278,3 +491,85 @@ def choose_offload(spec: ModelSpec, dtype: torch.dtype, free_bytes: int) -> str:
         return "experts"
     log.info("offloading idle components to CPU memory (weights %.1f GB, free %.1f GB)", total / 1e9, free / 1e9)
     return "model"
+
+
+# ---------------------------------------------------------------------------------------
+# Memory: the budget, the plan and streamed transformers (fastdit.pipelines.memory, runtime)
+# ---------------------------------------------------------------------------------------
+def _check_memory_options(options: LoadOptions) -> None:
+    """Normalise and check the memory options (sizes to bytes); bad values are UserErrors."""
+    from fastdit.errors import UserError
+    from fastdit.pipelines.memory import ENCODER_CHOICES, parse_size
+    from fastdit.runtime.fp8 import check_weights
+
+    if options.max_gpu_memory is not None:
+        object.__setattr__(options, "max_gpu_memory", parse_size(options.max_gpu_memory))
+    check_weights(options.weights)
+    if options.text_encoder_device not in ENCODER_CHOICES:
+        raise UserError(f"text_encoder_device must be one of {', '.join(ENCODER_CHOICES)}, got "
+                        f"{options.text_encoder_device!r}")
+    if options.prefetch is not None and (isinstance(options.prefetch, bool) or not isinstance(options.prefetch, int)
+                                         or options.prefetch < 0):
+        raise UserError(f"prefetch must be an integer >= 0, got {options.prefetch!r}")
+    if options.plan_video is not None:
+        video = tuple(options.plan_video)
+        if len(video) != 3 or not all(isinstance(v, int) and v > 0 for v in video):
+            raise UserError(f"plan_video must be (height, width, num_frames), got {options.plan_video!r}")
+        object.__setattr__(options, "plan_video", video)
+
+
+def _memory_asked(options: LoadOptions) -> bool:
+    return (options.max_gpu_memory is not None or options.weights != "dense" or options.offload == "blocks"
+            or options.text_encoder_device != "auto" or options.prefetch is not None)
+
+
+def plan_for_load(spec: ModelSpec, device: torch.device, dtype: torch.dtype, options: LoadOptions):
+    """The :class:`~fastdit.pipelines.memory.MemoryPlan` for this load, printed; None when no
+    memory option asks for one and ``offload`` is not "auto" on a GPU (the plain path)."""
+    from fastdit.pipelines import memory
+
+    asked = _memory_asked(options)
+    if not asked and (options.offload != "auto" or device.type == "cpu"):
+        return None
+    try:
+        sizes = memory.sizes_for_spec(spec, dtype, options.weights, vae_dtype=options.vae_dtype)
+    except ValueError as exc:  # a transformer config the planner cannot read
+        if not asked:
+            return None  # the plain path reports it when it loads the transformer
+        raise ModelFolderError(f"cannot plan memory for {spec.root}: {first_line(exc)}") from None
+    video = memory.VideoSize(*(options.plan_video or (spec.defaults.height, spec.defaults.width,
+                                                      spec.defaults.num_frames)))
+    budget, source = memory.device_budget(options.max_gpu_memory, device)
+    if budget is None:  # the CPU: no memory to plan for; stream every block when asked to
+        budget, source = memory.NO_LIMIT, f"{device.type}: memory not known"
+        if options.offload == "blocks":
+            plan = memory.plan_memory(sizes, budget, video, offload="blocks", prefetch=options.prefetch,
+                                      encoders=options.text_encoder_device, budget_source=source)
+            plan = dataclasses.replace(plan, resident_blocks=0, experts_on_device=1,
+                                       prefetch=1 if options.prefetch is None else options.prefetch)
+            log.info("%s", plan.describe())
+            return plan
+    plan = memory.plan_memory(sizes, budget, video, offload=options.offload, prefetch=options.prefetch,
+                              encoders=options.text_encoder_device,
+                              vae_tiling=True if options.vae_tiling else None, budget_source=source)
+    log.info("%s", plan.describe())
+    return plan
+
+
+def load_streamed_experts(spec: ModelSpec, device: torch.device, dtype: torch.dtype, plan,
+                          options: LoadOptions):
+    """The transformer (and Wan2.2's second expert) loaded lazily into host stores, streaming by
+    ``plan``; experts that take turns share one device pool."""
+    from fastdit.runtime.lazy import load_streamed
+
+    stream_plan = plan.stream_plan()
+    with _loading(spec, "transformer"):
+        first = load_streamed(spec.root, stream_plan, device, dtype=dtype, subfolder="transformer",
+                              weights=options.weights)
+    second = None
+    if spec.two_experts:
+        shared = first.streamer.region if plan.experts_on_device == 1 else None
+        with _loading(spec, "transformer_2"):
+            second = load_streamed(spec.root, stream_plan, device, dtype=dtype, subfolder="transformer_2",
+                                   weights=options.weights, region=shared)
+    return first, second

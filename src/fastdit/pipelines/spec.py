@@ -7,17 +7,22 @@ reject a bad request (wrong size, missing image, corrupt weights) before any hea
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
 import os
 import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastdit import model_files
 from fastdit.errors import InputError, ModelFolderError  # re-exported: the folder and request errors
 from fastdit.errors import first_line as _first_line
+
+if TYPE_CHECKING:
+    from fastdit.schedulers.presets import FewStep
 
 log = logging.getLogger("fastdit.pipelines")
 
@@ -40,6 +45,9 @@ class ModelDefaults:
     guidance_scale_2: float | None = None  # low-noise expert (Wan2.2 A14B)
     flow_shift: float | None = None  # recommended; the checkpoint's scheduler config wins
     fps: int = 16
+    # a few-step schedule (a preset or timesteps given to fastdit.load): the sampler every
+    # generation runs unless its request gives other timesteps; None: the model's scheduler
+    few_step: FewStep | None = None
 
 
 KNOWN_MODELS: dict[str, ModelDefaults] = {
@@ -59,6 +67,9 @@ HUB_IDS = {name: f"Wan-AI/{name}-Diffusers" for name in KNOWN_MODELS}
 DEFAULTS_FILE = "fastdit_defaults.json"
 
 PIPELINE_CLASSES = ("WanPipeline", "WanImageToVideoPipeline")
+
+#: The highest frame rate fastdit writes (ffmpeg parses rates up to about 10^6; players far less).
+MAX_FPS = 1000
 
 
 # ---------------------------------------------------------------------------------------
@@ -80,6 +91,10 @@ class ModelSpec:
     param_counts: dict[str, int] = field(default_factory=dict)  # elements per component
     name: str | None = None  # a KNOWN_MODELS key when recognised
     defaults: ModelDefaults = field(default_factory=ModelDefaults)
+    # the device a loaded pipeline runs on (a limits.DeviceBudget), for the request estimate;
+    # set by load_pipeline (and the CLI before loading); None: sizes are checked against the
+    # model's range only
+    device_budget: Any = None
 
     # ---- derived facts ---------------------------------------------------------------
     @property
@@ -246,6 +261,7 @@ def inspect_model(path: str | os.PathLike, check_files: bool = True) -> ModelSpe
     for needed in ("tokenizer", "text_encoder", "vae", "scheduler", "transformer"):
         if components.get(needed) is None:
             raise ModelFolderError(f"{index_path}: no {needed} component")
+    check_values(index_path, index, INDEX_KEYS)
     boundary = index.get("boundary_ratio")
     expand = bool(index.get("expand_timesteps") or False)
     if boundary is not None and components.get("transformer_2") is None:
@@ -255,9 +271,14 @@ def inspect_model(path: str | os.PathLike, check_files: bool = True) -> ModelSpe
     tcfg = read_json(folders["transformer"] / "config.json")
     vcfg = read_json(folders["vae"] / "config.json")
     scfg = read_json(folders["scheduler"] / "scheduler_config.json")
+    check_values(folders["transformer"] / "config.json", tcfg, TRANSFORMER_KEYS)
+    check_values(folders["vae"] / "config.json", vcfg, VAE_KEYS)
+    check_values(folders["scheduler"] / "scheduler_config.json", scfg, SCHEDULER_KEYS)
     for name in ("text_encoder", "image_encoder", "transformer_2"):
         if name in folders:
-            read_json(folders[name] / "config.json")
+            config = read_json(folders[name] / "config.json")
+            if name == "transformer_2":
+                check_values(folders[name] / "config.json", config, TRANSFORMER_KEYS)
     tok = folders["tokenizer"]
     if not any((tok / f).is_file() for f in ("tokenizer.json", "spiece.model", "tokenizer_config.json")):
         raise ModelFolderError(f"{tok} holds no tokenizer files")
@@ -317,6 +338,80 @@ def _defaults_for(spec: ModelSpec) -> ModelDefaults:
     own = spec.root / DEFAULTS_FILE
     if own.is_file():
         data = read_json(own)
-        known = {f.name for f in dataclasses.fields(ModelDefaults)}
+        check_values(own, data, DEFAULTS_KEYS)
+        known = {f.name for f in dataclasses.fields(ModelDefaults)} - {"few_step"}
         base = dataclasses.replace(base, **{k: v for k, v in data.items() if k in known})
     return base
+
+
+# ---------------------------------------------------------------------------------------
+# The values fastdit reads from a folder's JSON files: types and ranges
+# ---------------------------------------------------------------------------------------
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_KINDS: dict[str, tuple[Any, str]] = {
+    "positive int": (_positive_int, "a positive integer"),
+    "optional positive int": (lambda v: v is None or _positive_int(v), "a positive integer or null"),
+    "non-negative int": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                         "an integer >= 0"),
+    "number": (_number, "a finite number"),
+    "positive number": (lambda v: _number(v) and v > 0, "a positive finite number"),
+    "optional positive number": (lambda v: v is None or (_number(v) and v > 0),
+                                 "a positive finite number or null"),
+    "guidance": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
+    "optional guidance": (lambda v: v is None or (_number(v) and v >= 0), "a finite number >= 0 or null"),
+    "ratio": (lambda v: v is None or (_number(v) and 0 < v <= 1), "a number in (0, 1] or null"),
+    "bool": (lambda v: v is None or isinstance(v, bool), "true or false"),
+    "patch": (lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(map(_positive_int, v)),
+              "three positive integers"),
+    "int list": (lambda v: isinstance(v, list) and len(v) > 0 and all(map(_positive_int, v)),
+                 "a list of positive integers"),
+    "bool list": (lambda v: isinstance(v, list) and all(isinstance(x, bool) for x in v), "a list of booleans"),
+    "number list": (lambda v: v is None or (isinstance(v, list) and all(map(_number, v))),
+                    "a list of finite numbers"),
+    "fps": (lambda v: _positive_int(v) and v <= MAX_FPS, f"an integer from 1 to {MAX_FPS}"),
+    "text": (lambda v: v is None or isinstance(v, str), "a string"),
+}
+
+INDEX_KEYS = {"boundary_ratio": "ratio", "expand_timesteps": "bool"}
+TRANSFORMER_KEYS = {
+    "patch_size": "patch", "num_attention_heads": "positive int", "attention_head_dim": "positive int",
+    "num_layers": "positive int", "in_channels": "positive int", "out_channels": "optional positive int",
+    "ffn_dim": "positive int", "text_dim": "positive int", "freq_dim": "positive int",
+    "rope_max_seq_len": "positive int", "image_dim": "optional positive int",
+    "added_kv_proj_dim": "optional positive int", "pos_embed_seq_len": "optional positive int",
+    "dim": "positive int", "num_heads": "positive int", "in_dim": "positive int", "out_dim": "positive int",
+}
+VAE_KEYS = {
+    "z_dim": "positive int", "base_dim": "positive int", "decoder_base_dim": "optional positive int",
+    "num_res_blocks": "positive int", "dim_mult": "int list", "temperal_downsample": "bool list",
+    "scale_factor_spatial": "optional positive int", "scale_factor_temporal": "optional positive int",
+    "patch_size": "optional positive int", "latents_mean": "number list", "latents_std": "number list",
+}
+SCHEDULER_KEYS = {
+    "num_train_timesteps": "positive int", "flow_shift": "optional positive number",
+    "shift": "optional positive number", "solver_order": "positive int", "beta_start": "number",
+    "beta_end": "number", "steps_offset": "non-negative int",
+}
+DEFAULTS_KEYS = {
+    "height": "positive int", "width": "positive int", "num_frames": "positive int",
+    "num_inference_steps": "positive int", "guidance_scale": "guidance", "guidance_scale_2": "optional guidance",
+    "flow_shift": "optional positive number", "fps": "fps", "name": "text",
+}
+
+
+def check_values(path: Path, data: dict[str, Any], kinds: dict[str, str]) -> None:
+    """Every key of ``kinds`` present in ``data`` has a value of its kind, else one
+    :class:`ModelFolderError` naming the file, the key and the value."""
+    for key, kind in kinds.items():
+        if key not in data:
+            continue
+        test, words = _KINDS[kind]
+        if not test(data[key]):
+            raise ModelFolderError(f"{path}: {key} must be {words}, got {json.dumps(data[key])[:60]}")

@@ -11,6 +11,7 @@ same guidance formula), so the same weights, seed and settings give the same vid
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -43,8 +44,11 @@ def encode_text(tokenizer, text_encoder, prompts: Sequence[str], max_sequence_le
     ``max_sequence_length``: ``(N, max_sequence_length, D)``.
 
     All prompts go through the encoder in one batch (the padding mask keeps them independent).
+    A prompt longer than ``max_sequence_length`` tokens is cut there (as in diffusers), with a
+    logged notice saying how many tokens were dropped.
     """
     texts = [prompt_clean(p) for p in prompts]
+    warn_truncated(tokenizer, texts, max_sequence_length)
     inputs = tokenizer(texts, padding="max_length", max_length=max_sequence_length, truncation=True,
                        add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
     ids, mask = inputs.input_ids, inputs.attention_mask
@@ -56,35 +60,147 @@ def encode_text(tokenizer, text_encoder, prompts: Sequence[str], max_sequence_le
     return torch.stack([torch.cat([u, u.new_zeros(max_sequence_length - u.size(0), u.size(1))]) for u in rows])
 
 
+PROMPT_NAMES = ("the prompt", "the negative prompt")
+
+
+def warn_truncated(tokenizer, texts: Sequence[str], max_sequence_length: int) -> list[int]:
+    """Log a notice for each text longer than ``max_sequence_length`` tokens; returns the
+    token counts (special tokens included)."""
+    import logging
+
+    counts = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+    for i, n in enumerate(counts):
+        if n > max_sequence_length:
+            name = PROMPT_NAMES[i] if i < len(PROMPT_NAMES) else f"prompt {i}"
+            logging.getLogger("fastdit.pipelines").warning(
+                "%s has %d tokens; only the first %d are used (max_sequence_length): %d dropped",
+                name, n, max_sequence_length, n - max_sequence_length)
+    return counts
+
+
 # ---------------------------------------------------------------------------------------
 # Image
 # ---------------------------------------------------------------------------------------
 def load_image(image: Any):
-    """A PIL RGB image from a PIL image, a path, or an array (HWC uint8, or float in [0, 1])."""
+    """A PIL RGB image from a PIL image, a path, or an array / tensor (HWC or CHW, 1, 3 or 4
+    channels; alpha dropped), scaled to 8 bits:
+
+    * 8-bit images and ``uint8`` arrays as they are; 16-bit images (PIL ``I;16``, ``I``) and
+      ``uint16`` arrays divided by 257 (65535 -> 255); other integer arrays must hold 0..255;
+    * float arrays must be finite and in [0, 1] (within 1e-3, then clipped);
+    * empty images, and images above PIL's decompression-bomb limit
+      (``PIL.Image.MAX_IMAGE_PIXELS``), are refused.
+
+    Raises :class:`~fastdit.errors.ImageError` (a ``ValueError``; ``FileNotFoundError`` for a
+    missing file) with a message that does not repeat the image's name.
+    """
     from PIL import Image
 
+    from fastdit.errors import ImageError
+
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return _pil_rgb(image)
     if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
-        with Image.open(image) as im:
-            im.load()
-            return im.convert("RGB")
+        return _pil_rgb(_open_image(image))
     if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
+        image = image.detach().cpu()
+        image = (image.float() if image.is_floating_point() else image).numpy()
     if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
-            arr = arr.transpose(1, 2, 0)  # CHW -> HWC
-        if arr.ndim == 2:
-            arr = arr[..., None]
-        if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"image array must be HWC with 1, 3 or 4 channels, got shape {image.shape}")
-        if arr.dtype != np.uint8:
-            arr = (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
-        if arr.shape[-1] == 1:
-            arr = np.repeat(arr, 3, axis=-1)
-        return Image.fromarray(arr[..., :3])
-    raise ValueError(f"image must be a PIL image, a path or an array, got {type(image).__name__}")
+        return Image.fromarray(_array_rgb(image))
+    raise ImageError(f"image must be a PIL image, a path or an array, got {type(image).__name__}")
+
+
+def _open_image(path):
+    """Open and decode an image file; the decompression-bomb guard is an error, not a warning."""
+    import warnings
+
+    from PIL import Image
+
+    from fastdit.errors import ImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                return im.copy() if im.mode in ("I;16", "I;16B", "I;16L", "I", "F") else im.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{pixels.group(1)} pixels" if pixels else "the image"
+        raise ImageError(f"{count} is more than the limit of {Image.MAX_IMAGE_PIXELS} pixels "
+                         "(PIL's decompression-bomb guard, PIL.Image.MAX_IMAGE_PIXELS)") from None
+
+
+def _pil_rgb(im):
+    """RGB from any PIL mode; 16- and 32-bit integer modes through the array rules."""
+    from fastdit.errors import ImageError
+
+    if im.width == 0 or im.height == 0:
+        raise ImageError(f"image is empty ({im.width}x{im.height})")
+    if im.mode in ("I;16", "I;16B", "I;16L"):
+        return _from_array(np.asarray(im).astype(np.uint16))
+    if im.mode == "I":  # 32-bit integers; 16-bit PNGs open this way: 0..65535 when above 255
+        arr = np.asarray(im)
+        return _from_array(arr.astype(np.uint16) if arr.min() >= 0 and 255 < arr.max() <= 65535 else arr)
+    if im.mode == "F":  # 32-bit floats on the 0..255 scale
+        return _from_array(np.clip(np.asarray(im), 0, 255).round().astype(np.uint8))
+    return im.convert("RGB")
+
+
+def _from_array(arr: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(_array_rgb(arr))
+
+
+def _array_rgb(image: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 from an HWC/CHW/HW array of the kinds :func:`load_image` takes."""
+    from fastdit.errors import ImageError
+
+    arr = image
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+        raise ImageError(f"image array must be HWC with 1, 3 or 4 channels, got shape {image.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageError(f"image is empty ({arr.shape[1]}x{arr.shape[0]})")
+    arr = _to_uint8(arr[..., :3] if arr.shape[-1] == 4 else arr)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return np.ascontiguousarray(arr)
+
+
+FLOAT_SLACK = 1e-3  # float images may stray this far outside [0, 1] (rounding); then clipped
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    from fastdit.errors import ImageError
+
+    kind = arr.dtype.kind
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.uint16:
+        return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # round(x / 257)
+    if kind == "b":
+        return arr.astype(np.uint8) * 255
+    if kind in "iu":
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise ImageError(f"integer image arrays must hold 0..255 (uint16: 0..65535), got {arr.dtype} "
+                             f"values from {lo} to {hi}")
+        return arr.astype(np.uint8)
+    if kind == "f":
+        values = arr.astype(np.float32)
+        if not np.isfinite(values).all():
+            raise ImageError("float image arrays must be finite, got NaN or infinity")
+        lo, hi = float(values.min()), float(values.max())
+        if lo < -FLOAT_SLACK or hi > 1 + FLOAT_SLACK:
+            raise ImageError(f"float image arrays must be in [0, 1], got values from {lo:g} to {hi:g} "
+                             "(divide 0..255 data by 255, or pass uint8)")
+        return (np.clip(values, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    raise ImageError(f"image arrays must hold integers or floats, got {arr.dtype}")
 
 
 @torch.no_grad()
@@ -197,6 +313,22 @@ def timestep_rows(t: torch.Tensor, batch: int, frame_mask: torch.Tensor | None) 
     return (frame_mask * t).unsqueeze(0).expand(batch, -1)  # (B, F)
 
 
+def expert_plan(timesteps: torch.Tensor, boundary_timestep: float | None) -> list[int]:
+    """Which expert runs each step: 0 for ``t >= boundary_timestep`` (or always), 1 below;
+    decided once on the host (no device sync inside the loop)."""
+    if boundary_timestep is None:
+        return [0] * len(timesteps)
+    return [0 if float(t) >= boundary_timestep else 1 for t in timesteps.cpu()]
+
+
+def plan_steps(scheduler, num_inference_steps: int, boundary_timestep: float | None,
+               device: torch.device) -> list[int]:
+    """:func:`expert_plan` for the timesteps ``scheduler`` will run (it sets them, as
+    :func:`denoise` does again)."""
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    return expert_plan(scheduler.timesteps, boundary_timestep)
+
+
 @torch.no_grad()
 def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts: Sequence[Expert],
             texts: Sequence[torch.Tensor], *, dtype: torch.dtype,
@@ -231,11 +363,7 @@ def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts:
     for index, expert in enumerate(experts):
         model = BranchModel(expert.model, texts, image_embeds)
         models.append(model if wrap_model is None else wrap_model(index, model))
-    # which expert runs each step, decided once on the host (no device sync inside the loop)
-    if boundary_timestep is None:
-        plan = [0] * len(timesteps)
-    else:
-        plan = [0 if float(t) >= boundary_timestep else 1 for t in timesteps.cpu()]
+    plan = expert_plan(timesteps, boundary_timestep)
     # TI2V with an image: the held first frame's part of every step's input, computed once
     held_frame = None if cond.first_frame is None else (1 - cond.keep_mask) * cond.first_frame
     total = len(timesteps)
@@ -270,14 +398,19 @@ def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts:
 # Decoding
 # ---------------------------------------------------------------------------------------
 @torch.no_grad()
-def decode(vae, video_processor, latents: torch.Tensor, output_type: str = "np"):
+def decode(vae, video_processor, latents: torch.Tensor, output_type: str = "np",
+           decoder: Callable[[torch.Tensor], torch.Tensor] | None = None):
     """Latents -> frames: un-normalise with the VAE's latents_mean/std, decode, map to [0, 1].
 
     ``output_type="np"``: float32 ``(F, H, W, 3)``; ``"pt"``: float32 ``(F, 3, H, W)``.
+    ``decoder(z) -> video`` replaces ``vae.decode(z).sample`` (the parallel decode).
     """
     vae_device = next(vae.parameters()).device
     latents = latents.to(vae_device, dtype=vae.dtype)
     mean, inv_std = _latent_stats(vae, latents.device, latents.dtype)
     latents = latents / inv_std + mean
-    video = vae.decode(latents, return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
+    if decoder is None:
+        video = vae.decode(latents, return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
+    else:
+        video = decoder(latents)
     return video_processor.postprocess_video(video, output_type=output_type)[0]

@@ -11,14 +11,25 @@ hides a bug.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import string
+import tempfile
 from pathlib import Path
 
 import torch
 
+from fastdit.pipelines.atomic import PartialFolder, signals_deferred, umask
 from fastdit.pipelines.spec import DEFAULTS_FILE, TINY_TASKS as TASKS
+
+#: Written into every tiny model: the files it holds (only those are ever replaced).
+MARKER = ".fastdit-tiny-model"
+TINY_NAME = "tiny random Wan"
+_LEGACY_FILE = re.compile(r"^(model_index\.json|fastdit_defaults\.json|(tokenizer|text_encoder|vae|scheduler|"
+                          r"transformer|transformer_2|image_encoder|image_processor)/[^/]+\.(json|safetensors|model))$")
 
 # Small enough for a CPU test, big enough that every code path is exercised.
 TEXT_DIM = 32
@@ -120,19 +131,43 @@ def _amplify_decoder(vae, gain: float = 1.5) -> None:
                 p.mul_(gain)
 
 
-def make_tiny_model(directory: str | os.PathLike, task: str = "t2v", seed: int = 0) -> Path:
+def make_tiny_model(directory: str | os.PathLike, task: str = "t2v", seed: int = 0, *,
+                    force: bool = False) -> Path:
     """Write a tiny random diffusers-format Wan model for ``task`` into ``directory``.
 
     ``t2v``: Wan2.1 T2V. ``i2v``: Wan2.1 I2V with a tiny CLIP image encoder. ``ti2v``: Wan2.2
     TI2V-5B layout (48-channel VAE, expand_timesteps). ``a14b``: Wan2.2 T2V-A14B layout (two
     experts, boundary_ratio 0.875). ``i2v-a14b``: Wan2.2 I2V-A14B layout (two experts, image
     latents + mask channels, boundary_ratio 0.9).
-    """
-    from diffusers import WanImageToVideoPipeline, WanPipeline
 
+    The model is built in a hidden folder next to ``directory`` and renamed into place at the
+    end (an interruption leaves nothing). An existing ``directory`` is replaced only when it is
+    empty or holds nothing but a tiny model this function wrote (its :data:`MARKER` lists the
+    files); anything else is a :class:`~fastdit.errors.UserError`, unless ``force``.
+    """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     directory = Path(directory)
+    if not force:
+        check_replaceable(directory)
+    created = _make_parents(directory.parent)
+    try:
+        with PartialFolder(directory) as part:
+            _write_tiny_model(part.path, task, seed)
+            with signals_deferred():
+                _replace_folder(part.path, directory)
+                part.commit()
+    except BaseException:
+        for folder in reversed(created):  # parents made for it, if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return directory
+
+
+def _write_tiny_model(directory: Path, task: str, seed: int) -> None:
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         tokenizer = make_tokenizer()
@@ -162,15 +197,96 @@ def make_tiny_model(directory: str | os.PathLike, task: str = "t2v", seed: int =
                                            **common)
         _perturb(text_encoder, vae, *parts)
         _amplify_decoder(vae)
-    directory.mkdir(parents=True, exist_ok=True)
     _quiet_save(pipe, directory)
-    defaults = {"name": "tiny random Wan", **TINY_DEFAULTS}
+    defaults = {"name": TINY_NAME, **TINY_DEFAULTS}
     if task in ("a14b", "i2v-a14b"):
         defaults["guidance_scale_2"] = 4.0
     if task == "ti2v":
         defaults.update(fps=12)
     (directory / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2) + "\n")
-    return directory
+    _usual_modes(directory)
+    files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    (directory / MARKER).write_text(json.dumps({"task": task, "seed": seed, "files": files}, indent=1) + "\n")
+    _usual_modes(directory)
+
+
+# ---------------------------------------------------------------------------------------
+# Replacing only what it wrote
+# ---------------------------------------------------------------------------------------
+def written_by_us(directory: Path) -> tuple[bool, str]:
+    """Whether ``directory`` holds nothing but a tiny model this module wrote; else a reason."""
+    files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                   if p.is_file() or p.is_symlink())
+    marker = directory / MARKER
+    if marker.is_file():
+        try:
+            listed = set(json.loads(marker.read_text())["files"]) | {MARKER}
+        except (OSError, ValueError, KeyError, TypeError):
+            return False, f"its {MARKER} cannot be read"
+    else:
+        defaults = directory / DEFAULTS_FILE
+        try:
+            legacy = json.loads(defaults.read_text()).get("name") == TINY_NAME
+        except (OSError, ValueError, AttributeError):
+            legacy = False
+        if not legacy:
+            return False, f"it has no {MARKER} (a folder make-tiny-model wrote has one)"
+        listed = {f for f in files if _LEGACY_FILE.match(f)}  # before the marker existed
+    foreign = [f for f in files if f not in listed]
+    if foreign:
+        return False, f"it holds files make-tiny-model did not write (e.g. {foreign[0]})"
+    return True, ""
+
+
+def check_replaceable(directory: Path) -> None:
+    """Raise :class:`UserError` unless ``directory`` is absent, empty or one of our tiny models."""
+    from fastdit.errors import UserError
+
+    if not directory.exists() and not directory.is_symlink():
+        return
+    if not directory.is_dir() or directory.is_symlink():
+        raise UserError(f"{directory} exists and is not a folder")
+    if not any(directory.iterdir()):
+        return
+    ours, reason = written_by_us(directory)
+    if not ours:
+        raise UserError(f"{directory} is not empty and {reason}: choose another folder, or pass "
+                        "--force (force=True) to replace it")
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put ``new`` at ``target``; an existing ``target`` goes aside and is removed after."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{target.name[:40]}.old-", dir=target.parent))
+    os.rename(target, trash / "old")
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(trash / "old", target)
+        shutil.rmtree(trash, ignore_errors=True)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns those it made (outermost first)."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir()
+    return list(reversed(missing))
+
+
+def _usual_modes(directory: Path) -> None:
+    """Files 0666 and folders 0777 less the umask (safetensors writes its files 0600)."""
+    mask = umask()
+    directory.chmod(0o777 & ~mask)
+    for path in directory.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _quiet_save(pipe, directory: Path) -> None:

@@ -24,10 +24,12 @@ from typing import Any, Callable
 
 import torch
 
+from fastdit.distributed import pipeline as parallel_run
+from fastdit.distributed.groups import ParallelState, broadcast_from_writer, close_parallel, single_process
 from fastdit.errors import InputError, first_line
 from fastdit.pipelines import stages
 from fastdit.pipelines.control import GenerationControl, Progress
-from fastdit.pipelines.guidance import CFG, NoGuidance
+from fastdit.pipelines.guidance import CFG, CFGZeroStar, GuidanceUntil, NoGuidance
 from fastdit.pipelines.loading import (  # noqa: F401  (re-exported for older imports)
     OFFLOAD_MODES,
     SCHEDULERS,
@@ -46,6 +48,7 @@ from fastdit.pipelines.request import (  # noqa: F401  (re-exported)
 )
 from fastdit.pipelines.result import GenerationResult
 from fastdit.pipelines.spec import ModelSpec
+from fastdit.pipelines.variants import Variant
 
 log = logging.getLogger("fastdit.pipelines")
 
@@ -57,14 +60,21 @@ class WanVideoPipeline:
 
     ``offload``: ``"none"`` keeps everything on the device; ``"experts"`` keeps only the active
     Wan2.2 expert there (the other waits in CPU memory); ``"model"`` also moves the text and
-    image encoders to the device only while they run. The pipeline holds no per-generation
-    state: every generation makes its own scheduler and control object.
+    image encoders to the device only while they run. ``cache``: the step cache of every
+    generation that sets none (docs/caching.md). The pipeline holds no per-generation state:
+    every generation makes its own scheduler, control object and cache session.
+
+    ``parallel``: this process's place in a multi-GPU run (:mod:`fastdit.distributed`; default
+    one process). Every rank calls :meth:`run` with the same request; the text encoder and CLIP
+    run on the writer (rank 0, the only rank that loads them) and their outputs are broadcast;
+    every rank returns the latents, the ranks of the VAE group the frames (others: None).
     """
 
     def __init__(self, spec: ModelSpec, *, tokenizer, text_encoder, vae, scheduler, transformer,
                  transformer_2=None, image_encoder=None, image_processor=None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-                 offload: str = "none"):
+                 offload: str = "none", cache: Any = None, options: LoadOptions | None = None,
+                 variant: Variant | None = None, parallel: ParallelState | None = None):
         from diffusers.video_processor import VideoProcessor
 
         self.spec = spec
@@ -81,8 +91,19 @@ class WanVideoPipeline:
         if offload not in OFFLOAD_MODES or offload == "auto":
             raise ValueError(f"offload must be one of none, experts, model; got {offload!r}")
         self.offload = offload
+        self.cache = None  # the default CacheConfig (frozen; each generation has its own session)
+        if cache is not None:  # checked against the model now (load() did so before any weights)
+            from fastdit.cache.config import as_cache_config
+            from fastdit.cache.wiring import check_cache
+
+            self.cache = as_cache_config(cache)
+            if self.cache is not None:
+                check_cache(self.cache, spec)
+        self.parallel = parallel if parallel is not None else single_process(self.device)
         self.video_processor = VideoProcessor(vae_scale_factor=spec.vae_stride_spatial)
         self.load_seconds: float | None = None
+        self.options = options if options is not None else LoadOptions()  # how it was loaded
+        self.variant = variant if variant is not None else Variant()  # preset, files, LoRAs
         from fastdit.quant.config import PrecisionConfig
 
         # the precision setting of the transformers (exact unless loaded with quantize=...) and
@@ -95,19 +116,31 @@ class WanVideoPipeline:
     # ---- construction ----------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | ModelSpec, device: torch.device | str | None = None,
-                        dtype: torch.dtype | None = None, **options: Any) -> "WanVideoPipeline":
+                        dtype: torch.dtype | None = None, variant: Variant | None = None,
+                        **options: Any) -> "WanVideoPipeline":
         """Load a diffusers-format Wan folder (or Hub id); ``options`` are :class:`LoadOptions`
-        fields. ``dtype`` defaults to bf16 on a GPU and fp32 on the CPU."""
-        return load_pipeline(cls, path, device, dtype, LoadOptions.from_kwargs(**options))
+        fields. ``dtype`` defaults to bf16 on a GPU and fp32 on the CPU. ``variant``: the
+        result of :func:`~fastdit.pipelines.variants.plan_variant` for these options, when the
+        caller checked them first (``path`` is then the spec it returned)."""
+        return load_pipeline(cls, path, device, dtype, LoadOptions.from_kwargs(**options), variant)
 
     # ---- helpers ---------------------------------------------------------------------
+    @property
+    def is_writer(self) -> bool:
+        """True on the process that saves the video and prints (rank 0; always in one process)."""
+        return self.parallel.is_writer
+
+    def close(self) -> None:
+        """Leave the process group this pipeline joined (a multi-GPU run); else nothing."""
+        close_parallel(self.parallel)
+
     @property
     def experts(self) -> list:
         return [m for m in (self.transformer, self.transformer_2) if m is not None]
 
     def check_request(self, request: GenerationRequest | None = None, **kwargs) -> ResolvedRequest:
-        """:func:`resolve_request` for this model."""
-        return resolve_request(self.spec, request, **kwargs)
+        """:func:`resolve_request` for this model (and this pipeline's default cache)."""
+        return resolve_request(self.spec, request, default_cache=self.cache, **kwargs)
 
     def _activate_expert(self, index: int) -> None:
         if self.offload == "none" or len(self.experts) < 2:
@@ -128,20 +161,50 @@ class WanVideoPipeline:
         finally:
             module.to("cpu")
 
+    def _scheduler_for(self, req: ResolvedRequest):
+        """This generation's own scheduler: the few-step schedule it resolved to, the model's
+        scheduler with the request's shift, or a fresh copy of the pipeline's."""
+        if req.few_step is not None:
+            return req.few_step.scheduler(self.spec.scheduler_config.get("num_train_timesteps", 1000))
+        if req.flow_shift is not None:
+            return make_scheduler(self.spec, self.options.scheduler, req.flow_shift)
+        return copy.deepcopy(self.scheduler)
+
     def _experts_for(self, req: ResolvedRequest) -> tuple[list[stages.Expert], float | None]:
         """Each expert with its guidance, and the timestep where the second takes over.
 
         As diffusers: guidance is on when guidance_scale > 1, and then every expert applies its
         own scale (an expert whose scale is exactly 1 runs the prompt alone: the same math, half
-        the work)."""
+        the work). The guidance shortcuts of the request (CFG-Zero*, guidance until a step
+        fraction) replace CFG in each guided expert; their step index is the global one. The
+        switch is at ``boundary_ratio * num_train_timesteps``, or, on a few-step schedule, after
+        its ``boundary_step`` steps (LightX2V)."""
+        from fastdit.schedulers.few_step import FewStepScheduler
+
         guided = req.guided
-        experts = [stages.Expert(self.transformer, CFG(req.guidance_scale) if guided else NoGuidance())]
+        experts = [stages.Expert(self.transformer, self._guidance(req.guidance_scale, req) if guided
+                                 else NoGuidance())]
         boundary = None
         if self.spec.two_experts:
-            second = CFG(req.guidance_scale_2) if guided and req.guidance_scale_2 != 1.0 else NoGuidance()
+            second = (self._guidance(req.guidance_scale_2, req) if guided and req.guidance_scale_2 != 1.0
+                      else NoGuidance())
             experts.append(stages.Expert(self.transformer_2, second))
-            boundary = self.spec.boundary_ratio * self.scheduler.config.num_train_timesteps
+            scheduler = self._scheduler_for(req) if req.few_step is not None else self.scheduler
+            if isinstance(scheduler, FewStepScheduler):
+                boundary = scheduler.boundary_timestep  # None: one step, the first expert
+            else:
+                boundary = self.spec.boundary_ratio * scheduler.config.num_train_timesteps
         return experts, boundary
+
+    @staticmethod
+    def _guidance(scale: float, req: ResolvedRequest):
+        """CFG at ``scale``, or the request's guidance shortcuts around it."""
+        steps = req.num_inference_steps
+        strategy = (CFGZeroStar(scale, steps, zero_init_steps=req.zero_init_steps) if req.cfg_zero_star
+                    else CFG(scale))
+        if req.guidance_until is not None and req.guidance_until < 1.0:
+            strategy = GuidanceUntil(scale, req.guidance_until, steps, guided=strategy)
+        return strategy
 
     # ---- generation ------------------------------------------------------------------
     def generate(self, prompt: str, negative_prompt: str | None = None, height: int | None = None,
@@ -150,7 +213,10 @@ class WanVideoPipeline:
                  guidance_scale_2: float | None = None, seed: int | torch.Generator | None = 0,
                  image: Any = None, max_sequence_length: int = 512, output_type: str = "np",
                  progress: bool = False, callback: Callable[[int, int], None] | None = None,
-                 control: GenerationControl | None = None) -> GenerationResult:
+                 control: GenerationControl | None = None, cache: Any = None,
+                 guidance_until: float | None = None, cfg_zero_star: bool = False,
+                 zero_init_steps: int | None = None, timesteps=None,
+                 flow_shift: float | None = None, boundary_step: int | None = None) -> GenerationResult:
         """Generate one video. Unset sizes/steps/guidance come from the model's defaults.
 
         ``image``: a PIL image, a path or an array (I2V: required; TI2V-5B: optional).
@@ -158,12 +224,23 @@ class WanVideoPipeline:
         ``"latent"``. ``progress``: a progress bar on stderr. ``callback(step, total)`` runs
         after every denoising step; ``control`` reports progress and can cancel (see
         :class:`~fastdit.pipelines.control.GenerationControl`).
+
+        Opt-in, output-changing features (docs/caching.md): ``cache`` a step cache
+        (``"teacache:threshold=0.08"``; None: the pipeline's default, ``"none"``: off; the
+        result's ``stats["cache"]`` says what it reused); ``guidance_until`` guidance on that
+        fraction of the steps only; ``cfg_zero_star`` CFG-Zero* (``zero_init_steps`` zero-velocity
+        first steps, default 1).
+        :class:`~fastdit.pipelines.control.GenerationControl`). ``timesteps``, ``flow_shift``,
+        ``boundary_step``: this generation's sampler (see
+        :class:`~fastdit.pipelines.request.GenerationRequest`).
         """
         request = GenerationRequest(
             prompt=prompt, negative_prompt=negative_prompt, image=image, height=height, width=width,
             num_frames=num_frames, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2, seed=seed,
-            max_sequence_length=max_sequence_length, output_type=output_type)
+            max_sequence_length=max_sequence_length, output_type=output_type, cache=cache,
+            guidance_until=guidance_until, cfg_zero_star=cfg_zero_star, zero_init_steps=zero_init_steps,
+            timesteps=timesteps, flow_shift=flow_shift, boundary_step=boundary_step)
         return self.run(request, control=control, progress=progress, callback=callback)
 
     __call__ = generate
@@ -185,39 +262,49 @@ class WanVideoPipeline:
         timings: dict[str, float] = {}
         clock = _StageClock(platform, timings)
         spec, device, dtype = self.spec, self.device, self.dtype
+        par = self.parallel
+        parallel_run.check_request(par, req.guided)
         if not req.guided and (req.guidance_scale_2 or 0.0) > 1.0:
             log.warning("guidance_scale <= 1 turns guidance off for both experts (as in diffusers); "
                         "guidance_scale_2=%s is not used", req.guidance_scale_2)
 
-        with clock("text"), self._on_device(self.text_encoder):
+        with clock("text"), self._on_device(self.text_encoder):  # on the writer, shared (parallel)
             prompts = [request.prompt] + ([request.negative_prompt or ""] if req.guided else [])
-            embeds = stages.encode_text(self.tokenizer, self.text_encoder, prompts, req.max_sequence_length,
-                                        device=device, dtype=self.text_encoder.dtype).to(dtype)
+            embeds = parallel_run.share_from_writer(lambda: stages.encode_text(
+                self.tokenizer, self.text_encoder, prompts, req.max_sequence_length, device=device,
+                dtype=self.text_encoder.dtype).to(dtype), par)
             texts = list(embeds.split(1))  # one (1, S, D) per guidance branch
 
         image_embeds = None
         if spec.has_clip:
             with clock("image"), self._on_device(self.image_encoder):
-                image_embeds = stages.encode_image(self.image_processor, self.image_encoder, pil_image,
-                                                   device, dtype)
+                image_embeds = parallel_run.share_from_writer(lambda: stages.encode_image(
+                    self.image_processor, self.image_encoder, pil_image, device, dtype), par)
 
         with clock("latents"):
             shape = stages.latent_shape(spec.latent_channels, req.num_frames, req.height, req.width,
                                         spec.vae_stride_temporal, spec.vae_stride_spatial)
-            latents = stages.initial_noise(shape, seed, device)
+            latents = broadcast_from_writer(stages.initial_noise(shape, seed, device), par)  # rank 0's
             condition = None
             if pil_image is not None:
                 with self._vae_lock:
-                    condition = stages.encode_image_condition(
+                    condition = parallel_run.share_from_writer(lambda: stages.encode_image_condition(
                         self.vae, self.video_processor, pil_image, latents, req.num_frames, req.height,
-                        req.width, spec.vae_stride_temporal, spec.expand_timesteps)
+                        req.width, spec.vae_stride_temporal, spec.expand_timesteps), par)
 
+        scheduler = self._scheduler_for(req)
         experts, boundary = self._experts_for(req)
-        control, bar = _control_with_reports(control, progress, callback, req.num_inference_steps)
+        guidance = [repr(e.strategy()) for e in experts]
+        experts = parallel_run.parallel_experts(experts, par)
+        session = None
+        if req.cache is not None:  # a step cache: this generation's own session, every expert
+            experts, session = self._cached(experts, req, scheduler, boundary, pil_image is not None)
+        control, bar = _control_with_reports(control, progress and par.is_writer, callback,
+                                             req.num_inference_steps)
         try:
             with clock("denoise"):
                 latents = stages.denoise(
-                    latents, copy.deepcopy(self.scheduler), req.num_inference_steps, experts, texts,
+                    latents, scheduler, req.num_inference_steps, experts, texts,
                     dtype=dtype, boundary_timestep=boundary, image_embeds=image_embeds, condition=condition,
                     expand_timesteps=spec.expand_timesteps, patch_size=spec.patch_size, control=control,
                     on_expert=self._activate_expert)
@@ -228,18 +315,39 @@ class WanVideoPipeline:
 
         if request.output_type == "latent":
             frames = latents
+        elif not parallel_run.decodes(par):  # a rank outside the VAE group
+            frames = None
         else:
             with clock("decode"), self._vae_lock:
-                frames = stages.decode(self.vae, self.video_processor, latents, output_type=request.output_type)
+                frames = stages.decode(self.vae, self.video_processor, latents, output_type=request.output_type,
+                                       decoder=parallel_run.vae_decoder(self.vae, par))
         timings["total"] = sum(v for k, v in timings.items() if k != "per_step")
         settings = dataclasses.asdict(req) | {
             "seed": seed if not isinstance(seed, torch.Generator) else None, "prompt": request.prompt,
             "negative_prompt": request.negative_prompt or "", "image": pil_image is not None,
-            "model": spec.name, "task": spec.task,
-            "guidance": [repr(e.strategy()) for e in experts],
+            "model": spec.name, "task": spec.task, "guidance": guidance,
+            "cache": None if req.cache is None else req.cache.spec(),
+            "sampler": req.few_step.describe() if req.few_step is not None else type(scheduler).__name__,
+            "weights": [e.settings() for e in self.variant.experts],
             "quantize": self.precision.spec(), "precision": self.precision_summary()}
+        stats = {} if session is None else {"cache": session.finish().to_dict()}
+        if par.world_size > 1:
+            settings["parallel"] = par.config.describe()
         return GenerationResult(frames=frames, timings=timings, fps=req.fps,
-                                peak_memory=platform.memory_allocated_peak(), settings=settings)
+                                peak_memory=platform.memory_allocated_peak(), settings=settings,
+                                stats=stats)
+
+    def _cached(self, experts: list[stages.Expert], req: ResolvedRequest, scheduler,
+                boundary: float | None, has_image: bool):
+        """The experts with their guidance behind this generation's step cache, and the session."""
+        from fastdit.cache.session import CachedGuidance
+        from fastdit.cache.wiring import new_session
+
+        plan = stages.plan_steps(scheduler, req.num_inference_steps, boundary, self.device)
+        session = new_session(req.cache, self.spec, self.transformer, plan, height=req.height,
+                              width=req.width, has_image=has_image)
+        cached = [dataclasses.replace(e, guidance=CachedGuidance(e.strategy(), session)) for e in experts]
+        return cached, session
 
     def precision_summary(self) -> dict[str, Any]:
         """The precision setting and what it changed, for ``result.settings``: ``exact``, the

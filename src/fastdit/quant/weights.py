@@ -61,12 +61,15 @@ def is_quantizable_linear(module: nn.Module) -> bool:
 def quantize_module_weight_(module: nn.Module, compute: str = "fp8") -> int:
     """Quantise one layer's weight in place; returns the bytes it took before.
 
-    Already-quantised layers (weight in e4m3) are left alone and count 0.
+    Already-quantised layers (weight in e4m3 with scales, e.g. stored so by ``weights="fp8"``)
+    keep their weight, get ``compute`` and count 0.
     """
     if compute not in ("fp8", "dense"):
         raise ValueError(f"compute must be 'fp8' or 'dense', got {compute!r}")
     weight = module.weight
     if weight.dtype == FP8_DTYPE:
+        if getattr(module, "weight_scale", None) is not None and hasattr(module, "compute"):
+            module.compute = compute
         return 0
     before = weight.numel() * weight.element_size()
     with torch.no_grad():

@@ -14,7 +14,9 @@ from fastdit.platforms import current_platform
 
 
 def supported() -> bool:
-    return current_platform().name == "cuda" and hasattr(torch, "_addmm_activation")
+    """A CUDA platform whose device is present (not only forced by FASTDIT_PLATFORM)."""
+    platform = current_platform()
+    return platform.name == "cuda" and platform.is_available() and hasattr(torch, "_addmm_activation")
 
 
 def supports_args(x, weight, bias=None) -> bool:

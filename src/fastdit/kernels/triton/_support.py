@@ -26,10 +26,12 @@ def interpreting() -> bool:
 
 
 def supported() -> bool:
-    """Triton importable, and a CUDA/ROCm platform (or the Triton interpreter)."""
+    """Triton importable, and a CUDA/ROCm platform with its device present (or the Triton
+    interpreter): a forced platform whose device is missing offers no Triton kernels."""
     from fastdit.platforms import current_platform
 
-    if not (interpreting() or current_platform().name in ("cuda", "rocm")):
+    platform = current_platform()
+    if not (interpreting() or (platform.name in ("cuda", "rocm") and platform.is_available())):
         return False
     import triton  # noqa: F401  (raises ImportError when missing: the registry reads that as no)
 

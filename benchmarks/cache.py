@@ -1,0 +1,290 @@
+"""Step caching: each policy at three thresholds, against the uncached video and peer caches.
+
+    python benchmarks/cache.py --out benchmarks/results/cache-h200.json                 # everything
+    python benchmarks/cache.py --impls fastdit --policies teacache,magcache --out out/cache-fastdit-1.json
+    python benchmarks/cache.py --impls diffusers,diffusers-fbcache --out out/cache-fbc.json
+    python benchmarks/cache.py --impls diffusers,cache-dit --policies dbcache --out out/cache-dit-1.json
+    python benchmarks/cache.py --tiny --out /tmp/cache.json                             # CPU check
+
+Wan2.1-T2V-1.3B with random weights (the components of ``benchmarks/e2e.py``: one seed, diffusers'
+WanTransformer3DModel shares fastdit's tensors), 480x832, 81 frames, 50 steps, guidance 5.
+Per run: total seconds, denoise seconds, branch forwards run (of 2 x steps), the speed-up
+over the same implementation without a cache, and the PSNR of the frames against it (and
+against fastdit without a cache when it ran in the same process). The PSNR is this script's own
+(``e2e.compare``: 10 log10(1 / MSE) over float frames in [0, 1]; main has no
+``fastdit.quality`` yet).
+
+* ``fastdit``: no cache, then the ``--policies`` (``teacache``, ``magcache``, ``fbcache``,
+  ``dbcache``, ``dbcache+taylorseer``) at three thresholds each, through
+  ``pipe.generate(..., cache=SPEC)``; the forwards come from ``result.stats["cache"]``. With
+  ``--overhead-steps N`` (default 10) also the cost of deciding: an ``N``-step run of each
+  policy at ``threshold=1e-9`` (it measures every step and reuses none) against an uncached
+  ``N``-step run, per step.
+* ``diffusers``: WanPipeline without a cache; ``diffusers-fbcache``: diffusers' FirstBlockCache
+  hook (``transformer.enable_cache(FirstBlockCacheConfig(threshold))``) at the fbcache thresholds.
+* ``cache-dit``: cache-dit's DBCache (F8B0, warm-up 8, ``cache_dit.enable_cache(pipe,
+  cache_config=DBCacheConfig(...), calibrator_config=TaylorSeerCalibratorConfig(1))``) without
+  TaylorSeer when ``dbcache`` is in ``--policies`` and with it for ``dbcache+taylorseer``, at the
+  dbcache thresholds; skipped when ``cache_dit`` is not installed.
+
+One GPU step of ``benchmarks/gpu_run.sh`` runs a few policies (three runs of 50 steps take
+about 2.5 minutes on an H200 at worst): ``cache-fastdit-1`` teacache + magcache,
+``cache-fastdit-2`` fbcache + dbcache, ``cache-fastdit-3`` dbcache+taylorseer,
+``cache-diffusers``, ``cache-dit-1`` / ``cache-dit-2``.
+
+Random weights make the cache decisions unlike a trained model's (how fast the residuals move
+decides everything): report the forwards run and the PSNR for what they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+E2E = Path(__file__).resolve().parent / "e2e.py"
+
+#: policy -> (spec template, three thresholds); {n}, {w}, {model} differ for the tiny model
+FASTDIT_POLICIES = {
+    "teacache": ("teacache:threshold={t}{model}", (0.05, 0.08, 0.1)),
+    "magcache": ("magcache:threshold={t},K=4,retention=0.2{model}", (0.06, 0.12, 0.24)),
+    "fbcache": ("fbcache:threshold={t}", (0.05, 0.1, 0.2)),
+    "dbcache": ("dbcache:threshold={t},n={n},m=0,warmup={w}", (0.08, 0.12, 0.2)),
+    "dbcache+taylorseer": ("dbcache:threshold={t},n={n},m=0,warmup={w},taylorseer=true", (0.08, 0.12, 0.2)),
+}
+IMPLS = ("fastdit", "diffusers", "diffusers-fbcache", "cache-dit")
+
+
+def _e2e():
+    spec = importlib.util.spec_from_file_location("e2e_benchmark", E2E)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class BlockCounter:
+    """Counts the calls that really ran ``block.ffn`` (a cached block skips it)."""
+
+    def __init__(self, block: torch.nn.Module) -> None:
+        self.calls = 0
+        self.handle = block.ffn.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, out) -> None:
+        self.calls += 1
+
+    def close(self) -> int:
+        self.handle.remove()
+        return self.calls
+
+
+# ---------------------------------------------------------------------------------------
+# fastdit
+# ---------------------------------------------------------------------------------------
+def run_fastdit(e2e, pipe, args, device, spec: str | None, steps: int | None = None) -> tuple[dict, object]:
+    """One fastdit generation (``spec``: a cache, or None); its times and cache stats."""
+    steps = steps or args.steps
+    e2e.sync(device)
+    t0 = time.perf_counter()
+    result = pipe.generate(e2e.PROMPT, negative_prompt=e2e.NEGATIVE, height=args.height, width=args.width,
+                           num_frames=args.frames, num_inference_steps=steps,
+                           guidance_scale=args.guidance, seed=args.seed, cache=spec or "none")
+    e2e.sync(device)
+    total = time.perf_counter() - t0
+    stats = result.stats.get("cache")
+    if (stats is None) != (spec is None):
+        raise RuntimeError(f"fastdit ran with cache stats {stats} for the setting {spec!r}")
+    run = {"total_s": total, "denoise_s": result.timings["denoise"], "per_step_s": result.timings["per_step"],
+           "forwards_run": stats["forwards_run"] if stats else 2 * steps,
+           "forwards_total": 2 * steps, "cache_stats": stats}
+    return run, result.frames
+
+
+def fastdit_runs(e2e, c, args, device, dtype, log) -> None:
+    pipe = e2e.fastdit_pipeline(c, device, dtype)
+    e2e.run_fastdit(pipe, args, args.warmup_steps, device)  # warm-up
+    base, frames = run_fastdit(e2e, pipe, args, device, None)
+    log("fastdit", None, base, frames, frames)
+    policies = selected(args.policies)
+    for policy, (template, thresholds) in policies:
+        for threshold in picked(thresholds, args):
+            run, out = run_fastdit(e2e, pipe, args, device, fastdit_spec(template, threshold, args))
+            run["speedup"] = base["total_s"] / run["total_s"]
+            log("fastdit", fastdit_spec(template, threshold, args), run, out, frames)
+    if args.overhead_steps:
+        overhead_runs(e2e, pipe, args, device, policies, log)
+
+
+def fastdit_spec(template: str, threshold: float, args) -> str:
+    return template.format(t=threshold, n=args.dbcache_n, w=args.dbcache_warmup, model=args.model_suffix)
+
+
+def overhead_runs(e2e, pipe, args, device, policies, log) -> None:
+    """The cost of deciding: each policy measuring every step and reusing none, per step,
+    against the uncached per-step time (same short run)."""
+    steps = args.overhead_steps
+    plain, _ = run_fastdit(e2e, pipe, args, device, None, steps)
+    log("fastdit-overhead", None, plain, None, None)
+    for policy, (template, _) in policies:
+        spec = fastdit_spec(template, 1e-9, args)
+        run, _ = run_fastdit(e2e, pipe, args, device, spec, steps)
+        reused = run["cache_stats"]["forwards_reused"]
+        run["overhead_per_step_pct"] = 100.0 * (run["per_step_s"] / plain["per_step_s"] - 1.0)
+        if reused:
+            run["note"] = f"{reused} forwards reused even at threshold 1e-9: not a pure decision cost"
+        log("fastdit-overhead", spec, run, None, None)
+
+
+def picked(thresholds, args) -> list[float]:
+    """The thresholds ``--threshold-index`` keeps (all three by default)."""
+    return [thresholds[int(i)] for i in args.threshold_index.split(",") if i.strip()]
+
+
+def selected(names: str):
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = set(wanted) - set(FASTDIT_POLICIES)
+    if unknown:
+        raise SystemExit(f"unknown policies {sorted(unknown)}; known: {', '.join(FASTDIT_POLICIES)}")
+    return [(n, FASTDIT_POLICIES[n]) for n in wanted]
+
+
+# ---------------------------------------------------------------------------------------
+# Peers on diffusers' WanPipeline
+# ---------------------------------------------------------------------------------------
+def run_diffusers(e2e, pipe, args, device, counted_block: int | None) -> tuple[dict, object]:
+    counter = BlockCounter(pipe.transformer.blocks[counted_block]) if counted_block is not None else None
+    try:
+        run, frames = e2e.run_diffusers(pipe, args, args.steps, device)
+    finally:
+        calls = counter.close() if counter else None
+    s = run["stages"]
+    return {"total_s": s["total"], "denoise_s": s["denoise"], "per_step_s": s["per_step"],
+            "forwards_run": 2 * args.steps if calls is None else calls,
+            "forwards_total": 2 * args.steps}, frames
+
+
+def diffusers_runs(e2e, c, args, device, impls, log, fastdit_frames) -> None:
+    pipe = e2e.diffusers_pipeline(c)
+    e2e.run_diffusers(pipe, args, args.warmup_steps, device)  # warm-up
+    base, frames = run_diffusers(e2e, pipe, args, device, None)
+    log("diffusers", None, base, frames, frames, fastdit_frames)
+    if "diffusers-fbcache" in impls:
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        for threshold in picked(FASTDIT_POLICIES["fbcache"][1], args):
+            pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+            try:
+                run, out = run_diffusers(e2e, pipe, args, device, counted_block=1)
+            finally:
+                pipe.transformer.disable_cache()
+            run["speedup"] = base["total_s"] / run["total_s"]
+            log("diffusers-fbcache", f"FirstBlockCacheConfig(threshold={threshold})", run, out, frames,
+                fastdit_frames)
+    if "cache-dit" in impls:
+        cache_dit_runs(e2e, pipe, args, device, log, frames, fastdit_frames, base)
+
+
+def cache_dit_runs(e2e, pipe, args, device, log, frames, fastdit_frames, base) -> None:
+    try:
+        import cache_dit
+        from cache_dit import DBCacheConfig, TaylorSeerCalibratorConfig
+    except ImportError as exc:
+        log("cache-dit", None, {"skipped": f"cache_dit not importable ({exc})"}, None, None)
+        return
+    wanted = [name for name, _ in selected(args.policies)]
+    for taylorseer in [t for t, name in ((False, "dbcache"), (True, "dbcache+taylorseer")) if name in wanted]:
+        for threshold in picked(FASTDIT_POLICIES["dbcache"][1], args):
+            config = DBCacheConfig(Fn_compute_blocks=args.dbcache_n, Bn_compute_blocks=0,
+                                   residual_diff_threshold=threshold,
+                                   max_warmup_steps=args.dbcache_warmup, num_inference_steps=args.steps)
+            calibrator = TaylorSeerCalibratorConfig(taylorseer_order=1) if taylorseer else None
+            cache_dit.enable_cache(pipe, cache_config=config, calibrator_config=calibrator)
+            try:
+                run, out = run_diffusers(e2e, pipe, args, device, counted_block=args.dbcache_n)
+            finally:
+                cache_dit.disable_cache(pipe)
+            run["speedup"] = base["total_s"] / run["total_s"]
+            name = f"DBCache F{args.dbcache_n}B0 W{args.dbcache_warmup} R{threshold}"
+            log("cache-dit", name + (" +TaylorSeer(1)" if taylorseer else ""), run, out, frames,
+                fastdit_frames)
+
+
+# ---------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="JSON result file (rewritten after every run)")
+    parser.add_argument("--impls", default=",".join(IMPLS), help=f"any of {', '.join(IMPLS)}")
+    parser.add_argument("--policies", default=",".join(FASTDIT_POLICIES))
+    parser.add_argument("--threshold-index", default="0,1,2",
+                        help="which of each policy's three thresholds to run (e.g. 1: the middle one)")
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--flow-shift", type=float, default=3.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup-steps", type=int, default=3)
+    parser.add_argument("--overhead-steps", type=int, default=10,
+                        help="steps of the decision-cost runs (0: none)")
+    parser.add_argument("--tiny", action="store_true", help="toy model on the CPU (checks the script)")
+    args = parser.parse_args(argv)
+    impls = [s.strip() for s in args.impls.split(",") if s.strip()]
+    if set(impls) - set(IMPLS):
+        raise SystemExit(f"unknown impls {sorted(set(impls) - set(IMPLS))}; known: {', '.join(IMPLS)}")
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    args.dbcache_n, args.dbcache_warmup, args.model_suffix = 8, 8, ""
+    if args.tiny:  # the toy transformer has 2 blocks and is no published model
+        args.height, args.width, args.frames, args.steps, args.warmup_steps = 32, 32, 5, 6, 1
+        args.overhead_steps = min(args.overhead_steps, 3)
+        args.dbcache_n, args.dbcache_warmup = 1, 1
+        args.model_suffix = ",model=Wan2.1-T2V-1.3B"  # borrowed constants (TeaCache / MagCache)
+        torch.set_num_threads(min(4, torch.get_num_threads()))
+    e2e = _e2e()
+    from diffusers.utils import logging as dlogging
+
+    dlogging.set_verbosity_error()
+    import diffusers
+
+    result = {"env": {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                      "torch": torch.__version__, "diffusers": diffusers.__version__,
+                      "dtype": str(dtype).replace("torch.", ""),
+                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+              "tiny": args.tiny, "note": "random weights: cache decisions unlike a trained model's",
+              "shape": {"height": args.height, "width": args.width, "frames": args.frames,
+                        "steps": args.steps, "guidance": args.guidance}, "runs": []}
+    frames: dict = {}
+
+    def log(impl, setting, run, out, reference, fastdit_reference=None):
+        entry = {"impl": impl, "setting": setting, **run}
+        if out is not None:
+            entry["psnr_vs_uncached_db"] = e2e.compare(out, reference)["psnr_db"]
+            other = fastdit_reference if fastdit_reference is not None else frames.get("fastdit")
+            if other is not None:
+                entry["psnr_vs_fastdit_uncached_db"] = e2e.compare(out, other)["psnr_db"]
+            if setting is None and impl not in frames:
+                frames[impl] = out
+        result["runs"].append(entry)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in entry.items()
+                 if k not in ("cache_stats",)}
+        print(json.dumps(shown), flush=True)
+
+    c = e2e.build_components(args, device, dtype)
+    with torch.no_grad():
+        if "fastdit" in impls:
+            fastdit_runs(e2e, c, args, device, dtype, log)
+        if {"diffusers", "diffusers-fbcache", "cache-dit"} & set(impls):
+            diffusers_runs(e2e, c, args, device, impls, log, frames.get("fastdit"))
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

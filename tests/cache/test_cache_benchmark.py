@@ -1,0 +1,36 @@
+"""benchmarks/cache.py runs at toy sizes on the CPU and writes its JSON; fastdit's first-block
+cache decides as diffusers' FirstBlockCache hook does on the same weights."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "cache.py"
+
+
+def test_cache_benchmark_tiny(tmp_path):
+    spec = importlib.util.spec_from_file_location("cache_benchmark", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "cache.json"
+    assert module.main(["--tiny", "--impls", "fastdit,diffusers-fbcache", "--policies", "fbcache",
+                        "--overhead-steps", "2", "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["impl"], r["setting"] is None) for r in runs][:1] == [("fastdit", True)]
+    fastdit = [r for r in runs if r["impl"] == "fastdit" and r["setting"]]
+    assert [r["setting"] for r in fastdit] == ["fbcache:threshold=0.05", "fbcache:threshold=0.1",
+                                               "fbcache:threshold=0.2"]
+    for r in fastdit:
+        stats = r["cache_stats"]
+        assert r["forwards_run"] == stats["forwards_run"] and stats["forwards_run"] + stats["forwards_reused"] == 12
+        assert r["speedup"] > 0 and r["psnr_vs_fastdit_uncached_db"] > 0
+    assert fastdit[-1]["forwards_run"] < 12  # the tiny model reuses at the largest threshold
+    overhead = [r for r in runs if r["impl"] == "fastdit-overhead"]
+    assert [r["setting"] for r in overhead] == [None, "fbcache:threshold=1e-09"]
+    assert overhead[1]["forwards_total"] == 4 and "overhead_per_step_pct" in overhead[1]
+    peers = [r for r in runs if r["impl"] == "diffusers-fbcache"]
+    assert len(peers) == 3
+    for mine, theirs in zip(fastdit, peers):  # the same decisions on the same weights
+        assert theirs["forwards_run"] == mine["forwards_run"], (mine["setting"], theirs["setting"])
+        assert math.isclose(theirs["psnr_vs_uncached_db"], mine["psnr_vs_uncached_db"], abs_tol=1.0)

@@ -1,0 +1,48 @@
+"""benchmarks/offload.py runs in its tiny CPU mode and writes its JSON; the GPU mode's plans
+(from the memory planner) are the ones the targets are stated for."""
+
+import importlib.util
+import json
+import types
+from pathlib import Path
+
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "offload.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("offload_benchmark", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_offload_benchmark_tiny(tmp_path):
+    out = tmp_path / "offload.json"
+    module = _module()
+    assert module.main(["--tiny", "--steps", "1", "--variants", "resident,stream-24gb,fp8-16gb,a14b-24gb",
+                        "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    variants = report["variants"]
+    assert set(variants) == {"resident", "stream-24gb", "fp8-16gb", "a14b-24gb"}
+    assert all("error" not in v for v in variants.values()), variants
+    assert variants["stream-24gb"]["bitwise_equal_to_resident"]
+    assert variants["stream-24gb"]["bytes_copied_per_step_gb"] > 0
+    assert 0.999 < variants["fp8-16gb"]["cosine_vs_resident"] < 1.0
+    assert all(c["bitwise_equal_to_resident"] for c in variants["a14b-24gb"]["checks"].values())
+    assert {"stream-24gb_vs_resident", "fp8-16gb_vs_resident"} <= set(report["summary"])
+
+
+def test_gpu_mode_plans():
+    module = _module()
+    args = types.SimpleNamespace(tiny=False, height=480, width=832, frames=81, batch=2)
+    plans = {}
+    for key, budget, weights, experts in (("stream", 24, "dense", 1), ("fp8", 16, "fp8", 1),
+                                          ("a14b", 24, "dense", 2), ("a14b-fp8", 24, "fp8", 2)):
+        plan, text = module.plan_for(args, budget * 10**9, weights, experts=experts)
+        assert plan.streamed and len(plan.resident) + len(plan.streamed) == 40 and "memory plan" in text
+        plans[key] = plan
+    dit_only, _ = module.plan_for(args, 24 * 10**9, "dense", transformer_only=True)
+    assert len(dit_only.resident) > len(plans["stream"].resident)
+    assert torch.cuda.is_available() or module.set_budget(10**9, torch.device("cpu"))["emulated"] is False
