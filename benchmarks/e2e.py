@@ -8,8 +8,11 @@ one seed; diffusers' WanTransformer3DModel shares the very same tensors), a full
 encoder and the full-size Wan2.1 VAE (both shared by the pipelines), UniPC with flow shift 3.0.
 Default shape: 480x832, 81 frames, 50 steps, guidance 5.0 (cond + uncond every step).
 
-Runs, in one process: fastdit, diffusers eager, diffusers with
-``transformer.compile_repeated_blocks(fullgraph=True)``. Each gets a short warm-up generation
+Runs, in one process: fastdit, fastdit-fp8 (``quantize="fp8"``: a copy of the same
+transformer converted by :func:`fastdit.quant.apply.apply_precision`), diffusers eager,
+diffusers with ``transformer.compile_repeated_blocks(fullgraph=True)``. The fp8 video is
+compared with fastdit's exact one by :func:`fastdit.quality.compare` (PSNR, SSIM, LPIPS when
+its weights are on the machine). Each gets a short warm-up generation
 (``--warmup-steps``; for the compiled run this is where compilation happens, reported as
 ``warmup_s``), then ``--runs`` timed generations. Reported per run: seconds for text encoding,
 denoising, decoding (to float frames) and in total, seconds per step, peak GPU memory, and how
@@ -104,16 +107,28 @@ def build_components(args, device: torch.device, dtype: torch.dtype) -> dict:
                 weights_gb={"text_encoder": gb(text_encoder), "transformer": gb(transformer), "vae": gb(vae)})
 
 
-def fastdit_pipeline(c: dict, device: torch.device, dtype: torch.dtype):
+def fastdit_pipeline(c: dict, device: torch.device, dtype: torch.dtype, quantize: str | None = None):
+    """fastdit's pipeline on the shared components; with ``quantize`` on a converted copy of
+    the transformer (as ``fastdit.load(..., quantize=...)`` converts the one it loads)."""
+    import copy
+
+    from fastdit.pipelines.loading import apply_precision_to
     from fastdit.pipelines.spec import ModelSpec
     from fastdit.pipelines.wan import WanVideoPipeline, make_scheduler
+    from fastdit.quant.config import parse_quantize
 
     spec = ModelSpec.from_configs(c["transformer"].config.to_diffusers_config(), dict(c["vae"].config),
                                   dict(c["scheduler_config"]), name="Wan2.1-T2V-1.3B")
     vae = current_platform().optimize_vae(c["vae"])
-    return WanVideoPipeline(spec, tokenizer=c["tokenizer"], text_encoder=c["text_encoder"], vae=vae,
+    transformer, precision, reports = c["transformer"], parse_quantize(quantize), []
+    if not precision.exact:
+        transformer = copy.deepcopy(transformer)
+        reports = apply_precision_to(precision, device, transformer)
+    pipe = WanVideoPipeline(spec, tokenizer=c["tokenizer"], text_encoder=c["text_encoder"], vae=vae,
                             scheduler=make_scheduler(spec),  # as fastdit.load builds it
-                            transformer=c["transformer"], device=device, dtype=dtype)
+                            transformer=transformer, device=device, dtype=dtype)
+    pipe.precision, pipe.precision_reports = precision, reports
+    return pipe
 
 
 def diffusers_pipeline(c: dict):
@@ -184,6 +199,14 @@ def run_diffusers(pipe, args, steps: int, device) -> tuple[dict, np.ndarray]:
     return {"stages": stages, "peak_gb": peak_gb(device)}, frames
 
 
+def quality(frames: np.ndarray, reference: np.ndarray) -> dict:
+    """``fastdit.quality.compare`` of two videos (float [F, H, W, 3] in [0, 1])."""
+    from fastdit.quality import compare as compare_videos
+
+    report = compare_videos(np.clip(reference, 0, 1), np.clip(frames, 0, 1))
+    return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in report.items()}
+
+
 def compare(frames: np.ndarray, reference: np.ndarray) -> dict:
     diff = np.abs(frames.astype(np.float64) - reference.astype(np.float64))
     mse = float((diff ** 2).mean())
@@ -239,16 +262,18 @@ def profile_denoise(pipe, args, steps: int, trace_path: str) -> dict:
 
 
 def ratios(results: list[dict]) -> dict:
+    """fastdit's (and fastdit-fp8's) stage times over each peer's."""
     by = {r["impl"]: r["stages"] for r in results}
     out = {}
-    if "fastdit" not in by:
-        return out
-    for impl, stages in by.items():
-        if impl == "fastdit":
+    for ours, prefix in (("fastdit", ""), ("fastdit-fp8", "fp8_")):
+        if ours not in by:
             continue
-        for key in ("total", "denoise", "text", "decode"):
-            if stages[key] > 0:
-                out[f"{key}_vs_{impl}"] = by["fastdit"][key] / stages[key]
+        for impl, stages in by.items():
+            if impl == ours or (ours == "fastdit" and impl == "fastdit-fp8"):
+                continue
+            for key in ("total", "denoise", "text", "decode"):
+                if stages[key] > 0:
+                    out[f"{prefix}{key}_vs_{impl}"] = by[ours][key] / stages[key]
     return out
 
 
@@ -265,6 +290,13 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['impl']} | {s['total']:.2f} | {s['text']:.2f} | {s['denoise']:.2f} | "
                      f"{s['per_step']:.3f} | {s['decode']:.2f} | "
                      f"{'-' if r['peak_gb'] is None else round(r['peak_gb'], 1)} | {rel} |")
+    for r in result["runs"]:
+        q = r.get("quality_vs_fastdit")
+        if q:
+            psnr = "inf" if q["psnr"] is None else f"{q['psnr']:.2f}"
+            lpips = "n/a" if q.get("lpips") is None else f"{q['lpips']:.4f}"
+            lines.append(f"\n{r['impl']} video vs fastdit's exact one: PSNR {psnr} dB, "
+                         f"SSIM {q['ssim']:.4f}, LPIPS {lpips}")
     return "\n".join(lines)
 
 
@@ -283,7 +315,8 @@ def main(argv=None) -> int:
     # 3 steps reach UniPC's order-2 corrector, whose torch.linalg.solve initialises cuSOLVER
     # (~0.2 s, once per process): with 2, the first implementation timed paid for it alone
     parser.add_argument("--warmup-steps", type=int, default=3)
-    parser.add_argument("--impls", default="fastdit,diffusers-eager,diffusers-compiled")
+    parser.add_argument("--impls", default="fastdit,fastdit-fp8,diffusers-eager,diffusers-compiled")
+    parser.add_argument("--quantize", default="fp8", help="the setting of the fastdit-fp8 run")
     parser.add_argument("--profile-steps", type=int, default=0,
                         help="also profile fastdit's generation with this many steps (CUDA only)")
     parser.add_argument("--tiny", action="store_true",
@@ -325,6 +358,17 @@ def main(argv=None) -> int:
             if args.profile_steps and device.type == "cuda":
                 result["profile_fastdit"] = profile_denoise(fastdit, args, args.profile_steps,
                                                             args.out.replace(".json", "-trace.json"))
+            del fastdit
+        if "fastdit-fp8" in impls:
+            quantised = fastdit_pipeline(c, device, dtype, quantize=args.quantize)
+            entry, frames["fastdit-fp8"] = measure("fastdit-fp8", run_fastdit, quantised, args, device)
+            entry["precision"] = quantised.precision_summary()
+            if "fastdit" in frames:
+                entry["quality_vs_fastdit"] = quality(frames["fastdit-fp8"], frames["fastdit"])
+                print(f"{'':20s} fp8 video vs fastdit's: {entry['quality_vs_fastdit']}", flush=True)
+            result["runs"].append(entry)
+            del quantised
+            gc.collect()
         pipe = diffusers_pipeline(c)
         for impl in ("diffusers-eager", "diffusers-compiled"):
             if impl not in impls:

@@ -5,6 +5,7 @@
 #   serve, quant-tests, quant, offload, cache-fastdit-1..3, cache-diffusers, cache-dit-1..2, lora, lora-e2e
 #   tests-distributed (LSE kernels, --gpus 1 / torchrun 1 == plain run; NCCL layouts with >= 2 GPUs),
 #   parallel (benchmarks/parallel.py; BENCH_ARGS e.g. "--models Wan2.1-T2V-1.3B --resolutions 480p")
+#   quant-attention, transformer-fp8, ti2v, e2e-fp8 (issue 10 phase 2)
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
 # tests, runs the benchmarks and writes JSON and logs under $OUT (or ./out/gpu).
 set -uo pipefail
@@ -23,6 +24,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton, diffusers, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/gpu.txt"
 python3 -m fastdit ops --shape 1,32760,1536 --heads 12 | tee "$OUT/ops-table.txt"
+python3 -m fastdit ops --shape 1,32760,1536 --heads 12 --quantize fp8 | tee "$OUT/ops-table-fp8.txt"
 
 for step in $STEPS; do
   case "$step" in
@@ -80,6 +82,17 @@ for step in $STEPS; do
       python3 benchmarks/cache.py --impls diffusers,cache-dit --policies dbcache --out "$OUT/cache-dit-1.json" 2>&1 | tee "$OUT/cache-dit-1.log" ;;
     cache-dit-2)
       python3 benchmarks/cache.py --impls diffusers,cache-dit --policies dbcache+taylorseer --out "$OUT/cache-dit-2.json" 2>&1 | tee "$OUT/cache-dit-2.log" ;;
+    quant-attention)  # the attention candidates only (~2.5 min)
+      python3 benchmarks/quant.py --parts attention --out "$OUT/quant-attention.json" 2>&1 | tee "$OUT/quant-attention.log" ;;
+    transformer-fp8)  # 1.3B and 14B at B=1: fastdit, fastdit-fp8, diffusers eager and compiled
+      python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B,Wan2.1-T2V-14B --batches 1 --variants "" --no-profile \
+        --out "$OUT/transformer-fp8.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer-fp8.log" ;;
+    ti2v)  # TI2V-5B at 704x1280x121 (per-frame timesteps): fastdit exact and fp8
+      python3 benchmarks/transformer.py --models Wan2.2-TI2V-5B --height 704 --width 1280 --frames 121 \
+        --batches 1 --variants "" --no-profile --impls fastdit,fastdit-fp8 --out "$OUT/transformer-ti2v.json" 2>&1 | tee "$OUT/transformer-ti2v.log" ;;
+    e2e-fp8)  # 1.3B, 50 steps: fastdit, fastdit-fp8 (with PSNR/SSIM against fastdit's video), diffusers compiled
+      python3 benchmarks/e2e.py --impls fastdit,fastdit-fp8,diffusers-compiled --out "$OUT/e2e-fp8.json" \
+        --markdown "$OUT/e2e-fp8.md" $BENCH_ARGS 2>&1 | tee "$OUT/e2e-fp8.log" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

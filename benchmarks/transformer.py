@@ -1,7 +1,10 @@
-"""One Wan transformer forward: fastdit vs diffusers (eager and compile_repeated_blocks).
+"""One Wan transformer forward: fastdit (exact and fp8) vs diffusers (eager and
+compile_repeated_blocks).
 
     python benchmarks/transformer.py --out benchmarks/results/transformer-h100.json
     python benchmarks/transformer.py --tiny --out /tmp/t.json      # CPU smoke run
+    python benchmarks/transformer.py --models Wan2.2-TI2V-5B --height 704 --width 1280 \
+        --frames 121 --out ti2v.json                                # TI2V-5B, per-frame timesteps
 
 Random weights (one seed) in bf16, loaded identically into fastdit's WanTransformer and
 diffusers' WanTransformer3DModel; inputs 480x832, 81 frames (latents [B, 16, 21, 60, 104]
@@ -10,6 +13,13 @@ median seconds per forward (CUDA events), TFLOP/s (FLOPs by formula, checked aga
 DESIGN figure of 283 TFLOP for 1.3B), peak memory above the weights, cosine similarity of
 fastdit's output with diffusers', and time to first forward (load from safetensors + first
 call) for fastdit.
+
+``fastdit-fp8`` is the same model (same weights, converted in place after the exact runs)
+under ``quantize="fp8"`` (:func:`fastdit.quant.apply.apply_precision`): 8-bit self-attention
+and fp8 block linear layers; reported with its cosine against fastdit's exact output and the
+transformer's weight memory before and after. TI2V-5B (48 latent channels, VAE stride 16)
+gets per-frame timesteps ``[B, F]`` with the first frame at t=0, as its pipeline passes them
+(diffusers gets the same values per token, ``[B, L]``).
 """
 
 from __future__ import annotations
@@ -51,11 +61,28 @@ def forward_flops(cfg: WanConfig, batch: int, tokens: int, text_len: int = TEXT_
     return batch * cfg.num_layers * per_layer
 
 
-def inputs(cfg: WanConfig, batch: int, frames: int, height: int, width: int, device, dtype, seed=0):
+def is_ti2v(cfg: WanConfig) -> bool:
+    """Wan2.2 TI2V-5B: 48 latent channels (VAE stride 16), a timestep per latent frame."""
+    return cfg.in_channels == 48
+
+
+def inputs(cfg: WanConfig, batch: int, frames: int, height: int, width: int, device, dtype, seed=0,
+           per_token: bool = False):
+    """``(latents, timestep, text)``; TI2V gets per-frame timesteps ``[B, F]`` with frame 0 at
+    t=0 (``per_token``: the same values repeated over each frame's tokens, ``[B, L]``, the form
+    diffusers takes)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     latent_frames = (frames - 1) // 4 + 1
-    latents = torch.randn(batch, cfg.in_channels, latent_frames, height // 8, width // 8, generator=g)
+    stride = 16 if is_ti2v(cfg) else 8
+    latents = torch.randn(batch, cfg.in_channels, latent_frames, height // stride, width // stride,
+                          generator=g)
     timestep = torch.tensor([999.0, 500.0][:batch] + [999.0] * max(0, batch - 2))
+    if is_ti2v(cfg):
+        timestep = timestep[:, None].repeat(1, latent_frames)  # (B, F)
+        timestep[:, 0] = 0.0  # the conditioning frame
+        if per_token:
+            per_frame = (height // stride // 2) * (width // stride // 2)
+            timestep = timestep.repeat_interleave(per_frame, dim=1)  # (B, L)
     text = torch.randn(batch, TEXT_LEN, cfg.text_dim, generator=g)
     return latents.to(device, dtype), timestep.to(device), text.to(device, dtype)
 
@@ -116,8 +143,10 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run_model(name: str, args, device, dtype, telemetry=None) -> dict:
-    cfg = WAN_CONFIGS[name] if not args.tiny else WanConfig(
-        num_attention_heads=2, attention_head_dim=16, ffn_dim=64, num_layers=2, text_dim=32, freq_dim=16)
+    named = WAN_CONFIGS[name]
+    cfg = named if not args.tiny else WanConfig(
+        num_attention_heads=2, attention_head_dim=16, ffn_dim=64, num_layers=2, text_dim=32,
+        freq_dim=16, in_channels=named.in_channels, out_channels=named.out_channels)
     result = {"model": name, "config": cfg.to_diffusers_config(), "runs": []}
     warmup, repeat = (1, 3) if cfg.num_layers * cfg.dim > 30 * 1536 else (2, 5)
     if args.tiny:
@@ -168,27 +197,36 @@ def run_model(name: str, args, device, dtype, telemetry=None) -> dict:
         print(f"{name} B=1 fastdit[{variant}] {s:.4f}s peak {_gb(peak)}", flush=True)
     if args.profile and device.type == "cuda":
         result["profile"] = profile(model, inputs(cfg, 1, args.frames, args.height, args.width, device, dtype))
+    if "fastdit-fp8" in args.impls:
+        run_fp8(name, model, cfg, args, device, dtype, outputs, result, warmup, repeat, telemetry)
     del model
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
     # ---- diffusers eager and compiled: loaded as a user loads it --------------------------
+    if not args.impls & {"diffusers-eager", "diffusers-compiled"}:
+        shutil.rmtree(folder, ignore_errors=True)
+        result["ratios"] = ratios(result["runs"])
+        return result
     from diffusers import WanTransformer3DModel
 
     ref = WanTransformer3DModel.from_pretrained(folder, torch_dtype=dtype).to(device)
     ref = ref.eval().requires_grad_(False)
     shutil.rmtree(folder, ignore_errors=True)
     if args.profile and device.type == "cuda":
-        x = inputs(cfg, 1, args.frames, args.height, args.width, device, dtype)
+        x = inputs(cfg, 1, args.frames, args.height, args.width, device, dtype, per_token=True)
         result["profile_diffusers"] = profile(lambda *a: ref(*a, return_dict=False)[0], x, top=6)
     for impl in ("diffusers-eager", "diffusers-compiled"):
+        if impl not in args.impls:
+            continue
         if impl == "diffusers-compiled":
             if args.no_compile:
                 break
             ref.compile_repeated_blocks(fullgraph=True)
         for batch in args.batches:
-            x = inputs(cfg, batch, args.frames, args.height, args.width, device, dtype)
+            x = inputs(cfg, batch, args.frames, args.height, args.width, device, dtype,
+                       per_token=True)
             call = lambda: ref(x[0], x[1], x[2], return_dict=False)[0]  # noqa: E731
             with torch.no_grad():
                 t0 = time.perf_counter()
@@ -202,7 +240,7 @@ def run_model(name: str, args, device, dtype, telemetry=None) -> dict:
             run = {"impl": impl, "batch": batch, "s": s, "all_s": times, "tflops": flops / s / 1e12,
                    "first_call_s": first, "peak_activation_gb": None if peak is None else peak / 1e9,
                    "gpu": gpu}
-            if impl == "diffusers-eager":
+            if batch in outputs:
                 run["cosine_vs_fastdit"] = cosine(out, outputs[batch])
                 run["max_abs_diff_vs_fastdit"] = float((out - outputs[batch]).abs().max())
             result["runs"].append(run)
@@ -210,7 +248,7 @@ def run_model(name: str, args, device, dtype, telemetry=None) -> dict:
                   + (f" cos={run['cosine_vs_fastdit']:.6f}" if "cosine_vs_fastdit" in run else "")
                   + f" peak {_gb(peak)} gpu {gpu}", flush=True)
         if impl == "diffusers-compiled" and args.profile and device.type == "cuda":
-            x = inputs(cfg, 1, args.frames, args.height, args.width, device, dtype)
+            x = inputs(cfg, 1, args.frames, args.height, args.width, device, dtype, per_token=True)
             result["profile_diffusers_compiled"] = profile(
                 lambda *a: ref(*a, return_dict=False)[0], x, top=8)
     del ref
@@ -221,13 +259,56 @@ def run_model(name: str, args, device, dtype, telemetry=None) -> dict:
     return result
 
 
+def run_fp8(name, model, cfg, args, device, dtype, outputs, result, warmup, repeat, telemetry):
+    """``fastdit-fp8``: ``model`` converted in place to the fp8 preset, then timed per batch;
+    cosine against the exact outputs, weight memory before and after."""
+    from fastdit.quant.apply import apply_precision, weight_bytes
+
+    before = weight_bytes(model)
+    t0 = time.perf_counter()
+    report = apply_precision(model, args.quantize, device)
+    convert_s = time.perf_counter() - t0
+    for batch in args.batches:
+        x = inputs(cfg, batch, args.frames, args.height, args.width, device, dtype)
+        tokens = x[0].shape[2] * x[0].shape[3] * x[0].shape[4] // 4
+        flops = forward_flops(cfg, batch, tokens)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            out = model(*x).float().cpu()  # first call: Triton compiles its kernels
+            first = time.perf_counter() - t0
+            times, gpu = timed(lambda: model(*x), warmup, repeat, device, telemetry)
+            peak = peak_during(lambda: model(*x), device)
+        s = statistics.median(times)
+        run = {"impl": "fastdit-fp8", "batch": batch, "tokens": tokens, "s": s, "all_s": times,
+               "tflops_equivalent": flops / s / 1e12, "first_call_s": first,
+               "peak_activation_gb": None if peak is None else peak / 1e9, "gpu": gpu,
+               "quantize": report.precision.spec(),
+               "attention_providers": list(report.attention_providers),
+               "weight_gb_before": before / 1e9, "weight_gb_after": report.weight_bytes / 1e9,
+               "convert_s": convert_s}
+        if batch in outputs:
+            run["cosine_vs_fastdit"] = cosine(out, outputs[batch])
+        result["runs"].append(run)
+        print(f"{name} B={batch} fastdit-fp8 {s:.4f}s {flops / s / 1e12:.0f} TFLOP/s-equiv "
+              f"cos={run.get('cosine_vs_fastdit', float('nan')):.5f} weights "
+              f"{before / 1e9:.2f} -> {report.weight_bytes / 1e9:.2f} GB peak {_gb(peak)}",
+              flush=True)
+
+
 def ratios(runs: list[dict]) -> dict:
-    """fastdit seconds / peer seconds, per batch size."""
+    """fastdit (and fastdit-fp8) seconds / peer seconds, per batch size."""
     by = {(r["impl"], r["batch"]): r["s"] for r in runs}
     out = {}
     for (impl, batch), s in by.items():
-        if impl.startswith("diffusers") and ("fastdit", batch) in by:
-            out[f"B{batch}_vs_{impl}"] = by[("fastdit", batch)] / s
+        if not impl.startswith("diffusers"):
+            continue
+        for ours in ("fastdit", "fastdit-fp8"):
+            if (ours, batch) in by:
+                key = f"B{batch}_vs_{impl}" if ours == "fastdit" else f"fp8_B{batch}_vs_{impl}"
+                out[key] = by[(ours, batch)] / s
+    if all(("fastdit", b) in by and ("fastdit-fp8", b) in by for b in {b for _, b in by}):
+        for batch in sorted({b for _, b in by}):
+            out[f"fp8_B{batch}_vs_fastdit"] = by[("fastdit-fp8", batch)] / by[("fastdit", batch)]
     return out
 
 
@@ -258,6 +339,9 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--tiny", action="store_true", help="tiny config on CPU (smoke test)")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--impls", default="fastdit,fastdit-fp8,diffusers-eager,diffusers-compiled",
+                        help="which to run (fastdit always runs: it is the reference of the others)")
+    parser.add_argument("--quantize", default="fp8", help="the setting of the fastdit-fp8 runs")
     parser.add_argument("--variants", default="ffn_chunk_tokens=0,ffn_chunk_tokens=16384",
                         help="fastdit variants also timed at B=1: ffn_chunk_tokens=N or op=provider")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
@@ -265,6 +349,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    args.impls = {v.strip() for v in args.impls.split(",") if v.strip()}
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if args.tiny:

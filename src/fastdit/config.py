@@ -334,6 +334,20 @@ def override_config(**changes: object) -> Iterator[EngineConfig]:
         _scoped.reset(token)
 
 
+@contextlib.contextmanager
+def use_config(config: EngineConfig) -> Iterator[EngineConfig]:
+    """Install a prebuilt ``config`` for the code inside the ``with`` block (the same
+    ``contextvars`` scope as :func:`override_config`, without building a new configuration per
+    entry: a model that runs part of its forward under its own settings keeps one object)."""
+    if not isinstance(config, EngineConfig):
+        raise TypeError(f"use_config takes an EngineConfig, got {type(config).__name__}")
+    token = _scoped.set(config)
+    try:
+        yield config
+    finally:
+        _scoped.reset(token)
+
+
 # ---------------------------------------------------------------------------------------
 # Paths and secrets for ``fastdit serve`` (read when asked, not cached: a server reads them once)
 # ---------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ def test_ops_shape_probe_says_what_runs():
                        "TRITON_INTERPRET": "1"})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    header = lines[2]
+    assert lines[2] == "precision: exact (quantize=none)"
+    header = lines[3]
     assert "priority (tried in order)" in header and "first available" in header
     assert "runs at 1,8,32 fp32" in header
     row = next(line.split() for line in lines if line.startswith("rms_norm "))

@@ -39,8 +39,8 @@ def _cuda(*tensors):
 @pytest.mark.parametrize("dim", [64, 128])
 def test_quantisation_equals_the_spec_bit_for_bit_on_the_gpu(kernel, dim):
     q, k, v = _cuda(*attention_inputs("outlier", (2, 1000, 4, dim), torch.bfloat16, seed=1))
-    qkv = kernel.quantize_qkv(q, k, v)
-    q_i8, sq, k_i8, sk, v_hi, v_lo, sv = quantize_qkv_native(q, k, v)
+    qkv = kernel.quantize_qkv(q, k, v, v_split=True)
+    q_i8, sq, k_i8, sk, v_hi, v_lo, sv, v_mean = quantize_qkv_native(q, k, v, v_split=True)
     L = q.shape[1]
     assert torch.equal(qkv.q[:, :, :L].transpose(1, 2), q_i8)
     assert torch.equal(qkv.q_scale[:, :, :L].transpose(1, 2), sq)
@@ -49,6 +49,7 @@ def test_quantisation_equals_the_spec_bit_for_bit_on_the_gpu(kernel, dim):
     bits = lambda t: t.view(torch.int8)  # noqa: E731
     assert torch.equal(bits(qkv.v[..., :L].permute(0, 3, 1, 2)), bits(v_hi))
     assert torch.equal(bits(qkv.v_lo[..., :L].permute(0, 3, 1, 2)), bits(v_lo))
+    assert torch.equal(qkv.v_scale, sv) and torch.equal(qkv.v_mean, v_mean)
 
 
 @pytest.mark.parametrize("dim", [64, 128])
@@ -59,7 +60,10 @@ def test_every_candidate_compiles_and_matches_the_replay(kernel, dim):
         out = kernel.attention_int8(q, k, v, config=config)
         if config.block_n not in ref:
             ref[config.block_n] = replay(q.cpu(), k.cpu(), v.cpu(), config.block_n).cuda()
-        check("reference", "outlier", out, ref[config.block_n], config.name)
+        # P V accumulated in the MMA across blocks (sm_90's ~22-bit adder) is not the replay's
+        # fp32 sum: those candidates are held to the spec's bound
+        check("spec" if config.pv_fused else "reference", "outlier", out, ref[config.block_n],
+              config.name)
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "outlier"])
@@ -108,3 +112,32 @@ def test_fp8_output_and_grouped_projection_on_the_gpu(kernel):
         y = gemm_fp8.linear_fp8_grouped(x, o_scale, w8, ws, None, torch.float32, config)
         err = (y.double() - y64).abs()
         assert torch.all(err <= y64.abs() * 1e-4 + 1e-4 * y64.abs().max()), (config, err.max())
+
+
+def test_wan_fp8_preset_forward_on_the_gpu(kernel):
+    """A small bf16 Wan model (head dim 128) in the fp8 preset on the GPU kernels: the 8-bit
+    attention, the fp8-emitting norms, the GELU quantiser and torch._scaled_mm; its forward
+    against the exact one."""
+    from fastdit.config import get_config, use_config
+    from fastdit.models.wan import WanTransformer
+    from fastdit.models.wan.configs import WanConfig
+    from fastdit.ops.registry import plans
+    from fastdit.quant.apply import apply_precision
+    from fastdit.quant.inputs import cosine
+
+    config = WanConfig(num_attention_heads=2, attention_head_dim=128, ffn_dim=1024, num_layers=2)
+    exact = WanTransformer.from_config(config, dtype=torch.bfloat16, device="cuda", seed=0)
+    fp8 = WanTransformer.from_config(config, dtype=torch.bfloat16, device="cuda", seed=0)
+    report = apply_precision(fp8, "fp8")
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 16, 5, 32, 32, generator=gen).cuda().bfloat16()  # 1280 tokens
+    text = torch.randn(1, 512, 4096, generator=gen).cuda().bfloat16()
+    t = torch.tensor([700.0], device="cuda")
+    with torch.no_grad():
+        ref, out = exact(latents, t, text), fp8(latents, t, text)
+        with use_config(fp8.attend.config_for(get_config())):
+            attention = {p.provider.name for p in plans("attention").values()}
+    assert report.attention_providers == ("int8_triton",) and "int8_triton" in attention
+    assert {p.provider.name for p in plans("linear_fp8").values()} <= {"triton", "scaled_mm"}
+    assert report.weight_bytes < 0.7 * sum(p.numel() * p.element_size() for p in exact.parameters())
+    assert cosine(out, ref) >= 0.995  # the issue's forward target

@@ -95,11 +95,11 @@ def norm_fp8_cases(op):
 
 
 def _norm_args(op, x, mods, weight, bias, norm):
-    kw = dict(weight=weight, bias=bias, eps=1e-6, norm=norm)
+    kw = dict(shift=mods[0], scale=mods[1], weight=weight, bias=bias, eps=1e-6, norm=norm)
     if op == "layer_norm_scale_shift_fp8":
-        return (x, mods[0], mods[1]), kw
+        return (x,), kw
     residual = rand(x.shape, torch.float32 if x.dtype == torch.bfloat16 else x.dtype)
-    return (residual, x, mods[2], mods[0], mods[1]), kw
+    return (residual, x), dict(kw, gate=mods[2])
 
 
 def quant_cases():

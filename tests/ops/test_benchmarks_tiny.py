@@ -35,3 +35,41 @@ def test_compile_block_benchmark_tiny(tmp_path):
     compiled = model["runs"][1]
     assert compiled["max_abs_diff_vs_eager"] == 0.0  # the same providers; eager backend
     assert compiled["first_call_s"] > 0 and set(model["compiled_over_eager"]) == {"B1"}
+
+
+def test_quant_benchmark_attention_tiny(tmp_path):
+    """benchmarks/quant.py --parts attention (interpreter): the default candidate with V in one
+    and two terms, the spec, and the choice by the numbers."""
+    out = tmp_path / "quant.json"
+    env_run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "quant.py"), "--tiny", "--parts", "attention",
+         "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "TRITON_INTERPRET": "1"})
+    assert env_run.returncode == 0, env_run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert not result["errors"]
+    names = [r["candidate"] for r in result["attention"]]
+    assert "int8_triton m128n128w8s3 v_split=False" in names and "int8_native (spec)" in names
+    choice = result["attention_choice"]["2"]
+    assert choice["reference"] == "sdpa bf16"
+    # only V in two terms meets the accuracy target (cosine 0.999, L1 0.03) on these inputs
+    assert choice["fastest_meeting_target"]["candidate"].endswith("v_split=True")
+
+
+def test_choose_attention_picks_by_speed_and_accuracy():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quant_bench", ROOT / "benchmarks" / "quant.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def row(name, ms, cos=0.9995, l1=0.02):
+        return {"heads": 12, "candidate": name, "ms": ms, "cosine_gaussian": cos,
+                "rel_l1_gaussian": l1, "cosine_outlier": cos, "rel_l1_outlier": l1}
+    rows = [row("cudnn bf16 (SDPA)", 12.0), row("int8_triton a", 8.0, l1=0.04),
+            row("int8_triton b", 10.0), row("int8_triton c", 9.0, cos=0.998),
+            {"heads": 12, "candidate": "int8_triton a parts", "quantize_ms": 1.0}]
+    choice = bench.choose_attention(rows)["12"]
+    assert choice["fastest"]["candidate"] == "int8_triton a"
+    assert choice["fastest"]["speedup_vs_reference"] == 12.0 / 8.0
+    assert choice["fastest_meeting_target"]["candidate"] == "int8_triton b"

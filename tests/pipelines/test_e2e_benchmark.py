@@ -12,13 +12,18 @@ def test_e2e_benchmark_tiny(tmp_path, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "e2e.json"
-    assert module.main(["--tiny", "--impls", "fastdit,diffusers-eager", "--out", str(out),
+    assert module.main(["--tiny", "--impls", "fastdit,fastdit-fp8,diffusers-eager", "--out", str(out),
                         "--markdown", str(tmp_path / "e2e.md")]) == 0
     result = json.loads(out.read_text())
-    assert [r["impl"] for r in result["runs"]] == ["fastdit", "diffusers-eager"]
+    assert [r["impl"] for r in result["runs"]] == ["fastdit", "fastdit-fp8", "diffusers-eager"]
     for run in result["runs"]:
         assert set(run["stages"]) >= {"text", "denoise", "decode", "total", "per_step"}
         assert run["stages"]["total"] > 0
-    assert result["runs"][1]["frames_vs_fastdit"]["max_abs"] < 1e-4
-    assert "total_vs_diffusers-eager" in result["ratios"]
-    assert "| fastdit |" in (tmp_path / "e2e.md").read_text()
+    assert result["runs"][2]["frames_vs_fastdit"]["max_abs"] < 1e-4
+    fp8 = result["runs"][1]
+    assert fp8["precision"]["quantize"] == "fp8" and fp8["precision"]["exact"] is False
+    assert fp8["quality_vs_fastdit"]["frames"] == 5 and fp8["quality_vs_fastdit"]["psnr"] > 20
+    assert set(result["ratios"]) >= {"total_vs_diffusers-eager", "fp8_total_vs_diffusers-eager",
+                                     "fp8_total_vs_fastdit"}
+    table = (tmp_path / "e2e.md").read_text()
+    assert "| fastdit |" in table and "| fastdit-fp8 |" in table and "PSNR" in table

@@ -1,6 +1,7 @@
 """A block-by-block replay, in torch, of the 8-bit attention kernel's online softmax: the
 kernel's logic (tail masking, running maximum, the 448 folded into the exponent, the rounding
-of P against the running maximum, two-level accumulation, V's two terms) made explicit, so
+of P against the running maximum, two-level accumulation, V's two terms and its mean added
+back) made explicit, so
 that the kernel can be checked to fp32 rounding rather than to the rounding of P."""
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from fastdit.quant.formulas import FP8_DTYPE
 LOG2E = 1.4426950408889634
 
 
-def replay(q, k, v, block_n: int, scale: float | None = None, v_split: bool = True):
+def replay(q, k, v, block_n: int, scale: float | None = None, v_split: bool = False):
     """``[B, Lq, Hq, D]`` in q's dtype: the kernel's computation with key blocks of ``block_n``."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    q_i8, sq, k_i8, sk, v_hi, v_lo, sv = quantize_qkv_native(q, k, v, v_split)
+    q_i8, sq, k_i8, sk, v_hi, v_lo, sv, v_mean = quantize_qkv_native(q, k, v, v_split)
     v32 = v_hi.float() if v_lo is None else v_hi.float() + v_lo.float()
     batch, lq, heads, dim = q.shape
     groups, lk = heads // k.shape[2], k.shape[1]
@@ -40,5 +41,5 @@ def replay(q, k, v, block_n: int, scale: float | None = None, v_split: bool = Tr
                 pv = p.clamp(max=448.0).to(FP8_DTYPE).float() @ v32[b, cols, kh]  # (Lq, D)
                 acc = acc * alpha[:, None] + pv
                 m = m_new
-            out[b, :, h] = acc * sv[b, kh] / l_sum[:, None]
+            out[b, :, h] = acc * sv[b, kh] / l_sum[:, None] + v_mean[b, kh]
     return out.to(q.dtype)  # rounded like the kernel's output

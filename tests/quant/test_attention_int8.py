@@ -82,8 +82,8 @@ def test_kernel_quantisation_equals_the_spec_bit_for_bit(kernel, length, dim, la
         q, k, v = attention_inputs("outlier", shape, torch.bfloat16, seed=5)
         if layout == "gqa":
             q = torch.cat([q, q.flip(1)], dim=2)  # 4 query heads on 2 kv heads
-    qkv = kernel.quantize_qkv(q, k, v)
-    q_i8, sq, k_i8, sk, v_hi, v_lo, sv = quantize_qkv_native(q, k, v)
+    qkv = kernel.quantize_qkv(q, k, v, v_split=True)
+    q_i8, sq, k_i8, sk, v_hi, v_lo, sv, v_mean = quantize_qkv_native(q, k, v, v_split=True)
     L = length
     assert qkv.q.shape[2] % kernel.PAD == 0 and qkv.v.shape[3] % kernel.PAD == 0
     assert torch.equal(qkv.q[:, :, :L].transpose(1, 2), q_i8)
@@ -93,7 +93,7 @@ def test_kernel_quantisation_equals_the_spec_bit_for_bit(kernel, length, dim, la
     as_bits = lambda t: t.view(torch.int8)  # noqa: E731
     assert torch.equal(as_bits(qkv.v[..., :L].permute(0, 3, 1, 2)), as_bits(v_hi))
     assert torch.equal(as_bits(qkv.v_lo[..., :L].permute(0, 3, 1, 2)), as_bits(v_lo))
-    assert torch.equal(qkv.v_scale, sv)
+    assert torch.equal(qkv.v_scale, sv) and torch.equal(qkv.v_mean, v_mean)
     # padding rows are zeros (the unmasked key loop reads them; NaN bits would poison P V)
     assert not qkv.k[:, :, L:].any() and not as_bits(qkv.v[..., L:]).any()
     assert not as_bits(qkv.v_lo[..., L:]).any()
@@ -136,12 +136,29 @@ def test_grouped_heads_cross_attention_and_short_keys(kernel):
     check("exact", "gaussian", out, exact(q, k, v), "gqa vs exact")
 
 
-def test_single_term_v_matches_its_replay(kernel):
+def test_two_term_v_matches_its_replay_and_meets_the_issue_target(kernel):
     q, k, v = attention_inputs("gaussian", (1, 140, 1, 128), torch.bfloat16, seed=4)
-    out = kernel.attention_int8(q, k, v, v_split=False)
+    out = kernel.attention_int8(q, k, v, v_split=True)
     check("reference", "gaussian", out, replay(q, k, v, kernel.CONFIGS[128][0].block_n,
-                                               v_split=False), "v_split=False")
-    check("spec", "gaussian", out, attention_int8_native(q, k, v, v_split=False), "v_split=False")
+                                               v_split=True), "v_split=True")
+    check("spec", "gaussian", out, attention_int8_native(q, k, v, v_split=True), "v_split=True")
+    check("exact_v_split", "gaussian", out, exact(q, k, v), "v_split=True vs exact")
+
+
+def test_value_smoothing_takes_a_shared_offset_out_of_the_error():
+    """V with a per-channel offset shared by the tokens (a projection's bias): quantising
+    ``v - mean`` keeps the error of zero-mean V; without the smoothing the offset would take
+    up e4m3's range and the error would grow with it."""
+    from fastdit.quant.inputs import relative_l1
+
+    q, k, v = attention_inputs("gaussian", (1, 300, 2, 64), torch.float32, seed=12)
+    offset = 6.0 * torch.randn(2, 64, generator=torch.Generator().manual_seed(1))
+    ref = exact(q, k, v)
+    shifted_ref = exact(q, k, v + offset)
+    base = attention_int8_native(q, k, v).float() - ref
+    shifted = attention_int8_native(q, k, v + offset).float() - shifted_ref
+    assert shifted.abs().mean() < 1.3 * base.abs().mean()
+    assert relative_l1(attention_int8_native(q, k, v + offset), shifted_ref) < 0.01
 
 
 # ---------------------------------------------------------------------------------------
@@ -163,7 +180,11 @@ def test_the_precision_setting_selects_the_kernel(fresh_config, kernel):
     assert not torch.equal(out, ops.attention(q, k, v))  # the default stays exact (SDPA)
 
 
-def test_unsupported_head_dim_falls_back_with_a_warning_and_strict_raises(fresh_config, caplog):
+def test_unsupported_head_dim_falls_back_with_a_warning_and_strict_raises(fresh_config, caplog,
+                                                                          monkeypatch):
+    from fastdit.ops import registry
+
+    monkeypatch.setattr(registry, "_logged", set())  # warnings are once per process
     q, k, v = attention_inputs("gaussian", (1, 20, 2, 96), torch.bfloat16, seed=1)
     names = ("int8_triton", "int8_native")
     with override_config(kernel={"op_providers": {"attention": names}}):

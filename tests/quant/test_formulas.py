@@ -122,7 +122,7 @@ def test_presets():
     assert fp8.op_providers() == {"attention": ("int8_triton", "int8_native")}
     mixed = preset("fp8", attention="exact")
     assert mixed.linear == "fp8" and mixed.op_providers() == {}
-    assert "approximate" in fp8.describe() and none.describe() == "precision: exact"
+    assert "approximate" in fp8.describe() and none.describe() == "precision: exact (quantize=none)"
     with pytest.raises(dataclasses_frozen_error()):
         fp8.linear = "exact"
 
@@ -217,3 +217,20 @@ def test_quantize_with_a_selector_and_dense_compute():
                                       compute="dense")
     assert report.layers == ("proj_out",) and model.proj_out.compute == "dense"
     assert model.proj_out.weight.dtype == torch.float8_e4m3fn
+
+
+def test_weight_quantiser_for_the_fnuz_format_against_float64():
+    """MI300's float8_e4m3fnuz (largest value 240): the same per-channel formula with 240."""
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(24, 40, generator=gen) * torch.logspace(-3, 1, 24)[:, None]
+    w[3] = 0.0
+    q, s = F.quantize_fp8_weight(w, torch.float8_e4m3fnuz)
+    assert q.dtype == torch.float8_e4m3fnuz and s.shape == (24,)
+    amax = w.double().abs().amax(1).clamp_min(1e-12)
+    torch.testing.assert_close(s.double(), amax / 240, rtol=1e-7, atol=0)
+    assert not q[3].float().any() and torch.isfinite(s).all()
+    err = (q.double() * s.double()[:, None] - w.double()).abs()
+    assert torch.all(err <= torch.maximum(w.double().abs() * 2.0**-4, s.double()[:, None] * 2.0**-10)
+                     * 1.001 + 1e-30)
+    with pytest.raises(ValueError, match=r"must be a float \[N, K\] matrix"):
+        F.quantize_fp8_weight(torch.ones(4, dtype=torch.int32))

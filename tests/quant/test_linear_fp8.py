@@ -116,12 +116,14 @@ def test_fused_norms_quantise_the_unfused_result(norm):
                                                         weight=weight, bias=bias, norm=norm)
     y2_ref = ops.layer_norm_scale_shift(r_ref, shift=shift, scale=scale, weight=weight, bias=bias, norm=norm)
     for name in _available("layer_norm_scale_shift_fp8"):
-        q, s = call_provider("layer_norm_scale_shift_fp8", name, x, shift, scale, norm=norm)
+        q, s = call_provider("layer_norm_scale_shift_fp8", name, x, shift=shift, scale=scale,
+                             norm=norm)
         deq = q.double() * s.double()[..., None]
         assert torch.allclose(deq, y_ref.double(), rtol=2.0**-4, atol=s.max().item() * 2.0**-9), name
     for name in _available("scale_residual_norm_scale_shift_fp8"):
-        q, s, r = call_provider("scale_residual_norm_scale_shift_fp8", name, residual, x, gate,
-                                shift, scale, weight=weight, bias=bias, norm=norm)
+        q, s, r = call_provider("scale_residual_norm_scale_shift_fp8", name, residual, x,
+                                shift=shift, scale=scale, gate=gate, weight=weight, bias=bias,
+                                norm=norm)
         assert torch.equal(r, r_ref) and r.dtype == residual.dtype
         deq = q.double() * s.double()[..., None]
         assert torch.allclose(deq, y2_ref.double(), rtol=2.0**-4, atol=s.max().item() * 2.0**-9)
@@ -140,7 +142,7 @@ def test_an_fp8_ffn_stays_close_to_the_bf16_one():
     ref = F.linear(F.gelu(F.linear(h, w1.bfloat16(), b1.bfloat16()), approximate="tanh"),
                    w2.bfloat16(), b2.bfloat16())
     (w1q, s1), (w2q, s2) = quantize_fp8_weight(w1), quantize_fp8_weight(w2)
-    h_q, h_s = ops.layer_norm_scale_shift_fp8(x, shift, scale)
+    h_q, h_s = ops.layer_norm_scale_shift_fp8(x, shift=shift, scale=scale)
     u = ops.linear_fp8(h_q, w1q, s1, b1.bfloat16(), x_scale=h_s, out_dtype=torch.bfloat16)
     g_q, g_s = ops.gelu_tanh_fp8(u)
     out = ops.linear_fp8(g_q, w2q, s2, b2.bfloat16(), x_scale=g_s, out_dtype=torch.bfloat16)
@@ -159,7 +161,8 @@ BAD_CALLS = [
     (lambda w, s: ops.linear_fp8(torch.randn(2, 64), w, s, out_dtype=torch.float16),
      "out_dtype is x's dtype"),
     (lambda w, s: ops.quantize_fp8(torch.randn(2, 4, dtype=torch.float64)), "x has unsupported dtype"),
-    (lambda w, s: ops.layer_norm_scale_shift_fp8(torch.randn(2, 3, 8), torch.randn(5), 0.0),
+    (lambda w, s: ops.layer_norm_scale_shift_fp8(torch.randn(2, 3, 8), shift=torch.randn(5),
+                                                 scale=0.0),
      "shift does not broadcast"),
 ]
 

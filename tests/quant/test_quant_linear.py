@@ -45,7 +45,7 @@ def test_fp8_compute_from_a_float_input_and_from_a_producer():
     assert torch.equal(linear_forward(x, w_q, b, w_s, "fp8"),
                        call_provider("linear_fp8", "native", x, w_q, w_s, b))
     shift, scale = torch.randn(2, 1, 96) * 0.2, torch.randn(2, 1, 96) * 0.2
-    y_q, y_s = ops.layer_norm_scale_shift_fp8(x, shift, scale)
+    y_q, y_s = ops.layer_norm_scale_shift_fp8(x, shift=shift, scale=scale)
     act = Fp8Activation(y_q, y_s, torch.bfloat16)
     out = linear_forward(act, w_q, b, w_s, "fp8")
     assert torch.equal(out, ops.linear_fp8(y_q, w_q, w_s, b, x_scale=y_s, out_dtype=torch.bfloat16))

@@ -65,6 +65,11 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="where the text (and CLIP) encoder runs; auto: the plan's choice")
     p.add_argument("--prefetch", type=int, default=None, metavar="N",
                    help="streamed blocks copied ahead of the one computing (default: the plan's)")
+    p.add_argument("--quantize", default="none", metavar="PRESET",
+                   help="precision of the transformer: none (default: exact, the reference "
+                        "output) or fp8 (8-bit self-attention, fp8 block linear layers; "
+                        "approximate, faster); per-part overrides as PRESET:PART=VALUE,... "
+                        "(e.g. fp8:attention=exact)")
     p.add_argument("--fps", type=int, default=None, help="1 to 1000 (default: the model's)")
     p.add_argument("--output", "-o", required=True, help="the video to write (.mp4, .mov, .mkv)")
     p.add_argument("--save-frames", default=None, metavar="DIR", help="also write the frames as PNGs")
@@ -177,6 +182,17 @@ def read_image(text: str):
         raise ImageError(f"cannot read image {text}: {first_line(exc)}") from None
 
 
+def precision_from_args(args: argparse.Namespace):
+    """The :class:`~fastdit.quant.config.PrecisionConfig` of ``--quantize`` (the text form,
+    per-part overrides included: ``fp8:attention=exact``); a bad value is a usage error."""
+    from fastdit.quant.config import parse_quantize
+
+    try:
+        return parse_quantize(args.quantize)
+    except InputError as exc:
+        raise UsageError(f"--quantize: {exc}".replace("quantize: quantize", "quantize")) from None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """The command; a user error's message names the CLI flags, not the API's arguments."""
     try:
@@ -202,6 +218,7 @@ def _generate(args: argparse.Namespace) -> int:
     if args.flow_shift is not None:
         check_flow_shift(args.flow_shift)
     device = resolve_device(args.device)
+    precision = precision_from_args(args)
     dtype = resolve_dtype(args.dtype, device)
     spec = inspect_model(args.model)  # JSON values and weight headers
     spec, variant = plan_variant(spec, LoadOptions.from_kwargs(flow_shift=args.flow_shift,
@@ -224,7 +241,8 @@ def _generate(args: argparse.Namespace) -> int:
                                             flow_shift=args.flow_shift, offload=args.offload,
                                             vae_tiling=args.vae_tiling, check_files=False,
                                             variant=variant, **variant_options(args),
-                                            **memory_options(args, resolved), parallel=layout)
+                                            **memory_options(args, resolved), parallel=layout,
+                                            quantize=precision)
     log.info("loaded in %.1f s on %s (%s); generating %d frames at %dx%d, %d steps",
              pipe.load_seconds, pipe.device, str(pipe.dtype).replace("torch.", ""), resolved.num_frames,
              resolved.width, resolved.height, resolved.num_inference_steps)
@@ -241,6 +259,21 @@ def _generate(args: argparse.Namespace) -> int:
                    default_fps=args.fps is None)
     _print_variant(pipe)
     return 0
+
+
+def _precision_line(pipe) -> str:
+    """The summary's precision line: the setting, and for a quantised model its providers and
+    the transformers' weight memory."""
+    from fastdit.quant.weights import format_bytes
+
+    line = pipe.precision.describe()
+    reports = getattr(pipe, "precision_reports", [])
+    if reports:
+        providers = reports[0].attention_providers
+        if providers:
+            line += f"; self-attention provider {' > '.join(providers)}"
+        line += f"; transformer weights {format_bytes(sum(r.weight_bytes for r in reports))}"
+    return line
 
 
 def _budget(text: str) -> str:
@@ -298,6 +331,7 @@ def _print_summary(pipe, result, output: Path, fps, frames_dir, write_seconds: f
           + f"  | {t['per_step']:.3f} s/step over {result.settings['num_inference_steps']} steps")
     peak = result.peak_memory
     print("peak GPU memory: " + (f"{peak / 2**30:.2f} GiB" if peak is not None else "n/a (no GPU)"))
+    print(_precision_line(pipe))
     if "cache" in result.stats:  # forwards run and reused, per branch and expert
         print(result.stats["cache"]["summary"])
     if result.settings.get("guidance_until") is not None or result.settings.get("cfg_zero_star"):

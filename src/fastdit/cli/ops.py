@@ -55,18 +55,48 @@ def probe(rows: list[dict], shape: tuple[int, int, int], heads: int, dtype_name:
             row["runs"] = f"error: {exc}"
 
 
+def _precision_scope(text: str | None):
+    """``(PrecisionConfig, providers, scope)`` for ``--quantize``: the scope names the
+    setting's self-attention providers first, as a model loaded with it does."""
+    import contextlib
+
+    from fastdit.config import get_config, use_config
+    from fastdit.errors import InputError
+    from fastdit.quant.config import parse_quantize
+
+    try:
+        precision = parse_quantize(text)
+    except InputError as exc:
+        raise UserError(f"--quantize: {exc}".replace("quantize: quantize", "quantize")) from None
+    if precision.exact:
+        return precision, (), contextlib.nullcontext()
+    from fastdit.platforms import current_platform
+    from fastdit.quant.apply import PrecisionAttention, attention_providers
+
+    names = attention_providers(precision, current_platform().device())
+    if not names:
+        return precision, (), contextlib.nullcontext()
+    return precision, names, use_config(PrecisionAttention(names).config_for(get_config()))
+
+
 def _cmd_ops(args: argparse.Namespace) -> int:
     shape = _parse_shape(args.shape, args.heads) if args.shape else None  # before importing torch
     from fastdit.ops.registry import provider_table
     from fastdit.platforms import current_platform
 
     platform = current_platform()
-    rows = provider_table()
-    if shape is not None:
-        probe(rows, shape, args.heads, args.dtype)
+    precision, attention_names, scope = _precision_scope(args.quantize)
+    with scope:  # the attention row as the quantised model's self-attention sees it
+        rows = provider_table()
+        if shape is not None:
+            probe(rows, shape, args.heads, args.dtype)
     probed = f"runs at {args.shape} {args.dtype}" if shape else None
+    precision_info = {"quantize": precision.spec(), "exact": precision.exact,
+                      "attention": precision.attention, "linear": precision.linear,
+                      "self_attention_providers": list(attention_names)}
     if args.json:
-        print(json.dumps({"platform": platform.describe(), "probe": probed, "ops": rows}, indent=2))
+        print(json.dumps({"platform": platform.describe(), "probe": probed,
+                          "precision": precision_info, "ops": rows}, indent=2))
         return 0
     info = platform.describe()
     print(f"platform: {info['platform']}  device: {info['device']}  "
@@ -75,6 +105,8 @@ def _cmd_ops(args: argparse.Namespace) -> int:
           f"distributed: {info['dist_backend']}")
     print(f"strict mode: {get_config().kernel.strict}  "
           f"attention backend: {get_config().kernel.attention_backend}")
+    print(precision.describe() + (f"; the attention row is the blocks' self-attention "
+                                  f"(cross-attention stays exact)" if attention_names else ""))
     header = ["op", "priority (tried in order)", "available here", "first available"]
     if probed:
         header.append(probed)
@@ -129,4 +161,7 @@ def add_ops(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heads", type=int, default=12, help="attention heads for --shape (default 12)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
                    help="activation dtype for --shape (default bf16)")
+    p.add_argument("--quantize", default="none", metavar="PRESET",
+                   help="show the providers a model loaded with this precision setting uses "
+                        "(none, fp8, fp8:attention=exact, ...)")
     p.set_defaults(func=_cmd_ops)

@@ -7,7 +7,14 @@ product, the chunked FFN included. Two seams:
 
 * ``weight_scale`` (a buffer, None for a dense weight): when the quantisation subsystem stores
   ``weight`` in fp8 it sets per-output-channel scales ``[N]`` (fp32) with
-  ``W = weight * weight_scale[:, None]``; the product then uses W in the activation's dtype.
+  ``W = weight * weight_scale[:, None]``.
+* ``compute``: how a weight stored that way is used: ``"dense"`` (default) dequantises it to
+  the activation's dtype per call (fp8 storage only); ``"fp8"`` runs the product in e4m3
+  (``ops.linear_fp8`` through :func:`fastdit.quant.linear.linear_forward`: the activation is
+  quantised per token by the op, or arrives already in e4m3 as an
+  :class:`~fastdit.quant.linear.Fp8Activation` from the kernel that produced it;
+  :attr:`takes_fp8` says whether a producer should hand it one). Any ``Linear`` accepts an
+  ``Fp8Activation`` (a dense one dequantises it first).
 * ``adapters``: callables ``adapter(x, y) -> y`` applied after the product, in order (runtime
   LoRA adds ``scale * (x A^T) B^T``). With adapters the fused GELU path runs the adapted
   product first and the activation after, so the activation sees the adapted output.
@@ -23,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastdit import ops
+from fastdit.quant.formulas import FP8_DTYPE
+from fastdit.quant.linear import Fp8Activation, linear_forward
 
 Adapter = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -38,6 +47,7 @@ class Linear(nn.Module):
         self.register_parameter(
             "bias", nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None)
         self.register_buffer("weight_scale", None)
+        self.compute = "dense"  # "fp8": products in e4m3 (an e4m3 weight with scales needed)
         self.adapters: list[Adapter] = []
         if self.weight.device.type != "meta":
             self.reset_parameters()
@@ -57,23 +67,47 @@ class Linear(nn.Module):
             return self.weight
         return (self.weight.float() * self.weight_scale.float()[:, None]).to(dtype)
 
-    def _adapt(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    @property
+    def takes_fp8(self) -> bool:
+        """True when the product runs in e4m3 (``compute == "fp8"`` on an e4m3 weight with
+        scales): a producer kernel may then hand :meth:`forward` an ``Fp8Activation``."""
+        return (self.compute == "fp8" and self.weight_scale is not None
+                and self.weight.dtype == FP8_DTYPE)
+
+    def _adapt(self, x, y: torch.Tensor) -> torch.Tensor:
+        x = x.dequantize() if isinstance(x, Fp8Activation) else x
         for adapter in self.adapters:
             y = adapter(x, y)
         return y
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = ops.linear(x, self.dense_weight(x.dtype), self.bias)  # (..., N)
+    def forward(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
+        """``x W^T + b``: ``x [..., K]`` (or an ``Fp8Activation``) -> ``[..., N]``."""
+        if self.takes_fp8:
+            y = linear_forward(x, self.weight, self.bias, self.weight_scale, "fp8")
+        else:
+            dense = x.dequantize() if isinstance(x, Fp8Activation) else x
+            y = ops.linear(dense, self.dense_weight(dense.dtype), self.bias)  # (..., N)
         return self._adapt(x, y) if self.adapters else y
 
-    def gelu_tanh(self, x: torch.Tensor) -> torch.Tensor:
+    def gelu_tanh(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
         """``gelu_tanh(x W^T + b)``, fused into the product where a provider can."""
-        if self.adapters:
+        if self.adapters or self.takes_fp8:
             return F.gelu(self.forward(x), approximate="tanh")
+        x = x.dequantize() if isinstance(x, Fp8Activation) else x
         return ops.linear_gelu_tanh(x, self.dense_weight(x.dtype), self.bias)
 
-    def into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def gelu_tanh_fp8(self, x: torch.Tensor | Fp8Activation) -> Fp8Activation:
+        """``gelu_tanh(x W^T + b)`` quantised per token to e4m3, for an fp8 product that
+        follows (the FFN's hidden state): the product, then ``ops.gelu_tanh_fp8`` (GELU and
+        quantisation in one pass)."""
+        h = self.forward(x)  # (..., N) in the activation's dtype
+        values, scale = ops.gelu_tanh_fp8(h)
+        return Fp8Activation(values, scale, h.dtype)
+
+    def into(self, x: torch.Tensor | Fp8Activation, out: torch.Tensor) -> torch.Tensor:
         """Write ``x W^T + b`` (adapters included) into the contiguous ``out [..., N]``."""
+        if self.takes_fp8 or isinstance(x, Fp8Activation):
+            return out.copy_(self.forward(x))  # the fp8 product (adapters included)
         y = ops.linear(x, self.dense_weight(x.dtype), self.bias, out=out)
         if self.adapters:
             y = self._adapt(x, y)  # LoRA adapters add into the contiguous out in place
@@ -82,7 +116,8 @@ class Linear(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        stored = "" if self.weight_scale is None else f", weight {self.weight.dtype} with scales"
+        stored = ("" if self.weight_scale is None else
+                  f", weight {self.weight.dtype} with scales, compute={self.compute}")
         extra = f", adapters={len(self.adapters)}" if self.adapters else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}{stored}{extra}")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastdit.layers.linear import Linear
+from fastdit.quant.linear import Fp8Activation
 
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -47,28 +48,46 @@ class FeedForward(nn.Module):
         self.net = nn.ModuleList([_Projection(dim, inner_dim), nn.Identity(),
                                   Linear(inner_dim, dim_out or dim)])
 
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """``act(W1 x + b1)``: ``(..., dim) -> (..., inner)``."""
+    def hidden(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor | Fp8Activation:
+        """``act(W1 x + b1)``: ``(..., dim) -> (..., inner)``. When both products run in fp8
+        the hidden state comes out in e4m3 with per-token scales (GELU and quantisation in one
+        pass), the second product's input."""
         if self.activation == "gelu_tanh":  # fused product + activation where a provider has one
-            return self.net[0].proj.gelu_tanh(x)
+            up = self.net[0].proj
+            if up.takes_fp8 and self.net[2].takes_fp8 and not up.adapters:
+                return up.gelu_tanh_fp8(x)
+            return up.gelu_tanh(x)
+        if isinstance(x, Fp8Activation) and not self.net[0].proj.takes_fp8:
+            x = x.dequantize()
         return self.act(self.net[0].proj(x))
 
-    def forward(self, x: torch.Tensor, chunk_rows: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Fp8Activation, chunk_rows: int = 0) -> torch.Tensor:
         """``(..., dim) -> (..., dim_out)``. With ``chunk_rows`` > 0 the rows (tokens over the
         whole batch) go through in slices of that many, each written straight into the output
         by the second product, so at most ``chunk_rows`` rows of the hidden state exist at once.
+        ``x`` may be an ``Fp8Activation`` (from an fp8 norm) when the first product is fp8.
         """
-        rows = x.numel() // x.shape[-1]
+        shape = x.shape
+        rows = shape.numel() // shape[-1]
         if chunk_rows <= 0 or rows <= chunk_rows:
             return self.net[2](self.hidden(x))  # (..., dim_out)
         out_proj = self.net[2]
-        x2d = x.reshape(rows, x.shape[-1])  # (B*L, dim)
-        out = x2d.new_empty(rows, out_proj.out_features)  # (B*L, dim_out)
+        if isinstance(x, Fp8Activation):
+            x2d = x.view_rows()  # (B*L, dim) e4m3 and (B*L,) scales
+            out_dtype = x.out_dtype
+        else:
+            x2d = x.reshape(rows, shape[-1])  # (B*L, dim)
+            out_dtype = x.dtype
+        out = torch.empty(rows, out_proj.out_features, dtype=out_dtype,
+                          device=x2d.values.device if isinstance(x2d, Fp8Activation)
+                          else x2d.device)  # (B*L, dim_out)
         for start in range(0, rows, chunk_rows):
-            hidden = self.hidden(x2d[start:start + chunk_rows])  # (chunk, inner)
+            part = (x2d.rows(start, start + chunk_rows) if isinstance(x2d, Fp8Activation)
+                    else x2d[start:start + chunk_rows])
+            hidden = self.hidden(part)  # (chunk, inner)
             out_proj.into(hidden, out[start:start + chunk_rows])  # a contiguous view: in place
             del hidden  # else it is still held while the next slice's is computed
-        return out.view(*x.shape[:-1], out_proj.out_features)  # (..., dim_out)
+        return out.view(*shape[:-1], out_proj.out_features)  # (..., dim_out)
 
     def extra_repr(self) -> str:
         return f"activation={self.activation}"

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from fastdit import ops
+from fastdit.quant.linear import Fp8Activation
 
 
 class _AffineNorm(nn.Module):
@@ -71,6 +72,14 @@ class LayerNormScaleShift(_ModulatedLayerNorm):
         return ops.layer_norm_scale_shift(x, shift=shift, scale=scale, weight=self.weight,
                                           bias=self.bias, eps=self.eps)
 
+    def fp8(self, x: torch.Tensor, shift, scale) -> Fp8Activation:
+        """The same, quantised per token to e4m3 in the same pass
+        (:func:`fastdit.ops.layer_norm_scale_shift_fp8`): the input of fp8 products."""
+        values, y_scale = ops.layer_norm_scale_shift_fp8(x, shift=shift, scale=scale,
+                                                         weight=self.weight, bias=self.bias,
+                                                         eps=self.eps)
+        return Fp8Activation(values, y_scale, x.dtype)
+
 
 class ScaleResidualNormScaleShift(_ModulatedLayerNorm):
     """Gated residual, then adaLN, in one fused op.
@@ -85,3 +94,12 @@ class ScaleResidualNormScaleShift(_ModulatedLayerNorm):
         return ops.scale_residual_norm_scale_shift(residual, x, shift=shift, scale=scale,
                                                    gate=gate, weight=self.weight, bias=self.bias,
                                                    eps=self.eps)
+
+    def fp8(self, residual: torch.Tensor, x: torch.Tensor, gate, shift=0.0, scale=0.0
+            ) -> tuple[Fp8Activation, torch.Tensor]:
+        """The same with ``y`` quantised per token to e4m3 in the same pass
+        (:func:`fastdit.ops.scale_residual_norm_scale_shift_fp8`): ``(y, r)``."""
+        values, y_scale, r = ops.scale_residual_norm_scale_shift_fp8(
+            residual, x, shift=shift, scale=scale, gate=gate, weight=self.weight, bias=self.bias,
+            eps=self.eps)
+        return Fp8Activation(values, y_scale, x.dtype), r

@@ -63,9 +63,10 @@ def example_call(op: str, batch: int = 1, tokens: int = 1024, dim: int = 1536, h
         scale = w.float().abs().amax(dim=1) / 448.0
         return (x, (w.float() / scale[:, None]).to(torch.float8_e4m3fn), scale, rand(4 * dim)), {}
     if op == "layer_norm_scale_shift_fp8":
-        return (x, mod(), mod()), {}
+        return (x,), {"shift": mod(), "scale": mod()}
     if op == "scale_residual_norm_scale_shift_fp8":
-        return (rand(batch, tokens, dim, of=torch.float32), x, mod(), mod(), mod()), {}
+        return (rand(batch, tokens, dim, of=torch.float32), x), {
+            "shift": mod(), "scale": mod(), "gate": mod()}
     if op == "attention_fp8_out":
         q, k, v = (rand(batch, tokens, heads, head_dim) for _ in range(3))
         return (q, k, v), {}

@@ -44,6 +44,7 @@ _KINDS = {
     "int?": "SymInt? {n}",
     "bool": "bool {n}",
     "str": "str {n}",
+    "dtype?": "ScalarType? {n}",
 }
 
 

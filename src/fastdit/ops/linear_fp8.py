@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 
 from fastdit.ops import _checks as C
-from fastdit.ops.registry import dispatch
+from fastdit.ops.library import LibraryOp, compiling
+from fastdit.ops.registry import define_op, new_plan, plans
+from fastdit.ops.registry import signature as sig
 from fastdit.quant.formulas import FP8_DTYPE, quantize_fp8_rows
 
 
@@ -82,34 +84,51 @@ def _check_x_scale(op, x, x_scale) -> None:
 # ---------------------------------------------------------------------------------------
 # public ops
 # ---------------------------------------------------------------------------------------
+def _check_quantize_fp8(x) -> None:
+    C.check_tensor("quantize_fp8", "x", x)
+
+
+def _check_gelu_tanh_fp8(h) -> None:
+    C.check_tensor("gelu_tanh_fp8", "h", h)
+
+
 def quantize_fp8(x):
     """Per-token e4m3 quantisation: ``(x_q [..., K] float8_e4m3fn, scale [...] fp32)`` with
     ``scale = max(amax_t, 1e-12) / 448`` and ``x_q = e4m3(clamp(x * (448 / amax_t), +-448))``
     (``quant.formulas.quantize_fp8_rows``), ``x ~= x_q * scale[..., None]``. x: fp32/fp16/bf16."""
-    op = "quantize_fp8"
-    C.check_tensor(op, "x", x)
-    return dispatch(op, x)
+    if compiling():
+        return _LIB_QUANTIZE_FP8(x)
+    return _plan_quantize_fp8(x).fn(x)
+
+
+def _plan_quantize_fp8(x):
+    key = sig(x)
+    try:
+        return plans("quantize_fp8")[key]
+    except (KeyError, TypeError):
+        _check_quantize_fp8(x)
+        return new_plan("quantize_fp8", key, (x,), {})
 
 
 def gelu_tanh_fp8(h):
     """``quantize_fp8(gelu_tanh(h))`` in one pass (the FFN's hidden state between its two fp8
     products): GELU (tanh approximation) in fp32 on ``h [..., K]``, then per-token e4m3.
     Returns ``(g_q [..., K] float8_e4m3fn, scale [...] fp32)``."""
-    op = "gelu_tanh_fp8"
-    C.check_tensor(op, "h", h)
-    return dispatch(op, h)
+    if compiling():
+        return _LIB_GELU_TANH_FP8(h)
+    return _plan_gelu_tanh_fp8(h).fn(h)
 
 
-def linear_fp8(x, weight, weight_scale, bias=None, *, x_scale=None, out_dtype=None):
-    """FP8 product ``y = dequant(x) dequant(W)^T + b``.
+def _plan_gelu_tanh_fp8(h):
+    key = sig(h)
+    try:
+        return plans("gelu_tanh_fp8")[key]
+    except (KeyError, TypeError):
+        _check_gelu_tanh_fp8(h)
+        return new_plan("gelu_tanh_fp8", key, (h,), {})
 
-    ``x [..., K]``: a float tensor (quantised per token here, output in x's dtype) or an e4m3
-    tensor with ``x_scale`` (per token ``[...]``, or per group ``[..., G]`` of ``K/G``
-    channels) from a producer kernel, output in ``out_dtype`` (default bf16).
-    ``weight [N, K]`` e4m3, ``weight_scale [N]`` fp32 (``W = weight * weight_scale[:, None]``),
-    ``bias [N]`` or None. Returns ``[..., N]``. The specification computes in fp32 from the
-    dequantised operands; providers accumulate the fp8 products in fp32.
-    """
+
+def _check_linear_fp8(x, weight, weight_scale, bias=None, *, x_scale=None, out_dtype=None) -> None:
     op = "linear_fp8"
     if x_scale is None:
         C.check_tensor(op, "x", x)
@@ -127,4 +146,48 @@ def linear_fp8(x, weight, weight_scale, bias=None, *, x_scale=None, out_dtype=No
             raise C.fail(op, f"bias must be [N={weight.shape[0]}]", weight=weight, bias=bias)
     C.check_same_device(op, x=x, weight=weight, weight_scale=weight_scale, bias=bias,
                         x_scale=x_scale)
-    return dispatch(op, x, weight, weight_scale, bias, x_scale=x_scale, out_dtype=out_dtype)
+
+
+def linear_fp8(x, weight, weight_scale, bias=None, *, x_scale=None, out_dtype=None):
+    """FP8 product ``y = dequant(x) dequant(W)^T + b``.
+
+    ``x [..., K]``: a float tensor (quantised per token here, output in x's dtype) or an e4m3
+    tensor with ``x_scale`` (per token ``[...]``, or per group ``[..., G]`` of ``K/G``
+    channels) from a producer kernel, output in ``out_dtype`` (default bf16).
+    ``weight [N, K]`` e4m3, ``weight_scale [N]`` fp32 (``W = weight * weight_scale[:, None]``),
+    ``bias [N]`` or None. Returns ``[..., N]``. The specification computes in fp32 from the
+    dequantised operands; providers accumulate the fp8 products in fp32 (``torch._scaled_mm``,
+    fast accumulation: see ``kernels/scaled_mm``).
+    """
+    if compiling():
+        return _LIB_LINEAR_FP8(x, weight, weight_scale, bias, x_scale, out_dtype)
+    return _plan_linear_fp8(x, weight, weight_scale, bias, x_scale, out_dtype).fn(
+        x, weight, weight_scale, bias, x_scale=x_scale, out_dtype=out_dtype)
+
+
+def _plan_linear_fp8(x, weight, weight_scale, bias, x_scale, out_dtype):
+    key = (sig(x), sig(weight), sig(weight_scale), sig(bias), sig(x_scale), out_dtype)
+    try:
+        return plans("linear_fp8")[key]
+    except (KeyError, TypeError):
+        _check_linear_fp8(x, weight, weight_scale, bias, x_scale=x_scale, out_dtype=out_dtype)
+        return new_plan("linear_fp8", key, (x, weight, weight_scale, bias),
+                        {"x_scale": x_scale, "out_dtype": out_dtype})
+
+
+# ---------------------------------------------------------------------------------------
+# registration
+# ---------------------------------------------------------------------------------------
+define_op("quantize_fp8", quantize_fp8, _plan_quantize_fp8)
+define_op("gelu_tanh_fp8", gelu_tanh_fp8, _plan_gelu_tanh_fp8)
+define_op("linear_fp8", linear_fp8, _plan_linear_fp8)
+
+_LIB_QUANTIZE_FP8 = LibraryOp("quantize_fp8", quantize_fp8, (("x", "Tensor"),),
+                              "(Tensor, Tensor)", _check_quantize_fp8, quantize_fp8_native)
+_LIB_GELU_TANH_FP8 = LibraryOp("gelu_tanh_fp8", gelu_tanh_fp8, (("h", "Tensor"),),
+                               "(Tensor, Tensor)", _check_gelu_tanh_fp8, gelu_tanh_fp8_native)
+_LIB_LINEAR_FP8 = LibraryOp(
+    "linear_fp8", linear_fp8,
+    (("x", "Tensor"), ("weight", "Tensor"), ("weight_scale", "Tensor"), ("bias", "Tensor?"),
+     ("x_scale", "Tensor?"), ("out_dtype", "dtype?")),
+    "Tensor", _check_linear_fp8, linear_fp8_native)

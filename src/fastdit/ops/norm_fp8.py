@@ -7,28 +7,35 @@ quantisation in one pass, so the fp8 product that follows (``ops.linear_fp8`` wi
 
 ``layer_norm_scale_shift_fp8`` takes ``h = x``; ``scale_residual_norm_scale_shift_fp8`` takes
 ``h = r = residual + gate * x`` (rounded to residual's dtype, and returned, as in
-``scale_residual_norm_scale_shift``).
+``scale_residual_norm_scale_shift``). Modulations are keyword-only, in the family's order
+``shift, scale, gate``; dispatch (a plan per argument signature, a custom op under
+``torch.compile``) as in :mod:`fastdit.ops.norm`.
 """
 
 from __future__ import annotations
 
 from fastdit.ops import _checks as C
-from fastdit.ops.norm import _check_norm_family, _normalize
-from fastdit.ops.registry import dispatch
+from fastdit.ops.library import LibraryOp, compiling
+from fastdit.ops.norm import _NORM_PARAMS, _check_norm_family, _normalize
+from fastdit.ops.registry import define_op, new_plan, plans
+from fastdit.ops.registry import signature as sig
 from fastdit.quant.formulas import quantize_fp8_rows
 
 
+# ---------------------------------------------------------------------------------------
+# specification (native provider)
+# ---------------------------------------------------------------------------------------
 def _modulated(h, shift, scale, weight, bias, eps, norm):
     y = _normalize(h.float(), weight, bias, eps, norm)
     return y * (1.0 + C.modulation_fp32(scale, h.shape)) + C.modulation_fp32(shift, h.shape)
 
 
-def layer_norm_scale_shift_fp8_native(x, shift, scale, *, weight=None, bias=None, eps=1e-6,
+def layer_norm_scale_shift_fp8_native(x, *, shift, scale, weight=None, bias=None, eps=1e-6,
                                       norm="layer"):
     return quantize_fp8_rows(_modulated(x, shift, scale, weight, bias, eps, norm))
 
 
-def scale_residual_norm_scale_shift_fp8_native(residual, x, gate, shift, scale, *, weight=None,
+def scale_residual_norm_scale_shift_fp8_native(residual, x, *, shift, scale, gate, weight=None,
                                                bias=None, eps=1e-6, norm="layer"):
     gate32 = C.modulation_fp32(gate, x.shape)
     r = (residual.float() + x.float() * gate32).to(residual.dtype)
@@ -36,7 +43,30 @@ def scale_residual_norm_scale_shift_fp8_native(residual, x, gate, shift, scale, 
     return y_q, y_scale, r
 
 
-def layer_norm_scale_shift_fp8(x, shift, scale, *, weight=None, bias=None, eps=1e-6,
+# ---------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------
+def _check_layer_norm_fp8(x, *, shift, scale, weight=None, bias=None, eps=1e-6,
+                          norm="layer") -> None:
+    _check_norm_family("layer_norm_scale_shift_fp8", x, {"shift": shift, "scale": scale}, weight,
+                       bias, eps, norm)
+
+
+def _check_scale_residual_fp8(residual, x, *, shift, scale, gate, weight=None, bias=None,
+                              eps=1e-6, norm="layer") -> None:
+    op = "scale_residual_norm_scale_shift_fp8"
+    C.check_tensor(op, "residual", residual)
+    _check_norm_family(op, x, {"shift": shift, "scale": scale, "gate": gate}, weight, bias, eps,
+                       norm)
+    C.check_same_device(op, residual=residual, x=x)
+    if residual.shape != x.shape:
+        raise C.fail(op, "residual must have the shape of x", residual=residual, x=x)
+
+
+# ---------------------------------------------------------------------------------------
+# public ops
+# ---------------------------------------------------------------------------------------
+def layer_norm_scale_shift_fp8(x, *, shift, scale, weight=None, bias=None, eps=1e-6,
                                norm="layer"):
     """:func:`~fastdit.ops.layer_norm_scale_shift` quantised per token to e4m3 in the same pass.
 
@@ -44,22 +74,62 @@ def layer_norm_scale_shift_fp8(x, shift, scale, *, weight=None, bias=None, eps=1
     ``(y_q [..., D] float8_e4m3fn, y_scale [...] fp32)``, ``y ~= y_q * y_scale[..., None]``,
     quantised from the fp32 ``y`` (not from ``y`` rounded to x's dtype).
     """
-    op = "layer_norm_scale_shift_fp8"
-    _check_norm_family(op, x, {"shift": shift, "scale": scale}, weight, bias, eps, norm)
-    return dispatch(op, x, shift, scale, weight=weight, bias=bias, eps=eps, norm=norm)
+    if compiling():
+        return _LIB_LAYER_NORM_FP8(x, shift, scale, weight, bias, eps, norm)
+    return _plan_layer_norm_fp8(x, shift, scale, weight, bias, eps, norm).fn(
+        x, shift=shift, scale=scale, weight=weight, bias=bias, eps=eps, norm=norm)
 
 
-def scale_residual_norm_scale_shift_fp8(residual, x, gate, shift, scale, *, weight=None,
+def _plan_layer_norm_fp8(x, shift, scale, weight, bias, eps, norm):
+    key = (sig(x), sig(shift), sig(scale), sig(weight), sig(bias), eps, norm)
+    try:
+        return plans("layer_norm_scale_shift_fp8")[key]
+    except (KeyError, TypeError):
+        kwargs = dict(shift=shift, scale=scale, weight=weight, bias=bias, eps=eps, norm=norm)
+        _check_layer_norm_fp8(x, **kwargs)
+        return new_plan("layer_norm_scale_shift_fp8", key, (x,), kwargs)
+
+
+def scale_residual_norm_scale_shift_fp8(residual, x, *, shift, scale, gate, weight=None,
                                         bias=None, eps=1e-6, norm="layer"):
     """:func:`~fastdit.ops.scale_residual_norm_scale_shift` with ``y`` quantised per token.
 
-    Returns ``(y_q float8_e4m3fn, y_scale [...] fp32, r in residual.dtype)``.
+    ``r = residual + gate * x`` (rounded to residual's dtype), ``y = norm(r) * (1 + scale) +
+    shift`` in fp32, quantised per token. Returns ``(y_q float8_e4m3fn, y_scale [...] fp32,
+    r in residual.dtype)``.
     """
-    op = "scale_residual_norm_scale_shift_fp8"
-    C.check_tensor(op, "residual", residual)
-    _check_norm_family(op, x, {"gate": gate, "shift": shift, "scale": scale}, weight, bias, eps, norm)
-    C.check_same_device(op, residual=residual, x=x)
-    if residual.shape != x.shape:
-        raise C.fail(op, "residual must have the shape of x", residual=residual, x=x)
-    return dispatch(op, residual, x, gate, shift, scale, weight=weight, bias=bias, eps=eps,
-                    norm=norm)
+    if compiling():
+        return _LIB_SCALE_RESIDUAL_FP8(residual, x, shift, scale, gate, weight, bias, eps, norm)
+    return _plan_scale_residual_fp8(residual, x, shift, scale, gate, weight, bias, eps, norm).fn(
+        residual, x, shift=shift, scale=scale, gate=gate, weight=weight, bias=bias, eps=eps,
+        norm=norm)
+
+
+def _plan_scale_residual_fp8(residual, x, shift, scale, gate, weight, bias, eps, norm):
+    key = (sig(residual), sig(x), sig(shift), sig(scale), sig(gate), sig(weight), sig(bias), eps,
+           norm)
+    try:
+        return plans("scale_residual_norm_scale_shift_fp8")[key]
+    except (KeyError, TypeError):
+        kwargs = dict(shift=shift, scale=scale, gate=gate, weight=weight, bias=bias, eps=eps,
+                      norm=norm)
+        _check_scale_residual_fp8(residual, x, **kwargs)
+        return new_plan("scale_residual_norm_scale_shift_fp8", key, (residual, x), kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# registration
+# ---------------------------------------------------------------------------------------
+define_op("layer_norm_scale_shift_fp8", layer_norm_scale_shift_fp8, _plan_layer_norm_fp8)
+define_op("scale_residual_norm_scale_shift_fp8", scale_residual_norm_scale_shift_fp8,
+          _plan_scale_residual_fp8)
+
+_LIB_LAYER_NORM_FP8 = LibraryOp(
+    "layer_norm_scale_shift_fp8", layer_norm_scale_shift_fp8,
+    (("x", "Tensor"), ("shift", "mod"), ("scale", "mod")) + _NORM_PARAMS,
+    "(Tensor, Tensor)", _check_layer_norm_fp8, layer_norm_scale_shift_fp8_native)
+_LIB_SCALE_RESIDUAL_FP8 = LibraryOp(
+    "scale_residual_norm_scale_shift_fp8", scale_residual_norm_scale_shift_fp8,
+    (("residual", "Tensor"), ("x", "Tensor"), ("shift", "mod"), ("scale", "mod"), ("gate", "mod"))
+    + _NORM_PARAMS,
+    "(Tensor, Tensor, Tensor)", _check_scale_residual_fp8, scale_residual_norm_scale_shift_fp8_native)

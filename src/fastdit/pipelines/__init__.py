@@ -36,7 +36,8 @@ def load(path, device=None, dtype=None, **kwargs):
     ``lora_mode="merge"|"runtime"``, ``lora_strict``, ``transformer=PATH``, ``transformer_2=PATH``,
     ``preset="lightx2v-4step"``, ``timesteps``, ``boundary_step``, ``parallel`` (the multi-GPU layout:
     ``"ulysses=2,cfg=2"``, a dict, a :class:`~fastdit.distributed.layout.ParallelConfig` or
-    ``"auto"``; see ``docs/distributed.md``).
+    ``"auto"``; see ``docs/distributed.md``), ``quantize="none"|"fp8"`` (with per-part overrides,
+    ``"fp8:attention=exact"``; docs/quantization.md).
     """
     from fastdit.pipelines.wan import WanVideoPipeline
 

@@ -24,7 +24,8 @@ from typing import Any, Sequence
 
 import torch
 
-from fastdit.errors import CheckpointError, DeviceError, LoraError, ModelFolderError, first_line, is_out_of_memory
+from fastdit.errors import (CheckpointError, DeviceError, LoraError, ModelFolderError, UserError,
+                            first_line, is_out_of_memory)
 from fastdit.pipelines.spec import ModelSpec, inspect_model
 from fastdit.pipelines.variants import ExpertWeights, Variant, plan_variant
 from fastdit.schedulers.unipc import FlowUniPCScheduler
@@ -74,6 +75,12 @@ class LoadOptions:
     ``parallel``: the multi-GPU layout, a :class:`~fastdit.distributed.layout.ParallelConfig`, a
     dict of its fields, a spec ``"ulysses=2,ring=2,cfg=2,vae=4"`` or ``"auto"`` (None: one
     process, or ``"auto"`` when launched with several; see ``docs/distributed.md``).
+    ``quantize``: the precision of the transformers (``"none"``, the default: exact, output
+    equal to diffusers; ``"fp8"``: 8-bit self-attention and fp8 block linear layers; per-part
+    overrides such as ``"fp8:attention=exact"``; or a
+    :class:`~fastdit.quant.config.PrecisionConfig`), applied once at load
+    (:func:`fastdit.quant.apply.apply_precision`; docs/quantization.md); stored here as a
+    ``PrecisionConfig``.
     """
 
     scheduler: str = "unipc"
@@ -98,9 +105,11 @@ class LoadOptions:
     timesteps: Any = None
     boundary_step: int | None = None
     parallel: Any = None
+    quantize: Any = None  # str | PrecisionConfig | None, normalised to a PrecisionConfig
 
     def __post_init__(self) -> None:
         from fastdit.distributed.layout import parallel_option
+        from fastdit.quant.config import parse_quantize
 
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
@@ -130,6 +139,7 @@ class LoadOptions:
         if isinstance(self.timesteps, list):
             object.__setattr__(self, "timesteps", tuple(self.timesteps))
         object.__setattr__(self, "parallel", parallel_option(self.parallel))  # canonical form
+        object.__setattr__(self, "quantize", parse_quantize(self.quantize))  # InputError if bad
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "LoadOptions":
@@ -391,6 +401,10 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
         if any(e.file is not None or e.loras for e in variant.experts):
             raise LoraError("LoRAs and single-file transformers are not yet combined with streamed "
                             "block offload (offload='blocks' / a memory budget that streams)")
+        if not options.quantize.exact:
+            raise UserError(f"quantize={options.quantize.spec()} is not yet combined with streamed "
+                            "block offload (offload='blocks' / a memory budget that streams); "
+                            "weights='fp8' stores the streamed weights in e4m3")
         transformer, transformer_2 = load_streamed_experts(spec, device, dtype, plan, options)
     else:
         transformer = load_expert(spec, variant.expert("transformer"), device, dtype)
@@ -398,15 +412,34 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
         if spec.two_experts:
             second_home = device if offload == "none" else torch.device("cpu")
             transformer_2 = load_expert(spec, variant.expert("transformer_2"), second_home, dtype)
+    reports = apply_precision_to(options.quantize, device, transformer, transformer_2)
     pipe = cls(spec, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=sched,
                transformer=transformer, transformer_2=transformer_2, image_encoder=image_encoder,
                image_processor=image_processor, device=device, dtype=dtype, offload=offload,
                cache=options.cache, options=options, variant=variant, parallel=parallel)
+    pipe.precision, pipe.precision_reports = options.quantize, reports
     pipe.memory_plan = plan
     current_platform().synchronize()
     pipe.load_seconds = time.perf_counter() - start
     log.debug("loaded %s in %.1f s (offload=%s)", spec.describe(), pipe.load_seconds, offload)
     return pipe
+
+
+def apply_precision_to(precision, device: torch.device, *transformers) -> list:
+    """Apply the precision setting to each transformer (the experts) that is there, once, for
+    running on ``device``; the reports (weight memory, providers), one per transformer. The
+    exact setting leaves the models untouched."""
+    if precision.exact:
+        return []
+    from fastdit.quant.apply import apply_precision
+    from fastdit.quant.weights import format_bytes
+
+    reports = [apply_precision(model, precision, device, log_report=False)
+               for model in transformers if model is not None]
+    log.info("%s; transformer weights %s%s", reports[0].describe().rsplit("; transformer", 1)[0],
+             format_bytes(sum(r.weight_bytes for r in reports)),
+             f" ({len(reports)} experts)" if len(reports) > 1 else "")
+    return reports
 
 
 def _load_clip(spec: ModelSpec, dtype: torch.dtype, home: torch.device, place: dict):

@@ -104,6 +104,12 @@ class WanVideoPipeline:
         self.load_seconds: float | None = None
         self.options = options if options is not None else LoadOptions()  # how it was loaded
         self.variant = variant if variant is not None else Variant()  # preset, files, LoRAs
+        from fastdit.quant.config import PrecisionConfig
+
+        # the precision setting of the transformers (exact unless loaded with quantize=...) and
+        # what applying it did to each (fastdit.quant.apply.PrecisionReport)
+        self.precision = PrecisionConfig()
+        self.precision_reports: list = []
         # diffusers' Wan VAE keeps its causal-convolution cache on the module: one user at a time
         self._vae_lock = threading.Lock()
 
@@ -322,7 +328,8 @@ class WanVideoPipeline:
             "model": spec.name, "task": spec.task, "guidance": guidance,
             "cache": None if req.cache is None else req.cache.spec(),
             "sampler": req.few_step.describe() if req.few_step is not None else type(scheduler).__name__,
-            "weights": [e.settings() for e in self.variant.experts]}
+            "weights": [e.settings() for e in self.variant.experts],
+            "quantize": self.precision.spec(), "precision": self.precision_summary()}
         stats = {} if session is None else {"cache": session.finish().to_dict()}
         if par.world_size > 1:
             settings["parallel"] = par.config.describe()
@@ -341,6 +348,17 @@ class WanVideoPipeline:
                               width=req.width, has_image=has_image)
         cached = [dataclasses.replace(e, guidance=CachedGuidance(e.strategy(), session)) for e in experts]
         return cached, session
+
+    def precision_summary(self) -> dict[str, Any]:
+        """The precision setting and what it changed, for ``result.settings``: ``exact``, the
+        text form, the parts, the self-attention providers and the transformers' weight bytes."""
+        summary: dict[str, Any] = {"exact": self.precision.exact, "quantize": self.precision.spec(),
+                                   "attention": self.precision.attention,
+                                   "linear": self.precision.linear}
+        if self.precision_reports:
+            summary["attention_providers"] = list(self.precision_reports[0].attention_providers)
+            summary["weight_bytes"] = sum(r.weight_bytes for r in self.precision_reports)
+        return summary
 
     @staticmethod
     def _read_image(image: Any):

@@ -24,7 +24,9 @@ Granularities used by fastdit:
   (``softmax(q (k - m)^T) = softmax(q k^T)`` for any vector ``m``) and its channels balanced
   against Q's (:func:`key_smoothing`);
 * attention V: FP8 per channel, the amax over the tokens (:func:`quantize_v_fp8`), optionally
-  as two e4m3 terms (value and rounding residual, :func:`quantize_v_fp8_split`).
+  as two e4m3 terms (value and rounding residual, :func:`quantize_v_fp8_split`); V first
+  smoothed by its mean over the tokens (:func:`value_smoothing`: the attention weights of a
+  query sum to one, so ``P V = P (V - m) + m``), which the attention adds back exactly.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ def _amax(x32: torch.Tensor, dims) -> torch.Tensor:
 def _scale_and_inverse(amax: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(amax / qmax, qmax / amax)``, both correctly rounded fp32 divisions."""
     return amax / qmax, torch.full_like(amax, qmax) / amax
+
+
+def fp8_max(dtype: torch.dtype) -> float:
+    """The largest finite value of an fp8 format: 448 for float8_e4m3fn, 240 for the
+    float8_e4m3fnuz of AMD's MI300 (``Platform.fp8_dtype()``)."""
+    return float(torch.finfo(dtype).max)
 
 
 def _quantize(x: torch.Tensor, dims, qmax: float, dtype: torch.dtype
@@ -80,12 +88,19 @@ def quantize_fp8_rows(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, tor
     return q, scale.squeeze(dim)
 
 
-def quantize_fp8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_fp8_weight(weight: torch.Tensor, fp8_dtype: torch.dtype = FP8_DTYPE
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """A linear weight ``[N, K]`` in e4m3 with per-output-channel fp32 scales ``[N]``:
-    ``W ~= weight_fp8 * weight_scale[:, None]`` (:func:`quantize_fp8_rows` over K)."""
-    if weight.dim() != 2:
-        raise ValueError(f"quantize_fp8_weight: weight must be [N, K], got {list(weight.shape)}")
-    return quantize_fp8_rows(weight, dim=-1)
+    ``W ~= weight_fp8 * weight_scale[:, None]`` (:func:`quantize_fp8_rows` over K; with
+    ``fp8_dtype=torch.float8_e4m3fnuz`` the same with 240 for 448). The one per-channel weight
+    quantiser of fastdit: fp8 weight storage for offload uses it too."""
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"quantize_fp8_weight: weight must be a float [N, K] matrix, got "
+                         f"{weight.dtype} {list(weight.shape)}")
+    if fp8_dtype == FP8_DTYPE:
+        return quantize_fp8_rows(weight, dim=-1)
+    q, scale = _quantize(weight, -1, fp8_max(fp8_dtype), fp8_dtype)
+    return q, scale.squeeze(-1)
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -136,16 +151,44 @@ def v_scales(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _scale_and_inverse(value_absmax(v), FP8_MAX)
 
 
-def quantize_v_fp8(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def value_smoothing(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The smoothing of ``v [B, L, H, D]`` before its e4m3 quantisation: ``(mean, scale,
+    inv)``, fp32 ``[B, H, D]`` each:
+
+        mean[b, h, d] = mean_l v[b, l, h, d]                          (key_mean's reduction)
+        amax          = max(max_l |v - mean|, 1e-12)                  (from v's min and max)
+        scale, inv    = amax / 448, 448 / amax
+
+    V's channels are quantised as ``v - mean`` (a projection's bias and any other offset shared
+    by the tokens no longer take up e4m3's range); since every query's attention weights sum
+    to one, ``softmax(S) V = softmax(S) (V - mean) + mean``.
+    """
+    mean = key_mean(v)
+    v_min, v_max = torch.aminmax(v, dim=1)
+    amax = torch.maximum(v_max.float() - mean, mean - v_min.float()).clamp_min_(SCALE_FLOOR)
+    scale, inv = _scale_and_inverse(amax, FP8_MAX)
+    return mean, scale, inv
+
+
+def _v_scaled(v, mean, inv):
+    """``clamp((v - mean) * inv, +-448)`` in fp32 (``mean`` None: no smoothing)."""
+    v32 = v.float() if mean is None else v.float() - mean[:, None]
+    return (v32 * inv[:, None]).clamp_(-FP8_MAX, FP8_MAX)
+
+
+def quantize_v_fp8(v: torch.Tensor, smooth: bool = False):
     """V ``[B, L, H, D]`` in e4m3 with one scale per (batch, head, channel) over the tokens:
     ``v_q = e4m3(clamp(v * inv[b, h, d], +-448))``; returns ``(v_q [B, L, H, D], scale [B, H, D])``
-    with ``v ~= v_q * scale[:, None]``."""
+    with ``v ~= v_q * scale[:, None]``. With ``smooth``, ``v - mean`` is quantised
+    (:func:`value_smoothing`) and ``(v_q, scale, mean)`` returned, ``v ~= v_q * scale + mean``."""
+    if smooth:
+        mean, scale, inv = value_smoothing(v)
+        return _v_scaled(v, mean, inv).to(FP8_DTYPE), scale, mean
     scale, inv = v_scales(v)
-    q = (v.float() * inv[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    return q, scale
+    return _v_scaled(v, None, inv).to(FP8_DTYPE), scale
 
 
-def quantize_v_fp8_split(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_v_fp8_split(v: torch.Tensor, smooth: bool = False):
     """V in two e4m3 terms at the same per-channel scale, ``v ~= (v_hi + v_lo) * scale``:
 
         y    = clamp(v * inv[b, h, d], +-448)      (inv, scale as in quantize_v_fp8)
@@ -153,10 +196,14 @@ def quantize_v_fp8_split(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
         v_lo = e4m3(y - v_hi)                      (the rounding residual, |.| <= 16)
 
     The residual term makes V's error about 16x smaller (e4m3 keeps 4 significant bits) for
-    one more fp8 product ``P v_lo`` in the attention kernel. Returns ``(v_hi, v_lo, scale)``.
+    one more fp8 product ``P v_lo`` in the attention kernel. Returns ``(v_hi, v_lo, scale)``;
+    with ``smooth`` (``y`` from ``v - mean``) ``(v_hi, v_lo, scale, mean)``.
     """
-    scale, inv = v_scales(v)
-    y = (v.float() * inv[:, None]).clamp_(-FP8_MAX, FP8_MAX)
+    if smooth:
+        mean, scale, inv = value_smoothing(v)
+    else:
+        (scale, inv), mean = v_scales(v), None
+    y = _v_scaled(v, mean, inv)
     v_hi = y.to(FP8_DTYPE)
     v_lo = (y - v_hi.float()).to(FP8_DTYPE)
-    return v_hi, v_lo, scale
+    return (v_hi, v_lo, scale) if mean is None else (v_hi, v_lo, scale, mean)

@@ -32,6 +32,23 @@ class Fp8Activation(NamedTuple):
     scale: torch.Tensor
     out_dtype: torch.dtype = torch.bfloat16
 
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of the activation (``values``)."""
+        return self.values.shape
+
+    def view_rows(self) -> "Fp8Activation":
+        """The leading dimensions merged: ``values [T, K]``, ``scale [T]`` (or ``[T, G]``)."""
+        k = self.values.shape[-1]
+        per_group = self.scale.dim() == self.values.dim()
+        scale = (self.scale.reshape(-1, self.scale.shape[-1]) if per_group
+                 else self.scale.reshape(-1))
+        return Fp8Activation(self.values.reshape(-1, k), scale, self.out_dtype)
+
+    def rows(self, start: int, stop: int) -> "Fp8Activation":
+        """Rows ``start .. stop - 1`` of a :meth:`view_rows` activation (views, no copy)."""
+        return Fp8Activation(self.values[start:stop], self.scale[start:stop], self.out_dtype)
+
     def dequantize(self) -> torch.Tensor:
         """``values * scale`` in ``out_dtype`` (for a dense consumer)."""
         v = self.values.float()

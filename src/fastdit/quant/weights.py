@@ -39,9 +39,16 @@ class WeightReport:
     bytes_after: int  # ... and after (fp8 weights + fp32 scales)
 
     def describe(self) -> str:
-        gib = 2.0**30
-        return (f"fp8 weights: {len(self.layers)} linear layers, {self.bytes_before / gib:.2f} -> "
-                f"{self.bytes_after / gib:.2f} GiB; {len(self.kept_dense)} kept dense")
+        return (f"fp8 weights: {len(self.layers)} linear layers, {format_bytes(self.bytes_before)} "
+                f"-> {format_bytes(self.bytes_after)}; {len(self.kept_dense)} kept dense")
+
+
+def format_bytes(count: int) -> str:
+    """``1.23 GiB`` (or MiB, KiB for small models)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
+        if count >= size:
+            return f"{count / size:.2f} {unit}"
+    return f"{count / 2**10:.1f} KiB"
 
 
 def is_quantizable_linear(module: nn.Module) -> bool:
@@ -54,12 +61,15 @@ def is_quantizable_linear(module: nn.Module) -> bool:
 def quantize_module_weight_(module: nn.Module, compute: str = "fp8") -> int:
     """Quantise one layer's weight in place; returns the bytes it took before.
 
-    Already-quantised layers (weight in e4m3) are left alone and count 0.
+    Already-quantised layers (weight in e4m3 with scales, e.g. stored so by ``weights="fp8"``)
+    keep their weight, get ``compute`` and count 0.
     """
     if compute not in ("fp8", "dense"):
         raise ValueError(f"compute must be 'fp8' or 'dense', got {compute!r}")
     weight = module.weight
     if weight.dtype == FP8_DTYPE:
+        if getattr(module, "weight_scale", None) is not None and hasattr(module, "compute"):
+            module.compute = compute
         return 0
     before = weight.numel() * weight.element_size()
     with torch.no_grad():
@@ -77,12 +87,13 @@ def quantize_module_weight_(module: nn.Module, compute: str = "fp8") -> int:
 
 def quantize_linear_weights_(model: nn.Module, precision: PrecisionConfig | None = None, *,
                              select: Callable[[str, nn.Module], bool] | None = None,
-                             compute: str = "fp8") -> WeightReport:
+                             compute: str = "fp8", log_report: bool = True) -> WeightReport:
     """Store the weights of ``model``'s linear layers in fp8, in place.
 
     Which layers: those :func:`is_quantizable_linear` accepts whose name ``precision``
     (default: the "fp8" preset) quantises, or, with ``select(name, module)``, those it
-    accepts. Logs one line; returns a :class:`WeightReport` (weight memory before/after).
+    accepts. Logs one line (unless ``log_report`` is False: a caller that reports it itself);
+    returns a :class:`WeightReport` (weight memory before/after).
     """
     if precision is None:
         from fastdit.quant.config import preset
@@ -102,5 +113,6 @@ def quantize_linear_weights_(model: nn.Module, precision: PrecisionConfig | None
             after += module.weight.numel() + module.weight_scale.numel() * 4
         layers.append(name)
     report = WeightReport(tuple(layers), tuple(dense), before, after)
-    log.info("%s", report.describe())
+    if log_report:
+        log.info("%s", report.describe())
     return report

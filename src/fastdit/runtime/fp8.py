@@ -3,8 +3,8 @@
 For a weight ``W [N, K]`` and the fp8 format's largest value ``M`` (448 for e4m3fn, 240 for
 MI300's e4m3fnuz)::
 
-    s_n = max_k |W[n, k]| / M        (s_n = 1 for an all-zero row)          scale  [N] fp32
-    q[n, k] = e4m3(W[n, k] / s_n)    (round to nearest even, |.| <= M)      weight [N, K] fp8
+    s_n = max(max_k |W[n, k]|, 1e-12) / M                                  scale  [N] fp32
+    q[n, k] = e4m3(W[n, k] * (M / max(...)))  (round to nearest even, |.| <= M)  weight [N, K] fp8
     W ~= q * s[:, None]              dequantised in the compute dtype just before use
 
 Error bound, element by element (``eps`` = 2^-3 is e4m3's relative spacing, ``tiny`` = its
@@ -14,9 +14,9 @@ smallest normal, 2^-6; e4m3's subnormals are spaced ``tiny * eps`` apart)::
 
 so every weight keeps about 4 significant bits (3.5% worst case, ~1.8% RMS for uniformly
 spread weights): storage and host-to-device traffic halve against bf16. The forward's cosine
-against bf16 weights is in ``docs/offload.md``. (This is the offload package's own small
-quantiser; ``fastdit/quant`` owns the precision presets and the fp8 products, and the lead
-unifies the two.)
+against bf16 weights is in ``docs/offload.md``. The quantiser is fastdit's one per-channel
+weight quantiser, :func:`fastdit.quant.formulas.quantize_fp8_weight` (the same weights the
+``quantize="fp8"`` precision setting converts); an all-zero row gets the floor scale and zeros.
 """
 
 from __future__ import annotations
@@ -33,15 +33,12 @@ def quantize_per_channel(weight: torch.Tensor, fp8_dtype: torch.dtype = torch.fl
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """``W [N, K]`` (any float dtype, any device) -> ``(q [N, K] fp8, scale [N] fp32)`` with
     ``W ~= q * scale[:, None]`` (see the module docstring for the formula and the bound)."""
+    from fastdit.quant.formulas import quantize_fp8_weight
+
     if weight.dim() != 2 or not weight.dtype.is_floating_point:
         raise ValueError(f"quantize_per_channel: weight must be a float [N, K] matrix, got "
                          f"{weight.dtype} {list(weight.shape)}")
-    fmax = torch.finfo(fp8_dtype).max
-    w = weight.float()
-    amax = w.abs().amax(dim=1)  # (N,)
-    scale = torch.where(amax > 0, amax / fmax, torch.ones_like(amax))  # (N,) fp32
-    q = (w / scale[:, None]).clamp_(-fmax, fmax).to(fp8_dtype)  # (N, K)
-    return q, scale
+    return quantize_fp8_weight(weight, fp8_dtype)
 
 
 def dequantize_per_channel(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -54,6 +54,9 @@ LOAD_OPTIONS: tuple[LoadOption, ...] = (
     LoadOption("--transformer", "transformer", "str", "a single .safetensors transformer file"),
     LoadOption("--transformer-2", "transformer_2", "str", "the same for the second expert"),
     LoadOption("--preset", "preset", "str", "few-step preset (lightx2v-4step, lightning-4step)"),
+    # precision (docs/quantization.md)
+    LoadOption("--quantize", "quantize", "str",
+               "precision: none (exact) or fp8, with per-part overrides (fp8:attention=exact)"),
 )
 
 DTYPE_NAMES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",

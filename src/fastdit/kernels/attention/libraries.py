@@ -43,6 +43,11 @@ def sage_supported() -> bool:
 
 
 def sage_supports_args(q, k, v, *, causal=False, scale=None, attn_mask=None) -> bool:
+    """sageattention's kernels: fp16/bf16 on CUDA, head dims 64 and 128, no mask; its causal
+    mask is only defined for ``Lq == Lk`` (it asserts ``qo_len == kv_len``), so causal calls
+    with other lengths go to the next provider."""
+    if causal and q.shape[1] != k.shape[1]:
+        return False
     return attn_mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
 
 

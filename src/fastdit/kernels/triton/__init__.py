@@ -46,9 +46,17 @@ _FP8_OPS = {
                                             SQ.scale_residual_norm_scale_shift_fp8_args),
     "attention_fp8_out": ("attention_int8:attention_fp8_out", SQ.attention_fp8_out_args),
 }
+# wide rows (D > 4096) of the fp8 norms go to the next provider (torch.compile) on a GPU, as
+# for the bf16 norms: on the H200 the whole-row kernel ran D=5120 at 1.0 TB/s (0.49 ms at
+# 32760 tokens, against 0.22 ms for the compiled bf16 norm)
+_FP8_PREFERS = {
+    "layer_norm_scale_shift_fp8": S.prefers_norm_modulate,
+    "scale_residual_norm_scale_shift_fp8": S.prefers_scale_residual,
+}
 for _op, (_impl, _args) in _FP8_OPS.items():
     register(_op, "triton", f"fastdit.kernels.triton.{_impl}", supported=SQ.supported_fp8,
-             supports_args=_args, description="Triton fp8 kernel (sm_89+; CPU via the interpreter)")
+             supports_args=_args, prefers=_FP8_PREFERS.get(_op, _always),
+             description="Triton fp8 kernel (sm_89+; CPU via the interpreter)")
 # 8-bit attention: approximate, so in no default priority list (asked for by name or by the
 # precision setting, fastdit.quant.config.ATTENTION_PROVIDERS)
 register("attention", "int8_triton", "fastdit.kernels.triton.attention_int8:attention_int8",

@@ -74,13 +74,13 @@ def attention_fp8_out_args(q, k, v, *, scale=None) -> bool:
     return attention_int8_triton_args(q, k, v)
 
 
-def layer_norm_scale_shift_fp8_args(x, shift, scale, *, weight=None, bias=None, eps=1e-6,
+def layer_norm_scale_shift_fp8_args(x, *, shift, scale, weight=None, bias=None, eps=1e-6,
                                     norm="layer") -> bool:
     return S.layer_norm_scale_shift_args(x, shift=shift, scale=scale, weight=weight, bias=bias,
                                          eps=eps, norm=norm)
 
 
-def scale_residual_norm_scale_shift_fp8_args(residual, x, gate, shift, scale, *, weight=None,
+def scale_residual_norm_scale_shift_fp8_args(residual, x, *, shift, scale, gate, weight=None,
                                              bias=None, eps=1e-6, norm="layer") -> bool:
     return S.scale_residual_norm_scale_shift_args(residual, x, shift=shift, scale=scale, gate=gate,
                                                   weight=weight, bias=bias, eps=eps, norm=norm)

@@ -4,11 +4,11 @@ Two steps, both counted in the op's time:
 
 1. **Quantise** (``quantize_qkv``): q and k to INT8 per (token, head) (k smoothed by its mean
    over the tokens, its channels balanced against q's: ``quant.formulas.key_smoothing``), v to
-   e4m3 per (head, channel); written head-major into buffers padded to
-   a multiple of ``PAD`` tokens (padding rows are zeros), v transposed to ``[B, H, D, L]`` so
-   that it is the K-major operand the fp8 tensor-core instructions want (with ``V_SPLIT``, the
-   default, also v's rounding residual as a second e4m3 term). The statistics over the tokens
-   (k's mean and min/max, v's amax) are torch reductions (``quant.formulas``);
+   e4m3 per (head, channel) after subtracting its mean over the tokens; written head-major
+   into buffers padded to a multiple of ``PAD`` tokens (padding rows are zeros), v transposed
+   to ``[B, H, D, L]`` so that it is the K-major operand the fp8 tensor-core instructions want
+   (with ``V_SPLIT`` also v's rounding residual as a second e4m3 term). The statistics over the
+   tokens (k's and v's mean and min/max) are torch reductions (``quant.formulas``);
    the three quantisers are one Triton kernel launch each. Every bit equals
    ``ops.attention_int8.quantize_qkv_native``. A producer kernel (the fused q/k RMSNorm + RoPE)
    can later write the q buffer and its scales directly (see ``QuantizedQKV``).
@@ -17,8 +17,10 @@ Two steps, both counted in the op's time:
    softmax in base 2 with ``448`` folded into the exponent, so ``P448 = 448 exp(S - m)`` is
    cast to e4m3 directly; ``P448 V`` (``+ P448 V_lo``) per key block on the fp8 tensor cores, the block's fp32
    result added into the fp32 accumulator (two-level accumulation: on sm_90 the fp8
-   instruction keeps about 22 bits over one block only). Keys in full blocks run unmasked;
-   the one partial block at the end (L = 32760) runs a masked copy of the loop body.
+   instruction keeps about 22 bits over one block only; the ``pv_fused`` candidate lets the
+   MMA accumulate across blocks instead). Keys in full blocks run unmasked; the one partial
+   block at the end (L = 32760) runs a masked copy of the loop body. The epilogue divides by
+   the row sums and adds V's mean back (V is quantised as ``v - mean``).
 
 With ``out_fp8`` the epilogue writes the output in e4m3 per (token, head) with fp32 scales
 (``ops.attention_fp8_out``), the input of the fp8 output projection.
@@ -40,7 +42,7 @@ import triton.language as tl
 from fastdit.kernels.triton import _quant_common as Q
 from fastdit.kernels.triton._support import cdiv, interpreting
 from fastdit.ops.attention_int8 import V_SPLIT
-from fastdit.quant.formulas import key_smoothing, v_scales
+from fastdit.quant.formulas import key_smoothing, value_smoothing
 
 PAD = 128  # token padding of the quantised buffers; every BLOCK_M and BLOCK_N divides it
 BLOCK_T = 64  # tokens per program of the quantisers
@@ -50,31 +52,52 @@ LOG2_P_SCALE = tl.constexpr(math.log2(448.0))  # read inside the kernel: a const
 
 @dataclass(frozen=True)
 class AttentionConfig:
-    """Launch parameters of the attention kernel (tuned per head dim on the GPU)."""
+    """Launch parameters and variants of the attention kernel (chosen per head dim by timing
+    on the GPU, ``benchmarks/quant.py``).
+
+    ``i2f_magic``: int32 -> fp32 of the scores by an integer add (see ``_quant_common``)
+    instead of the conversion instruction. ``pv_fused``: ``P V`` accumulated in the MMA's own
+    accumulator across key blocks (``acc = dot(P, V, acc * alpha)``; no second register tile,
+    no separate add; on sm_90 the fp8 MMA then accumulates with its ~22-bit adder across all
+    blocks instead of one) instead of per block into fp32. ``exp_fma``: ``2**x`` of the
+    probabilities computed on the FMA and integer units (:func:`exp2_fma`, relative error
+    7.7e-5, far below e4m3's 2**-4) instead of the MUFU unit, which also converts the scores.
+    """
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
-    i2f_magic: bool = True  # int32 -> fp32 through an integer add (see _quant_common)
+    i2f_magic: bool = False
+    pv_fused: bool = False
+    exp_fma: bool = False
 
     @property
     def name(self) -> str:
         return (f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}"
-                + ("" if self.i2f_magic else "-cvt"))
+                + ("-magic" if self.i2f_magic else "") + ("-fusedpv" if self.pv_fused else "")
+                + ("-fmaexp" if self.exp_fma else ""))
 
 
-# Candidates per head dim; the first is used. Not yet timed on a GPU: the order follows the
-# usual FlashAttention-on-Hopper choices (128x128 tiles, 8 warps at D=128). Compiled for sm_90
-# on a CPU (tests/kernels/_compile_check_quant.py), every candidate fits in 255 registers
-# without spills, V in one or two terms; 4-warp 128x128 tiles (and 64x128 at D=128) spill.
+# Candidates per head dim; the first is used. D=128 (every Wan model), H200, L=32760, V in one
+# term (benchmarks/results/h200-run1): m128n128w8s3 with the conversion instruction 11.07 /
+# 35.39 ms at 12 / 40 heads (cuDNN bf16 11.80 / 39.94); with the integer-add conversion 12.34 /
+# 39.38; 128x64 tiles 14.05 / 45.0; 64x64 (4 warps) 12.12 / 41.07; 2 stages 13.08 / 41.52.
+# Not yet timed: 4 stages, the MMA-accumulated P V, the FMA exponential, 64x128 tiles on one
+# warpgroup (two programs per SM, each one's softmax overlapping the other's products).
+# Compiled for sm_90 on a CPU (tests/kernels/_compile_check_quant.py), every candidate fits in
+# 255 registers without spills, V in one or two terms (the P V accumulated in the MMA frees 15
+# registers at 128x128); 256-row tiles (16 warps: 128 registers) spill 280-790 bytes.
 CONFIGS: dict[int, tuple[AttentionConfig, ...]] = {
-    128: (AttentionConfig(128, 128, 8, 3), AttentionConfig(128, 64, 8, 3),
-          AttentionConfig(128, 64, 8, 4), AttentionConfig(64, 64, 4, 3),
-          AttentionConfig(128, 128, 8, 2), AttentionConfig(128, 128, 8, 3, i2f_magic=False)),
+    128: (AttentionConfig(128, 128, 8, 3), AttentionConfig(128, 128, 8, 4),
+          AttentionConfig(128, 128, 8, 3, pv_fused=True),
+          AttentionConfig(128, 128, 8, 3, exp_fma=True),
+          AttentionConfig(128, 128, 8, 3, pv_fused=True, exp_fma=True),
+          AttentionConfig(64, 128, 4, 3, pv_fused=True),
+          AttentionConfig(64, 128, 4, 3, pv_fused=True, exp_fma=True)),
     64: (AttentionConfig(128, 128, 8, 3), AttentionConfig(128, 64, 8, 3),
          AttentionConfig(128, 64, 4, 4), AttentionConfig(64, 64, 4, 4),
-         AttentionConfig(64, 128, 4, 3)),
+         AttentionConfig(128, 128, 8, 3, pv_fused=True, exp_fma=True)),
 }
 HEAD_DIMS = tuple(CONFIGS)
 
@@ -111,12 +134,13 @@ def _quant_int8_rows_kernel(x_ptr, sxb, sxl, sxh, sxd, mean_ptr, mul_ptr, out_pt
 
 
 @triton.jit
-def _quant_v_fp8_kernel(v_ptr, svb, svl, svh, svd, inv_ptr, out_ptr, lo_ptr, L, L_PAD, H,
-                        D: tl.constexpr, BLOCK: tl.constexpr, SPLIT: tl.constexpr,
+def _quant_v_fp8_kernel(v_ptr, svb, svl, svh, svd, mean_ptr, inv_ptr, out_ptr, lo_ptr, L, L_PAD,
+                        H, D: tl.constexpr, BLOCK: tl.constexpr, SPLIT: tl.constexpr,
                         INTERPRET: tl.constexpr):
     # v [B, L, H, D] -> out [B, H, D, L_PAD] e4m3 (tokens contiguous), out = e4m3(y),
-    # y = clamp(v * inv[b, h, d], +-448) (inv = 448 / amax over the tokens); with SPLIT also
-    # lo = e4m3(y - out), the residual, in the same layout; rows l >= L are zeros
+    # y = clamp((v - mean[b, h, d]) * inv[b, h, d], +-448) (inv = 448 / amax of v - mean over
+    # the tokens); with SPLIT also lo = e4m3(y - out), the residual, in the same layout; rows
+    # l >= L are zeros
     pid_t = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -124,7 +148,9 @@ def _quant_v_fp8_kernel(v_ptr, svb, svl, svh, svd, inv_ptr, out_ptr, lo_ptr, L, 
     rows = pid_t * BLOCK + tl.arange(0, BLOCK)
     cols = tl.arange(0, D)
     offs = b * svb + h * svh + (rows.to(tl.int64) * svl)[:, None] + (cols * svd)[None, :]
-    v = tl.load(v_ptr + offs, mask=(rows < L)[:, None], other=0.0).to(tl.float32)
+    valid = (rows < L)[:, None]
+    v = tl.load(v_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    v = tl.where(valid, v - tl.load(mean_ptr + bh * D + cols)[None, :], 0.0)
     inv = tl.load(inv_ptr + bh * D + cols)
     y = tl.minimum(tl.maximum(v * inv[None, :], -Q.E4M3_MAX), Q.E4M3_MAX)
     v8 = Q.to_e4m3(y, INTERPRET)
@@ -138,9 +164,26 @@ def _quant_v_fp8_kernel(v_ptr, svb, svl, svh, svd, inv_ptr, out_ptr, lo_ptr, L, 
 # attention
 # ---------------------------------------------------------------------------------------
 @triton.jit
+def exp2_fma(x):
+    """``2**x`` in fp32 without the MUFU unit: ``x = j + f`` with ``j`` the nearest integer (the
+    1.5 * 2**23 rounding trick, whose bits also hold ``j``), ``2**f`` on ``[-1/2, 1/2]`` by a
+    degree-3 polynomial (relative error <= 7.7e-5), ``j`` added to the exponent bits. Values
+    below 2**-126 come out as (near) zero; ``x = -inf`` gives 2**-126 * 2**f, not 0."""
+    x = tl.maximum(x, -126.0)
+    t = x + 12582912.0  # 1.5 * 2**23: the low bits of t hold round(x)
+    f = x - (t - 12582912.0)  # in [-1/2, 1/2]
+    p = 0.05508886 * f + 0.24260466
+    p = p * f + 0.6932763
+    p = p * f + 0.9999289
+    j = t.to(tl.int32, bitcast=True) - 0x4B400000  # round(x) as an integer
+    return (p.to(tl.int32, bitcast=True) + (j << 23)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base, start, Lk, LK_PAD,
                 offs_n, offs_d, D: tl.constexpr, MASK: tl.constexpr, I2F_MAGIC: tl.constexpr,
-                V_SPLIT: tl.constexpr, PV_IMPRECISE: tl.constexpr, INTERPRET: tl.constexpr):
+                V_SPLIT: tl.constexpr, PV_IMPRECISE: tl.constexpr, PV_FUSED: tl.constexpr,
+                EXP_FMA: tl.constexpr, INTERPRET: tl.constexpr):
     """One key block: scores, online-softmax update, ``acc = acc * alpha + P448 V``."""
     cols = start + offs_n
     k_t = tl.load(k_base + (cols * D)[None, :] + offs_d[:, None])  # (D, BLOCK_N) int8
@@ -153,7 +196,13 @@ def _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base, start, 
     if MASK:
         t = tl.where((cols < Lk)[None, :], t, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(t, 1) * rs)  # rs > 0: max(t * rs) = max(t) * rs
-    p = tl.math.exp2(t * rs[:, None] - (m_new - LOG2_P_SCALE)[:, None])  # 448 exp(S - m)
+    x = t * rs[:, None] - (m_new - LOG2_P_SCALE)[:, None]  # log2 of 448 exp(S - m)
+    if EXP_FMA:
+        p = exp2_fma(x)
+        if MASK:  # exp2_fma(-inf) is 2**-126-ish, not 0: keep the tail's sum exact
+            p = tl.where((cols < Lk)[None, :], p, 0.0)
+    else:
+        p = tl.math.exp2(x)
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     v_offs = (offs_d * LK_PAD)[:, None] + cols[None, :]
@@ -162,6 +211,13 @@ def _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base, start, 
         p8 = Q.to_e4m3(p, INTERPRET)
     else:
         p8 = p.to(tl.float8e4nv)  # p <= 448 (1 + eps): the cast rounds and saturates
+    if PV_FUSED:
+        # one-level: the MMA accumulates into acc across all key blocks (max_num_imprecise_acc
+        # left at Triton's default, 2**30 on sm_90: no promotion to a separate fp32 tile)
+        acc = tl.dot(p8, tl.trans(v_t), acc * alpha[:, None])
+        if V_SPLIT:
+            acc = tl.dot(p8, tl.trans(tl.load(vlo_base + v_offs)), acc)
+        return acc, l_i, m_new
     # P V over this block in the fp8 MMA (about 22 bits of accumulation on sm_89/sm_90: fine
     # over one block), then added into the fp32 accumulator. Triton folds "acc + dot" into the
     # MMA's accumulator only when the dot's max_num_imprecise_acc is 0: on sm_90 its default
@@ -181,13 +237,15 @@ def _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base, start, 
 
 
 @triton.jit
-def _attn_int8_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vlo_ptr, vs_ptr, o_ptr, os_ptr,
-                      sob, sol, soh, sod, Lq, Lk, LQ_PAD, LK_PAD, HQ, HK, qk_scale,
+def _attn_int8_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vlo_ptr, vs_ptr, vm_ptr, o_ptr,
+                      os_ptr, sob, sol, soh, sod, Lq, Lk, LQ_PAD, LK_PAD, HQ, HK, qk_scale,
                       D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       I2F_MAGIC: tl.constexpr, V_SPLIT: tl.constexpr, OUT_FP8: tl.constexpr,
-                      PV_IMPRECISE: tl.constexpr, INTERPRET: tl.constexpr):
+                      PV_IMPRECISE: tl.constexpr, PV_FUSED: tl.constexpr, EXP_FMA: tl.constexpr,
+                      INTERPRET: tl.constexpr):
     # q [B, HQ, LQ_PAD, D] int8 + qs [B, HQ, LQ_PAD]; k [B, HK, LK_PAD, D] int8 + ks;
-    # v (and v_lo with V_SPLIT) [B, HK, D, LK_PAD] e4m3 + vs [B, HK, D]; o [B, Lq, HQ, D];
+    # v (and v_lo with V_SPLIT) [B, HK, D, LK_PAD] e4m3 + vs, vm (V's mean) [B, HK, D];
+    # o [B, Lq, HQ, D];
     # with OUT_FP8, o is e4m3 per (token, head) and its scales os [B, Lq, HQ] fp32
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -211,13 +269,16 @@ def _attn_int8_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vlo_ptr, vs_ptr, o_pt
     for j in range(0, n_full):  # full key blocks: no masks
         acc, l_i, m_i = _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base,
                                     j * BLOCK_N, Lk, LK_PAD, offs_n, offs_d, D, False,
-                                    I2F_MAGIC, V_SPLIT, PV_IMPRECISE, INTERPRET)
+                                    I2F_MAGIC, V_SPLIT, PV_IMPRECISE, PV_FUSED, EXP_FMA,
+                                    INTERPRET)
     if n_full * BLOCK_N < Lk:  # the partial block at the end
         acc, l_i, m_i = _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base,
                                     n_full * BLOCK_N, Lk, LK_PAD, offs_n, offs_d, D, True,
-                                    I2F_MAGIC, V_SPLIT, PV_IMPRECISE, INTERPRET)
+                                    I2F_MAGIC, V_SPLIT, PV_IMPRECISE, PV_FUSED, EXP_FMA,
+                                    INTERPRET)
     vs = tl.load(vs_ptr + kvh * D + offs_d)
-    o = acc * vs[None, :] / l_i[:, None]
+    vm = tl.load(vm_ptr + kvh * D + offs_d)
+    o = acc * vs[None, :] / l_i[:, None] + vm[None, :]  # + V's mean: the weights sum to one
     o_offs = (b.to(tl.int64) * sob + h.to(tl.int64) * soh + (offs_m.to(tl.int64) * sol)[:, None]
               + (offs_d * sod)[None, :])
     rmask = offs_m < Lq
@@ -237,8 +298,9 @@ class QuantizedQKV:
     """Quantised attention inputs in the kernel's layout (token dims padded to ``PAD``).
 
     ``q [B, Hq, Lq_pad, D]`` int8 and ``q_scale [B, Hq, Lq_pad]`` fp32; ``k`` and ``k_scale``
-    alike with Hk, Lk_pad (k smoothed); ``v [B, Hk, D, Lk_pad]`` e4m3 (and its residual term
-    ``v_lo`` alike, or None) and ``v_scale [B, Hk, D]`` fp32. Padding rows are zeros. A
+    alike with Hk, Lk_pad (k smoothed); ``v [B, Hk, D, Lk_pad]`` e4m3 of ``v - v_mean`` (and
+    its residual term ``v_lo`` alike, or None), ``v_scale`` and ``v_mean [B, Hk, D]`` fp32.
+    Padding rows are zeros. A
     producer kernel may fill any of these directly; q's and k's quantisation need the key
     statistics of the layer first (``quant.formulas.key_smoothing``: q is scaled by ``c``).
     """
@@ -252,6 +314,7 @@ class QuantizedQKV:
     v_lo: torch.Tensor | None
     lq: int
     lk: int
+    v_mean: torch.Tensor | None = None  # None: zeros (no smoothing)
 
 
 def pv_imprecise_acc(block_n: int) -> int:
@@ -293,16 +356,16 @@ def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     mean, c, inv_c = (t.contiguous() for t in key_smoothing(k))  # (B, Hk, D) each
     q_i8, q_scale = _quantize_rows(q, None, c)  # q * c
     k_i8, k_scale = _quantize_rows(k, mean, inv_c)  # (k - mean) / c
-    v_scale, v_inv = v_scales(v)  # (B, Hk, D) each
+    v_mean, v_scale, v_inv = (t.contiguous() for t in value_smoothing(v))  # (B, Hk, D) each
     lk_pad = _padded(lk)
     v_f8 = torch.empty((batch, heads_k, dim, lk_pad), dtype=torch.float8_e4m3fn, device=v.device)
     v_lo = torch.empty_like(v_f8) if v_split else None
     _quant_v_fp8_kernel[(lk_pad // BLOCK_T, batch * heads_k)](
-        v, *v.stride(), v_inv.contiguous(), v_f8, v_f8 if v_lo is None else v_lo, lk, lk_pad,
+        v, *v.stride(), v_mean, v_inv, v_f8, v_f8 if v_lo is None else v_lo, lk, lk_pad,
         heads_k, D=dim, BLOCK=BLOCK_T, SPLIT=v_split, INTERPRET=interpreting(), num_warps=4,
         enable_fp_fusion=False)
-    return QuantizedQKV(q_i8, q_scale, k_i8, k_scale, v_f8, v_scale.contiguous(), v_lo,
-                        q.shape[1], lk)
+    return QuantizedQKV(q_i8, q_scale, k_i8, k_scale, v_f8, v_scale, v_lo, q.shape[1], lk,
+                        v_mean)
 
 
 def attention_quantized(qkv: QuantizedQKV, out_dtype: torch.dtype, scale: float,
@@ -318,13 +381,15 @@ def attention_quantized(qkv: QuantizedQKV, out_dtype: torch.dtype, scale: float,
     out_scale = (torch.empty((batch, qkv.lq, heads_q), dtype=torch.float32, device=device)
                  if out_fp8 else None)
     grid = (cdiv(qkv.lq, config.block_m), batch * heads_q)
+    v_mean = qkv.v_mean if qkv.v_mean is not None else torch.zeros_like(qkv.v_scale)
     _attn_int8_kernel[grid](
         qkv.q, qkv.q_scale, qkv.k, qkv.k_scale, qkv.v, qkv.v if qkv.v_lo is None else qkv.v_lo,
-        qkv.v_scale, out, qkv.q_scale if out_scale is None else out_scale, *out.stride(),
-        qkv.lq, qkv.lk, lq_pad, lk_pad, heads_q, heads_k, float(scale) * LOG2E, D=dim,
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, I2F_MAGIC=config.i2f_magic,
+        qkv.v_scale, v_mean, out, qkv.q_scale if out_scale is None else out_scale,
+        *out.stride(), qkv.lq, qkv.lk, lq_pad, lk_pad, heads_q, heads_k, float(scale) * LOG2E,
+        D=dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n, I2F_MAGIC=config.i2f_magic,
         V_SPLIT=qkv.v_lo is not None, OUT_FP8=out_fp8,
-        PV_IMPRECISE=pv_imprecise_acc(config.block_n), INTERPRET=interpreting(),
+        PV_IMPRECISE=pv_imprecise_acc(config.block_n), PV_FUSED=config.pv_fused,
+        EXP_FMA=config.exp_fma, INTERPRET=interpreting(),
         num_warps=config.num_warps, num_stages=config.num_stages)
     return (out, out_scale) if out_fp8 else out
 

@@ -113,11 +113,11 @@ def _norm_modulate_fp8(x, residual, gate, shift, scale, weight, bias, eps, norm)
     return y_q, y_scale, r
 
 
-def layer_norm_scale_shift_fp8(x, shift, scale, *, weight=None, bias=None, eps=1e-6,
+def layer_norm_scale_shift_fp8(x, *, shift, scale, weight=None, bias=None, eps=1e-6,
                                norm="layer"):
     return _norm_modulate_fp8(x, None, None, shift, scale, weight, bias, eps, norm)[:2]
 
 
-def scale_residual_norm_scale_shift_fp8(residual, x, gate, shift, scale, *, weight=None,
+def scale_residual_norm_scale_shift_fp8(residual, x, *, shift, scale, gate, weight=None,
                                         bias=None, eps=1e-6, norm="layer"):
     return _norm_modulate_fp8(x, residual, gate, shift, scale, weight, bias, eps, norm)

@@ -40,6 +40,7 @@ from fastdit.layers import (
 )
 from fastdit.models.wan.configs import WanConfig
 from fastdit.ops._checks import describe
+from fastdit.quant.config import PrecisionConfig, fuse_norm_quantization
 
 #: Parameters kept in fp32 whatever the model dtype: any whose dotted name contains one of
 #: these parts (diffusers' ``_keep_in_fp32_modules`` for Wan, applied the same way).
@@ -166,7 +167,13 @@ class WanConditionEmbedder(nn.Module):
 
 
 class WanBlock(nn.Module):
-    """adaLN self-attention with 3D RoPE, cross-attention to text (and image) tokens, FFN."""
+    """adaLN self-attention with 3D RoPE, cross-attention to text (and image) tokens, FFN.
+
+    When the linear layers run in fp8 (a precision setting, :mod:`fastdit.quant.apply`), the
+    norms that feed them emit e4m3 values with per-token scales themselves (one pass, no
+    separate quantisation): always for q/k/v, for the single-consumer norms (cross-attention
+    query, FFN) where that pays (:func:`fastdit.quant.config.fuse_norm_quantization`).
+    """
 
     def __init__(self, config: WanConfig, ffn_chunk_tokens: int = 0) -> None:
         super().__init__()
@@ -191,20 +198,28 @@ class WanBlock(nn.Module):
 
         # Activation memory: the norm output goes inline so it is freed once q, k, v exist,
         # and each [B, L, D] tensor is deleted as soon as it is dead.
-        attn = self.attn1.self_attention(self.norm1(x, shift, scale), ctx.rope,
+        norm1 = self.norm1.fp8 if self.attn1.to_q.takes_fp8 else self.norm1
+        attn = self.attn1.self_attention(norm1(x, shift, scale), ctx.rope,
                                          attend=ctx.self_attention)  # (B, L, D)
         if self.norm2 is not None:
-            h, x = self.norm2(x, attn, gate)  # x += gate * attn; h = LayerNorm_affine(x)
+            norm2 = self.norm2.fp8 if self._fuses(self.attn2.to_q) else self.norm2
+            h, x = norm2(x, attn, gate)  # x += gate * attn; h = LayerNorm_affine(x)
         else:
             x = h = ops.mul_add(attn, x, gate=gate)
         del attn
         attn = self.attn2(h, ctx.text, image_context=ctx.image)
         del h
-        h, x = self.norm3(x, attn, 1, c_shift, c_scale)  # x += attn; h = adaLN(x)
+        norm3 = self.norm3.fp8 if self._fuses(self.ffn.net[0].proj) else self.norm3
+        h, x = norm3(x, attn, 1, c_shift, c_scale)  # x += attn; h = adaLN(x)
         del attn
         ffn = self.ffn(h, chunk_rows=self.ffn_chunk_tokens)
         del h
         return ops.mul_add(ffn, x, gate=c_gate)  # x + c_gate * FFN(h)
+
+    @staticmethod
+    def _fuses(consumer: Linear) -> bool:
+        """Whether a norm feeding only ``consumer`` should emit e4m3 itself."""
+        return consumer.takes_fp8 and fuse_norm_quantization(consumer.in_features, 1)
 
 
 class WanTransformer(nn.Module):
@@ -240,6 +255,11 @@ class WanTransformer(nn.Module):
         self.norm_out = LayerNormScaleShift(dim, config.eps)
         self.proj_out = Linear(dim, config.out_channels * math.prod(patch))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        # the precision the model runs in (exact by default) and the attention function its
+        # blocks' self-attention calls (``ops.attention``; a precision setting binds its
+        # 8-bit provider here): both set by fastdit.quant.apply.apply_precision
+        self.precision = PrecisionConfig()
+        self.attend: Callable[..., torch.Tensor] = ops.attention
 
     # ------------------------------------------------------------------------------------
     @property
@@ -315,7 +335,7 @@ class WanTransformer(nn.Module):
         tokens = (0, math.prod(grid))
         ctx = WanContext(grid=grid, temb=temb, temb6=temb6.float(),  # fp32 once for all blocks
                          text=text, image=image, rope=self.rope_for(grid, latents.device),
-                         tokens=tokens)
+                         tokens=tokens, self_attention=self.attend)
         return x, ctx
 
     def run_blocks(self, x: torch.Tensor, ctx: WanContext, start: int = 0,
