@@ -124,8 +124,9 @@ def set_budget(budget: int | None, device) -> dict:
         return {"budget_gb": None if budget is None else budget / GB, "emulated": False}
     gc.collect()
     torch.cuda.empty_cache()
-    total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), index)
     torch.cuda.reset_peak_memory_stats(device)
     return {"budget_gb": budget / GB, "emulated": True, "fraction": budget / total,
             "allocated_at_start_gb": torch.cuda.memory_allocated(device) / GB}
