@@ -1,4 +1,4 @@
-"""``python -m fastdit.serving --model PATH [...]``: ``fastdit serve`` before it is wired into the CLI."""
+"""``python -m fastdit.serving --model PATH [...]``: the same command as ``fastdit serve``."""
 
 from __future__ import annotations
 

@@ -78,10 +78,10 @@ def _rms_norm_rope_kernel(
 
 
 @triton.jit
-def _norm_modulate_kernel(
+def modulated_norm_tile(
     x_ptr, sxb, sxl, sxd,
     res_ptr, srb, srl, srd,
-    y_ptr, r_ptr, w_ptr, bias_ptr,
+    r_ptr, w_ptr, bias_ptr,
     g_ptr, g_sb, g_sg, g_sd, g_tpg, g_val,
     sc_ptr, sc_sb, sc_sg, sc_sd, sc_tpg, sc_val,
     sh_ptr, sh_sb, sh_sg, sh_sd, sh_tpg, sh_val,
@@ -91,10 +91,15 @@ def _norm_modulate_kernel(
     GATE_MODE: tl.constexpr, SCALE_MODE: tl.constexpr, SHIFT_MODE: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    # [r = residual + gate * x (rounded to residual's dtype); h = r] else h = x
-    # y = norm(h) * weight + bias;  y = y * factor + shift, factor = 1 + scale or tanh(scale)
-    # Modes: 0 = number (sc_val holds the factor itself), 1 = one row for the whole tile
-    # (loaded once, [1, BLOCK_D]), 2 = a row per row ([ROWS, BLOCK_D]).
+    """This program's ``[ROWS, BLOCK_D]`` tile of ``y`` (fp32), shared by the bf16 and the
+    e4m3-emitting kernels; writes ``r`` when there is a residual. Returns ``(y, mask, rows,
+    out_offs)``.
+
+    [r = residual + gate * x (rounded to residual's dtype); h = r] else h = x;
+    y = norm(h) * weight + bias;  y = y * factor + shift, factor = 1 + scale or tanh(scale).
+    Modes: 0 = number (sc_val holds the factor itself), 1 = one row for the whole tile
+    (loaded once, [1, BLOCK_D]), 2 = a row per row ([ROWS, BLOCK_D]).
+    """
     row0 = tl.program_id(0) * ROWS
     rows = row0 + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_D)
@@ -140,7 +145,30 @@ def _norm_modulate_kernel(
     else:
         shift = K.load_mod_tile(sh_ptr, sh_sb, sh_sg, sh_sd, sh_tpg, row0, rows, L, cols, cmask,
                                 mask, SHIFT_MODE)
-    y = y * factor + shift
+    return y * factor + shift, mask, rows, out_offs
+
+
+@triton.jit
+def _norm_modulate_kernel(
+    x_ptr, sxb, sxl, sxd,
+    res_ptr, srb, srl, srd,
+    y_ptr, r_ptr, w_ptr, bias_ptr,
+    g_ptr, g_sb, g_sg, g_sd, g_tpg, g_val,
+    sc_ptr, sc_sb, sc_sg, sc_sd, sc_tpg, sc_val,
+    sh_ptr, sh_sb, sh_sg, sh_sd, sh_tpg, sh_val,
+    n_rows, L, D, eps,
+    IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, TANH_SCALE: tl.constexpr,
+    GATE_MODE: tl.constexpr, SCALE_MODE: tl.constexpr, SHIFT_MODE: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # y = modulated norm of the tile (see modulated_norm_tile), stored in y's dtype
+    y, mask, rows, out_offs = modulated_norm_tile(
+        x_ptr, sxb, sxl, sxd, res_ptr, srb, srl, srd, r_ptr, w_ptr, bias_ptr,
+        g_ptr, g_sb, g_sg, g_sd, g_tpg, g_val, sc_ptr, sc_sb, sc_sg, sc_sd, sc_tpg, sc_val,
+        sh_ptr, sh_sb, sh_sg, sh_sd, sh_tpg, sh_val, n_rows, L, D, eps,
+        IS_RMS, HAS_WEIGHT, HAS_BIAS, HAS_RESIDUAL, TANH_SCALE,
+        GATE_MODE, SCALE_MODE, SHIFT_MODE, ROWS, BLOCK_D)
     tl.store(y_ptr + out_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 

@@ -4,8 +4,8 @@
 A program normalises a ``[ROWS, BLOCK_D]`` tile of whole rows in registers (the same tiles,
 modulation modes and hoisting as the bf16 kernel), then takes each row's amax of the fp32
 result and writes ``e4m3(y * 448 / amax)`` and ``amax / 448``: one read of x (and residual),
-one byte per value written. The norm body repeats the one in ``norm.py`` (kept apart there so
-that this branch adds files only); the two should share a ``@triton.jit`` helper once merged.
+one byte per value written. The norm body is ``norm.py``'s ``modulated_norm_tile``, shared with
+the bf16 kernel.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import triton.language as tl
 from fastdit.kernels.triton import _common as K
 from fastdit.kernels.triton import _quant_common as Q
 from fastdit.kernels.triton._support import cdiv, interpreting, norm_launch
+from fastdit.kernels.triton.norm import modulated_norm_tile
 from fastdit.ops import _checks as C
 
 
@@ -34,55 +35,18 @@ def _norm_modulate_fp8_kernel(
     GATE_MODE: tl.constexpr, SCALE_MODE: tl.constexpr, SHIFT_MODE: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    # [r = residual + gate * x (rounded to residual's dtype); h = r] else h = x
-    # y = (norm(h) * weight + bias) * (1 + scale) + shift  (fp32)
+    # y = (norm(h) * weight + bias) * (1 + scale) + shift  (fp32, norm.modulated_norm_tile)
     # yq = e4m3(y * 448 / amax_row), ys = amax_row / 448
-    row0 = tl.program_id(0) * ROWS
-    rows = row0 + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK_D)
-    cmask = cols < D
-    rmask = rows < n_rows
-    mask = rmask[:, None] & cmask[None, :]
-    b = (rows // L).to(tl.int64)
-    l = (rows % L).to(tl.int64)
-    h = tl.load(x_ptr + (b * sxb + l * sxl)[:, None] + (cols * sxd)[None, :], mask=mask,
-                other=0.0).to(tl.float32)
-    out_offs = (rows.to(tl.int64) * D)[:, None] + cols[None, :]
-    if HAS_RESIDUAL:
-        res = tl.load(res_ptr + (b * srb + l * srl)[:, None] + (cols * srd)[None, :], mask=mask,
-                      other=0.0)
-        if GATE_MODE == 0:
-            gate = g_val
-        else:
-            gate = K.load_mod_tile(g_ptr, g_sb, g_sg, g_sd, g_tpg, row0, rows, L, cols, cmask,
-                                   mask, GATE_MODE)
-        r = (res.to(tl.float32) + h * gate).to(r_ptr.dtype.element_ty)
-        tl.store(r_ptr + out_offs, r, mask=mask)
-        h = r.to(tl.float32)
-    if IS_RMS:
-        y = h * tl.rsqrt(tl.sum(h * h, axis=1) / D + eps)[:, None]
-    else:
-        mean = tl.sum(h, axis=1) / D
-        centered = tl.where(mask, h - mean[:, None], 0.0)
-        y = centered * tl.rsqrt(tl.sum(centered * centered, axis=1) / D + eps)[:, None]
-    if HAS_WEIGHT:
-        y = y * tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    if HAS_BIAS:
-        y = y + tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    if SCALE_MODE == 0:
-        factor = sc_val
-    else:
-        factor = 1.0 + K.load_mod_tile(sc_ptr, sc_sb, sc_sg, sc_sd, sc_tpg, row0, rows, L, cols,
-                                       cmask, mask, SCALE_MODE)
-    if SHIFT_MODE == 0:
-        shift = sh_val
-    else:
-        shift = K.load_mod_tile(sh_ptr, sh_sb, sh_sg, sh_sd, sh_tpg, row0, rows, L, cols, cmask,
-                                mask, SHIFT_MODE)
-    y = tl.where(mask, y * factor + shift, 0.0)
+    y, mask, rows, out_offs = modulated_norm_tile(
+        x_ptr, sxb, sxl, sxd, res_ptr, srb, srl, srd, r_ptr, w_ptr, bias_ptr,
+        g_ptr, g_sb, g_sg, g_sd, g_tpg, g_val, sc_ptr, sc_sb, sc_sg, sc_sd, sc_tpg, sc_val,
+        sh_ptr, sh_sb, sh_sg, sh_sd, sh_tpg, sh_val, n_rows, L, D, eps,
+        IS_RMS, HAS_WEIGHT, HAS_BIAS, HAS_RESIDUAL, False,
+        GATE_MODE, SCALE_MODE, SHIFT_MODE, ROWS, BLOCK_D)
+    y = tl.where(mask, y, 0.0)
     scale, inv = Q.row_scales(tl.max(tl.abs(y), axis=1), Q.E4M3_MAX)
     tl.store(yq_ptr + out_offs, Q.to_e4m3(y * inv[:, None], INTERPRET), mask=mask)
-    tl.store(ys_ptr + rows, scale, mask=rmask)
+    tl.store(ys_ptr + rows, scale, mask=rows < n_rows)
 
 
 def _norm_modulate_fp8(x, residual, gate, shift, scale, weight, bias, eps, norm):
