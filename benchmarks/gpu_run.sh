@@ -23,75 +23,85 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton, diffusers, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/gpu.txt"
-python3 -m fastdit ops --shape 1,32760,1536 --heads 12 | tee "$OUT/ops-table.txt"
-python3 -m fastdit ops --shape 1,32760,1536 --heads 12 --quantize fp8 | tee "$OUT/ops-table-fp8.txt"
+if [ "${TABLES:-1}" != 0 ]; then  # TABLES=0 skips the two op tables
+  python3 -m fastdit ops --shape 1,32760,1536 --heads 12 | tee "$OUT/ops-table.txt"
+  python3 -m fastdit ops --shape 1,32760,1536 --heads 12 --quantize fp8 | tee "$OUT/ops-table-fp8.txt"
+fi
+# TIMEOUT_<step> (dashes and dots as underscores, e.g. TIMEOUT_e2e_all=380) caps a step's seconds
+run() { if [ "${limit:-0}" != 0 ]; then timeout -k 10 "$limit" "$@"; else "$@"; fi; }
 
 for step in $STEPS; do
+  limit_var="TIMEOUT_${step//[-.]/_}"
+  limit="${!limit_var:-0}"
+  echo "== step $step (limit ${limit}s) $(date -u +%H:%M:%S)"
   case "$step" in
     tests)
-      python3 -m pytest -q -p no:cacheprovider -rfE ${TEST_PATHS:-tests/gpu} ${TEST_ARGS:-} > "$OUT/gpu-tests-full.log" 2>&1
+      run python3 -m pytest -q -p no:cacheprovider -rfE ${TEST_PATHS:-tests/gpu} ${TEST_ARGS:-} > "$OUT/gpu-tests-full.log" 2>&1
       tail -40 "$OUT/gpu-tests-full.log" | tee "$OUT/gpu-tests.log" ;;
     ops)
-      python3 benchmarks/ops.py --out "$OUT/ops.json" $BENCH_ARGS 2>&1 | tee "$OUT/ops.log" ;;
+      run python3 benchmarks/ops.py --out "$OUT/ops.json" $BENCH_ARGS 2>&1 | tee "$OUT/ops.log" ;;
     transformer)
-      python3 benchmarks/transformer.py --out "$OUT/transformer.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer.log" ;;
+      run python3 benchmarks/transformer.py --out "$OUT/transformer.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer.log" ;;
     diag)
-      python3 benchmarks/diag_diffusers.py 2>&1 | tee "$OUT/diag.log" ;;
+      run python3 benchmarks/diag_diffusers.py 2>&1 | tee "$OUT/diag.log" ;;
     diag-attention)
-      python3 benchmarks/diag_attention.py --out "$OUT/diag_attention.json" 2>&1 | tee "$OUT/diag_attention.log" ;;
+      run python3 benchmarks/diag_attention.py --out "$OUT/diag_attention.json" 2>&1 | tee "$OUT/diag_attention.log" ;;
     tune)
-      python3 benchmarks/tune_triton.py --out "$OUT/tune.json" 2>&1 | grep -E "BEST|error" | tee "$OUT/tune.log" ;;
+      run python3 benchmarks/tune_triton.py --out "$OUT/tune.json" 2>&1 | grep -E "BEST|error" | tee "$OUT/tune.log" ;;
     transformer-14b)
-      python3 benchmarks/transformer.py --models Wan2.1-T2V-14B --out "$OUT/transformer-14b.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer-14b.log" ;;
+      run python3 benchmarks/transformer.py --models Wan2.1-T2V-14B --out "$OUT/transformer-14b.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer-14b.log" ;;
     transformer-1.3b)
-      python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B --out "$OUT/transformer.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer.log" ;;
+      run python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B --out "$OUT/transformer.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer.log" ;;
     compile-block)
-      python3 benchmarks/compile_block.py --out "$OUT/compile-block.json" $BENCH_ARGS 2>&1 | tee "$OUT/compile-block.log" ;;
+      run python3 benchmarks/compile_block.py --out "$OUT/compile-block.json" $BENCH_ARGS 2>&1 | tee "$OUT/compile-block.log" ;;
     lora)  # 14B: rank-64 LoRA load + merge, runtime-mode cost per forward (~2-3 min)
-      python3 benchmarks/lora.py --sections merge,runtime --out "$OUT/lora.json" 2>&1 | tee "$OUT/lora.log" ;;
+      run python3 benchmarks/lora.py --sections merge,runtime --out "$OUT/lora.json" 2>&1 | tee "$OUT/lora.log" ;;
     lora-e2e)  # 4-step 480x832x81 videos, 1.3B / 14B / A14B, fastdit vs diffusers (needs peft; ~4-6 min)
-      python3 benchmarks/lora.py --sections e2e --out "$OUT/lora-e2e.json" --markdown "$OUT/lora-e2e.md" \
+      run python3 benchmarks/lora.py --sections e2e --out "$OUT/lora-e2e.json" --markdown "$OUT/lora-e2e.md" \
         2>&1 | tee "$OUT/lora-e2e.log" ;;
     tests-distributed)
-      python3 -m pytest -q -p no:cacheprovider tests/gpu/test_distributed_gpu.py tests/gpu/test_parallel_pipeline_gpu.py 2>&1 | tail -25 | tee "$OUT/gpu-tests-distributed.log" ;;
+      run python3 -m pytest -q -p no:cacheprovider tests/gpu/test_distributed_gpu.py tests/gpu/test_parallel_pipeline_gpu.py 2>&1 | tail -25 | tee "$OUT/gpu-tests-distributed.log" ;;
     parallel)
-      python3 benchmarks/parallel.py --out "$OUT/parallel.json" $BENCH_ARGS 2>&1 | tee "$OUT/parallel.log" ;;
+      run python3 benchmarks/parallel.py --out "$OUT/parallel.json" $BENCH_ARGS 2>&1 | tee "$OUT/parallel.log" ;;
     serve)
-      python3 benchmarks/serve.py --out "$OUT/serve.json" ${SERVE_ARGS:-} 2>&1 | grep -v "^\[fastdit\|^[0-9:]* \[fastdit" | tee "$OUT/serve.log" ;;
+      run python3 benchmarks/serve.py --out "$OUT/serve.json" ${SERVE_ARGS:-} 2>&1 | grep -v "^\[fastdit\|^[0-9:]* \[fastdit" | tee "$OUT/serve.log" ;;
     e2e)
-      python3 benchmarks/e2e.py --out "$OUT/e2e.json" $BENCH_ARGS 2>&1 | tee "$OUT/e2e.log" ;;
+      run python3 benchmarks/e2e.py --out "$OUT/e2e.json" $BENCH_ARGS 2>&1 | tee "$OUT/e2e.log" ;;
     quant-tests)
-      python3 -m pytest -q -p no:cacheprovider tests/gpu/test_quant_gpu.py tests/gpu/test_ops_gpu.py -k "fp8 or int8 or quant" 2>&1 | tail -25 | tee "$OUT/quant-tests.log" ;;
+      run python3 -m pytest -q -p no:cacheprovider tests/gpu/test_quant_gpu.py tests/gpu/test_ops_gpu.py -k "fp8 or int8 or quant" 2>&1 | tail -25 | tee "$OUT/quant-tests.log" ;;
     quant)
-      python3 benchmarks/quant.py --out "$OUT/quant.json" ${QUANT_ARGS:-} 2>&1 | tee "$OUT/quant.log" ;;
+      run python3 benchmarks/quant.py --out "$OUT/quant.json" ${QUANT_ARGS:-} 2>&1 | tee "$OUT/quant.log" ;;
     lora-bench)  # LORA_ARGS="--sections merge,e2e --e2e-models Wan2.1-T2V-1.3B" for a subset
-      python3 benchmarks/lora.py --out "$OUT/lora.json" ${LORA_ARGS:-} 2>&1 | tee "$OUT/lora.log" ;;
+      run python3 benchmarks/lora.py --out "$OUT/lora.json" ${LORA_ARGS:-} 2>&1 | tee "$OUT/lora.log" ;;
     cache)  # CACHE_ARGS="--impls fastdit --policies teacache --threshold-index 1" for a subset
-      python3 benchmarks/cache.py --out "$OUT/cache.json" ${CACHE_ARGS:-} 2>&1 | tee "$OUT/cache.log" ;;
+      run python3 benchmarks/cache.py --out "$OUT/cache.json" ${CACHE_ARGS:-} 2>&1 | tee "$OUT/cache.log" ;;
     offload)  # OFFLOAD_ARGS="--variants resident,stream-24gb" to run a subset
-      python3 benchmarks/offload.py --out "$OUT/offload.json" ${OFFLOAD_ARGS:-} 2>&1 | tee "$OUT/offload.log" ;;
+      run python3 benchmarks/offload.py --out "$OUT/offload.json" ${OFFLOAD_ARGS:-} 2>&1 | tee "$OUT/offload.log" ;;
     cache-fastdit-1)  # each cache step: one 50-step 480p video uncached, then 3-6 cached (< 8 min on an H200)
-      python3 benchmarks/cache.py --impls fastdit --policies teacache,magcache --out "$OUT/cache-fastdit-1.json" 2>&1 | tee "$OUT/cache-fastdit-1.log" ;;
+      run python3 benchmarks/cache.py --impls fastdit --policies teacache,magcache --out "$OUT/cache-fastdit-1.json" 2>&1 | tee "$OUT/cache-fastdit-1.log" ;;
     cache-fastdit-2)
-      python3 benchmarks/cache.py --impls fastdit --policies fbcache,dbcache --out "$OUT/cache-fastdit-2.json" 2>&1 | tee "$OUT/cache-fastdit-2.log" ;;
+      run python3 benchmarks/cache.py --impls fastdit --policies fbcache,dbcache --out "$OUT/cache-fastdit-2.json" 2>&1 | tee "$OUT/cache-fastdit-2.log" ;;
     cache-fastdit-3)
-      python3 benchmarks/cache.py --impls fastdit --policies dbcache+taylorseer --out "$OUT/cache-fastdit-3.json" 2>&1 | tee "$OUT/cache-fastdit-3.log" ;;
+      run python3 benchmarks/cache.py --impls fastdit --policies dbcache+taylorseer --out "$OUT/cache-fastdit-3.json" 2>&1 | tee "$OUT/cache-fastdit-3.log" ;;
     cache-diffusers)
-      python3 benchmarks/cache.py --impls diffusers,diffusers-fbcache --out "$OUT/cache-diffusers.json" 2>&1 | tee "$OUT/cache-diffusers.log" ;;
+      run python3 benchmarks/cache.py --impls diffusers,diffusers-fbcache --out "$OUT/cache-diffusers.json" 2>&1 | tee "$OUT/cache-diffusers.log" ;;
     cache-dit-1)
-      python3 benchmarks/cache.py --impls diffusers,cache-dit --policies dbcache --out "$OUT/cache-dit-1.json" 2>&1 | tee "$OUT/cache-dit-1.log" ;;
+      run python3 benchmarks/cache.py --impls diffusers,cache-dit --policies dbcache --out "$OUT/cache-dit-1.json" 2>&1 | tee "$OUT/cache-dit-1.log" ;;
     cache-dit-2)
-      python3 benchmarks/cache.py --impls diffusers,cache-dit --policies dbcache+taylorseer --out "$OUT/cache-dit-2.json" 2>&1 | tee "$OUT/cache-dit-2.log" ;;
+      run python3 benchmarks/cache.py --impls diffusers,cache-dit --policies dbcache+taylorseer --out "$OUT/cache-dit-2.json" 2>&1 | tee "$OUT/cache-dit-2.log" ;;
     quant-attention)  # the attention candidates only (~2.5 min)
-      python3 benchmarks/quant.py --parts attention --out "$OUT/quant-attention.json" 2>&1 | tee "$OUT/quant-attention.log" ;;
+      run python3 benchmarks/quant.py --parts attention --out "$OUT/quant-attention.json" 2>&1 | tee "$OUT/quant-attention.log" ;;
     transformer-fp8)  # 1.3B and 14B at B=1: fastdit, fastdit-fp8, diffusers eager and compiled
-      python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B,Wan2.1-T2V-14B --batches 1 --variants "" --no-profile \
+      run python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B,Wan2.1-T2V-14B --batches 1 --variants "" --no-profile \
         --out "$OUT/transformer-fp8.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer-fp8.log" ;;
     ti2v)  # TI2V-5B at 704x1280x121 (per-frame timesteps): fastdit exact and fp8
-      python3 benchmarks/transformer.py --models Wan2.2-TI2V-5B --height 704 --width 1280 --frames 121 \
+      run python3 benchmarks/transformer.py --models Wan2.2-TI2V-5B --height 704 --width 1280 --frames 121 \
         --batches 1 --variants "" --no-profile --impls fastdit,fastdit-fp8 --out "$OUT/transformer-ti2v.json" 2>&1 | tee "$OUT/transformer-ti2v.log" ;;
+    e2e-all)  # 1.3B, 50 steps: fastdit, fastdit-fp8, diffusers eager and compiled (~6 min)
+      run python3 benchmarks/e2e.py --impls fastdit,fastdit-fp8,diffusers-eager,diffusers-compiled \
+        --out "$OUT/e2e-all.json" --markdown "$OUT/e2e-all.md" $BENCH_ARGS 2>&1 | tee "$OUT/e2e-all.log" ;;
     e2e-fp8)  # 1.3B, 50 steps: fastdit, fastdit-fp8 (with PSNR/SSIM against fastdit's video), diffusers compiled
-      python3 benchmarks/e2e.py --impls fastdit,fastdit-fp8,diffusers-compiled --out "$OUT/e2e-fp8.json" \
+      run python3 benchmarks/e2e.py --impls fastdit,fastdit-fp8,diffusers-compiled --out "$OUT/e2e-fp8.json" \
         --markdown "$OUT/e2e-fp8.md" $BENCH_ARGS 2>&1 | tee "$OUT/e2e-fp8.log" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
