@@ -13,6 +13,12 @@ comparison and input kind (``fastdit.quant.inputs``), measured at the tests' sma
   (measured cosine 0.9990, L1 0.044 at L=600 on gaussian inputs, 0.9989 / 0.042 outlier).
 * ``spec``: the Triton kernel against its plain-torch specification; they differ only in where
   P is rounded to e4m3 (running vs final row maximum): about cosine 0.99985, L1 0.015.
+* ``spec_fp8_out``: ``attention_fp8_out`` dequantised against the specification (bf16 output):
+  the spec's difference plus the output's e4m3 rounding; measured on the H200 (L=2000,
+  gaussian) cosine 0.99939, L1 0.0331.
+* ``exact_long``: ``exact`` at thousands of tokens, where the outlier inputs lose a little more:
+  H200 cosine 0.99883 / L1 0.036 (L=4095), 0.99884 / 0.038 (L=8190); 0.9985 / 0.035 at
+  L=32760 in ``benchmarks/quant.py``. The issue's cosine 0.999 is missed there.
 * ``reference``: the kernel against a block-by-block replay of its own online softmax in torch
   (tests/quant/int8_reference.py): equal up to fp32 rounding (which rarely moves an e4m3
   rounding of P by one step) and the output's rounding: about L1 1e-4 in fp16; in bf16 one
@@ -32,6 +38,9 @@ ACCURACY = {
     ("exact_fp8_out", "outlier"): (0.998, 0.055),
     ("spec", "gaussian"): (0.9995, 0.025),
     ("spec", "outlier"): (0.9995, 0.025),
+    ("spec_fp8_out", "gaussian"): (0.999, 0.04),
+    ("exact_long", "gaussian"): (0.999, 0.045),
+    ("exact_long", "outlier"): (0.998, 0.045),
     ("reference", "gaussian"): (0.99999, 5e-3),
     ("reference", "outlier"): (0.99999, 5e-3),
     ("ffn", "gaussian"): (0.998, 0.06),

@@ -12,8 +12,8 @@ Symmetric scaling with fp32 scales, one scale per *row* of the reduced dimension
 QMAX is 127 for int8 and 448 for float8_e4m3fn. FLOOR (1e-12) keeps an all-zero row finite:
 its values stay 0. Kernels compute ``inv`` with a correctly rounded division
 (``tl.math.div_rn``) and ``x * inv`` without fused multiply-add, so that their bits equal
-these. Note that torch's ``number / tensor`` multiplies by a reciprocal: the helpers below
-divide two tensors.
+these. Note that torch's ``number / tensor`` and, on CUDA, ``tensor / number`` multiply by a
+reciprocal: the helpers below divide two tensors.
 
 Granularities used by fastdit:
 
@@ -45,8 +45,11 @@ def _amax(x32: torch.Tensor, dims) -> torch.Tensor:
 
 
 def _scale_and_inverse(amax: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(amax / qmax, qmax / amax)``, both correctly rounded fp32 divisions."""
-    return amax / qmax, torch.full_like(amax, qmax) / amax
+    """``(amax / qmax, qmax / amax)``, both correctly rounded fp32 divisions of two tensors
+    (a tensor divided by a Python number is a multiplication by its reciprocal on CUDA, which
+    differs from the division in the last bit for some values)."""
+    qmax_t = torch.full_like(amax, qmax)
+    return amax / qmax_t, qmax_t / amax
 
 
 def fp8_max(dtype: torch.dtype) -> float:

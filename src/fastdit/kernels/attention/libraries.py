@@ -45,12 +45,21 @@ def sage_supported() -> bool:
 def sage_supports_args(q, k, v, *, causal=False, scale=None, attn_mask=None) -> bool:
     """sageattention's kernels: fp16/bf16 on CUDA, head dims 64 and 128, no mask; its causal
     mask is only defined for ``Lq == Lk`` (it asserts ``qo_len == kv_len``), so causal calls
-    with other lengths go to the next provider."""
+    with other lengths go to the next provider. A custom ``scale`` goes to the next provider
+    too: sageattention 1.0.6 with ``sm_scale=0.3`` (head dim 64) measured cosine 0.959 against
+    exact attention on the H200 (tests/ops/attention_cases.py, case ``scale``)."""
     if causal and q.shape[1] != k.shape[1]:
+        return False
+    if scale is not None and scale != q.shape[-1] ** -0.5:
         return False
     return attn_mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
 
 
 def attention_sage(q, k, v, *, causal=False, scale=None, attn_mask=None):
+    """sageattention's ``sageattn`` on ``[B, L, H, D]``. Its key smoothing subtracts the mean
+    over the tokens from ``k`` in place; here it gets a smoothed copy (``softmax(q (k - m)^T)
+    = softmax(q k^T)``), so the caller's ``k`` is left as it was."""
     sageattention = importlib.import_module("sageattention")
-    return sageattention.sageattn(q, k, v, tensor_layout="NHD", is_causal=causal, sm_scale=scale)
+    smoothed = k - k.mean(dim=1, keepdim=True)  # (B, Lk, H, D)
+    return sageattention.sageattn(q, smoothed, v, tensor_layout="NHD", is_causal=causal,
+                                  sm_scale=scale, smooth_k=False)
