@@ -5,7 +5,7 @@
 #   serve, quant-tests, quant, offload, cache-fastdit-1..3, cache-diffusers, cache-dit-1..2, lora, lora-e2e
 #   tests-distributed (LSE kernels, --gpus 1 / torchrun 1 == plain run; NCCL layouts with >= 2 GPUs),
 #   parallel (benchmarks/parallel.py; BENCH_ARGS e.g. "--models Wan2.1-T2V-1.3B --resolutions 480p")
-#   quant-attention, transformer-fp8, ti2v, e2e-fp8 (issue 10 phase 2)
+#   quant-attention, transformer-fp8, ti2v, e2e-fp8, e2e-all (issue 10 phase 2)
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
 # tests, runs the benchmarks and writes JSON and logs under $OUT (or ./out/gpu).
 set -uo pipefail

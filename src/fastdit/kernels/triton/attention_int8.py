@@ -83,17 +83,18 @@ class AttentionConfig:
 # term (benchmarks/results/h200-run1): m128n128w8s3 with the conversion instruction 11.07 /
 # 35.39 ms at 12 / 40 heads (cuDNN bf16 11.80 / 39.94); with the integer-add conversion 12.34 /
 # 39.38; 128x64 tiles 14.05 / 45.0; 64x64 (4 warps) 12.12 / 41.07; 2 stages 13.08 / 41.52.
-# Not yet timed: 4 stages, the MMA-accumulated P V, the FMA exponential, 64x128 tiles on one
-# warpgroup (two programs per SM, each one's softmax overlapping the other's products).
-# Compiled for sm_90 on a CPU (tests/kernels/_compile_check_quant.py), every candidate fits in
-# 255 registers without spills, V in one or two terms (the P V accumulated in the MMA frees 15
-# registers at 128x128); 256-row tiles (16 warps: 128 registers) spill 280-790 bytes.
+# Timed on the H200 (h200-run4, benchmarks/quant.py, L=32760, head dim 128, quantisation
+# included): 64x128 tiles on one warpgroup with P V accumulated in the MMA (two programs per SM,
+# each one's softmax overlapping the other's products) 9.85 / 32.51 ms at H=12 / 40, against
+# 11.06 / 35.56 ms for 128x128 (8 warps, 3 stages) and cuDNN bf16's 11.72 / 39.19 ms; the same
+# accuracy. 4 stages gain nothing; the FMA exponential is 20% slower. Compiled for sm_90 on a CPU
+# (tests/kernels/_compile_check_quant.py), every candidate fits in 255 registers without spills,
+# V in one or two terms; 256-row tiles (16 warps: 128 registers) spill 280-790 bytes.
 CONFIGS: dict[int, tuple[AttentionConfig, ...]] = {
-    128: (AttentionConfig(128, 128, 8, 3), AttentionConfig(128, 128, 8, 4),
-          AttentionConfig(128, 128, 8, 3, pv_fused=True),
+    128: (AttentionConfig(64, 128, 4, 3, pv_fused=True), AttentionConfig(128, 128, 8, 3),
+          AttentionConfig(128, 128, 8, 4), AttentionConfig(128, 128, 8, 3, pv_fused=True),
           AttentionConfig(128, 128, 8, 3, exp_fma=True),
           AttentionConfig(128, 128, 8, 3, pv_fused=True, exp_fma=True),
-          AttentionConfig(64, 128, 4, 3, pv_fused=True),
           AttentionConfig(64, 128, 4, 3, pv_fused=True, exp_fma=True)),
     64: (AttentionConfig(128, 128, 8, 3), AttentionConfig(128, 64, 8, 3),
          AttentionConfig(128, 64, 4, 4), AttentionConfig(64, 64, 4, 4),
