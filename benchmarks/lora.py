@@ -39,6 +39,7 @@ import gc
 import importlib.util
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -65,22 +66,15 @@ def sync(device) -> None:
 
 
 def median_seconds(fn, device, warmup: int, repeat: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """The median of ``transformer.py``'s timed calls (CUDA events; wall clock on the CPU)."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    from transformer import time_forward  # benchmarks/transformer.py: this script's sibling
+
+    return statistics.median(time_forward(fn, warmup, repeat, device))
 
 
 def write_random_lora(path: Path, config: WanConfig, rank: int, dtype: torch.dtype, seed: int = 0) -> dict:
