@@ -21,7 +21,11 @@ against fastdit without a cache when it ran in the same process). The PSNR is th
   policy at ``threshold=1e-9`` (it measures every step and reuses none) against an uncached
   ``N``-step run, per step.
 * ``diffusers``: WanPipeline without a cache; ``diffusers-fbcache``: diffusers' FirstBlockCache
-  hook (``transformer.enable_cache(FirstBlockCacheConfig(threshold))``) at the fbcache thresholds.
+  hook (``transformer.enable_cache(FirstBlockCacheConfig(threshold))``) at the fbcache thresholds;
+  ``diffusers-magcache``: diffusers' MagCache hook at the magcache thresholds (K=4, retention
+  0.2) with fastdit's published Wan2.1-T2V-1.3B table resampled to the step count: diffusers
+  takes one ratio per step, so both guidance branches use the conditional branch's ratios
+  (fastdit uses each branch's own).
 * ``cache-dit``: cache-dit's DBCache (F8B0, warm-up 8, ``cache_dit.enable_cache(pipe,
   cache_config=DBCacheConfig(...), calibrator_config=TaylorSeerCalibratorConfig(1))``) without
   TaylorSeer when ``dbcache`` is in ``--policies`` and with it for ``dbcache+taylorseer``, at the
@@ -58,7 +62,7 @@ FASTDIT_POLICIES = {
     "dbcache": ("dbcache:threshold={t},n={n},m=0,warmup={w}", (0.08, 0.12, 0.2)),
     "dbcache+taylorseer": ("dbcache:threshold={t},n={n},m=0,warmup={w},taylorseer=true", (0.08, 0.12, 0.2)),
 }
-IMPLS = ("fastdit", "diffusers", "diffusers-fbcache", "cache-dit")
+IMPLS = ("fastdit", "diffusers", "diffusers-fbcache", "diffusers-magcache", "cache-dit")
 
 
 def _e2e():
@@ -185,8 +189,29 @@ def diffusers_runs(e2e, c, args, device, impls, log, fastdit_frames) -> None:
             run["speedup"] = base["total_s"] / run["total_s"]
             log("diffusers-fbcache", f"FirstBlockCacheConfig(threshold={threshold})", run, out, frames,
                 fastdit_frames)
+    if "diffusers-magcache" in impls:
+        diffusers_magcache_runs(e2e, pipe, args, device, log, frames, fastdit_frames, base)
     if "cache-dit" in impls:
         cache_dit_runs(e2e, pipe, args, device, log, frames, fastdit_frames, base)
+
+
+def diffusers_magcache_runs(e2e, pipe, args, device, log, frames, fastdit_frames, base) -> None:
+    from diffusers.hooks import MagCacheConfig
+
+    from fastdit.cache.magcache import published_table
+
+    ratios = list(published_table("Wan2.1-T2V-1.3B", args.steps).ratios[0])  # the cond branch's
+    for threshold in picked(FASTDIT_POLICIES["magcache"][1], args):
+        config = MagCacheConfig(threshold=threshold, max_skip_steps=4, retention_ratio=0.2,
+                                num_inference_steps=args.steps, mag_ratios=ratios)
+        pipe.transformer.enable_cache(config)
+        try:
+            run, out = run_diffusers(e2e, pipe, args, device, counted_block=1)
+        finally:
+            pipe.transformer.disable_cache()
+        run["speedup"] = base["total_s"] / run["total_s"]
+        log("diffusers-magcache", f"MagCacheConfig(threshold={threshold}, max_skip_steps=4, "
+            f"retention_ratio=0.2, Wan2.1-T2V-1.3B cond ratios)", run, out, frames, fastdit_frames)
 
 
 def cache_dit_runs(e2e, pipe, args, device, log, frames, fastdit_frames, base) -> None:
@@ -280,7 +305,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         if "fastdit" in impls:
             fastdit_runs(e2e, c, args, device, dtype, log)
-        if {"diffusers", "diffusers-fbcache", "cache-dit"} & set(impls):
+        if {"diffusers", "diffusers-fbcache", "diffusers-magcache", "cache-dit"} & set(impls):
             diffusers_runs(e2e, c, args, device, impls, log, frames.get("fastdit"))
     Path(args.out).write_text(json.dumps(result, indent=1))
     return 0

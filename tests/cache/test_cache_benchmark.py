@@ -34,3 +34,23 @@ def test_cache_benchmark_tiny(tmp_path):
     for mine, theirs in zip(fastdit, peers):  # the same decisions on the same weights
         assert theirs["forwards_run"] == mine["forwards_run"], (mine["setting"], theirs["setting"])
         assert math.isclose(theirs["psnr_vs_uncached_db"], mine["psnr_vs_uncached_db"], abs_tol=1.0)
+
+
+def test_magcache_decides_as_diffusers_magcache_hook(tmp_path):
+    """fastdit's MagCache and diffusers' MagCache hook, given the same Wan2.1-T2V-1.3B ratios
+    (diffusers: the conditional branch's for both branches), the same threshold, K and
+    retention, skip the same steps on the same weights and give nearly the same frames."""
+    spec = importlib.util.spec_from_file_location("cache_benchmark", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "cache.json"
+    assert module.main(["--tiny", "--impls", "fastdit,diffusers-magcache", "--policies", "magcache",
+                        "--overhead-steps", "0", "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    mine = [r for r in runs if r["impl"] == "fastdit" and r["setting"]]
+    theirs = [r for r in runs if r["impl"] == "diffusers-magcache"]
+    assert len(mine) == len(theirs) == 3
+    assert any(r["forwards_run"] < r["forwards_total"] for r in mine)  # the table reuses
+    for a, b in zip(mine, theirs):
+        assert b["forwards_run"] == a["forwards_run"], (a["setting"], b["setting"])
+        assert math.isclose(b["psnr_vs_uncached_db"], a["psnr_vs_uncached_db"], abs_tol=1.0)
