@@ -9,14 +9,19 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "cache.py"
 
 
-def test_cache_benchmark_tiny(tmp_path):
+def _run_tiny(tmp_path, *args) -> list[dict]:
+    """``benchmarks/cache.py --tiny ARGS``: the runs of its JSON."""
     spec = importlib.util.spec_from_file_location("cache_benchmark", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "cache.json"
-    assert module.main(["--tiny", "--impls", "fastdit,diffusers-fbcache", "--policies", "fbcache",
-                        "--overhead-steps", "2", "--out", str(out)]) == 0
-    runs = json.loads(out.read_text())["runs"]
+    assert module.main(["--tiny", *args, "--out", str(out)]) == 0
+    return json.loads(out.read_text())["runs"]
+
+
+def test_cache_benchmark_tiny(tmp_path):
+    runs = _run_tiny(tmp_path, "--impls", "fastdit,diffusers-fbcache", "--policies", "fbcache",
+                     "--overhead-steps", "2")
     assert [(r["impl"], r["setting"] is None) for r in runs][:1] == [("fastdit", True)]
     fastdit = [r for r in runs if r["impl"] == "fastdit" and r["setting"]]
     assert [r["setting"] for r in fastdit] == ["fbcache:threshold=0.05", "fbcache:threshold=0.1",
@@ -40,13 +45,8 @@ def test_magcache_decides_as_diffusers_magcache_hook(tmp_path):
     """fastdit's MagCache and diffusers' MagCache hook, given the same Wan2.1-T2V-1.3B ratios
     (diffusers: the conditional branch's for both branches), the same threshold, K and
     retention, skip the same steps on the same weights and give nearly the same frames."""
-    spec = importlib.util.spec_from_file_location("cache_benchmark", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path / "cache.json"
-    assert module.main(["--tiny", "--impls", "fastdit,diffusers-magcache", "--policies", "magcache",
-                        "--overhead-steps", "0", "--out", str(out)]) == 0
-    runs = json.loads(out.read_text())["runs"]
+    runs = _run_tiny(tmp_path, "--impls", "fastdit,diffusers-magcache", "--policies", "magcache",
+                     "--overhead-steps", "0")
     mine = [r for r in runs if r["impl"] == "fastdit" and r["setting"]]
     theirs = [r for r in runs if r["impl"] == "diffusers-magcache"]
     assert len(mine) == len(theirs) == 3
