@@ -56,12 +56,33 @@ def test_psnr_of_frame_folders_with_a_known_mse(tmp_path):
     assert worse["psnr"] < result["psnr"]
 
 
-def test_identical_videos_and_ssim_ordering():
+def _ssim_reference(a, b, win=7, k1=0.01, k2=0.03):
+    """Wang et al.'s SSIM written out: 7x7 uniform windows over the valid region, sample
+    (co)variances, data range 1, averaged over channels and frames."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    def mean(x):  # (F, H, W, C) -> window means (F, H - 6, W - 6, C)
+        return sliding_window_view(x, (win, win), axis=(1, 2)).mean(axis=(-2, -1))
+
+    n = win * win
+    ua, ub = mean(a), mean(b)
+    va = (mean(a * a) - ua * ua) * n / (n - 1)
+    vb = (mean(b * b) - ub * ub) * n / (n - 1)
+    cov = (mean(a * b) - ua * ub) * n / (n - 1)
+    c1, c2 = k1 ** 2, k2 ** 2
+    s = (2 * ua * ub + c1) * (2 * cov + c2) / ((ua * ua + ub * ub + c1) * (va + vb + c2))
+    return float(s.mean())
+
+
+def test_identical_videos_and_ssim_against_its_formula():
     a = _frames()
     same = compare(a, a.copy())
     assert same["psnr"] == math.inf and same["ssim"] == pytest.approx(1.0)
-    near, far = compare(a, _with_known_mse(a, 0.005)), compare(a, _with_known_mse(a, 0.05))
-    assert 1.0 > near["ssim"] > far["ssim"] and near["psnr"] > far["psnr"]
+    for delta in (0.005, 0.05):
+        b = _with_known_mse(a, delta)
+        result = compare(a, b)
+        assert result["psnr"] == pytest.approx(-20 * math.log10(delta), abs=1e-9)
+        assert result["ssim"] == pytest.approx(_ssim_reference(a, b), abs=1e-6)
 
 
 def _smooth(f=4, h=32, w=48):
