@@ -10,9 +10,8 @@ Wan2.1-T2V-1.3B with random weights (the components of ``benchmarks/e2e.py``: on
 WanTransformer3DModel shares fastdit's tensors), 480x832, 81 frames, 50 steps, guidance 5.
 Per run: total seconds, denoise seconds, branch forwards run (of 2 x steps), the speed-up
 over the same implementation without a cache, and the PSNR of the frames against it (and
-against fastdit without a cache when it ran in the same process). The PSNR is this script's own
-(``e2e.compare``: 10 log10(1 / MSE) over float frames in [0, 1]; main has no
-``fastdit.quality`` yet).
+against fastdit without a cache when it ran in the same process). The PSNR is ``e2e.compare``'s:
+10 log10(1 / MSE) over float frames in [0, 1].
 
 * ``fastdit``: no cache, then the ``--policies`` (``teacache``, ``magcache``, ``fbcache``,
   ``dbcache``, ``dbcache+taylorseer``) at three thresholds each, through
@@ -44,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import sys
 import time
@@ -52,7 +50,8 @@ from pathlib import Path
 
 import torch
 
-E2E = Path(__file__).resolve().parent / "e2e.py"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling e2e.py
+import e2e  # noqa: E402
 
 #: policy -> (spec template, three thresholds); {n}, {w}, {model} differ for the tiny model
 FASTDIT_POLICIES = {
@@ -63,13 +62,6 @@ FASTDIT_POLICIES = {
     "dbcache+taylorseer": ("dbcache:threshold={t},n={n},m=0,warmup={w},taylorseer=true", (0.08, 0.12, 0.2)),
 }
 IMPLS = ("fastdit", "diffusers", "diffusers-fbcache", "diffusers-magcache", "cache-dit")
-
-
-def _e2e():
-    spec = importlib.util.spec_from_file_location("e2e_benchmark", E2E)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class BlockCounter:
@@ -90,7 +82,7 @@ class BlockCounter:
 # ---------------------------------------------------------------------------------------
 # fastdit
 # ---------------------------------------------------------------------------------------
-def run_fastdit(e2e, pipe, args, device, spec: str | None, steps: int | None = None) -> tuple[dict, object]:
+def run_fastdit(pipe, args, device, spec: str | None, steps: int | None = None) -> tuple[dict, object]:
     """One fastdit generation (``spec``: a cache, or None); its times and cache stats."""
     steps = steps or args.steps
     e2e.sync(device)
@@ -109,34 +101,34 @@ def run_fastdit(e2e, pipe, args, device, spec: str | None, steps: int | None = N
     return run, result.frames
 
 
-def fastdit_runs(e2e, c, args, device, dtype, log) -> None:
+def fastdit_runs(c, args, device, dtype, log) -> None:
     pipe = e2e.fastdit_pipeline(c, device, dtype)
     e2e.run_fastdit(pipe, args, args.warmup_steps, device)  # warm-up
-    base, frames = run_fastdit(e2e, pipe, args, device, None)
+    base, frames = run_fastdit(pipe, args, device, None)
     log("fastdit", None, base, frames, frames)
     policies = selected(args.policies)
     for policy, (template, thresholds) in policies:
         for threshold in picked(thresholds, args):
-            run, out = run_fastdit(e2e, pipe, args, device, fastdit_spec(template, threshold, args))
+            run, out = run_fastdit(pipe, args, device, fastdit_spec(template, threshold, args))
             run["speedup"] = base["total_s"] / run["total_s"]
             log("fastdit", fastdit_spec(template, threshold, args), run, out, frames)
     if args.overhead_steps:
-        overhead_runs(e2e, pipe, args, device, policies, log)
+        overhead_runs(pipe, args, device, policies, log)
 
 
 def fastdit_spec(template: str, threshold: float, args) -> str:
     return template.format(t=threshold, n=args.dbcache_n, w=args.dbcache_warmup, model=args.model_suffix)
 
 
-def overhead_runs(e2e, pipe, args, device, policies, log) -> None:
+def overhead_runs(pipe, args, device, policies, log) -> None:
     """The cost of deciding: each policy measuring every step and reusing none, per step,
     against the uncached per-step time (same short run)."""
     steps = args.overhead_steps
-    plain, _ = run_fastdit(e2e, pipe, args, device, None, steps)
+    plain, _ = run_fastdit(pipe, args, device, None, steps)
     log("fastdit-overhead", None, plain, None, None)
     for policy, (template, _) in policies:
         spec = fastdit_spec(template, 1e-9, args)
-        run, _ = run_fastdit(e2e, pipe, args, device, spec, steps)
+        run, _ = run_fastdit(pipe, args, device, spec, steps)
         reused = run["cache_stats"]["forwards_reused"]
         run["overhead_per_step_pct"] = 100.0 * (run["per_step_s"] / plain["per_step_s"] - 1.0)
         if reused:
@@ -160,7 +152,7 @@ def selected(names: str):
 # ---------------------------------------------------------------------------------------
 # Peers on diffusers' WanPipeline
 # ---------------------------------------------------------------------------------------
-def run_diffusers(e2e, pipe, args, device, counted_block: int | None) -> tuple[dict, object]:
+def run_diffusers(pipe, args, device, counted_block: int | None) -> tuple[dict, object]:
     counter = BlockCounter(pipe.transformer.blocks[counted_block]) if counted_block is not None else None
     try:
         run, frames = e2e.run_diffusers(pipe, args, args.steps, device)
@@ -172,10 +164,10 @@ def run_diffusers(e2e, pipe, args, device, counted_block: int | None) -> tuple[d
             "forwards_total": 2 * args.steps}, frames
 
 
-def diffusers_runs(e2e, c, args, device, impls, log, fastdit_frames) -> None:
+def diffusers_runs(c, args, device, impls, log, fastdit_frames) -> None:
     pipe = e2e.diffusers_pipeline(c)
     e2e.run_diffusers(pipe, args, args.warmup_steps, device)  # warm-up
-    base, frames = run_diffusers(e2e, pipe, args, device, None)
+    base, frames = run_diffusers(pipe, args, device, None)
     log("diffusers", None, base, frames, frames, fastdit_frames)
     if "diffusers-fbcache" in impls:
         from diffusers.hooks import FirstBlockCacheConfig
@@ -183,19 +175,19 @@ def diffusers_runs(e2e, c, args, device, impls, log, fastdit_frames) -> None:
         for threshold in picked(FASTDIT_POLICIES["fbcache"][1], args):
             pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
             try:
-                run, out = run_diffusers(e2e, pipe, args, device, counted_block=1)
+                run, out = run_diffusers(pipe, args, device, counted_block=1)
             finally:
                 pipe.transformer.disable_cache()
             run["speedup"] = base["total_s"] / run["total_s"]
             log("diffusers-fbcache", f"FirstBlockCacheConfig(threshold={threshold})", run, out, frames,
                 fastdit_frames)
     if "diffusers-magcache" in impls:
-        diffusers_magcache_runs(e2e, pipe, args, device, log, frames, fastdit_frames, base)
+        diffusers_magcache_runs(pipe, args, device, log, frames, fastdit_frames, base)
     if "cache-dit" in impls:
-        cache_dit_runs(e2e, pipe, args, device, log, frames, fastdit_frames, base)
+        cache_dit_runs(pipe, args, device, log, frames, fastdit_frames, base)
 
 
-def diffusers_magcache_runs(e2e, pipe, args, device, log, frames, fastdit_frames, base) -> None:
+def diffusers_magcache_runs(pipe, args, device, log, frames, fastdit_frames, base) -> None:
     from diffusers.hooks import MagCacheConfig
 
     from fastdit.cache.magcache import published_table
@@ -206,7 +198,7 @@ def diffusers_magcache_runs(e2e, pipe, args, device, log, frames, fastdit_frames
                                 num_inference_steps=args.steps, mag_ratios=ratios)
         pipe.transformer.enable_cache(config)
         try:
-            run, out = run_diffusers(e2e, pipe, args, device, counted_block=1)
+            run, out = run_diffusers(pipe, args, device, counted_block=1)
         finally:
             pipe.transformer.disable_cache()
         run["speedup"] = base["total_s"] / run["total_s"]
@@ -214,7 +206,7 @@ def diffusers_magcache_runs(e2e, pipe, args, device, log, frames, fastdit_frames
             f"retention_ratio=0.2, Wan2.1-T2V-1.3B cond ratios)", run, out, frames, fastdit_frames)
 
 
-def cache_dit_runs(e2e, pipe, args, device, log, frames, fastdit_frames, base) -> None:
+def cache_dit_runs(pipe, args, device, log, frames, fastdit_frames, base) -> None:
     try:
         import cache_dit
         from cache_dit import DBCacheConfig, TaylorSeerCalibratorConfig
@@ -230,7 +222,7 @@ def cache_dit_runs(e2e, pipe, args, device, log, frames, fastdit_frames, base) -
             calibrator = TaylorSeerCalibratorConfig(taylorseer_order=1) if taylorseer else None
             cache_dit.enable_cache(pipe, cache_config=config, calibrator_config=calibrator)
             try:
-                run, out = run_diffusers(e2e, pipe, args, device, counted_block=args.dbcache_n)
+                run, out = run_diffusers(pipe, args, device, counted_block=args.dbcache_n)
             finally:
                 cache_dit.disable_cache(pipe)
             run["speedup"] = base["total_s"] / run["total_s"]
@@ -271,7 +263,6 @@ def main(argv=None) -> int:
         args.dbcache_n, args.dbcache_warmup = 1, 1
         args.model_suffix = ",model=Wan2.1-T2V-1.3B"  # borrowed constants (TeaCache / MagCache)
         torch.set_num_threads(min(4, torch.get_num_threads()))
-    e2e = _e2e()
     from diffusers.utils import logging as dlogging
 
     dlogging.set_verbosity_error()
@@ -304,9 +295,9 @@ def main(argv=None) -> int:
     c = e2e.build_components(args, device, dtype)
     with torch.no_grad():
         if "fastdit" in impls:
-            fastdit_runs(e2e, c, args, device, dtype, log)
+            fastdit_runs(c, args, device, dtype, log)
         if {"diffusers", "diffusers-fbcache", "diffusers-magcache", "cache-dit"} & set(impls):
-            diffusers_runs(e2e, c, args, device, impls, log, frames.get("fastdit"))
+            diffusers_runs(c, args, device, impls, log, frames.get("fastdit"))
     Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
 

@@ -44,6 +44,9 @@ NEGATIVE = "Bright tones, overexposed, static, blurred details, subtitles, worst
 UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                 relative_attention_num_buckets=32, relative_attention_max_distance=128,
                 feed_forward_proj="gated-gelu", dense_act_fn="gelu_new", tie_word_embeddings=False)
+# the toy UMT5 of --tiny runs, less its vocabulary (the tiny tokenizer's) and width (the toy text_dim)
+UMT5_TINY = dict(d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                 relative_attention_max_distance=16, feed_forward_proj="gated-gelu")
 
 
 # The platform's synchronize / peak-memory calls, skipped for a CPU run (--tiny on a GPU machine).
@@ -66,9 +69,27 @@ def peak_gb(device: torch.device) -> float | None:
 # ---------------------------------------------------------------------------------------
 # Components (random weights)
 # ---------------------------------------------------------------------------------------
-def build_components(args, device: torch.device, dtype: torch.dtype) -> dict:
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+def text_encoder_and_vae(tokenizer, tiny: bool, device, dtype: torch.dtype, text_dim: int = 32):
+    """Random-weight UMT5 encoder and Wan2.1 VAE, made on ``device`` from the global RNG: UMT5-XXL
+    and the full VAE, or (``tiny``) a 2-layer UMT5 of width ``text_dim`` and a toy VAE."""
+    from diffusers import AutoencoderKLWan
     from transformers import UMT5Config, UMT5EncoderModel
+
+    if tiny:
+        text_config = UMT5Config(vocab_size=len(tokenizer), d_model=text_dim, **UMT5_TINY)
+        vae_kwargs = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                          temperal_downsample=[False, True, True])
+    else:
+        text_config = UMT5Config(**UMT5_XXL)
+        vae_kwargs = {}  # diffusers' defaults are the Wan2.1 VAE
+    with torch.device(device):
+        text_encoder = UMT5EncoderModel._from_config(text_config, dtype=dtype).eval().requires_grad_(False)
+        vae = AutoencoderKLWan(**vae_kwargs).to(dtype).eval().requires_grad_(False)
+    return text_encoder, vae
+
+
+def build_components(args, device: torch.device, dtype: torch.dtype) -> dict:
+    from diffusers import UniPCMultistepScheduler
 
     from fastdit.models.wan import WanTransformer
     from fastdit.models.wan.configs import WanConfig
@@ -77,23 +98,10 @@ def build_components(args, device: torch.device, dtype: torch.dtype) -> dict:
 
     torch.manual_seed(args.seed)
     tokenizer = tiny.make_tokenizer()  # in memory; its ids fit any vocabulary
-    if args.tiny:
-        text_config = UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
-                                 num_heads=4, relative_attention_num_buckets=8,
-                                 relative_attention_max_distance=16, feed_forward_proj="gated-gelu")
-        transformer_config = WanConfig(num_attention_heads=2, attention_head_dim=16, ffn_dim=64, num_layers=2,
-                                       text_dim=32, freq_dim=32, rope_max_seq_len=32)
-        vae_kwargs = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                          temperal_downsample=[False, True, True])
-    else:
-        text_config = UMT5Config(**UMT5_XXL)
-        transformer_config = "Wan2.1-T2V-1.3B"
-        vae_kwargs = {}  # diffusers' defaults are the Wan2.1 VAE
-
+    transformer_config = WanConfig(num_attention_heads=2, attention_head_dim=16, ffn_dim=64, num_layers=2,
+                                   text_dim=32, freq_dim=32, rope_max_seq_len=32) if args.tiny else "Wan2.1-T2V-1.3B"
     t0 = time.perf_counter()
-    with torch.device(device):
-        text_encoder = UMT5EncoderModel._from_config(text_config, dtype=dtype).eval().requires_grad_(False)
-        vae = AutoencoderKLWan(**vae_kwargs).to(dtype).eval().requires_grad_(False)
+    text_encoder, vae = text_encoder_and_vae(tokenizer, args.tiny, device, dtype)
     transformer = WanTransformer.from_config(transformer_config, dtype=dtype, device=device, seed=args.seed)
     reference = diffusers_reference(transformer, share_weights=True)
     sync(device)

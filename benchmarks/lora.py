@@ -54,6 +54,10 @@ from fastdit.models.wan.checkpoint import diffusers_to_original_key
 from fastdit.models.wan.configs import WAN_CONFIGS, WanConfig
 from fastdit.models.wan.lora import LoraAdapter, apply_loras
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the siblings e2e.py and transformer.py
+import e2e  # noqa: E402
+from transformer import time_forward  # noqa: E402
+
 TINY = WanConfig(num_attention_heads=2, attention_head_dim=32, in_channels=16, out_channels=16,
                  text_dim=64, freq_dim=32, ffn_dim=160, num_layers=3)
 BLOCK_PRODUCTS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q",
@@ -67,13 +71,6 @@ def sync(device) -> None:
 
 def median_seconds(fn, device, warmup: int, repeat: int) -> float:
     """The median of ``transformer.py``'s timed calls (CUDA events; wall clock on the CPU)."""
-    import os
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    from transformer import time_forward  # benchmarks/transformer.py: this script's sibling
-
     return statistics.median(time_forward(fn, warmup, repeat, device))
 
 
@@ -177,37 +174,15 @@ TINY_E2E = {"tiny": (TINY, False), "tiny-a14b": (TINY, True)}
 E2E_CHOICES = ("Wan2.1-T2V-1.3B", "Wan2.1-T2V-14B", "Wan2.2-T2V-A14B")  # text-to-video: no image needed
 
 
-def _sibling(name: str):
-    """benchmarks/<name>.py as a module (this folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def shared_components(tiny: bool, device, dtype) -> dict:
     """Tokenizer (in memory), UMT5-XXL text encoder and Wan2.1 VAE with random weights, shared
-    by every model and both implementations (toy sizes with ``tiny``)."""
-    from diffusers import AutoencoderKLWan
-    from transformers import UMT5Config, UMT5EncoderModel
-
+    by every model and both implementations (toy sizes with ``tiny``): ``e2e.py``'s."""
     from fastdit.pipelines import tiny as tiny_models
 
-    e2e = _sibling("e2e")
     tokenizer = tiny_models.make_tokenizer()
-    if tiny:
-        text_config = UMT5Config(vocab_size=len(tokenizer), d_model=TINY.text_dim, d_kv=8, d_ff=64,
-                                 num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-                                 relative_attention_max_distance=16, feed_forward_proj="gated-gelu")
-        vae_kwargs = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                          temperal_downsample=[False, True, True])
-    else:
-        text_config, vae_kwargs = UMT5Config(**e2e.UMT5_XXL), {}
     torch.manual_seed(0)
-    with torch.device(device):
-        text_encoder = UMT5EncoderModel._from_config(text_config, dtype=dtype).eval().requires_grad_(False)
-        vae = AutoencoderKLWan(**vae_kwargs).to(dtype).eval().requires_grad_(False)
-    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "e2e": e2e}
+    text_encoder, vae = e2e.text_encoder_and_vae(tokenizer, tiny, device, dtype, text_dim=TINY.text_dim)
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae}
 
 
 def _experts(config, two: bool, device, dtype, seed: int) -> list:
@@ -239,7 +214,6 @@ def e2e_fastdit(name: str, config, two: bool, loras: list[Path], c: dict, shape:
                 seed: int) -> tuple[dict, np.ndarray]:
     """fastdit: random experts, the load options checked by plan_variant, LoRAs merged, the
     preset's 4-step sampler; a warm-up generation, then the timed one."""
-    from fastdit.models.wan.lora import apply_loras
     from fastdit.pipelines.loading import LoadOptions
     from fastdit.pipelines.spec import ModelSpec
     from fastdit.pipelines.variants import plan_variant
@@ -266,12 +240,12 @@ def e2e_fastdit(name: str, config, two: bool, loras: list[Path], c: dict, shape:
                             transformer_2=experts[1] if two else None, device=device, dtype=dtype,
                             options=options, variant=variant)
     t0 = time.perf_counter()
-    pipe.generate(c["e2e"].PROMPT, **shape, seed=seed, timesteps=WARMUP_TIMESTEPS)
+    pipe.generate(e2e.PROMPT, **shape, seed=seed, timesteps=WARMUP_TIMESTEPS)
     sync(device)
     warmup_s = time.perf_counter() - t0
     sync(device)
     t0 = time.perf_counter()
-    result = pipe.generate(c["e2e"].PROMPT, **shape, seed=seed)
+    result = pipe.generate(e2e.PROMPT, **shape, seed=seed)
     sync(device)
     total = time.perf_counter() - t0
     t = result.timings
@@ -293,7 +267,6 @@ def e2e_diffusers(config, two: bool, loras: list[Path], c: dict, shape: dict, de
 
     from fastdit.models.wan.reference import diffusers_reference
 
-    e2e = c["e2e"]
     t0 = time.perf_counter()
     references = [diffusers_reference(m, share_weights=True) for m in _experts(config, two, device, dtype, seed)]
     sync(device)
@@ -353,7 +326,7 @@ def bench_e2e(models: list[str], rank: int, c: dict, shape: dict, device, dtype,
                     else:
                         run, frames[impl] = e2e_diffusers(config, two, loras, c, shape, device, dtype, seed)
                         if "fastdit" in frames:
-                            run["frames_vs_fastdit"] = c["e2e"].compare(frames[impl], frames["fastdit"])
+                            run["frames_vs_fastdit"] = e2e.compare(frames[impl], frames["fastdit"])
                 except Exception as exc:  # e.g. out of memory: record it, go on with the rest
                     entry.setdefault("errors", {})[impl] = f"{type(exc).__name__}: {first_line(exc)}"
                     print(f"{name:18s} {impl:9s} FAILED: {entry['errors'][impl]}", flush=True)

@@ -22,7 +22,7 @@ named config), a full-size UMT5-XXL (rank 0 only) and the Wan2.1 VAE; UniPC, flo
 synchronised denoise time over the steps). Efficiency is ``t1 / (N * tN)`` against the one-GPU
 run of the same model and size, for the step and for the whole video. Quality: PSNR and
 largest difference of the uint8 frames against the one-GPU video (saved by the 1-GPU launch,
-so include 1 in ``--gpus``; ``fastdit.quality`` is not on main yet; PSNR null: identical).
+so include 1 in ``--gpus``; PSNR null: identical).
 """
 
 from __future__ import annotations

@@ -379,7 +379,7 @@ def linear_section(rec: Recorder, device: str, tokens: int, shapes, ffns) -> Non
     from fastdit import ops
     from fastdit.kernels.scaled_mm import ops as smm
     from fastdit.ops.registry import call_provider, is_supported, providers
-    from fastdit.quant.formulas import quantize_fp8_rows, quantize_fp8_weight  # noqa: F401
+    from fastdit.quant.formulas import quantize_fp8_rows, quantize_fp8_weight
 
     bench = timer(device)
     available = {n for n, p in providers("linear_fp8").items() if is_supported(p)}
@@ -434,8 +434,6 @@ def linear_section(rec: Recorder, device: str, tokens: int, shapes, ffns) -> Non
                                                                               tokens, d, h))
     for dim in sorted({k for k, _ in shapes}):  # producers: norm -> e4m3 + scales, GELU -> e4m3
         def producers(dim=dim):
-            from fastdit.ops.registry import is_supported, providers
-
             x = torch.randn(1, tokens, dim, device=device).bfloat16()
             res = torch.randn(1, tokens, dim, device=device).bfloat16()
             shift, scale = (torch.randn(1, 1, dim, device=device) * 0.1 for _ in range(2))

@@ -4,7 +4,9 @@ TRITON_INTERPRET must be in the environment before Triton compiles a kernel, so 
 here, before any test imports fastdit's kernels; fastdit reads it through its config.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,3 +41,16 @@ def fresh_config():
     yield config
     config.set_config(saved)
     current_platform.cache_clear()
+
+
+@pytest.fixture
+def load_benchmark():
+    """``load_benchmark("cache")``: benchmarks/cache.py as a fresh module (the folder is no package)."""
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

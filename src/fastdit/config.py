@@ -54,6 +54,11 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+def _names(names: str | tuple[str, ...]) -> tuple[str, ...]:
+    """Provider names as a tuple: ``"triton"`` or ``["triton"]`` -> ``("triton",)``."""
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
 @dataclass(frozen=True)
 class KernelConfig:
     """How ops pick their provider.
@@ -77,12 +82,8 @@ class KernelConfig:
             )
         # values as tuples of names ("triton" or ["triton"] -> ("triton",)), so the config hashes
         object.__setattr__(self, "op_providers", {
-            op: (names,) if isinstance(names, str) else tuple(names)
-            for op, names in dict(self.op_providers).items()})
-        if isinstance(self.default_providers, str):
-            object.__setattr__(self, "default_providers", (self.default_providers,))
-        else:
-            object.__setattr__(self, "default_providers", tuple(self.default_providers))
+            op: _names(names) for op, names in dict(self.op_providers).items()})
+        object.__setattr__(self, "default_providers", _names(self.default_providers))
 
     def __hash__(self) -> int:  # Mapping is not hashable; hash its items
         return hash((tuple(sorted(self.op_providers.items())), self.default_providers,
@@ -284,12 +285,6 @@ def get_config() -> EngineConfig:
     if _config is None:
         _config = config_from_env()
     return _config
-
-
-def config_generation() -> int:
-    """A counter bumped on every :func:`set_config`: caches of provider choices are dropped when
-    it changes (a process-wide change may mean the machine's state changed too)."""
-    return _generation
 
 
 def set_config(config: EngineConfig) -> None:

@@ -106,7 +106,6 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (KeyboardInterrupt, 130),
 )
 EXIT_INTERNAL = 1
-EXIT_SIGTERM = 143
 
 OUT_OF_MEMORY_HINT = ("try a smaller --height/--width/--num-frames, --offload model, or --vae-tiling")
 _ALLOCATOR_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")

@@ -1,26 +1,20 @@
 """benchmarks/cache.py runs at toy sizes on the CPU and writes its JSON; fastdit's first-block
 cache decides as diffusers' FirstBlockCache hook does on the same weights."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "cache.py"
 
 
-def _run_tiny(tmp_path, *args) -> list[dict]:
+def _run_tiny(load_benchmark, tmp_path, *args) -> list[dict]:
     """``benchmarks/cache.py --tiny ARGS``: the runs of its JSON."""
-    spec = importlib.util.spec_from_file_location("cache_benchmark", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("cache")
     out = tmp_path / "cache.json"
     assert module.main(["--tiny", *args, "--out", str(out)]) == 0
     return json.loads(out.read_text())["runs"]
 
 
-def test_cache_benchmark_tiny(tmp_path):
-    runs = _run_tiny(tmp_path, "--impls", "fastdit,diffusers-fbcache", "--policies", "fbcache",
+def test_cache_benchmark_tiny(load_benchmark, tmp_path):
+    runs = _run_tiny(load_benchmark, tmp_path, "--impls", "fastdit,diffusers-fbcache", "--policies", "fbcache",
                      "--overhead-steps", "2")
     assert [(r["impl"], r["setting"] is None) for r in runs][:1] == [("fastdit", True)]
     fastdit = [r for r in runs if r["impl"] == "fastdit" and r["setting"]]
@@ -41,11 +35,11 @@ def test_cache_benchmark_tiny(tmp_path):
         assert math.isclose(theirs["psnr_vs_uncached_db"], mine["psnr_vs_uncached_db"], abs_tol=1.0)
 
 
-def test_magcache_decides_as_diffusers_magcache_hook(tmp_path):
+def test_magcache_decides_as_diffusers_magcache_hook(load_benchmark, tmp_path):
     """fastdit's MagCache and diffusers' MagCache hook, given the same Wan2.1-T2V-1.3B ratios
     (diffusers: the conditional branch's for both branches), the same threshold, K and
     retention, skip the same steps on the same weights and give nearly the same frames."""
-    runs = _run_tiny(tmp_path, "--impls", "fastdit,diffusers-magcache", "--policies", "magcache",
+    runs = _run_tiny(load_benchmark, tmp_path, "--impls", "fastdit,diffusers-magcache", "--policies", "magcache",
                      "--overhead-steps", "0")
     mine = [r for r in runs if r["impl"] == "fastdit" and r["setting"]]
     theirs = [r for r in runs if r["impl"] == "diffusers-magcache"]

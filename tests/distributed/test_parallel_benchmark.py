@@ -1,24 +1,13 @@
 """benchmarks/parallel.py: its layouts, and a tiny CPU run over 1 and 2 gloo ranks through the
 real pipeline."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "parallel.py"
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("parallel_benchmark", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_layouts_respect_heads():
-    layouts = _module().layouts
+def test_layouts_respect_heads(load_benchmark):
+    layouts = load_benchmark("parallel").layouts
     assert (8, 1, 1) not in layouts(8, 12) and (4, 2, 1) in layouts(8, 12)  # 1.3B: 12 heads
     assert (8, 1, 1) in layouts(8, 40) and (4, 1, 2) in layouts(8, 40)  # 14B: 40 heads
     assert layouts(1, 12) == [(1, 1, 1)]
@@ -26,9 +15,9 @@ def test_layouts_respect_heads():
 
 
 @pytest.mark.timeout(400)
-def test_parallel_benchmark_tiny(tmp_path):
+def test_parallel_benchmark_tiny(load_benchmark, tmp_path):
     out = tmp_path / "parallel.json"
-    assert _module().main(["--tiny", "--gpus", "1", "2", "--steps", "1", "--warmup-steps", "0",
+    assert load_benchmark("parallel").main(["--tiny", "--gpus", "1", "2", "--steps", "1", "--warmup-steps", "0",
                            "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["results"]
     assert {(r["gpus"], r["ulysses"], r["ring"], r["cfg"]) for r in rows} == {

@@ -155,20 +155,27 @@ def wan_calls():
     return calls
 
 
-def main(target_name: str = "cuda") -> int:
-    _install(target_name)
+def report(calls, error_chars: int = 2000) -> int:
+    """Make every ``(label, call)``; print one JSON line per compiled kernel (or per failure,
+    its error cut to ``error_chars``). Returns the exit status: 1 if any call failed."""
     failures = 0
-    for label, call in wan_calls():
+    for label, call in calls:
         before = len(RESULTS)
         try:
             call()
         except Exception as exc:  # report every failure, not just the first
             failures += 1
-            print(json.dumps({"call": label, "error": f"{type(exc).__name__}: {exc}"[:2000]}))
+            print(json.dumps({"call": label,
+                              "error": f"{type(exc).__name__}: {exc}"[:error_chars]}))
             continue
         for info in RESULTS[before:]:
             print(json.dumps({"call": label, **info}))
     return 1 if failures else 0
+
+
+def main(target_name: str = "cuda") -> int:
+    _install(target_name)
+    return report(wan_calls())
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ grouped fp8 product) for sm_90 on a machine without a GPU, through the stand-in 
 
 from __future__ import annotations
 
-import json
 import sys
 
 import torch
@@ -84,18 +83,7 @@ def _qkv(A, q, split):
 
 def main() -> int:
     CC._install("cuda")
-    failures = 0
-    for label, call in quant_calls(full="--full" in sys.argv):
-        before = len(CC.RESULTS)
-        try:
-            call()
-        except Exception as exc:  # report every failure, not just the first
-            failures += 1
-            print(json.dumps({"call": label, "error": f"{type(exc).__name__}: {exc}"[:3000]}))
-            continue
-        for info in CC.RESULTS[before:]:
-            print(json.dumps({"call": label, **info}))
-    return 1 if failures else 0
+    return CC.report(quant_calls(full="--full" in sys.argv), error_chars=3000)
 
 
 if __name__ == "__main__":

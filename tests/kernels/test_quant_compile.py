@@ -5,32 +5,21 @@ row quantisers, the fp8 norms and the grouped fp8 product, at the Wan shapes."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 triton = pytest.importorskip("triton")
 
+from tests.kernels.test_triton_compile import _run  # noqa: E402
+
 SCRIPT = Path(__file__).with_name("_compile_check_quant.py")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quantising_kernels_compile_for_h100_without_spills():
     if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
         pytest.skip("Triton's bundled ptxas is missing")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), str(ROOT),
-                                                      env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=600)
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    errors = [r for r in rows if "error" in r]
-    assert not errors and proc.returncode == 0, errors or proc.stderr[-3000:]
+    rows = _run(script=SCRIPT, timeout=600)  # every call compiled
     kernels = {r["kernel"] for r in rows}
     assert kernels == {"_quant_int8_rows_kernel", "_quant_v_fp8_kernel", "_attn_int8_kernel",
                        "_quant_fp8_rows_kernel", "_norm_modulate_fp8_kernel",

@@ -19,13 +19,15 @@ SCRIPT = Path(__file__).with_name("_compile_check.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(target: str) -> list[dict]:
+def _run(*args: str, script: Path = SCRIPT, timeout: int = 300) -> list[dict]:
+    """The JSON rows a compile-check script prints (run without TRITON_INTERPRET); every call
+    must have compiled. ``_compile_check_quant.py`` runs through this too."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), str(ROOT),
                                                       env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, str(SCRIPT), target], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300)
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=timeout)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     errors = [r for r in rows if "error" in r]
     assert not errors and proc.returncode == 0, errors or proc.stderr[-3000:]

@@ -1,17 +1,11 @@
 """benchmarks/lora.py runs (tiny configs, CPU) and writes its JSON: merge, runtime mode and the
 4-step end-to-end comparison (fastdit with loras/preset vs diffusers with the LoRA fused)."""
 
-import importlib.util
 import json
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "lora.py"
 
 
-def test_lora_benchmark_tiny(tmp_path):
-    spec = importlib.util.spec_from_file_location("lora_benchmark", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_lora_benchmark_tiny(load_benchmark, tmp_path):
+    module = load_benchmark("lora")
     out, table = tmp_path / "lora.json", tmp_path / "lora.md"
     assert module.main(["--tiny", "--out", str(out), "--tmp", str(tmp_path), "--repeat", "1",
                         "--e2e-models", "tiny-a14b", "--markdown", str(table)]) == 0

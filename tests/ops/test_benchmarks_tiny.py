@@ -56,12 +56,8 @@ def test_quant_benchmark_attention_tiny(tmp_path):
     assert choice["fastest_meeting_target"]["candidate"].endswith("v_split=True")
 
 
-def test_choose_attention_picks_by_speed_and_accuracy():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("quant_bench", ROOT / "benchmarks" / "quant.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_choose_attention_picks_by_speed_and_accuracy(load_benchmark):
+    bench = load_benchmark("quant")
 
     def row(name, ms, cos=0.9995, l1=0.02):
         return {"heads": 12, "candidate": name, "ms": ms, "cosine_gaussian": cos,

@@ -3,8 +3,8 @@ into the pool slot against Linear.dense_weight, and the forward's cosine against
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from fastdit.quant.inputs import cosine
 from fastdit.runtime import StreamPlan, stream_model
 from fastdit.runtime.fp8 import dequantize_per_channel, error_bound, quantize_per_channel
 from tests.runtime.helpers import I2V, T2V5, clone, forward, inputs, model
@@ -57,10 +57,6 @@ def test_quantiser_rejects_bad_input():
         quantize_per_channel(torch.ones(3, 3, dtype=torch.int32))
 
 
-def _cosine(a, b):
-    return float(F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
-
-
 @pytest.mark.parametrize("config,dtype", [(T2V5, torch.float32), (T2V5, torch.bfloat16), (I2V, torch.float32)],
                          ids=["t2v-fp32", "t2v-bf16", "i2v-fp32"])
 def test_fp8_forward_cosine(config, dtype):
@@ -70,7 +66,7 @@ def test_fp8_forward_cosine(config, dtype):
     ref = forward(base, args)
     streamed = stream_model(clone(base), StreamPlan.spread(config.num_layers, 1, 1), "cpu", weights="fp8")
     out = forward(streamed, args)
-    cos = _cosine(out, ref)
+    cos = cosine(out, ref)
     assert FORWARD_COSINE <= cos < 1.0, cos  # lossy, but close
     layout = streamed.streamer.store.layout
     fp8_tensors = [t for t in layout.tensors if t.dtype.itemsize == 1]

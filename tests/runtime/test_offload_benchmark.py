@@ -1,26 +1,15 @@
 """benchmarks/offload.py runs in its tiny CPU mode and writes its JSON; the GPU mode's plans
 (from the memory planner) are the ones the targets are stated for."""
 
-import importlib.util
 import json
 import types
-from pathlib import Path
 
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "offload.py"
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("offload_benchmark", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_offload_benchmark_tiny(tmp_path):
+def test_offload_benchmark_tiny(load_benchmark, tmp_path):
     out = tmp_path / "offload.json"
-    module = _module()
+    module = load_benchmark("offload")
     assert module.main(["--tiny", "--steps", "1", "--variants", "resident,stream-24gb,fp8-16gb,a14b-24gb",
                         "--out", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -34,8 +23,8 @@ def test_offload_benchmark_tiny(tmp_path):
     assert {"stream-24gb_vs_resident", "fp8-16gb_vs_resident"} <= set(report["summary"])
 
 
-def test_gpu_mode_plans():
-    module = _module()
+def test_gpu_mode_plans(load_benchmark):
+    module = load_benchmark("offload")
     args = types.SimpleNamespace(tiny=False, height=480, width=832, frames=81, batch=2)
     plans = {}
     for key, budget, weights, experts in (("stream", 24, "dense", 1), ("fp8", 16, "fp8", 1),

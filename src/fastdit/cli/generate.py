@@ -146,15 +146,10 @@ def add_cache_arguments(p: argparse.ArgumentParser) -> None:
 
 def _quiet_libraries(verbose: bool) -> None:
     """Keep the libraries' loading bars and warnings off the terminal (unless -v)."""
-    if verbose:
-        return
-    from diffusers.utils import logging as dlogging
-    from transformers.utils import logging as tlogging
+    if not verbose:
+        from fastdit.pipelines.loading import quiet_libraries
 
-    tlogging.set_verbosity_error()
-    tlogging.disable_progress_bar()
-    dlogging.set_verbosity_error()
-    dlogging.disable_progress_bar()
+        quiet_libraries()
 
 
 def request_from_args(args: argparse.Namespace, image=None):

@@ -113,10 +113,11 @@ def write_outputs(frames, output: Path, fps, frames_dir: Path | None = None, enc
                   frame_writer=None) -> None:
     """Encode the video and write the frames (both hidden), then publish them together.
     ``encoder`` / ``frame_writer(folder, frames)``: other writers than ffmpeg and PIL's PNGs."""
-    from fastdit.pipelines.video_io import encode_video, write_frames
+    from fastdit.pipelines.video_io import encode_video, frames_uint8, write_frames
 
     frame_writer = frame_writer or write_frames
     with PartialFile(output) as video:
+        frames = frames_uint8(frames)  # once: the video and the PNGs take the same 8-bit frames
         encode_video(video, frames, fps, encoder)
         if frames_dir is None:
             with signals_deferred():

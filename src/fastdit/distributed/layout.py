@@ -12,7 +12,7 @@ Rank 0 is the writer: it saves the video and prints the summary.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 from fastdit.errors import UserError
@@ -157,8 +157,7 @@ def check_layout(config: ParallelConfig, *, world_size: int | None = None,
         if config.product != world_size:
             raise UserError(config._product_message(world_size))
         if config.world_size is None:
-            config = ParallelConfig(ulysses=config.ulysses, ring=config.ring, cfg=config.cfg,
-                                    vae=config.vae, world_size=world_size)
+            config = replace(config, world_size=world_size)
     if heads is not None and heads % config.ulysses:
         allowed = [d for d in range(1, heads + 1) if heads % d == 0]
         raise UserError(f"parallel layout: ulysses={config.ulysses} does not divide the "

@@ -89,9 +89,9 @@ class _Halo:
         if self.ranks == 1:
             return x
         most = max(stop - start for start, stop in bands) * scale
-        parts = [torch.empty_like(pad_to(x, most, ROWS), memory_format=torch.contiguous_format)
-                 for _ in bands]
-        dist.all_gather(parts, pad_to(x, most, ROWS).contiguous(), group=self.group)
+        mine = pad_to(x, most, ROWS).contiguous()
+        parts = [torch.empty_like(mine) for _ in bands]
+        dist.all_gather(parts, mine, group=self.group)
         return torch.cat([p[:, :, :, :(stop - start) * scale] for p, (start, stop) in zip(parts, bands)],
                          dim=ROWS)
 

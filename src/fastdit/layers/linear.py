@@ -31,7 +31,7 @@ from torch import nn
 
 from fastdit import ops
 from fastdit.quant.formulas import FP8_DTYPE
-from fastdit.quant.linear import Fp8Activation, linear_forward
+from fastdit.quant.linear import Fp8Activation, dequantize_weight, linear_forward
 
 Adapter = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -65,7 +65,7 @@ class Linear(nn.Module):
         """The weight as a dense matrix in ``dtype`` (dequantised when stored with scales)."""
         if self.weight_scale is None:
             return self.weight
-        return (self.weight.float() * self.weight_scale.float()[:, None]).to(dtype)
+        return dequantize_weight(self.weight, self.weight_scale, dtype)
 
     @property
     def takes_fp8(self) -> bool:

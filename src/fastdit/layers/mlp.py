@@ -72,18 +72,13 @@ class FeedForward(nn.Module):
         if chunk_rows <= 0 or rows <= chunk_rows:
             return self.net[2](self.hidden(x))  # (..., dim_out)
         out_proj = self.net[2]
-        if isinstance(x, Fp8Activation):
-            x2d = x.view_rows()  # (B*L, dim) e4m3 and (B*L,) scales
-            out_dtype = x.out_dtype
-        else:
-            x2d = x.reshape(rows, shape[-1])  # (B*L, dim)
-            out_dtype = x.dtype
-        out = torch.empty(rows, out_proj.out_features, dtype=out_dtype,
-                          device=x2d.values.device if isinstance(x2d, Fp8Activation)
-                          else x2d.device)  # (B*L, dim_out)
+        fp8 = isinstance(x, Fp8Activation)
+        # (B*L, dim); in e4m3 with (B*L,) scales when fp8
+        x2d = x.view_rows() if fp8 else x.reshape(rows, shape[-1])
+        out = torch.empty(rows, out_proj.out_features, dtype=x.out_dtype if fp8 else x.dtype,
+                          device=(x2d.values if fp8 else x2d).device)  # (B*L, dim_out)
         for start in range(0, rows, chunk_rows):
-            part = (x2d.rows(start, start + chunk_rows) if isinstance(x2d, Fp8Activation)
-                    else x2d[start:start + chunk_rows])
+            part = x2d.rows(start, start + chunk_rows) if fp8 else x2d[start:start + chunk_rows]
             hidden = self.hidden(part)  # (chunk, inner)
             out_proj.into(hidden, out[start:start + chunk_rows])  # a contiguous view: in place
             del hidden  # else it is still held while the next slice's is computed

@@ -12,15 +12,21 @@ from fastdit.ops.registry import define_op, new_plan, plans
 from fastdit.ops.registry import signature as sig
 
 
-def attention_native(q, k, v, *, causal=False, scale=None, attn_mask=None):
-    """Specification: ``softmax(q k^T * scale [+ mask]) v`` in fp32, per head."""
+def scores_fp32(q, k, v, scale):
+    """``(q k^T * scale, v)`` in fp32, head-major: scores ``(B, Hq, Lq, Lk)``, v ``(B, Hq, Lk,
+    D)`` (grouped k/v heads repeated); ``scale`` None is ``1/sqrt(D)``. Shared by the specs."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     q32, k32, v32 = (t.float().transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
     groups = q32.shape[1] // k32.shape[1]
     if groups > 1:
         k32 = k32.repeat_interleave(groups, dim=1)
         v32 = v32.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(q32, k32.transpose(-1, -2)) * scale  # (B, H, Lq, Lk)
+    return torch.matmul(q32, k32.transpose(-1, -2)) * scale, v32
+
+
+def attention_native(q, k, v, *, causal=False, scale=None, attn_mask=None):
+    """Specification: ``softmax(q k^T * scale [+ mask]) v`` in fp32, per head."""
+    scores, v32 = scores_fp32(q, k, v, scale)  # (B, H, Lq, Lk), (B, H, Lk, D)
     if causal:
         lq, lk = scores.shape[-2:]
         mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
@@ -34,8 +40,8 @@ def attention_native(q, k, v, *, causal=False, scale=None, attn_mask=None):
     return out.transpose(1, 2).to(q.dtype)
 
 
-def _check_attention(q, k, v, *, causal=False, scale=None, attn_mask=None) -> None:
-    op = "attention"
+def check_qkv(op, q, k, v) -> None:
+    """The layout checks of the attention ops: ``[B, L, H, D]``, grouped heads, one dtype."""
     for name, value in (("q", q), ("k", k), ("v", v)):
         C.check_tensor(op, name, value, min_dim=4)
     C.check_same_device(op, q=q, k=k, v=v)
@@ -49,6 +55,11 @@ def _check_attention(q, k, v, *, causal=False, scale=None, attn_mask=None) -> No
         raise C.fail(op, f"Hq={q.shape[2]} is not a multiple of Hk={k.shape[2]}", q=q, k=k)
     if not (q.dtype == k.dtype == v.dtype):
         raise C.fail(op, "q, k and v must share a dtype", q=q, k=k, v=v)
+
+
+def _check_attention(q, k, v, *, causal=False, scale=None, attn_mask=None) -> None:
+    op = "attention"
+    check_qkv(op, q, k, v)
     if attn_mask is not None:
         C.check_tensor(op, "attn_mask", attn_mask, dtypes=(torch.bool,) + C.FLOAT_DTYPES)
         C.check_same_device(op, q=q, attn_mask=attn_mask)

@@ -40,6 +40,7 @@ import math
 import torch
 
 from fastdit.ops import _checks as C
+from fastdit.ops.attention import check_qkv
 from fastdit.ops.library import LibraryOp, compiling
 from fastdit.ops.registry import define_op, new_plan, plans
 from fastdit.ops.registry import signature as sig
@@ -49,21 +50,6 @@ from fastdit.quant.formulas import (FP8_DTYPE, FP8_MAX, key_smoothing, quantize_
 V_SPLIT = False  # V as value + residual (two e4m3 terms): see the error budget above
 P_SCALE = FP8_MAX  # P in [0, 1] is stored as e4m3(448 * P)
 ROWS_PER_CHUNK_ELEMENTS = 1 << 24  # the spec's score chunks stay under 64 MB (fp32)
-
-
-def _check_qkv(op, q, k, v) -> None:
-    """The layout checks of ``ops.attention`` (``[B, L, H, D]``, grouped heads)."""
-    for name, value in (("q", q), ("k", k), ("v", v)):
-        C.check_tensor(op, name, value, min_dim=4)
-    C.check_same_device(op, q=q, k=k, v=v)
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise C.fail(op, "q, k, v must be [B, L, H, D]", q=q, k=k, v=v)
-    if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise C.fail(op, "q, k, v must agree in B and D, k and v in L and H", q=q, k=k, v=v)
-    if q.shape[2] % k.shape[2]:
-        raise C.fail(op, f"Hq={q.shape[2]} is not a multiple of Hk={k.shape[2]}", q=q, k=k)
-    if not (q.dtype == k.dtype == v.dtype):
-        raise C.fail(op, "q, k and v must share a dtype", q=q, k=k, v=v)
 
 
 def attention_int8_args(q, k, v, *, causal=False, scale=None, attn_mask=None) -> bool:
@@ -135,7 +121,7 @@ def attention_fp8_out_native(q, k, v, *, scale=None):
 
 def _check_attention_fp8_out(q, k, v, *, scale=None) -> None:
     op = "attention_fp8_out"
-    _check_qkv(op, q, k, v)
+    check_qkv(op, q, k, v)
     if not attention_int8_args(q, k, v):
         raise C.fail(op, "float inputs and head dims up to 256", q=q, k=k, v=v)
     if scale is not None and not C.is_number(scale):

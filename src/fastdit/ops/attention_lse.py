@@ -32,12 +32,12 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-import math
 
 import torch
 
 from fastdit.errors import ProviderError
 from fastdit.ops import _checks as C
+from fastdit.ops.attention import check_qkv, scores_fp32
 
 log = logging.getLogger("fastdit.ops")
 
@@ -56,13 +56,7 @@ def attention_lse_native(q, k, v, *, scale=None):
     ``q [B, Lq, H, D]``, ``k``/``v`` ``[B, Lk, Hk, D]`` (``H % Hk == 0``); returns
     ``out [B, Lq, H, D]`` in q's dtype and ``lse [B, H, Lq]`` fp32.
     """
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    q32, k32, v32 = (t.float().transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
-    groups = q32.shape[1] // k32.shape[1]
-    if groups > 1:
-        k32 = k32.repeat_interleave(groups, dim=1)
-        v32 = v32.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(q32, k32.transpose(-1, -2)) * scale  # (B, H, Lq, Lk)
+    scores, v32 = scores_fp32(q, k, v, scale)  # (B, H, Lq, Lk), (B, H, Lk, D)
     lse = torch.logsumexp(scores, dim=-1)  # (B, H, Lq)
     out = torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), v32)  # (B, H, Lq, D)
     return out.transpose(1, 2).to(q.dtype), lse
@@ -79,17 +73,9 @@ def attention_lse(q, k, v, *, scale=None):
     from fastdit.ops.registry import resolve
 
     op = "attention_lse"
-    for name, value in (("q", q), ("k", k), ("v", v)):
-        C.check_tensor(op, name, value, min_dim=4)
-    C.check_same_device(op, q=q, k=k, v=v)
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise C.fail(op, "q, k, v must be [B, L, H, D]", q=q, k=k, v=v)
-    if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1] \
-            or q.shape[2] % k.shape[2] or k.shape[1] < 1:
-        raise C.fail(op, "need k, v [B, Lk >= 1, Hk, D] with q [B, Lq, Hq, D], Hq % Hk == 0",
-                     q=q, k=k, v=v)
-    if not (q.dtype == k.dtype == v.dtype):
-        raise C.fail(op, "q, k and v must share a dtype", q=q, k=k, v=v)
+    check_qkv(op, q, k, v)
+    if k.shape[1] < 1:
+        raise C.fail(op, "need k, v [B, Lk >= 1, Hk, D]", k=k, v=v)
     name = resolve("attention", q, k, v, causal=False, scale=scale, attn_mask=None).name
     impl = LSE_IMPLEMENTATIONS.get(name)
     if impl is None:

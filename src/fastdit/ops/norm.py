@@ -48,19 +48,26 @@ def rms_norm_native(x, weight, eps=1e-6, *, residual=None, variance_size=None):
     return y if residual is None else (y, s)
 
 
+def _modulated(h, shift, scale, weight, bias, eps, norm) -> torch.Tensor:
+    """``norm(h) * (1 + scale) + shift`` in fp32 (not rounded)."""
+    y = _normalize(h.float(), weight, bias, eps, norm)
+    return y * (1.0 + C.modulation_fp32(scale, h.shape)) + C.modulation_fp32(shift, h.shape)
+
+
+def _gated_residual(residual, x, gate) -> torch.Tensor:
+    """``residual + gate * x`` in fp32, rounded to residual's dtype."""
+    return (residual.float() + x.float() * C.modulation_fp32(gate, x.shape)).to(residual.dtype)
+
+
 def layer_norm_scale_shift_native(x, *, shift, scale, weight=None, bias=None, eps=1e-6,
                                   norm="layer"):
-    y = _normalize(x.float(), weight, bias, eps, norm)
-    return (y * (1.0 + C.modulation_fp32(scale, x.shape)) + C.modulation_fp32(shift, x.shape)).to(x.dtype)
+    return _modulated(x, shift, scale, weight, bias, eps, norm).to(x.dtype)
 
 
 def scale_residual_norm_scale_shift_native(residual, x, *, shift, scale, gate, weight=None,
                                            bias=None, eps=1e-6, norm="layer"):
-    gate32 = C.modulation_fp32(gate, x.shape)
-    r = (residual.float() + x.float() * gate32).to(residual.dtype)
-    y = _normalize(r.float(), weight, bias, eps, norm)
-    y = y * (1.0 + C.modulation_fp32(scale, x.shape)) + C.modulation_fp32(shift, x.shape)
-    return y.to(x.dtype), r
+    r = _gated_residual(residual, x, gate)
+    return _modulated(r, shift, scale, weight, bias, eps, norm).to(x.dtype), r
 
 
 def norm_tanh_mul_add_native(x, *, shift, scale, weight=None, bias=None, eps=1e-6, norm="layer"):
@@ -104,14 +111,19 @@ def _check_layer_norm_scale_shift(x, *, shift, scale, weight=None, bias=None, ep
                        weight, bias, eps, norm)
 
 
-def _check_scale_residual(residual, x, *, shift, scale, gate, weight=None, bias=None, eps=1e-6,
-                          norm="layer") -> None:
-    op = "scale_residual_norm_scale_shift"
+def _check_residual_family(op, residual, x, mods: dict, weight, bias, eps, norm) -> None:
+    """:func:`_check_norm_family` for the ops that add a gated ``x`` to ``residual`` first."""
     C.check_tensor(op, "residual", residual)
-    _check_norm_family(op, x, {"shift": shift, "scale": scale, "gate": gate}, weight, bias, eps, norm)
+    _check_norm_family(op, x, mods, weight, bias, eps, norm)
     C.check_same_device(op, residual=residual, x=x)
     if residual.shape != x.shape:
         raise C.fail(op, "residual must have the shape of x", residual=residual, x=x)
+
+
+def _check_scale_residual(residual, x, *, shift, scale, gate, weight=None, bias=None, eps=1e-6,
+                          norm="layer") -> None:
+    _check_residual_family("scale_residual_norm_scale_shift", residual, x,
+                           {"shift": shift, "scale": scale, "gate": gate}, weight, bias, eps, norm)
 
 
 def _check_norm_tanh_mul_add(x, *, shift, scale, weight=None, bias=None, eps=1e-6,

@@ -14,9 +14,9 @@ quantisation in one pass, so the fp8 product that follows (``ops.linear_fp8`` wi
 
 from __future__ import annotations
 
-from fastdit.ops import _checks as C
 from fastdit.ops.library import LibraryOp, compiling
-from fastdit.ops.norm import _NORM_PARAMS, _check_norm_family, _normalize
+from fastdit.ops.norm import (_NORM_PARAMS, _check_norm_family, _check_residual_family,
+                              _gated_residual, _modulated)
 from fastdit.ops.registry import define_op, new_plan, plans
 from fastdit.ops.registry import signature as sig
 from fastdit.quant.formulas import quantize_fp8_rows
@@ -25,11 +25,6 @@ from fastdit.quant.formulas import quantize_fp8_rows
 # ---------------------------------------------------------------------------------------
 # specification (native provider)
 # ---------------------------------------------------------------------------------------
-def _modulated(h, shift, scale, weight, bias, eps, norm):
-    y = _normalize(h.float(), weight, bias, eps, norm)
-    return y * (1.0 + C.modulation_fp32(scale, h.shape)) + C.modulation_fp32(shift, h.shape)
-
-
 def layer_norm_scale_shift_fp8_native(x, *, shift, scale, weight=None, bias=None, eps=1e-6,
                                       norm="layer"):
     return quantize_fp8_rows(_modulated(x, shift, scale, weight, bias, eps, norm))
@@ -37,8 +32,7 @@ def layer_norm_scale_shift_fp8_native(x, *, shift, scale, weight=None, bias=None
 
 def scale_residual_norm_scale_shift_fp8_native(residual, x, *, shift, scale, gate, weight=None,
                                                bias=None, eps=1e-6, norm="layer"):
-    gate32 = C.modulation_fp32(gate, x.shape)
-    r = (residual.float() + x.float() * gate32).to(residual.dtype)
+    r = _gated_residual(residual, x, gate)
     y_q, y_scale = quantize_fp8_rows(_modulated(r, shift, scale, weight, bias, eps, norm))
     return y_q, y_scale, r
 
@@ -54,13 +48,8 @@ def _check_layer_norm_fp8(x, *, shift, scale, weight=None, bias=None, eps=1e-6,
 
 def _check_scale_residual_fp8(residual, x, *, shift, scale, gate, weight=None, bias=None,
                               eps=1e-6, norm="layer") -> None:
-    op = "scale_residual_norm_scale_shift_fp8"
-    C.check_tensor(op, "residual", residual)
-    _check_norm_family(op, x, {"shift": shift, "scale": scale, "gate": gate}, weight, bias, eps,
-                       norm)
-    C.check_same_device(op, residual=residual, x=x)
-    if residual.shape != x.shape:
-        raise C.fail(op, "residual must have the shape of x", residual=residual, x=x)
+    _check_residual_family("scale_residual_norm_scale_shift_fp8", residual, x,
+                           {"shift": shift, "scale": scale, "gate": gate}, weight, bias, eps, norm)
 
 
 # ---------------------------------------------------------------------------------------

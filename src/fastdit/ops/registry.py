@@ -144,7 +144,7 @@ class _State:
 
 _providers: dict[str, dict[str, Provider]] = {}
 _planners: dict[str, Callable[..., Plan]] = {}  # op -> its public op's plan function
-_publics: dict[str, Callable[..., Any]] = {}
+_signatures: dict[str, inspect.Signature] = {}  # op -> its public op's signature
 _loaded = False
 _lock = threading.RLock()
 _states: OrderedDict[EngineConfig, _State] = OrderedDict()  # by value, least recent first
@@ -173,14 +173,14 @@ def unregister(op: str) -> None:
     with _lock:
         _providers.pop(op, None)
         _planners.pop(op, None)
-        _publics.pop(op, None)
+        _signatures.pop(op, None)
         clear_caches()
 
 
 def define_op(op: str, public: Callable[..., Any], planner: Callable[..., Plan]) -> None:
     """Declare a public op: ``planner`` takes the op's arguments in signature order
     (positionally) and returns the call's :class:`Plan` (used by :func:`plan_for`)."""
-    _publics[op] = public
+    _signatures[op] = inspect.signature(public)  # once: plan_for binds arguments with it
     _planners[op] = planner
 
 
@@ -301,12 +301,6 @@ def is_supported(provider: Provider) -> bool:
     return availability(provider)[0]
 
 
-def requested_providers(op: str) -> tuple[str, ...]:
-    """Provider names the configuration asks for, for ``op`` (may be empty)."""
-    kernel = get_config().kernel
-    return kernel.op_providers.get(op, kernel.default_providers)
-
-
 def _priority(op: str, state: _State) -> _Priority:
     found = state.priorities.get(op)
     if found is not None:
@@ -409,7 +403,7 @@ def plan_for(op: str, *args: Any, **kwargs: Any) -> Plan:
     if planner is None:  # an op without a public function (tests): not cached
         provider = choose(op, args, kwargs)
         return Plan(op, provider, provider.function_for(_state().config, args, kwargs))
-    bound = inspect.signature(_publics[op]).bind(*args, **kwargs)
+    bound = _signatures[op].bind(*args, **kwargs)
     bound.apply_defaults()
     return planner(*bound.arguments.values())
 

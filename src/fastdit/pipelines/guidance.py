@@ -86,12 +86,7 @@ class CFG:
         self.scale, self.mode = float(scale), mode
 
     def __call__(self, model, x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
-        if self.mode == "batched":
-            cond, uncond = model(x, t, (0, 1))
-        else:
-            cond, = model(x, t, (0,))
-            uncond, = model(x, t, (1,))
-        return combine_cfg(cond, uncond, self.scale)
+        return combine_cfg(*_both(model, x, t, self.mode), self.scale)
 
     def __repr__(self) -> str:
         return f"CFG(scale={self.scale}, mode={self.mode!r})"

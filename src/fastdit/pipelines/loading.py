@@ -164,6 +164,20 @@ def check_flow_shift(value: Any) -> float:
     return shift
 
 
+def quiet_libraries() -> None:
+    """Keep transformers' and diffusers' loading bars and warnings off the terminal (the CLI
+    unless -v, a server's workers)."""
+    try:
+        from diffusers.utils import logging as dlogging
+        from transformers.utils import logging as tlogging
+    except ImportError:
+        return
+    tlogging.set_verbosity_error()
+    tlogging.disable_progress_bar()
+    dlogging.set_verbosity_error()
+    dlogging.disable_progress_bar()
+
+
 def _dtype_kw(dtype: torch.dtype) -> dict[str, Any]:
     """transformers >= 4.56 takes ``dtype=``; older releases ``torch_dtype=``."""
     import transformers

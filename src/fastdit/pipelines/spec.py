@@ -302,9 +302,10 @@ def inspect_model(path: str | os.PathLike, check_files: bool = True) -> ModelSpe
                      transformer_config=tcfg, vae_config=vcfg, scheduler_config=scfg,
                      boundary_ratio=boundary, expand_timesteps=expand, param_counts=param_counts)
     spec.name = recognise(spec, str(path))
-    spec.defaults = _defaults_for(spec)
-    if spec.name is None and (root / DEFAULTS_FILE).is_file():
-        spec.name = read_json(root / DEFAULTS_FILE).get("name") or None
+    own = read_json(root / DEFAULTS_FILE) if (root / DEFAULTS_FILE).is_file() else None
+    spec.defaults = _defaults_for(spec, own)
+    if spec.name is None and own is not None:
+        spec.name = own.get("name") or None
     return spec
 
 
@@ -333,14 +334,14 @@ def recognise(spec: ModelSpec, given: str = "") -> str | None:
     return None
 
 
-def _defaults_for(spec: ModelSpec) -> ModelDefaults:
+def _defaults_for(spec: ModelSpec, own: dict[str, Any] | None) -> ModelDefaults:
+    """The known model's defaults, overridden by the folder's own :data:`DEFAULTS_FILE`
+    (``own``: its JSON, already read; None when there is none)."""
     base = KNOWN_MODELS.get(spec.name or "", ModelDefaults())
-    own = spec.root / DEFAULTS_FILE
-    if own.is_file():
-        data = read_json(own)
-        check_values(own, data, DEFAULTS_KEYS)
+    if own is not None:
+        check_values(spec.root / DEFAULTS_FILE, own, DEFAULTS_KEYS)
         known = {f.name for f in dataclasses.fields(ModelDefaults)} - {"few_step"}
-        base = dataclasses.replace(base, **{k: v for k, v in data.items() if k in known})
+        base = dataclasses.replace(base, **{k: v for k, v in own.items() if k in known})
     return base
 
 

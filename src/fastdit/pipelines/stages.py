@@ -363,6 +363,7 @@ def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts:
     for index, expert in enumerate(experts):
         model = BranchModel(expert.model, texts, image_embeds)
         models.append(model if wrap_model is None else wrap_model(index, model))
+    strategies = [expert.strategy() for expert in experts]  # once, not per step
     plan = expert_plan(timesteps, boundary_timestep)
     # TI2V with an image: the held first frame's part of every step's input, computed once
     held_frame = None if cond.first_frame is None else (1 - cond.keep_mask) * cond.first_frame
@@ -384,7 +385,7 @@ def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts:
             x = torch.cat([latents, cond.channels], dim=1)
         else:
             x = latents
-        noise = experts[index].strategy()(models[index], x.to(dtype), timestep_rows(t, batch, frame_mask), i)
+        noise = strategies[index](models[index], x.to(dtype), timestep_rows(t, batch, frame_mask), i)
         latents = scheduler.step(noise, t, latents, return_dict=False)[0]
         if control is not None:
             control.step_done(i + 1, total)

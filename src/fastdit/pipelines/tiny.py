@@ -204,7 +204,6 @@ def _write_tiny_model(directory: Path, task: str, seed: int) -> None:
     if task == "ti2v":
         defaults.update(fps=12)
     (directory / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2) + "\n")
-    _usual_modes(directory)
     files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
     (directory / MARKER).write_text(json.dumps({"task": task, "seed": seed, "files": files}, indent=1) + "\n")
     _usual_modes(directory)

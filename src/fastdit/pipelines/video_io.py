@@ -129,7 +129,9 @@ def _last_line(log: bytes) -> str:
     return lines[-1][:300] if lines else "no message"
 
 
-def _frames_uint8(frames: np.ndarray) -> np.ndarray:
+def frames_uint8(frames: np.ndarray) -> np.ndarray:
+    """``[F, H, W, 3]`` frames as uint8 (float ones through :func:`to_uint8`; uint8 as they
+    are); ``ValueError`` for another shape."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
         raise ValueError(f"frames must be [F, H, W, 3] with F, H, W >= 1, got shape {frames.shape}")
@@ -147,7 +149,7 @@ def check_video_path(path: str | os.PathLike) -> Path:
 
 def encode_video(part: PartialFile, frames: np.ndarray, fps, encoder: VideoEncoder | None = None) -> None:
     """Encode ``frames`` into the temporary ``part`` and check the result (not yet published)."""
-    data = _frames_uint8(frames)
+    data = frames_uint8(frames)
     rate = check_fps(fps)
     height, width = data.shape[1:3]
     try:
@@ -172,7 +174,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16, qu
     :class:`~fastdit.errors.OutputError` when the video cannot be written.
     """
     path = check_video_path(path)
-    data = _frames_uint8(frames)
+    data = frames_uint8(frames)
     check_fps(fps)
     encoder = encoder or FfmpegEncoder(quality=quality)
     with terminate_cleanly(), PartialFile(path) as part:
@@ -186,7 +188,7 @@ def write_frames(directory: str | os.PathLike, frames: np.ndarray) -> Path:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    data = _frames_uint8(frames)
+    data = frames_uint8(frames)
     try:
         for i, frame in enumerate(data):
             Image.fromarray(frame).save(directory / f"frame_{i:05d}.png")

@@ -251,8 +251,7 @@ class WanVideoPipeline:
         """Generate the video ``request`` describes (see :meth:`generate`)."""
         from fastdit.platforms import current_platform
 
-        check_texts(request)
-        req = self.check_request(request)
+        req = self.check_request(request)  # the texts first, then every other value
         pil_image = self._read_image(request.image)
         seed = request.seed
         if seed is None:  # a random seed, recorded in the result so the video can be made again

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from fastdit.layers import Linear
+from fastdit.quant.formulas import quantize_fp8_weight
+from fastdit.quant.linear import dequantize_weight
 
 WEIGHT_FORMATS = ("dense", "fp8")
 
@@ -32,18 +34,13 @@ WEIGHT_FORMATS = ("dense", "fp8")
 def quantize_per_channel(weight: torch.Tensor, fp8_dtype: torch.dtype = torch.float8_e4m3fn,
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """``W [N, K]`` (any float dtype, any device) -> ``(q [N, K] fp8, scale [N] fp32)`` with
-    ``W ~= q * scale[:, None]`` (see the module docstring for the formula and the bound)."""
-    from fastdit.quant.formulas import quantize_fp8_weight
-
-    if weight.dim() != 2 or not weight.dtype.is_floating_point:
-        raise ValueError(f"quantize_per_channel: weight must be a float [N, K] matrix, got "
-                         f"{weight.dtype} {list(weight.shape)}")
+    ``W ~= q * scale[:, None]`` (see the module docstring for the formula and the bound);
+    a ValueError for anything but a float matrix."""
     return quantize_fp8_weight(weight, fp8_dtype)
 
 
-def dequantize_per_channel(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``q * scale[:, None]`` in ``dtype``: exactly what ``Linear.dense_weight`` computes."""
-    return (q.float() * scale.float()[:, None]).to(dtype)
+#: ``q * scale[:, None]`` in ``dtype``: exactly what ``Linear.dense_weight`` computes.
+dequantize_per_channel = dequantize_weight
 
 
 def error_bound(weight: torch.Tensor, scale: torch.Tensor, fp8_dtype: torch.dtype) -> torch.Tensor:

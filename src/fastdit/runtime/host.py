@@ -10,7 +10,7 @@ to a power of two, so blocks are packed several to a chunk whose size is close t
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import nn
@@ -145,7 +145,3 @@ def quantized_names(layout: BlockLayout) -> list[tuple[int, int]]:
         if _is_fp8(slot.dtype) and slot.name.endswith("weight"):
             pairs.append((i, layout.index(slot.name[: -len("weight")] + "weight_scale")))
     return pairs
-
-
-def specs_signature(specs: Sequence[tuple[str, tuple[int, ...], torch.dtype]]) -> tuple:
-    return tuple((n, tuple(s), d) for n, s, d in specs)

@@ -13,6 +13,7 @@ official Wan layout); a bad checkpoint raises the same :class:`~fastdit.errors.C
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -76,18 +77,11 @@ def read_header(file: Path) -> dict[str, StoredTensor]:
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"cannot read safetensors file {file}: bad header entry for {key!r}") from None
         stored = StoredTensor(file, dtype, shape, 8 + length + begin, end - begin)
-        if stored.nbytes != dtype.itemsize * _numel(shape) or stored.start + stored.nbytes > size:
+        if stored.nbytes != dtype.itemsize * math.prod(shape) or stored.start + stored.nbytes > size:
             raise CheckpointError(f"safetensors file {file}: tensor {key!r} does not fit its header "
                                   f"(truncated or corrupt file)")
         tensors[key] = stored
     return tensors
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 class MappedFiles:

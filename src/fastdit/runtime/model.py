@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fastdit.runtime.fp8 import check_weights
-from fastdit.runtime.host import HostStore, quantized_names, specs_signature, storage_specs
+from fastdit.runtime.host import HostStore, quantized_names, storage_specs
 from fastdit.runtime.layout import BlockLayout, block_tensors
 from fastdit.runtime.streamer import BlockStreamer, DeviceRegion, StreamPlan
 
@@ -125,10 +125,9 @@ def stream_model(model: nn.Module, plan: StreamPlan, device: torch.device | str,
     blocks = getattr(model, model.PLAN.blocks)
     dtypes = {name: t.dtype for name, t in block_tensors(blocks[0])}
     layout = block_layout(blocks[0], dtypes.__getitem__, weights)
-    first = specs_signature([(s.name, s.shape, s.dtype) for s in layout.tensors])
     for block in blocks[1:]:
         own = {name: t.dtype for name, t in block_tensors(block)}
-        if specs_signature([(s.name, s.shape, s.dtype) for s in block_layout(block, own.__getitem__, weights).tensors]) != first:
+        if block_layout(block, own.__getitem__, weights) != layout:  # names, shapes, dtypes
             raise ValueError("stream_model: the blocks differ in their parameters; one layout must fit all")
     store = HostStore(layout, len(blocks), pinned=use_pinned(device) if pinned is None else pinned)
     for index, block in enumerate(blocks):

@@ -22,7 +22,6 @@ The interface is the one the pipeline's schedulers have (``set_timesteps``, ``ti
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 from typing import Sequence
 
@@ -56,6 +55,17 @@ def parse_timesteps(text: str | Sequence[int], num_train_timesteps: int = 1000) 
     return tuple(values)
 
 
+def positive_shift(value) -> float:
+    """``value`` as a float flow shift: a positive finite number (:class:`InputError` otherwise)."""
+    try:
+        shift = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"flow_shift must be a number, got {value!r}") from None
+    if not shift > 0 or shift == float("inf"):
+        raise InputError(f"flow_shift must be a positive number, got {value!r}")
+    return shift
+
+
 def few_step_sigmas(timesteps: Sequence[int], flow_shift: float,
                     num_train_timesteps: int = 1000) -> np.ndarray:
     """The shifted sigmas of ``timesteps`` in float64 (see the module doc), without the final 0."""
@@ -73,12 +83,7 @@ class FewStepScheduler:
     def __init__(self, timesteps: Sequence[int] | str = DEFAULT_TIMESTEPS, flow_shift: float = 5.0,
                  num_train_timesteps: int = 1000, boundary_step: int | None = None) -> None:
         steps = parse_timesteps(timesteps, num_train_timesteps)
-        try:
-            flow_shift = float(flow_shift)
-        except (TypeError, ValueError):
-            raise InputError(f"flow_shift must be a number, got {flow_shift!r}") from None
-        if not math.isfinite(flow_shift) or flow_shift <= 0:
-            raise InputError(f"flow_shift must be a positive number, got {flow_shift}")
+        flow_shift = positive_shift(flow_shift)
         if boundary_step is not None and (isinstance(boundary_step, bool) or not isinstance(
                 boundary_step, int) or not 0 < boundary_step < len(steps)):
             raise InputError(f"boundary_step must be an integer in 1..{len(steps) - 1} (the first "

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastdit.errors import InputError
-from fastdit.schedulers.few_step import DEFAULT_TIMESTEPS, FewStepScheduler, parse_timesteps
+from fastdit.schedulers.few_step import DEFAULT_TIMESTEPS, FewStepScheduler, parse_timesteps, positive_shift
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,13 @@ class FewStepPreset:
     def num_inference_steps(self) -> int:
         return len(self.timesteps)
 
+    def schedule(self, two_experts: bool = False) -> "FewStep":
+        """This preset's schedule as a :class:`FewStep` (the expert switch only for two experts)."""
+        return FewStep(self.timesteps, self.flow_shift, self.boundary_step if two_experts else None,
+                       self.name, self.guidance_scale)
+
     def scheduler(self, two_experts: bool = False) -> FewStepScheduler:
-        return FewStepScheduler(self.timesteps, self.flow_shift,
-                                boundary_step=self.boundary_step if two_experts else None)
+        return self.schedule(two_experts).scheduler()
 
     def recipe_for(self, model: str | None) -> list[FewStepRecipe]:
         return [r for r in self.recipes if r.model == model]
@@ -155,9 +159,7 @@ class FewStep:
 
 def preset_schedule(name: str, two_experts: bool = False) -> FewStep:
     """A preset's schedule as a :class:`FewStep`."""
-    preset = get_preset(name)
-    return FewStep(preset.timesteps, preset.flow_shift,
-                   preset.boundary_step if two_experts else None, preset.name, preset.guidance_scale)
+    return get_preset(name).schedule(two_experts)
 
 
 def resolve_few_step(preset: str | FewStep | None = None, timesteps=None, flow_shift=None,
@@ -190,16 +192,6 @@ def resolve_few_step(preset: str | FewStep | None = None, timesteps=None, flow_s
                          f"of the low-noise expert) for {len(steps)} timesteps, got {boundary_step!r}")
     return FewStep(steps, shift, boundary_step, base.preset if same else None,
                    base.guidance_scale if base is not None else 1.0)
-
-
-def positive_shift(value) -> float:
-    try:
-        shift = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"flow_shift must be a number, got {value!r}") from None
-    if not shift > 0 or shift == float("inf"):
-        raise InputError(f"flow_shift must be a positive number, got {value!r}")
-    return shift
 
 
 def recipes_for_file(path) -> list[tuple[FewStepPreset, FewStepRecipe]]:

@@ -67,9 +67,9 @@ def resolve_devices(text: str | None) -> tuple[str, ...]:
 
     from fastdit.platforms import current_platform
 
-    kind = current_platform().device_type
-    backend = getattr(torch, kind, None) if kind != "cpu" else None
-    count = backend.device_count() if backend is not None and hasattr(backend, "device_count") else 0
+    platform = current_platform()
+    kind = platform.device_type
+    count = platform.device_count() if kind != "cpu" else 0
     if text is None or text.strip().lower() in ("", "all"):
         return tuple(f"{kind}:{i}" for i in range(count)) or ("cpu",)
     devices = []

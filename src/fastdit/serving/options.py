@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from fastdit.cli.generate import DTYPE_CHOICES
+
 
 @dataclass(frozen=True)
 class LoadOption:
@@ -19,7 +21,7 @@ class LoadOption:
 
     ``kind``: ``str``, ``int``, ``float``, ``flag`` (store_true), ``list`` (repeatable, a tuple)
     or ``onoff`` (``on``/``off`` -> True/False); ``choices`` for str options; ``keyword``: the
-    ``fastdit.load`` keyword (``dtype`` is converted to a torch dtype).
+    ``fastdit.load`` keyword (which takes the ``dtype`` names as they are).
     """
 
     flag: str
@@ -31,8 +33,7 @@ class LoadOption:
 
 
 LOAD_OPTIONS: tuple[LoadOption, ...] = (
-    LoadOption("--dtype", "dtype", "str", "default: bf16 on a GPU, fp32 on the CPU",
-               choices=("bf16", "bfloat16", "fp16", "float16", "half", "fp32", "float32", "float")),
+    LoadOption("--dtype", "dtype", "str", "default: bf16 on a GPU, fp32 on the CPU", choices=DTYPE_CHOICES),
     LoadOption("--scheduler", "scheduler", "str", "sampler", "unipc", ("unipc", "euler")),
     LoadOption("--flow-shift", "flow_shift", "float", "override the checkpoint's flow shift"),
     LoadOption("--offload", "offload", "str", "keep idle components in CPU memory", "auto",
@@ -58,10 +59,6 @@ LOAD_OPTIONS: tuple[LoadOption, ...] = (
     LoadOption("--quantize", "quantize", "str",
                "precision: none (exact) or fp8, with per-part overrides (fp8:attention=exact)"),
 )
-
-DTYPE_NAMES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
-               "half": "float16", "fp32": "float32", "float32": "float32", "float": "float32"}
-
 
 @dataclass(frozen=True)
 class ServeConfig:

@@ -52,6 +52,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 SCHEMA_VERSION = "1"
+_NEXT_QUEUED = "SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1"
 
 
 class QueueFull(Exception):
@@ -205,9 +206,12 @@ class JobStore:
     # ---- the worker side ---------------------------------------------------------------
     def claim_next(self, worker: str) -> Job | None:
         """Move the oldest queued job to ``in_progress`` on ``worker`` (one attempt more)."""
+        with self._lock:  # an idle worker asks every poll: no write transaction for an empty queue
+            if self._db.execute(_NEXT_QUEUED).fetchone() is None:
+                return None
         now = time.time()
         with self._transaction() as db:
-            row = db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
+            row = db.execute(_NEXT_QUEUED).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE jobs SET status = 'in_progress', worker = ?, attempts = attempts + 1, "

@@ -154,7 +154,7 @@ class Supervisor:
         for h in self.workers:
             if h.job_id == job_id:
                 if h.cancel_deadline is None:
-                    h.cancel_deadline = time.monotonic() + self._grace()
+                    h.cancel_deadline = time.monotonic() + self.config.cancel_grace_s
                 h.send({"type": "cancel", "id": job_id})
                 h.bell.ring()
                 return True
@@ -324,9 +324,6 @@ class Supervisor:
         if current is None or current.status != "in_progress":  # cancelled between the claim and now
             self.cancel(job.id)
 
-    def _grace(self) -> float:
-        return self.config.cancel_grace_s
-
     def _check_deadlines(self, h: WorkerHandle) -> None:
         now = time.monotonic()
         c = self.config
@@ -339,7 +336,7 @@ class Supervisor:
                 log.warning("worker %s: job %s ran past the %g s job timeout; stopping it", h.name, h.job_id,
                             c.job_timeout_s)
                 h.timing_out = True
-                h.cancel_deadline = now + self._grace()
+                h.cancel_deadline = now + self.config.cancel_grace_s
                 h.send({"type": "cancel", "id": h.job_id})
             elif h.cancel_deadline is not None and now > h.cancel_deadline:
                 self._kill(h, "it did not stop its job when asked")

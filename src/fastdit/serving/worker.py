@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastdit.errors import Cancelled, InputError
+from fastdit.errors import Cancelled, InputError, first_line
 from fastdit.serving.protocol import HEARTBEAT_S, WorkerSpec
 
 log = logging.getLogger("fastdit.serving.worker")
@@ -130,18 +130,15 @@ def _load(spec: WorkerSpec):
     """``loader(model, device=..., **load_options)`` on this worker's device."""
     import torch
 
+    from fastdit.pipelines.loading import quiet_libraries
+
     if spec.cpu_threads:
         torch.set_num_threads(spec.cpu_threads)
     _bind_device(spec.device)
     module, _, name = spec.loader.partition(":")
     loader = getattr(importlib.import_module(module), name)
-    options = dict(spec.load_options)
-    if isinstance(options.get("dtype"), str):
-        from fastdit.serving.options import DTYPE_NAMES
-
-        options["dtype"] = getattr(torch, DTYPE_NAMES[options["dtype"]])
-    _quiet_libraries()
-    pipe = loader(spec.model, device=spec.device, **options)
+    quiet_libraries()
+    pipe = loader(spec.model, device=spec.device, **spec.load_options)  # dtype names: fastdit.load's
     log.info("model loaded on %s", spec.device)
     return pipe
 
@@ -155,18 +152,6 @@ def _bind_device(device: str) -> None:
         backend = getattr(torch, dev.type, None)
         if backend is not None and hasattr(backend, "set_device"):
             backend.set_device(dev)
-
-
-def _quiet_libraries() -> None:
-    try:
-        from diffusers.utils import logging as dlogging
-        from transformers.utils import logging as tlogging
-    except ImportError:
-        return
-    tlogging.set_verbosity_error()
-    tlogging.disable_progress_bar()
-    dlogging.set_verbosity_error()
-    dlogging.disable_progress_bar()
 
 
 # ---------------------------------------------------------------------------------------
@@ -255,8 +240,7 @@ def _free_memory() -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]
+    return first_line(exc)[:500]
 
 
 # ---------------------------------------------------------------------------------------

@@ -35,8 +35,7 @@ def scaled_mm_supported() -> bool:
 def _supported_on(platform) -> bool:
     """Per platform object (asked on every call by the Triton provider's predicate: cached)."""
     if platform.name == "cuda":
-        capability = platform.compute_capability()
-        return capability is not None and capability >= (9, 0)
+        return platform.has_capability((9, 0))
     return platform.name == "cpu"
 
 

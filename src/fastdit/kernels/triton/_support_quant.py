@@ -28,8 +28,7 @@ def supported_fp8() -> bool:
     from fastdit.platforms import current_platform
 
     platform = current_platform()
-    capability = platform.compute_capability() if platform.name == "cuda" else None
-    return capability is not None and capability >= (8, 9)
+    return platform.name == "cuda" and platform.has_capability((8, 9))
 
 
 def _rows_ok(x) -> bool:
@@ -74,16 +73,9 @@ def attention_fp8_out_args(q, k, v, *, scale=None) -> bool:
     return attention_int8_triton_args(q, k, v)
 
 
-def layer_norm_scale_shift_fp8_args(x, *, shift, scale, weight=None, bias=None, eps=1e-6,
-                                    norm="layer") -> bool:
-    return S.layer_norm_scale_shift_args(x, shift=shift, scale=scale, weight=weight, bias=bias,
-                                         eps=eps, norm=norm)
-
-
-def scale_residual_norm_scale_shift_fp8_args(residual, x, *, shift, scale, gate, weight=None,
-                                             bias=None, eps=1e-6, norm="layer") -> bool:
-    return S.scale_residual_norm_scale_shift_args(residual, x, shift=shift, scale=scale, gate=gate,
-                                                  weight=weight, bias=bias, eps=eps, norm=norm)
+# the fp8 norms take what the bf16 norms take (same signatures, same tiles)
+layer_norm_scale_shift_fp8_args = S.layer_norm_scale_shift_args
+scale_residual_norm_scale_shift_fp8_args = S.scale_residual_norm_scale_shift_args
 
 
 def attention_int8_triton_args(q, k, v, *, causal=False, scale=None, attn_mask=None) -> bool:

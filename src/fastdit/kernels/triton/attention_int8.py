@@ -100,7 +100,6 @@ CONFIGS: dict[int, tuple[AttentionConfig, ...]] = {
          AttentionConfig(128, 64, 4, 4), AttentionConfig(64, 64, 4, 4),
          AttentionConfig(128, 128, 8, 3, pv_fused=True, exp_fma=True)),
 }
-HEAD_DIMS = tuple(CONFIGS)
 
 
 # ---------------------------------------------------------------------------------------

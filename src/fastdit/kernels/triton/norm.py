@@ -215,29 +215,34 @@ def rms_norm_rope_(x, weight, cos, sin, *, eps=1e-6, interleaved=True):
     return x
 
 
-def _as_bld(t: torch.Tensor) -> torch.Tensor:
-    """``t`` seen as ``[B, L, D]`` (view when possible)."""
-    return t.reshape(C.canonical_shape(t.shape))
+def _one_plus(value: float) -> float:
+    return 1.0 + value
+
+
+def modulated_norm_inputs(x, residual, gate, shift, scale, tanh_scale, bld):
+    """What the kernels built on :func:`modulated_norm_tile` (bf16 and e4m3 outputs) take for
+    ``x`` seen as ``bld = (B, L, D)`` (``B * L > 0``): ``(x3, r3, g, sc, sh, (block, warps,
+    rows))``, x and residual as ``[B, L, D]`` views when possible, the packed gate, scale (as
+    its factor: ``1 + scale``, or ``tanh(scale)`` with ``tanh_scale``) and shift, the launch."""
+    x3 = x.reshape(bld)
+    r3 = x3 if residual is None else residual.reshape(bld)
+    g = K.pack_modulation(1.0 if gate is None else gate, x.shape, x3)
+    sc = K.pack_modulation(scale, x.shape, x3, number=C.tanh_number if tanh_scale else _one_plus)
+    sh = K.pack_modulation(shift, x.shape, x3)
+    launch = norm_launch(bld[2], bld[0] * bld[1])
+    K.mark_hoisted(launch[2], bld[1], [sc, sh] + ([g] if residual is not None else []))
+    return x3, r3, g, sc, sh, launch
 
 
 def _norm_modulate(x, residual, gate, shift, scale, weight, bias, eps, norm, tanh_scale):
-    batch, length, dim = C.canonical_shape(x.shape)
+    batch, length, dim = bld = C.canonical_shape(x.shape)
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     r = None if residual is None else torch.empty(x.shape, dtype=residual.dtype, device=x.device)
     n_rows = batch * length
     if n_rows == 0:
         return y, r
-    x3 = _as_bld(x)
-    r3 = x3 if residual is None else _as_bld(residual)
-    if tanh_scale:
-        factor = C.tanh_number
-    else:
-        factor = lambda v: 1.0 + v  # noqa: E731
-    g = K.pack_modulation(1.0 if gate is None else gate, x.shape, x3)
-    sc = K.pack_modulation(scale, x.shape, x3, number=factor)
-    sh = K.pack_modulation(shift, x.shape, x3)
-    block, warps, rows = norm_launch(dim, n_rows)
-    K.mark_hoisted(rows, length, [sc, sh] + ([g] if residual is not None else []))
+    x3, r3, g, sc, sh, (block, warps, rows) = modulated_norm_inputs(
+        x, residual, gate, shift, scale, tanh_scale, bld)
     _norm_modulate_kernel[(cdiv(n_rows, rows),)](
         x3, *x3.stride(), r3, *r3.stride(),
         y, y if r is None else r,

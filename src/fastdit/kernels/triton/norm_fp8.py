@@ -14,10 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fastdit.kernels.triton import _common as K
 from fastdit.kernels.triton import _quant_common as Q
-from fastdit.kernels.triton._support import cdiv, interpreting, norm_launch
-from fastdit.kernels.triton.norm import modulated_norm_tile
+from fastdit.kernels.triton._support import cdiv, interpreting
+from fastdit.kernels.triton.norm import modulated_norm_inputs, modulated_norm_tile
 from fastdit.ops import _checks as C
 
 
@@ -50,20 +49,15 @@ def _norm_modulate_fp8_kernel(
 
 
 def _norm_modulate_fp8(x, residual, gate, shift, scale, weight, bias, eps, norm):
-    batch, length, dim = C.canonical_shape(x.shape)
+    batch, length, dim = bld = C.canonical_shape(x.shape)
     y_q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
     y_scale = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
     r = None if residual is None else torch.empty(x.shape, dtype=residual.dtype, device=x.device)
     n_rows = batch * length
     if n_rows == 0:
         return y_q, y_scale, r
-    x3 = x.reshape(batch, length, dim)  # (B, L, D): a view when possible
-    r3 = x3 if residual is None else residual.reshape(batch, length, dim)
-    g = K.pack_modulation(1.0 if gate is None else gate, x.shape, x3)
-    sc = K.pack_modulation(scale, x.shape, x3, number=lambda v: 1.0 + v)
-    sh = K.pack_modulation(shift, x.shape, x3)
-    block, warps, rows = norm_launch(dim, n_rows)
-    K.mark_hoisted(rows, length, [sc, sh] + ([g] if residual is not None else []))
+    x3, r3, g, sc, sh, (block, warps, rows) = modulated_norm_inputs(
+        x, residual, gate, shift, scale, False, bld)
     _norm_modulate_fp8_kernel[(cdiv(n_rows, rows),)](
         x3, *x3.stride(), r3, *r3.stride(), y_q, y_scale, y_q if r is None else r,
         x3 if weight is None else weight.contiguous(), x3 if bias is None else bias.contiguous(),

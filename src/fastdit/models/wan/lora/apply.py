@@ -28,7 +28,7 @@ from typing import Iterable, Sequence, Union
 import torch
 from torch import nn
 
-from fastdit.errors import LoraError
+from fastdit.errors import LoraError, first_line
 from fastdit.layers.linear import Linear
 from fastdit.models.wan.lora.adapters import DeltaAdapter, LoraAdapter, attach, detach_all
 from fastdit.models.wan.lora.names import ParameterNames
@@ -37,7 +37,6 @@ from fastdit.models.wan.lora.plan import (
     LoraPlan,
     PairTerm,
     TensorInfo,
-    _first_line,
     plan_lora,
 )
 
@@ -141,15 +140,19 @@ def check_loras(model: nn.Module, loras: Iterable[LoraLike], *, mode: str = "mer
     so a loader can check LoRAs before it reads any weight. Raises :class:`LoraError`."""
     if mode not in MODES:
         raise LoraError(f"LoRA mode must be one of {', '.join(MODES)}, got {mode!r}")
+    params = dict(model.named_parameters())
+    plans = _plan_loras(model, params, loras, strict)
+    _split_terms(model, params, plans, mode)
+    return plans
+
+
+def _plan_loras(model: nn.Module, params, loras: Iterable[LoraLike], strict: bool) -> list[LoraPlan]:
+    """Every LoRA's :class:`LoraPlan` against ``model``'s parameters (``params``)."""
     specs = [as_spec(item) for item in loras]
     config = getattr(model, "config", None)
-    params = dict(model.named_parameters())
     names = ParameterNames({n: tuple(p.shape) for n, p in params.items()})
-    plans = [plan_lora(spec.path, names, scale=spec.scale, strict=strict, config=config)
-             for spec in specs]
-    _, merge_terms = _split_terms(model, plans, mode)
-    _check_mergeable(model, params, merge_terms)
-    return plans
+    return [plan_lora(spec.path, names, scale=spec.scale, strict=strict, config=config)
+            for spec in specs]
 
 
 @torch.no_grad()
@@ -167,15 +170,12 @@ def apply_loras(model: nn.Module, loras: Iterable[LoraLike], *, mode: str = "mer
         raise LoraError(f"LoRA mode must be one of {', '.join(MODES)}, got {mode!r}")
     start = time.perf_counter()
     params = dict(model.named_parameters())
-    if plans is None:
-        plans = check_loras(model, loras, mode=mode, strict=strict)
-    plans = list(plans)
+    plans = _plan_loras(model, params, loras, strict) if plans is None else list(plans)
     result = LoraResult(mode=mode, plans=plans)
     if not plans:
         return result
 
-    adapter_terms, merge_terms = _split_terms(model, plans, mode)
-    _check_mergeable(model, params, merge_terms)
+    adapter_terms, merge_terms = _split_terms(model, params, plans, mode)
     checked = time.perf_counter()
     tensors = _read_tensors(plans)
     read = time.perf_counter()
@@ -208,13 +208,15 @@ def remove_lora_adapters(model: nn.Module) -> int:
 Term = Union[PairTerm, DeltaTerm]
 
 
-def _split_terms(model: nn.Module, plans: Sequence[LoraPlan], mode: str
+def _split_terms(model: nn.Module, params, plans: Sequence[LoraPlan], mode: str
                  ) -> tuple[dict[str, list[Term]], dict[str, list[Term]]]:
-    """``({linear module: terms}, {parameter: terms})``: what becomes an adapter, what merges.
+    """``({linear module: terms}, {parameter: terms})``: what becomes an adapter, what merges,
+    both checked (what the mode needs of the layers; raises :class:`LoraError`).
 
     In runtime mode the weight and bias of every product layer take an adapter; a product
     layer that is not a :class:`fastdit.layers.linear.Linear` (e.g. a plain ``nn.Linear`` in
-    a model fastdit did not build) is a :class:`LoraError`. Other parameters merge."""
+    a model fastdit did not build) is a :class:`LoraError`. Other parameters merge, and must
+    be mergeable (:func:`_check_mergeable`)."""
     adapter_terms: dict[str, list[Term]] = defaultdict(list)
     merge_terms: dict[str, list[Term]] = defaultdict(list)
     for plan in plans:
@@ -230,6 +232,7 @@ def _split_terms(model: nn.Module, plans: Sequence[LoraPlan], mode: str
             raise LoraError(f"runtime LoRA mode needs fastdit Linear layers (fastdit.layers.linear."
                             f"Linear); {module_name!r} is a {type(module).__module__}."
                             f"{type(module).__name__} (use the merge mode)")
+    _check_mergeable(model, params, merge_terms)
     return adapter_terms, merge_terms
 
 
@@ -264,7 +267,7 @@ def _read_tensors(plans: Sequence[LoraPlan]) -> dict[TensorInfo, torch.Tensor]:
                 for info in plan.tensors():
                     out[info] = handle.get_tensor(info.key)
         except Exception as exc:
-            raise LoraError(f"cannot read LoRA file {plan.path}: {_first_line(exc)}") from None
+            raise LoraError(f"cannot read LoRA file {plan.path}: {first_line(exc)}") from None
     return out
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from fastdit.errors import LoraError
+from fastdit.errors import LoraError, first_line
 from fastdit.models.wan.lora.names import (
     ParameterNames,
     block_index,
@@ -122,7 +122,7 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     except LoraError:
         raise
     except Exception as exc:  # safetensors raises its own types for bad or truncated files
-        raise LoraError(f"cannot read LoRA file {path}: {_first_line(exc)} (damaged, truncated "
+        raise LoraError(f"cannot read LoRA file {path}: {first_line(exc)} (damaged, truncated "
                         "or not a safetensors file)") from None
     if not infos:
         raise LoraError(f"LoRA file {path} holds no tensors")
@@ -142,7 +142,7 @@ def read_scalars(path: Path, keys: list[str]) -> dict[str, float]:
                 out[key] = float(handle.get_tensor(key).float().reshape(()))
     except Exception as exc:
         raise LoraError(f"cannot read tensor {keys[0]!r} of LoRA file {path}: "
-                        f"{_first_line(exc)}") from None
+                        f"{first_line(exc)}") from None
     return out
 
 
@@ -367,8 +367,3 @@ def _unknown_hint(keys: list[str], config) -> str:
         return (" (image cross-attention tensors: the LoRA is for a Wan2.1 image-to-video model "
                 "with CLIP input; this model has none)")
     return ""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
