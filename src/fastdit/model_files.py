@@ -45,9 +45,14 @@ def read_json(path: Path, error: type[ModelFolderError] = ModelFolderError) -> d
 
 @dataclass(frozen=True)
 class TensorEntry:
+    """One tensor of a safetensors header: its dtype name (``"BF16"``), shape, element count,
+    and where its bytes are (absolute ``start`` in the file, ``nbytes``)."""
+
     dtype: str
     shape: tuple[int, ...]
     numel: int
+    start: int = 0
+    nbytes: int = 0
 
 
 def read_safetensors_header(path: Path, error: type[ModelFolderError] = ModelFolderError,
@@ -98,7 +103,7 @@ def _entries(header: object, n: int, size: int) -> tuple[dict[str, TensorEntry],
         if nbytes and stop - start != nbytes:
             return entries, f"tensor {name!r} has {stop - start} bytes, its shape needs {nbytes}"
         end = max(end, stop)
-        entries[name] = TensorEntry(str(info["dtype"]), shape, numel)
+        entries[name] = TensorEntry(str(info["dtype"]), shape, numel, 8 + n + start, stop - start)
     if 8 + n + end > size:
         return entries, f"file is truncated ({size} bytes, the header needs {8 + n + end})"
     return entries, None

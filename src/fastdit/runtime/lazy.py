@@ -12,11 +12,8 @@ official Wan layout); a bad checkpoint raises the same :class:`~fastdit.errors.C
 
 from __future__ import annotations
 
-import json
-import math
 import mmap
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +21,15 @@ import torch
 from torch import nn
 
 from fastdit.errors import CheckpointError
+from fastdit.model_files import TensorEntry, read_safetensors_header
 from fastdit.models.wan.checkpoint import (
     CONFIG_NAME,
-    IGNORED_KEYS,
+    check_index,
     config_for_checkpoint,
-    diffusers_to_original_key,
     find_model_dir,
-    original_to_diffusers_key,
+    index_entries,
     parameter_dtype,
+    parameter_names,
     read_json,
     weight_files,
 )
@@ -57,31 +55,18 @@ class StoredTensor:
     nbytes: int
 
 
+def _stored(file: Path, entry: TensorEntry) -> StoredTensor:
+    dtype = _DTYPES.get(entry.dtype)
+    if dtype is None:
+        raise CheckpointError(f"safetensors file {file}: unsupported dtype {entry.dtype}")
+    return StoredTensor(file, dtype, entry.shape, entry.start, entry.nbytes)
+
+
 def read_header(file: Path) -> dict[str, StoredTensor]:
-    """The tensors of one safetensors file (its JSON header only)."""
-    try:
-        with open(file, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length))
-        size = file.stat().st_size
-    except (OSError, ValueError, struct.error) as exc:
-        raise CheckpointError(f"cannot read safetensors file {file}: {exc}") from None
-    tensors = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            begin, end = (int(v) for v in info["data_offsets"])
-            dtype = _DTYPES[info["dtype"]]
-            shape = tuple(int(d) for d in info["shape"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"cannot read safetensors file {file}: bad header entry for {key!r}") from None
-        stored = StoredTensor(file, dtype, shape, 8 + length + begin, end - begin)
-        if stored.nbytes != dtype.itemsize * math.prod(shape) or stored.start + stored.nbytes > size:
-            raise CheckpointError(f"safetensors file {file}: tensor {key!r} does not fit its header "
-                                  f"(truncated or corrupt file)")
-        tensors[key] = stored
-    return tensors
+    """The tensors of one safetensors file (its JSON header only, checked against the file by
+    :func:`fastdit.model_files.read_safetensors_header`)."""
+    header = read_safetensors_header(file, CheckpointError, what="cannot read safetensors file")
+    return {key: _stored(file, entry) for key, entry in header.items()}
 
 
 class MappedFiles:
@@ -127,44 +112,20 @@ class MappedFiles:
 
 def index_checkpoint(folder: Path):
     """``(config, {parameter name: StoredTensor})`` of a transformer checkpoint folder, with
-    every tensor checked against the model's parameters (names and shapes)."""
+    every tensor checked against the model's parameters (names and shapes) as the eager
+    loader checks them (:func:`~fastdit.models.wan.checkpoint.parameter_names`)."""
     from fastdit.models.wan import WanTransformer
 
     files, weight_map = weight_files(folder)
-    stored: dict[str, StoredTensor] = {}
-    for file in files:
-        for key, tensor in read_header(file).items():
-            if key in stored:
-                raise CheckpointError(f"tensor {key!r} appears in both {stored[key].file} and {file}")
-            stored[key] = tensor
-    for key, file in (weight_map or {}).items():
-        if key in stored and stored[key].file != file:
-            raise CheckpointError(f"the safetensors index of {folder} puts tensor {key!r} in "
-                                  f"{file.name}, which does not hold it")
-    config, original = config_for_checkpoint(
-        read_json(folder / CONFIG_NAME), {k: (t.file, t.shape) for k, t in stored.items()},
-        folder / CONFIG_NAME)
+    entries = index_entries(files)
+    stored = {key: (file, entry.shape) for key, (file, entry) in entries.items()}
+    check_index(folder, stored, weight_map)
+    config, original = config_for_checkpoint(read_json(folder / CONFIG_NAME), stored,
+                                             folder / CONFIG_NAME)
     with torch.device("meta"):
-        expected = {name: tuple(p.shape) for name, p in WanTransformer(config).named_parameters()}
-    by_name: dict[str, StoredTensor] = {}
-    for key, tensor in stored.items():
-        if IGNORED_KEYS.search(key):
-            continue
-        name = original_to_diffusers_key(key) if original else key
-        if name is None or name not in expected:
-            raise CheckpointError(f"unexpected tensor {key!r} in {tensor.file}: not a parameter of "
-                                  f"this Wan transformer")
-        if tensor.shape != expected[name]:
-            raise CheckpointError(f"tensor {key!r} in {tensor.file} has shape {list(tensor.shape)}, "
-                                  f"the model expects {list(expected[name])}")
-        by_name[name] = tensor
-    missing = [n for n in expected if n not in by_name]
-    if missing:
-        shown = [diffusers_to_original_key(n) or n for n in missing] if original else missing
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise CheckpointError(f"checkpoint {folder} lacks tensor(s) "
-                              f"{', '.join(repr(m) for m in shown[:5])}{more}")
-    return config, by_name
+        model = WanTransformer(config)
+    names = parameter_names(model, folder, files, stored, original)
+    return config, {name: _stored(*entries[key]) for key, name in names.items()}
 
 
 def _set(module: nn.Module, leaf: str, tensor: torch.Tensor) -> None:

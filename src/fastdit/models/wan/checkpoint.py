@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -172,17 +172,65 @@ def _open(file: Path):
     return model_files.open_safetensors(file, CheckpointError)
 
 
-def index_tensors(files: Iterable[Path]) -> dict[str, tuple[Path, tuple[int, ...]]]:
-    """``{tensor name: (file, shape)}`` from the files' headers (no tensor data is read)."""
-    found: dict[str, tuple[Path, tuple[int, ...]]] = {}
+def index_entries(files: Iterable[Path]) -> dict[str, tuple[Path, model_files.TensorEntry]]:
+    """``{tensor name: (file, header entry)}`` from the files' headers (no tensor data is
+    read); a name in two files is a :class:`CheckpointError`."""
+    found: dict[str, tuple[Path, model_files.TensorEntry]] = {}
     for file in files:
         header = model_files.read_safetensors_header(file, CheckpointError,
                                                       what="cannot read safetensors file")
         for key, entry in header.items():
             if key in found:
                 raise CheckpointError(f"tensor {key!r} appears in both {found[key][0]} and {file}")
-            found[key] = (file, entry.shape)
+            found[key] = (file, entry)
     return found
+
+
+def index_tensors(files: Iterable[Path]) -> dict[str, tuple[Path, tuple[int, ...]]]:
+    """``{tensor name: (file, shape)}`` from the files' headers (no tensor data is read)."""
+    return {key: (file, entry.shape) for key, (file, entry) in index_entries(files).items()}
+
+
+def check_index(folder: Path, stored: Mapping[str, tuple[Path, tuple]],
+                weight_map: Mapping[str, Path] | None) -> None:
+    """The safetensors index's ``{tensor: file}`` agrees with the files' headers."""
+    for key, file in (weight_map or {}).items():
+        if stored.get(key, (None,))[0] != file:
+            raise CheckpointError(f"the safetensors index of {folder} puts tensor {key!r} in "
+                                  f"{file.name}, which does not hold it")
+
+
+def parameter_names(model: nn.Module, folder: Path, files: Sequence[Path],
+                    stored: Mapping[str, tuple[Path, tuple]], original: bool) -> dict[str, str]:
+    """``{checkpoint key: parameter name}`` for every stored tensor but the ignored ones, each
+    checked against ``model``'s parameters (name and shape), every parameter present; a
+    problem is a :class:`CheckpointError` naming the tensor and its file."""
+    names: dict[str, str] = {}
+    for key, (file, _) in stored.items():
+        if IGNORED_KEYS.search(key):
+            continue
+        name = original_to_diffusers_key(key) if original else key
+        if name is None:
+            raise CheckpointError(f"unexpected tensor {key!r} in {file}: not a Wan transformer "
+                                  "tensor (official layout)")
+        names[key] = name
+    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    for key, name in names.items():
+        file, shape = stored[key]
+        if name not in expected:
+            raise CheckpointError(f"unexpected tensor {key!r} in {file}: the model "
+                                  f"({_describe(model.config)}) has no parameter {name!r}")
+        if tuple(shape) != expected[name]:
+            raise CheckpointError(f"tensor {key!r} in {file} has shape {list(shape)}, the model "
+                                  f"expects {list(expected[name])}")
+    present = set(names.values())
+    missing = [name for name in expected if name not in present]
+    if missing:
+        shown = [diffusers_to_original_key(n) or n for n in missing] if original else missing
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise CheckpointError(f"checkpoint {folder} ({', '.join(f.name for f in files)}) lacks "
+                              f"tensor(s) {', '.join(repr(m) for m in shown[:5])}{more}")
+    return names
 
 
 def is_original_config(config: Mapping[str, Any]) -> bool:
@@ -249,41 +297,11 @@ def load_pretrained(cls, path, *, dtype: torch.dtype, device, subfolder: str | N
     raw = read_json(config_file)
     files, weight_map = weight_files(folder)
     stored = index_tensors(files)
-    for key, file in (weight_map or {}).items():
-        if stored.get(key, (None,))[0] != file:
-            raise CheckpointError(f"the safetensors index of {folder} puts tensor {key!r} in "
-                                  f"{file.name}, which does not hold it")
+    check_index(folder, stored, weight_map)
     config, original = config_for_checkpoint(raw, stored, config_file)
-
-    # checkpoint name -> parameter name
-    names: dict[str, str] = {}
-    for key, (file, _) in stored.items():
-        if IGNORED_KEYS.search(key):
-            continue
-        name = original_to_diffusers_key(key) if original else key
-        if name is None:
-            raise CheckpointError(f"unexpected tensor {key!r} in {file}: not a Wan transformer "
-                                  "tensor (official layout)")
-        names[key] = name
-
     with torch.device("meta"):
         model = cls(config)
-    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    by_name = {name: key for key, name in names.items()}
-    for key, name in names.items():
-        file, shape = stored[key]
-        if name not in expected:
-            raise CheckpointError(f"unexpected tensor {key!r} in {file}: the model "
-                                  f"({_describe(config)}) has no parameter {name!r}")
-        if shape != expected[name]:
-            raise CheckpointError(f"tensor {key!r} in {file} has shape {list(shape)}, the model "
-                                  f"expects {list(expected[name])}")
-    missing = [name for name in expected if name not in by_name]
-    if missing:
-        shown = [diffusers_to_original_key(n) or n for n in missing] if original else missing
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise CheckpointError(f"checkpoint {folder} ({', '.join(f.name for f in files)}) lacks "
-                              f"tensor(s) {', '.join(repr(m) for m in shown[:5])}{more}")
+    names = parameter_names(model, folder, files, stored, original)  # checkpoint key -> parameter
 
     for file in files:
         with _open(file) as handle:
