@@ -29,6 +29,10 @@ against fastdit without a cache when it ran in the same process). The PSNR is ``
   cache_config=DBCacheConfig(...), calibrator_config=TaylorSeerCalibratorConfig(1))``) without
   TaylorSeer when ``dbcache`` is in ``--policies`` and with it for ``dbcache+taylorseer``, at the
   dbcache thresholds; skipped when ``cache_dit`` is not installed.
+* ``cache-dit-mask``: cache-dit at the same forwards as fastdit's MagCache runs of the same call
+  (needs ``fastdit`` and ``magcache``): DBCache F1B0 with ``steps_computation_mask`` = the steps
+  fastdit's cond branch computed and ``steps_computation_policy="static"``. Random weights make
+  DBCache's own residual test reuse nothing, so this is how the two are compared at equal work.
 
 One GPU step of ``benchmarks/gpu_run.sh`` runs a few policies (three runs of 50 steps take
 about 2.5 minutes on an H200 at worst): ``cache-fastdit-1`` teacache + magcache,
@@ -61,7 +65,7 @@ FASTDIT_POLICIES = {
     "dbcache": ("dbcache:threshold={t},n={n},m=0,warmup={w}", (0.08, 0.12, 0.2)),
     "dbcache+taylorseer": ("dbcache:threshold={t},n={n},m=0,warmup={w},taylorseer=true", (0.08, 0.12, 0.2)),
 }
-IMPLS = ("fastdit", "diffusers", "diffusers-fbcache", "diffusers-magcache", "cache-dit")
+IMPLS = ("fastdit", "diffusers", "diffusers-fbcache", "diffusers-magcache", "cache-dit", "cache-dit-mask")
 
 
 class BlockCounter:
@@ -101,7 +105,9 @@ def run_fastdit(pipe, args, device, spec: str | None, steps: int | None = None) 
     return run, result.frames
 
 
-def fastdit_runs(c, args, device, dtype, log) -> None:
+def fastdit_runs(c, args, device, dtype, log, masks: dict) -> None:
+    """fastdit uncached, then each policy's thresholds; ``masks`` gets, per MagCache setting,
+    the steps whose cond forward ran (1) or was reused (0), for the ``cache-dit-mask`` peer."""
     pipe = e2e.fastdit_pipeline(c, device, dtype)
     e2e.run_fastdit(pipe, args, args.warmup_steps, device)  # warm-up
     base, frames = run_fastdit(pipe, args, device, None)
@@ -111,6 +117,10 @@ def fastdit_runs(c, args, device, dtype, log) -> None:
         for threshold in picked(thresholds, args):
             run, out = run_fastdit(pipe, args, device, fastdit_spec(template, threshold, args))
             run["speedup"] = base["total_s"] / run["total_s"]
+            if policy == "magcache":
+                reused = set(run["cache_stats"]["branches"]["cond"]["reused_steps"])
+                masks[fastdit_spec(template, threshold, args)] = (
+                    [0 if i in reused else 1 for i in range(args.steps)], run)
             log("fastdit", fastdit_spec(template, threshold, args), run, out, frames)
     if args.overhead_steps:
         overhead_runs(pipe, args, device, policies, log)
@@ -164,7 +174,7 @@ def run_diffusers(pipe, args, device, counted_block: int | None) -> tuple[dict, 
             "forwards_total": 2 * args.steps}, frames
 
 
-def diffusers_runs(c, args, device, impls, log, fastdit_frames) -> None:
+def diffusers_runs(c, args, device, impls, log, fastdit_frames, masks: dict) -> None:
     pipe = e2e.diffusers_pipeline(c)
     e2e.run_diffusers(pipe, args, args.warmup_steps, device)  # warm-up
     base, frames = run_diffusers(pipe, args, device, None)
@@ -185,6 +195,8 @@ def diffusers_runs(c, args, device, impls, log, fastdit_frames) -> None:
         diffusers_magcache_runs(pipe, args, device, log, frames, fastdit_frames, base)
     if "cache-dit" in impls:
         cache_dit_runs(pipe, args, device, log, frames, fastdit_frames, base)
+    if "cache-dit-mask" in impls:
+        cache_dit_mask_runs(pipe, args, device, log, frames, fastdit_frames, base, masks)
 
 
 def diffusers_magcache_runs(pipe, args, device, log, frames, fastdit_frames, base) -> None:
@@ -229,6 +241,36 @@ def cache_dit_runs(pipe, args, device, log, frames, fastdit_frames, base) -> Non
             name = f"DBCache F{args.dbcache_n}B0 W{args.dbcache_warmup} R{threshold}"
             log("cache-dit", name + (" +TaylorSeer(1)" if taylorseer else ""), run, out, frames,
                 fastdit_frames)
+
+
+def cache_dit_mask_runs(pipe, args, device, log, frames, fastdit_frames, base, masks) -> None:
+    """cache-dit at the same forwards as each fastdit MagCache run: DBCache with
+    ``steps_computation_mask`` set to the steps fastdit computed and the ``static`` policy, so
+    cache-dit reuses its cached residual on exactly the other steps (it still runs its first
+    block there, F1: 1/30 of a 1.3B forward)."""
+    try:
+        import cache_dit
+        from cache_dit import DBCacheConfig
+    except ImportError as exc:
+        log("cache-dit-mask", None, {"skipped": f"cache_dit not importable ({exc})"}, None, None)
+        return
+    if not masks:
+        log("cache-dit-mask", None, {"skipped": "needs fastdit magcache runs in the same call"}, None, None)
+        return
+    for spec, (mask, fastdit_run) in masks.items():
+        config = DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=1e9,
+                               max_warmup_steps=0, num_inference_steps=args.steps,
+                               steps_computation_mask=mask, steps_computation_policy="static")
+        cache_dit.enable_cache(pipe, cache_config=config)
+        try:
+            run, out = run_diffusers(pipe, args, device, counted_block=1)
+        finally:
+            cache_dit.disable_cache(pipe)
+        run["speedup"] = base["total_s"] / run["total_s"]
+        run["fastdit_over_cache_dit"] = fastdit_run["total_s"] / run["total_s"]
+        run["fastdit_forwards_run"] = fastdit_run["forwards_run"]
+        log("cache-dit-mask", f"DBCache F1B0 static, steps mask of fastdit {spec} ({sum(mask)}/{len(mask)})",
+            run, out, frames, fastdit_frames)
 
 
 # ---------------------------------------------------------------------------------------
@@ -293,11 +335,12 @@ def main(argv=None) -> int:
         print(json.dumps(shown), flush=True)
 
     c = e2e.build_components(args, device, dtype)
+    masks: dict = {}  # fastdit MagCache setting -> (its step mask, its run), for cache-dit-mask
     with torch.no_grad():
         if "fastdit" in impls:
-            fastdit_runs(c, args, device, dtype, log)
+            fastdit_runs(c, args, device, dtype, log, masks)
         if {"diffusers", "diffusers-fbcache", "diffusers-magcache", "cache-dit"} & set(impls):
-            diffusers_runs(c, args, device, impls, log, frames.get("fastdit"))
+            diffusers_runs(c, args, device, impls, log, frames.get("fastdit"), masks)
     Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
 

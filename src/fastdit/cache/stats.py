@@ -65,7 +65,8 @@ class CacheStats:
             "forwards_reused": self.reused,
             "batched_forwards": self.batched_forwards,
             "calls": self.calls,
-            "branches": {self._key(e, b): {"run": c.run, "reused": c.reused}
+            "branches": {self._key(e, b): {"run": c.run, "reused": c.reused,
+                                           "reused_steps": self.reused_steps(e, b)}
                          for (e, b), c in sorted(self.counts.items())},
             "summary": self.summary(),
         }
