@@ -64,7 +64,7 @@ for step in $STEPS; do
     parallel)
       run python3 benchmarks/parallel.py --out "$OUT/parallel.json" $BENCH_ARGS 2>&1 | tee "$OUT/parallel.log" ;;
     serve)
-      run python3 benchmarks/serve.py --out "$OUT/serve.json" ${SERVE_ARGS:-} 2>&1 | grep -v "^\[fastdit\|^[0-9:]* \[fastdit" | tee "$OUT/serve.log" ;;
+      run python3 benchmarks/serve.py --out "$OUT/serve.json" ${SERVE_ARGS:-} 2>&1 | grep --line-buffered -v "^\[fastdit\|^[0-9:]* \[fastdit" | tee "$OUT/serve.log" ;;
     e2e)
       run python3 benchmarks/e2e.py --out "$OUT/e2e.json" $BENCH_ARGS 2>&1 | tee "$OUT/e2e.log" ;;
     quant-tests)

@@ -273,30 +273,38 @@ def main(argv=None) -> int:
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    model = build_model(args)
-    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
-    direct = run_direct(args, model, run_dir)
-    server = Server(args, model, run_dir / "state")
-    try:
-        served = run_server(args, server)
-        rps_idle = measure_rps(args, server, while_running=False)
-        rps_busy = measure_rps(args, server, while_running=True)
-    finally:
-        server.stop()
     result = {
         "benchmark": "serve", "date": datetime.date.today().isoformat(), "torch": torch.__version__,
         "device": "cpu" if args.tiny else torch.cuda.get_device_name(torch.device(args.device)),
         "shape": {"height": args.height, "width": args.width, "frames": args.frames, "steps": args.steps},
-        "jobs": args.jobs, "direct": direct, "server": served,
-        "server_over_direct_total": served["total_s"] / direct["total_s"],
-        "overhead_s": {
-            "submit_to_first_step": served["median_submit_to_first_step_s"] - direct["median_call_to_first_step_s"],
-            "last_step_to_downloadable": served["median_last_step_to_downloadable_s"]
-            - direct["median_last_step_to_written_s"]},
-        "get_video_rps": {"idle": rps_idle, "while_a_job_runs": rps_busy},
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+        "jobs": args.jobs}
+
+    def save(phase: str, **parts) -> None:  # after every phase: a run stopped by a time cap keeps what it measured
+        result.update(parts)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(f"[serve bench] {phase} done at {time.strftime('%H:%M:%S')}", flush=True)
+
+    model = build_model(args)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
+    save("model folder")
+    direct = run_direct(args, model, run_dir)
+    save("direct", direct=direct)
+    server = Server(args, model, run_dir / "state")
+    try:
+        served = run_server(args, server)
+        save("server", server=served, server_over_direct_total=served["total_s"] / direct["total_s"],
+             overhead_s={
+                 "submit_to_first_step": served["median_submit_to_first_step_s"]
+                 - direct["median_call_to_first_step_s"],
+                 "last_step_to_downloadable": served["median_last_step_to_downloadable_s"]
+                 - direct["median_last_step_to_written_s"]})
+        rps_idle = measure_rps(args, server, while_running=False)
+        save("requests per second, idle", get_video_rps={"idle": rps_idle})
+        rps_busy = measure_rps(args, server, while_running=True)
+        save("requests per second, busy", get_video_rps={"idle": rps_idle, "while_a_job_runs": rps_busy})
+    finally:
+        server.stop()
     print(json.dumps({k: result[k] for k in ("device", "shape", "server_over_direct_total", "overhead_s")}, indent=1))
     print(f"GET /v1/videos/{{id}}: {rps_idle['rps']:.0f} req/s idle, {rps_busy['rps']:.0f} req/s while a job runs "
           f"({args.clients} clients)")
