@@ -36,11 +36,25 @@ class UserError(FastditError, ValueError):
 
 
 class InputError(UserError):
-    """A generation request that cannot be honoured (size, frames, steps, guidance, image)."""
+    """A generation request that cannot be honoured (size, frames, steps, guidance, image).
+
+    ``field``: the :class:`~fastdit.pipelines.request.GenerationRequest` keyword the error is
+    about (``"height"``, ``"num_inference_steps"``, ``"image"``, ...), or None for the request
+    as a whole; the server names the API field from it.
+    """
+
+    field: str | None = None
+
+    def __init__(self, *args: object, field: str | None = None) -> None:
+        super().__init__(*args)
+        if field is not None:
+            self.field = field
 
 
 class ImageError(InputError):
     """An image that cannot be read or used (unreadable file, empty, too large, bad values)."""
+
+    field = "image"
 
 
 class ResourceError(InputError):

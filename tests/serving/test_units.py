@@ -71,6 +71,37 @@ def test_resolve_job_uses_the_model_rules_and_records_a_seed(t2v_spec):
     assert err.value.param == "input_reference"
 
 
+# (API fields, the param the pipeline's own check names, words of its message)
+PIPELINE_REFUSALS = [
+    ({"size": "20x16"}, "size", "multiple of"),
+    ({"guidance_scale_2": 2.0}, "guidance_scale_2", "two-expert"),
+    ({"cache": "nosuchcache"}, "cache", "nosuchcache"),
+    ({"cache": "teacache:threshold=-1"}, "cache", "threshold"),
+    ({"timesteps": "250,500"}, "timesteps", "decreasing"),
+    ({"timesteps": "1000,500", "steps": 3}, "steps", "does not match"),
+    ({"boundary_step": 1}, "boundary_step", "few-step"),
+    ({"guidance_until": 0.5, "guidance_scale": 1.0}, "guidance_until", "which is off"),
+    ({"zero_init_steps": 1}, "zero_init_steps", "cfg_zero_star"),
+]
+
+
+@pytest.mark.parametrize("fields, param, words", PIPELINE_REFUSALS, ids=[p for _, p, _ in PIPELINE_REFUSALS])
+def test_pipeline_refusals_name_the_api_field(t2v_spec, fields, param, words):
+    """The pipeline's InputError carries the request keyword (``field``); the server names the
+    API field from it, not from the message's wording."""
+    with pytest.raises(RequestError) as err:
+        resolve_job(t2v_spec, parse_fields({"prompt": "a", **fields}), has_image=False, model_id="m")
+    assert err.value.param == param, err.value.message
+    assert words in err.value.message and "num_inference_steps" not in err.value.message
+
+
+def test_input_errors_carry_their_field():
+    assert InputError("x").field is None and InputError("x", field="height").field == "height"
+    from fastdit.errors import ImageError
+
+    assert ImageError("unreadable").field == "image"
+
+
 # ---- the store --------------------------------------------------------------------------------
 def _request(seed=0):
     return {"prompt": "p", "seed": seed, "num_inference_steps": 2, "width": 16, "height": 16, "num_frames": 1}

@@ -158,9 +158,9 @@ def check_flow_shift(value: Any) -> float:
     try:
         shift = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"flow_shift must be a number, got {value!r}") from None
+        raise InputError(f"flow_shift must be a number, got {value!r}", field="flow_shift") from None
     if not math.isfinite(shift) or shift <= 0:
-        raise InputError(f"flow_shift must be a positive finite number, got {value!r}")
+        raise InputError(f"flow_shift must be a positive finite number, got {value!r}", field="flow_shift")
     return shift
 
 

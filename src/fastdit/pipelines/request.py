@@ -19,7 +19,7 @@ import operator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from fastdit.errors import InputError
+from fastdit.errors import InputError, ModelFolderError, UserError
 from fastdit.pipelines.spec import MAX_FPS, ModelSpec
 
 log = logging.getLogger("fastdit.pipelines")
@@ -113,10 +113,10 @@ class ResolvedRequest:
 def as_int(name: str, value: Any) -> int:
     """An integer: ``int``, numpy/torch integers (0-d tensors too) or an integral float."""
     if isinstance(value, bool):
-        raise InputError(f"{name} must be an integer, got {value!r}")
+        raise InputError(f"{name} must be an integer, got {value!r}", field=name)
     if isinstance(value, float):
         if not value.is_integer():
-            raise InputError(f"{name} must be an integer, got {value!r}")
+            raise InputError(f"{name} must be an integer, got {value!r}", field=name)
         return int(value)
     try:
         return operator.index(value)
@@ -127,7 +127,7 @@ def as_int(name: str, value: Any) -> int:
         inner = item()
         if isinstance(inner, numbers.Integral) and not isinstance(inner, bool):
             return int(inner)
-    raise InputError(f"{name} must be an integer, got {value!r}")
+    raise InputError(f"{name} must be an integer, got {value!r}", field=name)
 
 
 def as_float(name: str, value: Any) -> float:
@@ -135,9 +135,9 @@ def as_float(name: str, value: Any) -> float:
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
+        raise InputError(f"{name} must be a number, got {value!r}", field=name) from None
     if not math.isfinite(out):
-        raise InputError(f"{name} must be a finite number, got {value!r}")
+        raise InputError(f"{name} must be a finite number, got {value!r}", field=name)
     return out
 
 
@@ -148,23 +148,24 @@ def check_seed(seed: Any) -> None:
     value = as_int("seed", seed)
     lo, hi = SEED_RANGE
     if not lo <= value < hi:
-        raise InputError(f"seed must be an integer in [-2^63, 2^64), got {value}")
+        raise InputError(f"seed must be an integer in [-2^63, 2^64), got {value}", field="seed")
 
 
 def check_fps(fps: Any, name: str = "fps") -> int:
     value = as_int(name, fps)
     if not 1 <= value <= MAX_FPS:
-        raise InputError(f"{name} must be between 1 and {MAX_FPS}, got {value}")
+        raise InputError(f"{name} must be between 1 and {MAX_FPS}, got {value}", field=name)
     return value
 
 
 def _check_text(name: str, text: Any) -> None:
     if not isinstance(text, str):
-        raise InputError(f"{name} must be a string, got {type(text).__name__}")
+        raise InputError(f"{name} must be a string, got {type(text).__name__}", field=name)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:  # lone surrogates: bytes that were not UTF-8 (argv, files)
-        raise InputError(f"{name} is not valid UTF-8 (character {exc.start}: {text[exc.start]!r})") from None
+        raise InputError(f"{name} is not valid UTF-8 (character {exc.start}: {text[exc.start]!r})",
+                         field=name) from None
 
 
 def check_texts(request: GenerationRequest) -> None:
@@ -173,7 +174,8 @@ def check_texts(request: GenerationRequest) -> None:
     if request.negative_prompt is not None:
         _check_text("negative_prompt", request.negative_prompt)
     if request.output_type not in OUTPUT_TYPES:
-        raise InputError(f"output_type must be 'np', 'pt' or 'latent', got {request.output_type!r}")
+        raise InputError(f"output_type must be 'np', 'pt' or 'latent', got {request.output_type!r}",
+                         field="output_type")
 
 
 # ---------------------------------------------------------------------------------------
@@ -187,8 +189,8 @@ def resolve_request(spec: ModelSpec, request: GenerationRequest | None = None, *
                     default_cache: Any = None, timesteps=None, flow_shift=None,
                     boundary_step=None) -> ResolvedRequest:
     """Fill in the model's defaults and check every value; raises :class:`InputError`
-    (:class:`~fastdit.errors.ResourceError` for a request too large, unless ``force``; a
-    :class:`~fastdit.errors.UserError` for bad cache settings).
+    (:class:`~fastdit.errors.ResourceError` for a request too large, unless ``force``); each
+    names the request keyword it is about in ``field`` (``"cache"`` for bad cache settings).
 
     Give a :class:`GenerationRequest`, or the fields as keywords (``has_image`` stands for an
     image that was checked elsewhere). ``notify`` gets each notice (default: a log warning).
@@ -219,16 +221,18 @@ def resolve_request(spec: ModelSpec, request: GenerationRequest | None = None, *
                 few_step.num_inference_steps):
             raise InputError(f"num_inference_steps={num_inference_steps} does not match the "
                              f"{few_step.num_inference_steps} timesteps of the few-step schedule "
-                             f"({','.join(map(str, few_step.timesteps))}); leave it unset")
+                             f"({','.join(map(str, few_step.timesteps))}); leave it unset",
+                             field="num_inference_steps")
         num_inference_steps = few_step.num_inference_steps
     steps = as_int("num_inference_steps", d.num_inference_steps if num_inference_steps is None
                    else num_inference_steps)
     seq = as_int("max_sequence_length", max_sequence_length)
     _check_sizes(spec, height, width, num_frames)
     if steps < 1:
-        raise InputError(f"num_inference_steps must be at least 1, got {steps}")
+        raise InputError(f"num_inference_steps must be at least 1, got {steps}", field="num_inference_steps")
     if not 1 <= seq <= MAX_SEQUENCE_LENGTH:
-        raise InputError(f"max_sequence_length must be between 1 and {MAX_SEQUENCE_LENGTH}, got {seq}")
+        raise InputError(f"max_sequence_length must be between 1 and {MAX_SEQUENCE_LENGTH}, got {seq}",
+                         field="max_sequence_length")
     check_seed(seed)
     g, g2 = _guidance(spec, guidance_scale, guidance_scale_2)
     _check_image_mode(spec, (image is not None) if has_image is None else has_image)
@@ -255,19 +259,22 @@ def _check_sizes(spec: ModelSpec, height: int, width: int, num_frames: int) -> N
     m = spec.spatial_multiple
     for name, value in (("height", height), ("width", width)):
         if value <= 0 or value % m:
-            raise InputError(f"{name} must be a positive multiple of {m} for this model, got {value}")
+            raise InputError(f"{name} must be a positive multiple of {m} for this model, got {value}",
+                             field=name)
     st = spec.vae_stride_temporal
     if num_frames < 1 or (num_frames - 1) % st:
         lo = max(1, (num_frames - 1) // st * st + 1)
         raise InputError(f"num_frames must be {st}k+1 (1, {1 + st}, {1 + 2 * st}, ..., 81), got {num_frames}"
-                         f" (try {lo} or {lo + st})")
+                         f" (try {lo} or {lo + st})", field="num_frames")
 
 
 def _check_image_mode(spec: ModelSpec, has_image: bool) -> None:
     if spec.image_mode == "required" and not has_image:
-        raise InputError(f"{spec.name or 'this model'} is an image-to-video model: an image is required")
+        raise InputError(f"{spec.name or 'this model'} is an image-to-video model: an image is required",
+                         field="image")
     if spec.image_mode == "none" and has_image:
-        raise InputError(f"{spec.name or 'this model'} is a text-to-video model: it takes no image")
+        raise InputError(f"{spec.name or 'this model'} is a text-to-video model: it takes no image",
+                         field="image")
 
 
 def _opt_in(spec: ModelSpec, request: GenerationRequest | None, resolved: ResolvedRequest,
@@ -278,28 +285,35 @@ def _opt_in(spec: ModelSpec, request: GenerationRequest | None, resolved: Resolv
     if value is not None or default_cache is not None:
         from fastdit.cache.wiring import resolve_cache
 
-        cache = resolve_cache(value, default_cache, spec, num_steps=resolved.num_inference_steps,
-                              height=resolved.height, width=resolved.width, has_image=has_image)
+        try:
+            cache = resolve_cache(value, default_cache, spec, num_steps=resolved.num_inference_steps,
+                                  height=resolved.height, width=resolved.width, has_image=has_image)
+        except (InputError, ModelFolderError):
+            raise
+        except UserError as exc:  # the cache's own errors (settings, tables, calibration files)
+            raise InputError(str(exc), field="cache") from None
     until, zero_star, zero_steps = None, False, 1
     if request is not None:
         until, zero_star = request.guidance_until, request.cfg_zero_star
         if until is not None:
             until = as_float("guidance_until", until)
             if not 0.0 <= until <= 1.0:
-                raise InputError(f"guidance_until must be a fraction of the steps in [0, 1], got {until:g}")
+                raise InputError(f"guidance_until must be a fraction of the steps in [0, 1], got {until:g}",
+                                 field="guidance_until")
         if not isinstance(zero_star, bool):
-            raise InputError(f"cfg_zero_star must be True or False, got {zero_star!r}")
+            raise InputError(f"cfg_zero_star must be True or False, got {zero_star!r}", field="cfg_zero_star")
         if request.zero_init_steps is not None:
             zero_steps = as_int("zero_init_steps", request.zero_init_steps)
             if not zero_star:
-                raise InputError("zero_init_steps is a CFG-Zero* setting: it needs cfg_zero_star")
+                raise InputError("zero_init_steps is a CFG-Zero* setting: it needs cfg_zero_star",
+                                 field="zero_init_steps")
             if not 0 <= zero_steps <= resolved.num_inference_steps:
                 raise InputError(f"zero_init_steps must be in 0..{resolved.num_inference_steps} "
-                                 f"(the steps), got {zero_steps}")
+                                 f"(the steps), got {zero_steps}", field="zero_init_steps")
         if (until is not None or zero_star) and not resolved.guided:
             what = "guidance_until" if until is not None else "cfg_zero_star"
             raise InputError(f"{what} changes classifier-free guidance, which is off "
-                             f"(guidance_scale {resolved.guidance_scale:g} <= 1)")
+                             f"(guidance_scale {resolved.guidance_scale:g} <= 1)", field=what)
     return dataclasses.replace(resolved, cache=cache, guidance_until=until, cfg_zero_star=zero_star,
                                zero_init_steps=zero_steps)
 
@@ -324,14 +338,16 @@ def _guidance(spec: ModelSpec, guidance_scale, guidance_scale_2) -> tuple[float,
         g, g2 = guidance_scale, guidance_scale_2
     g = as_float("guidance_scale", g)
     if g < 0:
-        raise InputError(f"guidance_scale must be >= 0 (1 or less turns guidance off), got {g}")
+        raise InputError(f"guidance_scale must be >= 0 (1 or less turns guidance off), got {g}",
+                         field="guidance_scale")
     if spec.two_experts:
         g2 = g if g2 is None else as_float("guidance_scale_2", g2)
         if g2 < 0:
-            raise InputError(f"guidance_scale_2 must be >= 0 (1 or less turns guidance off), got {g2}")
+            raise InputError(f"guidance_scale_2 must be >= 0 (1 or less turns guidance off), got {g2}",
+                             field="guidance_scale_2")
     elif guidance_scale_2 is not None:
         raise InputError("guidance_scale_2 is only for two-expert models (Wan2.2 A14B); "
-                         f"{spec.name or 'this model'} has one transformer")
+                         f"{spec.name or 'this model'} has one transformer", field="guidance_scale_2")
     else:
         g2 = None
     return g, g2

@@ -367,7 +367,8 @@ class WanVideoPipeline:
             return stages.load_image(image)
         except (OSError, ValueError) as exc:
             name = image if isinstance(image, (str, os.PathLike)) else ""
-            raise InputError(f"cannot read image {name}: {first_line(exc)}".replace("image : ", "image: ")) from None
+            raise InputError(f"cannot read image {name}: {first_line(exc)}".replace("image : ", "image: "),
+                             field="image") from None
 
 
 def _control_with_reports(control: GenerationControl | None, progress: bool,

@@ -42,16 +42,17 @@ def parse_timesteps(text: str | Sequence[int], num_train_timesteps: int = 1000) 
         try:
             value = float(item)
         except (TypeError, ValueError):
-            raise InputError(f"timesteps must be integers separated by commas, got {text!r}") from None
+            raise InputError(f"timesteps must be integers separated by commas, got {text!r}",
+                             field="timesteps") from None
         if not value.is_integer():
-            raise InputError(f"timesteps must be integers, got {item!r} in {text!r}")
+            raise InputError(f"timesteps must be integers, got {item!r} in {text!r}", field="timesteps")
         values.append(int(value))
     if not values:
-        raise InputError("timesteps: give at least one (e.g. 1000,750,500,250)")
+        raise InputError("timesteps: give at least one (e.g. 1000,750,500,250)", field="timesteps")
     if any(v < 1 or v > num_train_timesteps for v in values):
-        raise InputError(f"timesteps must lie in 1..{num_train_timesteps}, got {values}")
+        raise InputError(f"timesteps must lie in 1..{num_train_timesteps}, got {values}", field="timesteps")
     if any(a <= b for a, b in zip(values, values[1:])):
-        raise InputError(f"timesteps must be strictly decreasing, got {values}")
+        raise InputError(f"timesteps must be strictly decreasing, got {values}", field="timesteps")
     return tuple(values)
 
 
@@ -60,9 +61,9 @@ def positive_shift(value) -> float:
     try:
         shift = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"flow_shift must be a number, got {value!r}") from None
+        raise InputError(f"flow_shift must be a number, got {value!r}", field="flow_shift") from None
     if not shift > 0 or shift == float("inf"):
-        raise InputError(f"flow_shift must be a positive number, got {value!r}")
+        raise InputError(f"flow_shift must be a positive number, got {value!r}", field="flow_shift")
     return shift
 
 
@@ -87,7 +88,7 @@ class FewStepScheduler:
         if boundary_step is not None and (isinstance(boundary_step, bool) or not isinstance(
                 boundary_step, int) or not 0 < boundary_step < len(steps)):
             raise InputError(f"boundary_step must be an integer in 1..{len(steps) - 1} (the first "
-                             f"step of the low-noise expert), got {boundary_step!r}")
+                             f"step of the low-noise expert), got {boundary_step!r}", field="boundary_step")
         self.config = SimpleNamespace(timesteps=steps, flow_shift=flow_shift,
                                       num_train_timesteps=int(num_train_timesteps),
                                       boundary_step=boundary_step)

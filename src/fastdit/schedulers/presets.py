@@ -173,10 +173,10 @@ def resolve_few_step(preset: str | FewStep | None = None, timesteps=None, flow_s
     ``boundary_step`` is an error on a one-transformer model. Raises :class:`InputError`."""
     if preset is None and timesteps is None:
         if boundary_step is not None:
-            raise InputError("boundary_step needs a few-step schedule (a preset or timesteps)")
+            raise InputError("boundary_step needs a few-step schedule (a preset or timesteps)", field="boundary_step")
         return None
     if boundary_step is not None and not two_experts:
-        raise InputError("boundary_step is only for two-expert models (Wan2.2 A14B)")
+        raise InputError("boundary_step is only for two-expert models (Wan2.2 A14B)", field="boundary_step")
     base = preset_schedule(preset, two_experts) if isinstance(preset, str) else preset
     steps = parse_timesteps(timesteps) if timesteps is not None else base.timesteps
     same = base is not None and steps == base.timesteps
@@ -189,7 +189,8 @@ def resolve_few_step(preset: str | FewStep | None = None, timesteps=None, flow_s
     elif isinstance(boundary_step, bool) or not isinstance(boundary_step, int) or not (
             0 < boundary_step < len(steps)):
         raise InputError(f"boundary_step must be an integer in 1..{len(steps) - 1} (the first step "
-                         f"of the low-noise expert) for {len(steps)} timesteps, got {boundary_step!r}")
+                         f"of the low-noise expert) for {len(steps)} timesteps, got {boundary_step!r}",
+                         field="boundary_step")
     return FewStep(steps, shift, boundary_step, base.preset if same else None,
                    base.guidance_scale if base is not None else 1.0)
 

@@ -348,28 +348,26 @@ def _check_limits(kwargs: Mapping[str, Any], limits: Limits) -> None:
                            f"{limits.max_steps}", "steps")
 
 
-# The request keywords of the pipeline's checker, and the API field each one comes from.
-_PARAM_OF = {"height": "size", "width": "size", "num_frames": "num_frames", "num_inference_steps": "steps",
-             "guidance_scale_2": "guidance_scale_2", "guidance_scale": "guidance_scale",
-             "max_sequence_length": "max_sequence_length", "image": "input_reference"}
+# The request keyword an InputError names (its ``field``) -> the API field it comes from.
+_API_FIELD_OF = {**{f.target: f.name for f in FIELDS if f.target},
+                 "height": "size", "width": "size", "image": "input_reference"}
 
 
 def _resolve_with_pipeline(spec, kwargs: dict[str, Any], has_image: bool):
     """The CLI's own checks (:func:`fastdit.pipelines.request.resolve_request` on the
-    :class:`~fastdit.pipelines.request.GenerationRequest` the job will run), as a RequestError."""
+    :class:`~fastdit.pipelines.request.GenerationRequest` the job will run), as a RequestError
+    whose ``param`` is the API field of the error's ``field``."""
     from fastdit.pipelines.request import GenerationRequest, resolve_request
 
     fields = {k: v for k, v in kwargs.items() if k in _request_fields() and v is not None}
     fields.setdefault("prompt", "")
     try:
         return resolve_request(spec, GenerationRequest(**fields), has_image=has_image, notify=None)
-    except UserError as exc:  # InputError, and the cache's and sampler's settings
-        message = str(exc)
-        param = next((p for key, p in _PARAM_OF.items() if message.startswith(key) or key in message), None)
-        if "image" in message:
-            param = "input_reference"
-        message = message.replace("num_inference_steps", "steps").replace(
-            "an image is required", "an image is required (upload it as input_reference)")
+    except UserError as exc:
+        param = _API_FIELD_OF.get(getattr(exc, "field", None))
+        message = str(exc).replace("num_inference_steps", "steps")
+        if param == "input_reference":
+            message = message.replace("an image is required", "an image is required (upload it as input_reference)")
         if param == "size":
             message = f"size: {message}"
         raise RequestError(message, param) from None
