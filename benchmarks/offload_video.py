@@ -5,9 +5,11 @@
 
 1. The model folder, written once to ``--work-dir`` (reused when there; ``--write-only``): a
    random Wan2.2-T2V-A14B in diffusers layout (``transformer``, ``transformer_2``,
-   ``boundary_ratio`` 0.875; fastdit's A14B config in bf16; the Wan2.1 VAE, fp32; UMT5 of width
-   4096 with ``--text-layers`` layers and the tiny tokenizer; UniPC with the A14B's shift),
-   made on the GPU in ``<folder>.partial``, renamed when complete. **The experts share their
+   ``boundary_ratio`` 0.875; fastdit's A14B config in bf16; the Wan2.1 VAE, fp32; UMT5-XXL's
+   shape (width 4096, 256,384 embedding rows, ``--text-layers`` 24 layers: 11.4 GB) with the tiny
+   tokenizer; UniPC with the A14B's shift), made on the GPU in ``<folder>.partial``, renamed when
+   complete. The encoder is full size because the plan depends on it: with 4 layers the 24 GB
+   fp8 plan keeps every block resident and nothing streams. **The experts share their
    weights**: one 14B transformer is written (28.6 GB; two would not fit the GPU machine's 64 GB
    disk) and ``transformer_2/`` holds hard links to its files (symlinks where hard links are
    refused; the loader takes both). fastdit still loads two experts (two host stores, two
@@ -17,24 +19,26 @@
 2. The run, in a child process (its host memory is its own): ``set_per_process_memory_fraction
    (budget / total)`` before anything loads (no GPU setting changes); ``fastdit.load(folder,
    max_gpu_memory=, weights=, plan_video=(H, W, F))`` (lazy host loading; the plan printed and
-   recorded); ``pipe.generate(...)`` with the model's guidance (4.0 / 3.0): text encoder, the
-   guided steps through both streamed experts and the switch, VAE decode. Step times from a
-   progress callback after a device sync; each step's expert read off the streamers, next to the
-   plan of the scheduler's timesteps. ``--tiny``: the CPU has nothing to emulate, but the planner
-   takes a budget there: the smallest it accepts (bisection), which streams.
+   recorded, beside the released model's plan at the same budget); ``pipe.generate(...)`` with
+   the model's guidance (4.0 / 3.0): text encoder, the guided steps through both streamed
+   experts and the switch, VAE decode. Step times from a progress callback after a device sync;
+   each step's expert read off the streamers, next to the plan of the scheduler's timesteps.
+   ``--tiny``: the CPU has nothing to emulate, but the planner takes a budget there: the
+   smallest it accepts (bisection), which streams.
 
 The JSON is rewritten after every phase (a run stopped by a time cap keeps what it measured):
 load seconds, the plan, ``result.timings``, seconds per step (median, per expert, after the
 switch), bytes copied, peak GPU memory, host VmHWM / RssAnon (peak of per-step samples) /
 RssFile / RssShmem, both stores' pinned bytes, where pinned pages show in RSS (a 256 MB probe),
 "anonymous RSS plus pinned" (issue 14) beside its 36 GB target, the frames' shape and
-finiteness. With 4 text layers the host lacks the ~10 GB of the real UMT5-XXL when the plan
-keeps it off the device: ``host_estimate_with_umt5_xxl_gb`` adds it (``--text-layers 24``: real).
+finiteness. ``host_estimate_with_umt5_xxl_gb`` swaps our encoder for the released one by the
+two plans (equal to the measured figure at 24 layers).
 
-H200 time, estimated (not measured): the folder 1-2 min (first run only; 32 GB free, checked);
-child start and load (fp8 quantisation on the GPU, block by block) ~1 min; 40 steps at ~5.9 s
-(``offload.py``'s fp8 experts at 24 GB, h200-run9) ~4 min; decode 15-30 s: ~7 min in all,
-5-6 min with the folder reused.
+H200 time, estimated (not measured): the folder (41 GB of safetensors) 2-3 min, first run only
+(the free space is checked); child start and load (UMT5 11 GB to host memory, two experts
+quantised to fp8 on the GPU block by block) 1-1.5 min; 40 steps at ~5.9 s (``offload.py``'s fp8
+experts at 24 GB, h200-run9) ~4 min; decode 15-30 s: 5.5-6.5 min with the folder there, 8-9.5
+with the write, so write it in a call of its own (``--write-only``) when calls are capped at 10.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import argparse
 import copy
 import dataclasses
 import datetime
+import gc
 import json
 import os
 import shutil
@@ -58,7 +63,13 @@ PROMPT = "A cat and a dog baking a cake together in a kitchen, sunlight streamin
 REPO = Path(__file__).resolve().parents[1]
 GB = 10**9
 HOST_TARGET_GB = 36
-FOLDER_BYTES = 32 * GB  # 14B bf16 (28.6 GB) + UMT5 of 4 layers (1.5 GB) + VAE + room
+UMT5_VOCAB = 256_384  # UMT5-XXL's embedding rows (the tiny tokenizer uses the first few hundred)
+UMT5_LAYER_BYTES = 386_000_000  # one UMT5-XXL layer in bf16
+
+
+def folder_bytes(text_layers: int) -> int:
+    """Disk the folder needs: 14B bf16 (28.6 GB), UMT5 (2.1 GB embedding + its layers), VAE, room."""
+    return int(28.6 * GB + 2.1 * GB + text_layers * UMT5_LAYER_BYTES + 1.5 * GB)
 
 
 def host_memory() -> dict[str, float]:
@@ -139,7 +150,7 @@ def write_a14b(folder: Path, args) -> None:
     tokenizer = tiny.make_tokenizer()
     with torch.device(device):  # random init on the GPU is seconds, on the CPU minutes
         text = UMT5EncoderModel._from_config(UMT5Config(
-            vocab_size=len(tokenizer), d_model=4096, d_kv=64, d_ff=10240, num_layers=args.text_layers, num_heads=64,
+            vocab_size=UMT5_VOCAB, d_model=4096, d_kv=64, d_ff=10240, num_layers=args.text_layers, num_heads=64,
             relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
             dense_act_fn="gelu_new", tie_word_embeddings=False), dtype=torch.bfloat16)
         vae = AutoencoderKLWan()  # diffusers' defaults are the Wan2.1 VAE (z_dim 16); fp32 as shipped
@@ -152,6 +163,7 @@ def write_a14b(folder: Path, args) -> None:
                        transformer=transformer, transformer_2=None, boundary_ratio=0.875)
     pipe.save_pretrained(str(folder), max_shard_size="5GB")
     del pipe, text, vae, transformer
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the child gets the device; this process keeps only its context
 
@@ -164,9 +176,9 @@ def build_model(args) -> tuple[Path, dict]:
     if not info["reused"]:
         Path(args.work_dir).mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(args.work_dir).free
-        if not args.tiny and free < FOLDER_BYTES:
+        if not args.tiny and free < folder_bytes(args.text_layers):
             raise SystemExit(f"{args.work_dir} has {free / GB:.1f} GB free; the folder needs about "
-                             f"{FOLDER_BYTES / GB:.0f} GB (choose another --work-dir)")
+                             f"{folder_bytes(args.text_layers) / GB:.0f} GB (another --work-dir, or --text-layers 4)")
         tmp = folder.with_name(folder.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         start = time.perf_counter()
@@ -272,6 +284,24 @@ def describe_plan(pipe) -> dict:
                                                 "streams": plan.streams, "pipeline_offload": pipe.offload}
 
 
+def released_model_plan(pipe, budget: int | None, args) -> dict | None:
+    """The plan the released A14B (UMT5-XXL of 24 layers) would get at this budget and size,
+    beside ours: a smaller text encoder can leave room for more resident blocks."""
+    import torch
+
+    from fastdit.pipelines import memory
+
+    if args.tiny or budget is None or pipe.memory_plan is None:
+        return None
+    sizes = memory.sizes_for_named("Wan2.2-T2V-A14B", torch.bfloat16, args.weights)
+    plan = memory.plan_memory(sizes, budget, memory.VideoSize(args.height, args.width, args.frames))
+    ours = pipe.memory_plan
+    keys = ("resident_blocks", "prefetch", "encoders", "vae_tiling", "experts_on_device")
+    return {"text": plan.describe(), "encoders": plan.encoders, "text_encoder_bytes": sizes.text_encoder_bytes,
+            "same_as_ours": all(getattr(plan, k) == getattr(ours, k) for k in keys),
+            "differs_in": [k for k in keys if getattr(plan, k) != getattr(ours, k)]}
+
+
 class StepClock:
     """Progress reports -> synchronised step times, the expert of each step, RssAnon samples."""
 
@@ -342,7 +372,8 @@ def run(args) -> None:
     load_s = time.perf_counter() - start
     plan, stores = describe_plan(pipe), host_stores(pipe, device)
     print(plan["text"] or "no memory plan", flush=True)
-    report.save("loaded", budget=budget_info, plan=plan, load={
+    released = released_model_plan(pipe, budget, args)
+    report.save("loaded", budget=budget_info, plan=plan, released_model_plan=released, load={
         "load_s": load_s, "pipeline_load_seconds": pipe.load_seconds, "model": pipe.spec.name,
         "task": pipe.spec.task, "experts": len(pipe.experts), "gpu": gpu_peaks(device), "host": host_memory(),
         "host_stores": stores})
@@ -362,8 +393,11 @@ def run(args) -> None:
     peak_anon = max(clock.peak_rss_anon, host.get("RssAnon", 0.0))
     pinned = stores.get("host_store_allocated_gb", 0.0) if stores.get("pinned") else 0.0
     dedup = peak_anon + (0.0 if probe.get("counted_in") == "RssAnon" else pinned)  # pinned counted once
-    text_params = sum(p.numel() for p in pipe.text_encoder.parameters())
-    text_on_host = plan.get("encoders") in ("while-encoding", "cpu") and not args.tiny
+    text_bytes = sum(p.numel() * p.element_size() for p in pipe.text_encoder.parameters())
+    on_host = ("while-encoding", "cpu")  # where the plan keeps an encoder in host memory
+    estimate = None if released is None else (dedup - (text_bytes if plan["encoders"] in on_host else 0) / GB
+                                              + (released["text_encoder_bytes"] if released["encoders"] in on_host
+                                                 else 0) / GB)
     summary = {
         "load_s": load_s, "generate_s": wall, **step_summary(clock.rows, expert_plan),
         "peak_allocated_gb": gpu_peaks(device).get("peak_allocated_gb"),
@@ -371,15 +405,14 @@ def run(args) -> None:
         "host_vmhwm_gb": host.get("VmHWM"), "host_rss_anon_peak_gb": peak_anon, "host_pinned_gb": pinned,
         "host_rss_anon_plus_pinned_gb": peak_anon + pinned, "host_rss_anon_plus_pinned_dedup_gb": dedup,
         "host_target_gb": HOST_TARGET_GB,
-        "host_estimate_with_umt5_xxl_gb": dedup + max(0, memory.UMT5_XXL_PARAMS - text_params) * 2 / GB
-        if text_on_host else None,
+        "host_estimate_with_umt5_xxl_gb": estimate,  # our encoder swapped for the released one, by the plans
         "frames_shape": list(frames.shape), "frames_finite": bool(np.isfinite(frames).all())}
     report.save("generated", summary=summary, generate={
         "wall_s": wall, "timings": result.timings, "guidance": result.settings.get("guidance"),
         "guidance_scale": result.settings.get("guidance_scale"),
         "guidance_scale_2": result.settings.get("guidance_scale_2"), "rows": clock.rows,
         "gpu": gpu_peaks(device), "host": host, "host_stores": host_stores(pipe, device),
-        "text_encoder_params": text_params, "pinned_probe": probe,
+        "text_encoder_bytes": text_bytes, "pinned_probe": probe,
         "frames_range": [float(np.nanmin(frames)), float(np.nanmax(frames))]})
 
 
@@ -398,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=None, help="default 480 (--tiny 64)")
     parser.add_argument("--width", type=int, default=None, help="default 832 (--tiny 64)")
     parser.add_argument("--frames", type=int, default=None, help="default 81 (--tiny 9)")
-    parser.add_argument("--text-layers", type=int, default=4, help="UMT5 layers of the random model (24: full XXL)")
+    parser.add_argument("--text-layers", type=int, default=24, help="UMT5 layers of the random model (24: UMT5-XXL; "
+                        "fewer change the plan: 4 leaves every fp8 block resident at 24 GB)")
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--timeout", type=int, default=1500, help="seconds for the child that loads and generates")
     parser.add_argument("--write-only", action="store_true", help="write the model folder and stop")
