@@ -6,6 +6,8 @@
 #   tests-distributed (LSE kernels, --gpus 1 / torchrun 1 == plain run; NCCL layouts with >= 2 GPUs),
 #   parallel (benchmarks/parallel.py; BENCH_ARGS e.g. "--models Wan2.1-T2V-1.3B --resolutions 480p")
 #   quant-attention, transformer-fp8, ti2v, e2e-fp8, e2e-all (issue 10 phase 2)
+#   offload-video (a whole 40-step Wan2.2-A14B video through fastdit.load at a 24 GB budget, fp8 experts, ~6 min;
+#   first writes a 41 GB random model folder (2-3 min) unless OFFLOAD_VIDEO_ARGS' --work-dir holds it: --write-only)
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
 # tests, runs the benchmarks and writes JSON and logs under $OUT (or ./out/gpu).
 set -uo pipefail
@@ -77,6 +79,8 @@ for step in $STEPS; do
       run python3 benchmarks/cache.py --out "$OUT/cache.json" ${CACHE_ARGS:-} 2>&1 | tee "$OUT/cache.log" ;;
     offload)  # OFFLOAD_ARGS="--variants resident,stream-24gb" to run a subset
       run python3 benchmarks/offload.py --out "$OUT/offload.json" ${OFFLOAD_ARGS:-} 2>&1 | tee "$OUT/offload.log" ;;
+    offload-video)  # OFFLOAD_VIDEO_ARGS="--weights dense --budget 24GB --work-dir DIR" (the folder is reused when there)
+      run python3 benchmarks/offload_video.py --out "$OUT/offload-video.json" ${OFFLOAD_VIDEO_ARGS:-} 2>&1 | tee "$OUT/offload-video.log" ;;
     cache-fastdit-1)  # each cache step: one 50-step 480p video uncached, then 3-6 cached (< 8 min on an H200)
       run python3 benchmarks/cache.py --impls fastdit --policies teacache,magcache --out "$OUT/cache-fastdit-1.json" 2>&1 | tee "$OUT/cache-fastdit-1.log" ;;
     cache-fastdit-2)
