@@ -123,3 +123,18 @@ def test_budget_emulation_holds_a_streamed_forward():
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
     assert dataclasses.is_dataclass(streamed.streamer.plan)
+
+
+def test_model_offload_keeps_the_encoders_host_tensors(tmp_path):
+    """offload='model': the text encoder visits the GPU and keeps its host storage (no copy back)."""
+    import fastdit
+    from fastdit.pipelines.tiny import make_tiny_model
+
+    pipe = fastdit.load(make_tiny_model(tmp_path / "t2v", task="t2v"), device="cuda", dtype=torch.bfloat16,
+                        offload="model")
+    before = [p.data_ptr() for p in pipe.text_encoder.parameters()]
+    assert all(p.device.type == "cpu" for p in pipe.text_encoder.parameters())
+    frames = pipe.generate("a cat", height=32, width=32, num_frames=5, num_inference_steps=2, seed=0).frames
+    assert frames.shape[0] == 5
+    assert [p.data_ptr() for p in pipe.text_encoder.parameters()] == before
+    assert all(p.device.type == "cpu" for p in pipe.text_encoder.parameters())

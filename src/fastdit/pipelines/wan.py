@@ -151,15 +151,15 @@ class WanVideoPipeline:
 
     @contextlib.contextmanager
     def _on_device(self, module):
-        """Run ``module`` on the device; in offload='model' mode it goes back to the CPU after."""
+        """Run ``module`` on the device; in offload='model' mode it visits the device and keeps
+        its host tensors (nothing is copied back: :func:`fastdit.runtime.visit.visiting`)."""
         if module is None or self.offload != "model":
             yield module
             return
-        module.to(self.device)
-        try:
+        from fastdit.runtime.visit import visiting
+
+        with visiting(module, self.device):
             yield module
-        finally:
-            module.to("cpu")
 
     def _scheduler_for(self, req: ResolvedRequest):
         """This generation's own scheduler: the few-step schedule it resolved to, the model's

@@ -5,7 +5,9 @@
 * :mod:`.streamer`: the fixed device pool and the block hooks that stream blocks through it;
 * :mod:`.fp8`: per-output-channel e4m3 weight quantisation;
 * :mod:`.model`: :class:`StreamedTransformer` and :func:`stream_model` (in-memory models);
-* :mod:`.lazy`: :func:`load_streamed` (safetensors, memory-mapped, block by block).
+* :mod:`.lazy`: :func:`load_streamed` (safetensors, memory-mapped, block by block);
+* :mod:`.visit`: :func:`~fastdit.runtime.visit.visiting` (a module on the device for a while,
+  its host tensors kept: the encoders of ``offload="model"``).
 
 The memory planner that decides what streams is :mod:`fastdit.pipelines.memory`.
 """
