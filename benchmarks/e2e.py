@@ -1,4 +1,4 @@
-"""End to end: one Wan2.1-1.3B video, fastdit vs diffusers' WanPipeline (eager and compiled).
+"""End to end: one Wan2.1-1.3B (or TI2V-5B) video, fastdit vs diffusers' WanPipeline (eager and compiled).
 
     python benchmarks/e2e.py --out benchmarks/results/e2e-h100.json
     python benchmarks/e2e.py --tiny --out /tmp/e2e.json            # CPU smoke run (toy sizes)
@@ -7,6 +7,9 @@ Random weights, bf16 on the GPU: the Wan2.1-T2V-1.3B transformer (fastdit's name
 one seed; diffusers' WanTransformer3DModel shares the very same tensors), a full-size UMT5-XXL
 encoder and the full-size Wan2.1 VAE (both shared by the pipelines), UniPC with flow shift 3.0.
 Default shape: 480x832, 81 frames, 50 steps, guidance 5.0 (cond + uncond every step).
+``--model Wan2.2-TI2V-5B``: the 5B transformer with the Wan2.2 VAE (48 latent channels, 16x
+spatial) and per-frame timesteps in both pipelines (diffusers: ``expand_timesteps=True``);
+its own shape is 704x1280, 121 frames, flow shift 5 (pass them).
 
 Runs, in one process: fastdit, fastdit-fp8 (``quantize="fp8"``: a copy of the same
 transformer converted by :func:`fastdit.quant.apply.apply_precision`), diffusers eager,
@@ -69,19 +72,30 @@ def peak_gb(device: torch.device) -> float | None:
 # ---------------------------------------------------------------------------------------
 # Components (random weights)
 # ---------------------------------------------------------------------------------------
-def text_encoder_and_vae(tokenizer, tiny: bool, device, dtype: torch.dtype, text_dim: int = 32):
-    """Random-weight UMT5 encoder and Wan2.1 VAE, made on ``device`` from the global RNG: UMT5-XXL
-    and the full VAE, or (``tiny``) a 2-layer UMT5 of width ``text_dim`` and a toy VAE."""
+MODELS = ("Wan2.1-T2V-1.3B", "Wan2.2-TI2V-5B")  # --model: the Wan2.1 VAE, or Wan2.2's with per-frame timesteps
+# The Wan2.2 VAE (TI2V-5B's vae/config.json; the latents' mean and std left at 0 and 1: random weights)
+WAN22_VAE = dict(base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                 temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12,
+                 patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
+                 latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+WAN22_VAE_TINY = dict(WAN22_VAE, base_dim=16, decoder_base_dim=24, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
+
+
+def text_encoder_and_vae(tokenizer, tiny: bool, device, dtype: torch.dtype, text_dim: int = 32,
+                         wan22: bool = False):
+    """Random-weight UMT5 encoder and Wan VAE, made on ``device`` from the global RNG: UMT5-XXL
+    and the full VAE (Wan2.1's, or Wan2.2's 48-channel one with ``wan22``), or (``tiny``) a
+    2-layer UMT5 of width ``text_dim`` and a toy VAE of the same kind."""
     from diffusers import AutoencoderKLWan
     from transformers import UMT5Config, UMT5EncoderModel
 
     if tiny:
         text_config = UMT5Config(vocab_size=len(tokenizer), d_model=text_dim, **UMT5_TINY)
-        vae_kwargs = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                          temperal_downsample=[False, True, True])
+        vae_kwargs = WAN22_VAE_TINY if wan22 else dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1],
+                                                       num_res_blocks=1, temperal_downsample=[False, True, True])
     else:
         text_config = UMT5Config(**UMT5_XXL)
-        vae_kwargs = {}  # diffusers' defaults are the Wan2.1 VAE
+        vae_kwargs = WAN22_VAE if wan22 else {}  # diffusers' defaults are the Wan2.1 VAE
     with torch.device(device):
         text_encoder = UMT5EncoderModel._from_config(text_config, dtype=dtype).eval().requires_grad_(False)
         vae = AutoencoderKLWan(**vae_kwargs).to(dtype).eval().requires_grad_(False)
@@ -96,12 +110,16 @@ def build_components(args, device: torch.device, dtype: torch.dtype) -> dict:
     from fastdit.models.wan.reference import diffusers_reference
     from fastdit.pipelines import tiny
 
+    model = getattr(args, "model", MODELS[0])
+    wan22 = model == "Wan2.2-TI2V-5B"
     torch.manual_seed(args.seed)
     tokenizer = tiny.make_tokenizer()  # in memory; its ids fit any vocabulary
+    channels = 48 if wan22 else 16
     transformer_config = WanConfig(num_attention_heads=2, attention_head_dim=16, ffn_dim=64, num_layers=2,
-                                   text_dim=32, freq_dim=32, rope_max_seq_len=32) if args.tiny else "Wan2.1-T2V-1.3B"
+                                   text_dim=32, freq_dim=32, rope_max_seq_len=32, in_channels=channels,
+                                   out_channels=channels) if args.tiny else model
     t0 = time.perf_counter()
-    text_encoder, vae = text_encoder_and_vae(tokenizer, args.tiny, device, dtype)
+    text_encoder, vae = text_encoder_and_vae(tokenizer, args.tiny, device, dtype, wan22=wan22)
     transformer = WanTransformer.from_config(transformer_config, dtype=dtype, device=device, seed=args.seed)
     reference = diffusers_reference(transformer, share_weights=True)
     sync(device)
@@ -111,7 +129,7 @@ def build_components(args, device: torch.device, dtype: torch.dtype) -> dict:
     print(f"components built in {time.perf_counter() - t0:.1f} s: text encoder {gb(text_encoder):.2f} GB, "
           f"transformer {gb(transformer):.2f} GB, VAE {gb(vae):.2f} GB", flush=True)
     return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                reference=reference, scheduler_config=scheduler_config,
+                reference=reference, scheduler_config=scheduler_config, model=model, expand_timesteps=wan22,
                 weights_gb={"text_encoder": gb(text_encoder), "transformer": gb(transformer), "vae": gb(vae)})
 
 
@@ -126,7 +144,8 @@ def fastdit_pipeline(c: dict, device: torch.device, dtype: torch.dtype, quantize
     from fastdit.quant.config import parse_quantize
 
     spec = ModelSpec.from_configs(c["transformer"].config.to_diffusers_config(), dict(c["vae"].config),
-                                  dict(c["scheduler_config"]), name="Wan2.1-T2V-1.3B")
+                                  dict(c["scheduler_config"]), name=c["model"],
+                                  expand_timesteps=c["expand_timesteps"])
     vae = current_platform().optimize_vae(c["vae"])
     transformer, precision, reports = c["transformer"], parse_quantize(quantize), []
     if not precision.exact:
@@ -144,7 +163,7 @@ def diffusers_pipeline(c: dict):
 
     pipe = WanPipeline(tokenizer=c["tokenizer"], text_encoder=c["text_encoder"], vae=c["vae"],
                        scheduler=UniPCMultistepScheduler.from_config(c["scheduler_config"]),
-                       transformer=c["reference"])
+                       transformer=c["reference"], expand_timesteps=c["expand_timesteps"])
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -312,6 +331,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON result file")
     parser.add_argument("--markdown", default=None, help="also write the table here")
+    parser.add_argument("--model", default=MODELS[0], choices=MODELS,
+                        help="the transformer and VAE (Wan2.2-TI2V-5B: its 48-channel VAE, per-frame timesteps; "
+                             "its own shape: --height 704 --width 1280 --frames 121 --flow-shift 5)")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--frames", type=int, default=81)
@@ -350,7 +372,7 @@ def main(argv=None) -> int:
            "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
            "dtype": str(dtype).replace("torch.", ""),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    result = {"env": env, "tiny": args.tiny,
+    result = {"env": env, "tiny": args.tiny, "model": args.model,
               "shape": {"height": args.height, "width": args.width, "frames": args.frames, "steps": args.steps,
                         "guidance": args.guidance, "flow_shift": args.flow_shift, "text_len": 512},
               "runs": []}

@@ -5,7 +5,7 @@
 #   serve, quant-tests, quant, offload, cache, cache-fastdit-1..3, cache-diffusers, cache-dit-1..2, lora, lora-e2e, lora-bench
 #   tests-distributed (LSE kernels, --gpus 1 / torchrun 1 == plain run; NCCL layouts with >= 2 GPUs),
 #   parallel (benchmarks/parallel.py; BENCH_ARGS e.g. "--models Wan2.1-T2V-1.3B --resolutions 480p")
-#   quant-attention, transformer-fp8, ti2v, e2e-fp8, e2e-all (issue 10 phase 2)
+#   quant-attention, transformer-fp8, ti2v, e2e-fp8, e2e-all, e2e-ti2v (issue 10 phase 2)
 #   offload-video (a whole 40-step Wan2.2-A14B video through fastdit.load at a 24 GB budget, fp8 experts, ~6 min;
 #   first writes a 41 GB random model folder (2-3 min) unless OFFLOAD_VIDEO_ARGS' --work-dir holds it: --write-only)
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
@@ -104,6 +104,10 @@ for step in $STEPS; do
     e2e-all)  # 1.3B, 50 steps: fastdit, fastdit-fp8, diffusers eager and compiled (~6 min)
       run python3 benchmarks/e2e.py --impls fastdit,fastdit-fp8,diffusers-eager,diffusers-compiled \
         --out "$OUT/e2e-all.json" --markdown "$OUT/e2e-all.md" $BENCH_ARGS 2>&1 | tee "$OUT/e2e-all.log" ;;
+    e2e-ti2v)  # TI2V-5B, 704x1280x121, 50 steps, guidance 5: fastdit, fastdit-fp8 (compared with exact), diffusers eager (~5 min)
+      run python3 benchmarks/e2e.py --model Wan2.2-TI2V-5B --height 704 --width 1280 --frames 121 --flow-shift 5 \
+        --impls ${E2E_TI2V_IMPLS:-fastdit,fastdit-fp8,diffusers-eager} --out "$OUT/e2e-ti2v.json" \
+        --markdown "$OUT/e2e-ti2v.md" 2>&1 | tee "$OUT/e2e-ti2v.log" ;;
     e2e-fp8)  # 1.3B, 50 steps: fastdit, fastdit-fp8 (with PSNR/SSIM against fastdit's video), diffusers compiled
       run python3 benchmarks/e2e.py --impls fastdit,fastdit-fp8,diffusers-compiled --out "$OUT/e2e-fp8.json" \
         --markdown "$OUT/e2e-fp8.md" $BENCH_ARGS 2>&1 | tee "$OUT/e2e-fp8.log" ;;

@@ -27,3 +27,18 @@ def test_e2e_benchmark_tiny(tmp_path, capsys):
                                      "fp8_total_vs_fastdit"}
     table = (tmp_path / "e2e.md").read_text()
     assert "| fastdit |" in table and "| fastdit-fp8 |" in table and "PSNR" in table
+
+
+def test_e2e_benchmark_tiny_ti2v(tmp_path):
+    """``--model Wan2.2-TI2V-5B``: the 48-channel VAE and per-frame timesteps in both pipelines;
+    fastdit's frames still equal diffusers' (``expand_timesteps=True``)."""
+    spec = importlib.util.spec_from_file_location("e2e_benchmark_ti2v", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "e2e.json"
+    assert module.main(["--tiny", "--model", "Wan2.2-TI2V-5B", "--impls", "fastdit,diffusers-eager",
+                        "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["model"] == "Wan2.2-TI2V-5B"
+    assert result["weights_gb"]["vae"] > 0
+    assert result["runs"][1]["frames_vs_fastdit"]["max_abs"] < 1e-4
