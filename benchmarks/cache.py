@@ -40,7 +40,10 @@ about 2.5 minutes on an H200 at worst): ``cache-fastdit-1`` teacache + magcache,
 ``cache-diffusers``, ``cache-dit-1`` / ``cache-dit-2``.
 
 Random weights make the cache decisions unlike a trained model's (how fast the residuals move
-decides everything): report the forwards run and the PSNR for what they are.
+decides everything): report the forwards run and the PSNR for what they are. At the published
+thresholds the measuring policies (teacache, fbcache, dbcache) reuse nothing on random weights;
+``--threshold-set random`` runs them (and the diffusers / cache-dit peers) at thresholds above
+the random model's indicators (``RANDOM_WEIGHT_THRESHOLDS``), so their reuse paths are timed.
 """
 
 from __future__ import annotations
@@ -65,6 +68,11 @@ FASTDIT_POLICIES = {
     "dbcache": ("dbcache:threshold={t},n={n},m=0,warmup={w}", (0.08, 0.12, 0.2)),
     "dbcache+taylorseer": ("dbcache:threshold={t},n={n},m=0,warmup={w},taylorseer=true", (0.08, 0.12, 0.2)),
 }
+#: ``--threshold-set random``: thresholds at which the measuring policies reuse on random weights
+#: (their indicators there: TeaCache adds 196-1405 a step, ``diag_teacache.py``; the first block's
+#: residual moves 0.21-0.33 a step, ``diag_cache_random.py``); MagCache decides from its table.
+RANDOM_WEIGHT_THRESHOLDS = {"teacache": (600, 1200, 2400), "fbcache": (0.3, 0.5, 1.0),
+                            "dbcache": (0.3, 0.5, 1.0), "dbcache+taylorseer": (0.3, 0.5, 1.0)}
 IMPLS = ("fastdit", "diffusers", "diffusers-fbcache", "diffusers-magcache", "cache-dit", "cache-dit-mask")
 
 
@@ -113,8 +121,8 @@ def fastdit_runs(c, args, device, dtype, log, masks: dict) -> None:
     base, frames = run_fastdit(pipe, args, device, None)
     log("fastdit", None, base, frames, frames)
     policies = selected(args.policies)
-    for policy, (template, thresholds) in policies:
-        for threshold in picked(thresholds, args):
+    for policy, (template, _) in policies:
+        for threshold in picked(policy, args):
             run, out = run_fastdit(pipe, args, device, fastdit_spec(template, threshold, args))
             run["speedup"] = base["total_s"] / run["total_s"]
             if policy == "magcache":
@@ -146,8 +154,12 @@ def overhead_runs(pipe, args, device, policies, log) -> None:
         log("fastdit-overhead", spec, run, None, None)
 
 
-def picked(thresholds, args) -> list[float]:
-    """The thresholds ``--threshold-index`` keeps (all three by default)."""
+def picked(policy: str, args) -> list[float]:
+    """The ``policy``'s thresholds of ``--threshold-set`` that ``--threshold-index`` keeps (all
+    three by default)."""
+    thresholds = FASTDIT_POLICIES[policy][1]
+    if args.threshold_set == "random":
+        thresholds = RANDOM_WEIGHT_THRESHOLDS.get(policy, thresholds)
     return [thresholds[int(i)] for i in args.threshold_index.split(",") if i.strip()]
 
 
@@ -182,7 +194,7 @@ def diffusers_runs(c, args, device, impls, log, fastdit_frames, masks: dict) -> 
     if "diffusers-fbcache" in impls:
         from diffusers.hooks import FirstBlockCacheConfig
 
-        for threshold in picked(FASTDIT_POLICIES["fbcache"][1], args):
+        for threshold in picked("fbcache", args):
             pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
             try:
                 run, out = run_diffusers(pipe, args, device, counted_block=1)
@@ -205,7 +217,7 @@ def diffusers_magcache_runs(pipe, args, device, log, frames, fastdit_frames, bas
     from fastdit.cache.magcache import published_table
 
     ratios = list(published_table("Wan2.1-T2V-1.3B", args.steps).ratios[0])  # the cond branch's
-    for threshold in picked(FASTDIT_POLICIES["magcache"][1], args):
+    for threshold in picked("magcache", args):
         config = MagCacheConfig(threshold=threshold, max_skip_steps=4, retention_ratio=0.2,
                                 num_inference_steps=args.steps, mag_ratios=ratios)
         pipe.transformer.enable_cache(config)
@@ -227,7 +239,7 @@ def cache_dit_runs(pipe, args, device, log, frames, fastdit_frames, base) -> Non
         return
     wanted = [name for name, _ in selected(args.policies)]
     for taylorseer in [t for t, name in ((False, "dbcache"), (True, "dbcache+taylorseer")) if name in wanted]:
-        for threshold in picked(FASTDIT_POLICIES["dbcache"][1], args):
+        for threshold in picked("dbcache", args):
             config = DBCacheConfig(Fn_compute_blocks=args.dbcache_n, Bn_compute_blocks=0,
                                    residual_diff_threshold=threshold,
                                    max_warmup_steps=args.dbcache_warmup, num_inference_steps=args.steps)
@@ -281,6 +293,9 @@ def main(argv=None) -> int:
     parser.add_argument("--policies", default=",".join(FASTDIT_POLICIES))
     parser.add_argument("--threshold-index", default="0,1,2",
                         help="which of each policy's three thresholds to run (e.g. 1: the middle one)")
+    parser.add_argument("--threshold-set", default="published", choices=("published", "random"),
+                        help="published: the recommended thresholds (no reuse at random weights); random: "
+                             "thresholds above the random model's indicators (RANDOM_WEIGHT_THRESHOLDS)")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--frames", type=int, default=81)
@@ -315,6 +330,7 @@ def main(argv=None) -> int:
                       "dtype": str(dtype).replace("torch.", ""),
                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
               "tiny": args.tiny, "note": "random weights: cache decisions unlike a trained model's",
+              "threshold_set": args.threshold_set,
               "shape": {"height": args.height, "width": args.width, "frames": args.frames,
                         "steps": args.steps, "guidance": args.guidance}, "runs": []}
     frames: dict = {}

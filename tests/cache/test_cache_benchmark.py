@@ -35,6 +35,22 @@ def test_cache_benchmark_tiny(load_benchmark, tmp_path):
         assert math.isclose(theirs["psnr_vs_uncached_db"], mine["psnr_vs_uncached_db"], abs_tol=1.0)
 
 
+def test_random_weight_threshold_set(load_benchmark, tmp_path):
+    """``--threshold-set random``: the measuring policies and their peer at the random-weight
+    thresholds; the recorded changes are what a threshold is chosen from."""
+    module = load_benchmark("cache")
+    first = module.RANDOM_WEIGHT_THRESHOLDS["fbcache"][0]
+    runs = _run_tiny(load_benchmark, tmp_path, "--impls", "fastdit,diffusers-fbcache", "--policies", "fbcache",
+                     "--overhead-steps", "0", "--threshold-set", "random", "--threshold-index", "0")
+    fastdit = [r for r in runs if r["impl"] == "fastdit" and r["setting"]]
+    assert [r["setting"] for r in fastdit] == [f"fbcache:threshold={first}"]
+    changes = fastdit[0]["cache_stats"]["branches"]["cond"]["changes"]
+    reused = fastdit[0]["cache_stats"]["branches"]["cond"]["reused_steps"]
+    assert changes and all((v < first) == (step in reused) for step, v in changes)
+    peers = [r for r in runs if r["impl"] == "diffusers-fbcache"]
+    assert [r["setting"] for r in peers] == [f"FirstBlockCacheConfig(threshold={first})"]
+
+
 def test_magcache_decides_as_diffusers_magcache_hook(load_benchmark, tmp_path):
     """fastdit's MagCache and diffusers' MagCache hook, given the same Wan2.1-T2V-1.3B ratios
     (diffusers: the conditional branch's for both branches), the same threshold, K and

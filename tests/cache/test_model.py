@@ -132,7 +132,8 @@ def test_experts_keep_their_own_state_and_settings():
     reused = {(s, b) for s, e, b, r in session.stats.decisions if r}
     assert reused and all(s < 5 for s, _ in reused)  # expert 2 (threshold_2=0) never reuses
     assert (0, 0) not in reused and (5, 0) not in reused  # each expert's first step computes
-    assert session.stats.to_dict()["branches"]["expert2.cond"] == {"run": 5, "reused": 0, "reused_steps": []}
+    expert2 = session.stats.to_dict()["branches"]["expert2.cond"]
+    assert (expert2["run"], expert2["reused"], expert2["reused_steps"]) == (5, 0, [])
     assert session.stats.settings[1].endswith("threshold=0")
     plain = denoise(CFGStrategy(), [high, low], STEPS, plan=plan)
     assert not torch.allclose(out, plain)
@@ -181,6 +182,10 @@ def test_stats_summary_and_dict():
     assert data["branches"]["cond"]["run"] + data["branches"]["cond"]["reused"] == STEPS
     assert data["branches"]["cond"]["reused_steps"] == session.stats.reused_steps(0, 0)
     assert len(data["branches"]["uncond"]["reused_steps"]) == data["branches"]["uncond"]["reused"]
+    for branch in data["branches"].values():  # each measured change agrees with its decision
+        assert branch["changes"], branch
+        for step, change in branch["changes"]:
+            assert (change < 0.2) == (step in branch["reused_steps"]), (step, change)
     assert data["calls"] == STEPS
     line = session.stats.summary()
     assert line.startswith(f"cache fbcache:threshold=0.2: {data['forwards_run']}/{2 * STEPS} branch")

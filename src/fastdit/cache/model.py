@@ -84,20 +84,21 @@ class CachedBranchModel:
 
         h0, ctx = transformer.embed(*self.model.inputs(x, t, which))  # (nB, L, D)
         h = transformer.run_blocks(h0, ctx, 0, first) if first else h0
-        reuse = self._decide(policy, states, step, ctx, h0, h, rows)
+        reuse, changes = self._decide(policy, states, step, ctx, h0, h, rows)
         h = self._middle(policy, states, step, ctx, h, rows, reuse, first, last)
         if last < num_blocks:
             h = transformer.run_blocks(h, ctx, last, num_blocks)
         out = transformer.head(h, ctx)  # (nB, C, T, H, W)
 
         session.stats.calls += 1
-        for branch, reused in zip(which, reuse):
-            session.stats.record(step.step, self.expert, branch, reused)
+        for k, (branch, reused) in enumerate(zip(which, reuse)):
+            session.stats.record(step.step, self.expert, branch, reused, change=changes.get(k))
         return list(out.split(per_branch))
 
     # ---------------------------------------------------------------------------------------
-    def _decide(self, policy, states, step, ctx, h0, h, rows) -> list[bool]:
-        """Each branch's decision; the measured branches share one device -> host copy."""
+    def _decide(self, policy, states, step, ctx, h0, h, rows) -> tuple[list[bool], dict[int, float]]:
+        """Each branch's decision, and the change measured for the branches that measured
+        (by position in ``rows``); the measured branches share one device -> host copy."""
         gates = [policy.gate(state, step) for state in states]
         features = ([policy.feature(ctx, h0, h, r) for r in rows] if policy.uses_feature
                     else [None] * len(rows))
@@ -112,7 +113,7 @@ class CachedBranchModel:
                  for k, g in enumerate(gates)]
         for k, state in enumerate(states):
             policy.observe(state, step, features[k], computed=not reuse[k])
-        return reuse
+        return reuse, changes
 
     def _middle(self, policy, states, step, ctx, h, rows, reuse, first, last) -> torch.Tensor:
         """Blocks ``first:last`` for the computing branches, cached residuals for the others."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,9 @@ class BranchCount:
 class CacheStats:
     """Counts per (expert, branch); ``batched_forwards`` counts runs of the cached blocks (a
     batch of 2 counts once), ``calls`` the cached model's calls. ``decisions`` lists
-    ``(step, expert, branch, reused)`` in order."""
+    ``(step, expert, branch, reused)`` in order; ``changes`` lists ``(step, expert, branch,
+    value)`` for every decision that measured its indicator (the value the policy compared with
+    its threshold, before any accumulation: what a threshold is chosen from)."""
 
     policy: str
     spec: str
@@ -31,14 +34,17 @@ class CacheStats:
     calls: int = 0
     batched_forwards: int = 0
     decisions: list[tuple[int, int, int, bool]] = field(default_factory=list)
+    changes: list[tuple[int, int, int, float]] = field(default_factory=list)
 
-    def record(self, step: int, expert: int, branch: int, reused: bool) -> None:
+    def record(self, step: int, expert: int, branch: int, reused: bool, change: float | None = None) -> None:
         count = self.counts.setdefault((expert, branch), BranchCount())
         if reused:
             count.reused += 1
         else:
             count.run += 1
         self.decisions.append((step, expert, branch, reused))
+        if change is not None:
+            self.changes.append((step, expert, branch, float(change)))
 
     @property
     def run(self) -> int:
@@ -50,6 +56,11 @@ class CacheStats:
 
     def reused_steps(self, expert: int = 0, branch: int = 0) -> list[int]:
         return [s for s, e, b, r in self.decisions if e == expert and b == branch and r]
+
+    def measured(self, expert: int = 0, branch: int = 0) -> list[list[float]]:
+        """``[[step, change], ...]`` of the (expert, branch)'s measured decisions."""
+        return [[s, v if math.isfinite(v) else None] for s, e, b, v in self.changes
+                if e == expert and b == branch]  # None: an infinite change (a zero reference)
 
     def _key(self, expert: int, branch: int) -> str:
         experts = {e for e, _ in self.counts}
@@ -66,7 +77,8 @@ class CacheStats:
             "batched_forwards": self.batched_forwards,
             "calls": self.calls,
             "branches": {self._key(e, b): {"run": c.run, "reused": c.reused,
-                                           "reused_steps": self.reused_steps(e, b)}
+                                           "reused_steps": self.reused_steps(e, b),
+                                           "changes": self.measured(e, b)}
                          for (e, b), c in sorted(self.counts.items())},
             "summary": self.summary(),
         }
