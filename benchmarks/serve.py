@@ -257,15 +257,16 @@ def main(argv=None) -> int:
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--frames", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None, help="per job (default 10 on the GPU: the overhead is per job)")
+    parser.add_argument("--steps", type=int, default=None, help="per job (default 4 on the GPU, a few-step job: the overhead is per job, and "
+                        "16 jobs of 4 steps fit one device call; 10 steps did not)")
     parser.add_argument("--text-layers", type=int, default=4, help="UMT5 layers of the random model (24: full XXL)")
     parser.add_argument("--jobs", type=int, default=8)
-    parser.add_argument("--single-jobs", type=int, default=3)
+    parser.add_argument("--single-jobs", type=int, default=2)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rps-seconds", type=float, default=5.0)
     parser.add_argument("--rps-max-requests", type=int, default=100_000, help="per client")
     args = parser.parse_args(argv)
-    toy = dict(height=16, width=16, frames=5, steps=2) if args.tiny else dict(height=480, width=832, frames=81, steps=10)
+    toy = dict(height=16, width=16, frames=5, steps=2) if args.tiny else dict(height=480, width=832, frames=81, steps=4)
     for key, value in toy.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
