@@ -258,7 +258,7 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--frames", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="per job (default 4 on the GPU, a few-step job: the overhead is per job, and "
-                        "16 jobs of 4 steps fit one device call; 10 steps did not)")
+                        "8 jobs of 4 steps and the direct run fit one device call; 10 steps did not)")
     parser.add_argument("--text-layers", type=int, default=4, help="UMT5 layers of the random model (24: full XXL)")
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--single-jobs", type=int, default=2)
