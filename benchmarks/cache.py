@@ -230,9 +230,22 @@ def diffusers_magcache_runs(pipe, args, device, log, frames, fastdit_frames, bas
             f"retention_ratio=0.2, Wan2.1-T2V-1.3B cond ratios)", run, out, frames, fastdit_frames)
 
 
+def run_cache_dit(pipe, args, device, base, config, calibrator, counted_block: int) -> tuple[dict, object]:
+    """One diffusers generation under ``cache_dit.enable_cache(pipe, config, calibrator)``, with
+    its speed-up over ``base`` (the uncached diffusers run)."""
+    import cache_dit
+
+    cache_dit.enable_cache(pipe, cache_config=config, calibrator_config=calibrator)
+    try:
+        run, out = run_diffusers(pipe, args, device, counted_block=counted_block)
+    finally:
+        cache_dit.disable_cache(pipe)
+    run["speedup"] = base["total_s"] / run["total_s"]
+    return run, out
+
+
 def cache_dit_runs(pipe, args, device, log, frames, fastdit_frames, base) -> None:
     try:
-        import cache_dit
         from cache_dit import DBCacheConfig, TaylorSeerCalibratorConfig
     except ImportError as exc:
         log("cache-dit", None, {"skipped": f"cache_dit not importable ({exc})"}, None, None)
@@ -244,12 +257,7 @@ def cache_dit_runs(pipe, args, device, log, frames, fastdit_frames, base) -> Non
                                    residual_diff_threshold=threshold,
                                    max_warmup_steps=args.dbcache_warmup, num_inference_steps=args.steps)
             calibrator = TaylorSeerCalibratorConfig(taylorseer_order=1) if taylorseer else None
-            cache_dit.enable_cache(pipe, cache_config=config, calibrator_config=calibrator)
-            try:
-                run, out = run_diffusers(pipe, args, device, counted_block=args.dbcache_n)
-            finally:
-                cache_dit.disable_cache(pipe)
-            run["speedup"] = base["total_s"] / run["total_s"]
+            run, out = run_cache_dit(pipe, args, device, base, config, calibrator, counted_block=args.dbcache_n)
             name = f"DBCache F{args.dbcache_n}B0 W{args.dbcache_warmup} R{threshold}"
             log("cache-dit", name + (" +TaylorSeer(1)" if taylorseer else ""), run, out, frames,
                 fastdit_frames)
@@ -261,7 +269,6 @@ def cache_dit_mask_runs(pipe, args, device, log, frames, fastdit_frames, base, m
     cache-dit reuses its cached residual on exactly the other steps (it still runs its first
     block there, F1: 1/30 of a 1.3B forward)."""
     try:
-        import cache_dit
         from cache_dit import DBCacheConfig
     except ImportError as exc:
         log("cache-dit-mask", None, {"skipped": f"cache_dit not importable ({exc})"}, None, None)
@@ -273,12 +280,7 @@ def cache_dit_mask_runs(pipe, args, device, log, frames, fastdit_frames, base, m
         config = DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=1e9,
                                max_warmup_steps=0, num_inference_steps=args.steps,
                                steps_computation_mask=mask, steps_computation_policy="static")
-        cache_dit.enable_cache(pipe, cache_config=config)
-        try:
-            run, out = run_diffusers(pipe, args, device, counted_block=1)
-        finally:
-            cache_dit.disable_cache(pipe)
-        run["speedup"] = base["total_s"] / run["total_s"]
+        run, out = run_cache_dit(pipe, args, device, base, config, None, counted_block=1)
         run["fastdit_over_cache_dit"] = fastdit_run["total_s"] / run["total_s"]
         run["fastdit_forwards_run"] = fastdit_run["forwards_run"]
         log("cache-dit-mask", f"DBCache F1B0 static, steps mask of fastdit {spec} ({sum(mask)}/{len(mask)})",
@@ -296,13 +298,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threshold-set", default="published", choices=("published", "random"),
                         help="published: the recommended thresholds (no reuse at random weights); random: "
                              "thresholds above the random model's indicators (RANDOM_WEIGHT_THRESHOLDS)")
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=832)
-    parser.add_argument("--frames", type=int, default=81)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=5.0)
-    parser.add_argument("--flow-shift", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=0)
+    e2e.add_video_arguments(parser)
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--overhead-steps", type=int, default=10,
                         help="steps of the decision-cost runs (0: none)")

@@ -327,13 +327,9 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="JSON result file")
-    parser.add_argument("--markdown", default=None, help="also write the table here")
-    parser.add_argument("--model", default=MODELS[0], choices=MODELS,
-                        help="the transformer and VAE (Wan2.2-TI2V-5B: its 48-channel VAE, per-frame timesteps; "
-                             "its own shape: --height 704 --width 1280 --frames 121 --flow-shift 5)")
+def add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    """The video and sampler options :func:`build_components` and the timed runs read (also
+    ``cache.py``'s): 480x832, 81 frames, 50 steps, guidance 5, flow shift 3, seed 0."""
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--frames", type=int, default=81)
@@ -341,6 +337,16 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--flow-shift", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="JSON result file")
+    parser.add_argument("--markdown", default=None, help="also write the table here")
+    parser.add_argument("--model", default=MODELS[0], choices=MODELS,
+                        help="the transformer and VAE (Wan2.2-TI2V-5B: its 48-channel VAE, per-frame timesteps; "
+                             "its own shape: --height 704 --width 1280 --frames 121 --flow-shift 5)")
+    add_video_arguments(parser)
     parser.add_argument("--runs", type=int, default=1, help="timed generations per implementation (best kept)")
     # 3 steps reach UniPC's order-2 corrector, whose torch.linalg.solve initialises cuSOLVER
     # (~0.2 s, once per process): with 2, the first implementation timed paid for it alone

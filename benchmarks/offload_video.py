@@ -59,9 +59,11 @@ import time
 import traceback
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling offload.py
+from offload import GB, gpu_peaks, host_memory, set_budget  # noqa: E402
+
 PROMPT = "A cat and a dog baking a cake together in a kitchen, sunlight streaming through the window."
 REPO = Path(__file__).resolve().parents[1]
-GB = 10**9
 HOST_TARGET_GB = 36
 UMT5_VOCAB = 256_384  # UMT5-XXL's embedding rows (the tiny tokenizer uses the first few hundred)
 UMT5_LAYER_BYTES = 386_000_000  # one UMT5-XXL layer in bf16
@@ -70,16 +72,6 @@ UMT5_LAYER_BYTES = 386_000_000  # one UMT5-XXL layer in bf16
 def folder_bytes(text_layers: int) -> int:
     """Disk the folder needs: 14B bf16 (28.6 GB), UMT5 (2.1 GB embedding + its layers), VAE, room."""
     return int(28.6 * GB + 2.1 * GB + text_layers * UMT5_LAYER_BYTES + 1.5 * GB)
-
-
-def host_memory() -> dict[str, float]:
-    """This process's RSS figures in GB (VmHWM: the peak RSS so far)."""
-    out = {}
-    for line in open("/proc/self/status") if os.path.exists("/proc/self/status") else ():
-        key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
-            out[key] = int(value.split()[0]) * 1024 / GB
-    return out
 
 
 class Report:
@@ -201,19 +193,6 @@ def build_model(args) -> tuple[Path, dict]:
 # ---------------------------------------------------------------------------------------
 # The run (child process)
 # ---------------------------------------------------------------------------------------
-def set_budget(budget: int | None, device) -> dict:
-    """Limit this process's allocator to ``budget`` bytes (CUDA only; nothing else changes)."""
-    import torch
-
-    if device.type != "cuda" or budget is None:
-        return {"budget_gb": None if budget is None else budget / GB, "emulated": False}
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    total = torch.cuda.get_device_properties(index).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), index)
-    torch.cuda.reset_peak_memory_stats(device)
-    return {"budget_gb": budget / GB, "emulated": True, "fraction": budget / total, "gpu_total_gb": total / GB}
-
-
 def tiny_budget(folder: Path, args) -> int:
     """The smallest budget the planner accepts for the tiny model at the run's size."""
     import torch
@@ -232,13 +211,6 @@ def tiny_budget(folder: Path, args) -> int:
         except UserError:
             low = middle + 1
     return low
-
-
-def gpu_peaks(device) -> dict:
-    import torch
-
-    return {} if device.type != "cuda" else {"peak_allocated_gb": torch.cuda.max_memory_allocated(device) / GB,
-                                             "peak_reserved_gb": torch.cuda.max_memory_reserved(device) / GB}
 
 
 def pinned_probe(device) -> dict:
