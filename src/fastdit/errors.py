@@ -5,6 +5,7 @@ FastditError
   UserError (also a ValueError)     bad input a user can fix            exit 2, HTTP 400
     InputError                      request values: sizes, frames, steps, image, ...
       ImageError                    an image that cannot be read or used
+      CacheError                    a step-cache setting, table or calibration file
       ResourceError                 a request too large for the device (estimate), or out of memory
     ModelFolderError                a model folder or its configuration
       CheckpointError               weight files: missing, extra or mis-shaped tensors
@@ -55,6 +56,12 @@ class ImageError(InputError):
     """An image that cannot be read or used (unreadable file, empty, too large, bad values)."""
 
     field = "image"
+
+
+class CacheError(InputError):
+    """A step-cache setting that cannot be used: policy, knobs, tables, calibration files."""
+
+    field = "cache"
 
 
 class ResourceError(InputError):

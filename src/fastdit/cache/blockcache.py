@@ -29,7 +29,7 @@ import torch
 
 from fastdit.cache.base import BranchState, Gate, Policy, StepInfo
 from fastdit.cache.indicators import relative_l1_sums
-from fastdit.errors import UserError
+from fastdit.errors import CacheError
 
 #: Defaults: fbcache = diffusers' FirstBlockCacheConfig (threshold 0.05, first block only);
 #: dbcache = cache-dit's DBCacheConfig (F8B0, residual_diff_threshold 0.08, max_warmup_steps 8).
@@ -58,7 +58,7 @@ class BlockCache(Policy):
         s = self.settings
         self.head_blocks, self.tail_blocks = int(s["n"]), int(s["m"])
         if self.head_blocks + self.tail_blocks >= num_blocks:
-            raise UserError(f"cache {name}: n={self.head_blocks} first and m={self.tail_blocks} last "
+            raise CacheError(f"cache {name}: n={self.head_blocks} first and m={self.tail_blocks} last "
                             f"blocks leave nothing to cache in a model of {num_blocks} blocks")
         self.warmup, self.taylorseer = int(s["warmup"]), bool(s["taylorseer"])
         self.max_cached, self.max_continuous = int(s["max_cached"]), int(s["max_continuous"])

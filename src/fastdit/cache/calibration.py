@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastdit.errors import UserError
+from fastdit.errors import CacheError
 
 FORMAT = "fastdit-magcache"
 VERSION = 1
@@ -70,50 +70,50 @@ def save_ratio_file(path: str | os.PathLike, *, model: str | None, fingerprint: 
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"cache magcache: cannot write the calibration file {path}: {exc}") from None
+        raise CacheError(f"cache magcache: cannot write the calibration file {path}: {exc}") from None
     return path
 
 
 def load_ratio_file(path: str | os.PathLike, *, num_steps: int | None, model: str | None,
                     fingerprint: str | None) -> RatioTable:
     """Read and check a ratio file for this model and step count (``None``: any, the file's
-    own); UserError otherwise."""
+    own); CacheError otherwise."""
     path = Path(path)
     where = f"cache magcache: table {path}"
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{where}: no such file (write one with magcache:calibrate={path})") from None
+        raise CacheError(f"{where}: no such file (write one with magcache:calibrate={path})") from None
     except (OSError, ValueError) as exc:
-        raise UserError(f"{where}: not a readable JSON file ({exc})") from None
+        raise CacheError(f"{where}: not a readable JSON file ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise UserError(f"{where}: not a fastdit MagCache calibration file (format must be {FORMAT!r})")
+        raise CacheError(f"{where}: not a fastdit MagCache calibration file (format must be {FORMAT!r})")
     if data.get("version") != VERSION:
-        raise UserError(f"{where}: version {data.get('version')!r}, this fastdit reads {VERSION}")
+        raise CacheError(f"{where}: version {data.get('version')!r}, this fastdit reads {VERSION}")
     file_fp, file_model = data.get("fingerprint"), data.get("model")
     if fingerprint and file_fp and file_fp != fingerprint:
-        raise UserError(f"{where}: recorded on another model ({file_fp}); this model is "
+        raise CacheError(f"{where}: recorded on another model ({file_fp}); this model is "
                         f"{fingerprint}. Calibrate this model with magcache:calibrate=FILE")
     if model and file_model and file_model != model:
-        raise UserError(f"{where}: recorded on {file_model}, this model is {model}")
+        raise CacheError(f"{where}: recorded on {file_model}, this model is {model}")
     steps = data.get("num_steps")
     if num_steps is None:  # a check before the step count is known (at load): the file's own
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise UserError(f"{where}: num_steps must be a positive integer, got {steps!r}")
+            raise CacheError(f"{where}: num_steps must be a positive integer, got {steps!r}")
         num_steps = steps
     if steps != num_steps:
-        raise UserError(f"{where}: calibrated with {steps} steps, this generation runs {num_steps}; "
+        raise CacheError(f"{where}: calibrated with {steps} steps, this generation runs {num_steps}; "
                         f"calibrate with the step count you use")
     ratios = data.get("ratios")
     if not isinstance(ratios, list) or not 1 <= len(ratios) <= 2:
-        raise UserError(f"{where}: 'ratios' must hold one list per branch (1 or 2)")
+        raise CacheError(f"{where}: 'ratios' must hold one list per branch (1 or 2)")
     for branch, row in enumerate(ratios):
         if not isinstance(row, list) or len(row) != num_steps:
             length = len(row) if isinstance(row, list) else type(row).__name__
-            raise UserError(f"{where}: the ratios of branch {branch} have length {length}, "
+            raise CacheError(f"{where}: the ratios of branch {branch} have length {length}, "
                             f"expected {num_steps} (one per step)")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                    and v > 0 for v in row):
-            raise UserError(f"{where}: the ratios of branch {branch} must be positive finite numbers")
+            raise CacheError(f"{where}: the ratios of branch {branch} must be positive finite numbers")
     return RatioTable(tuple(tuple(float(v) for v in row) for row in ratios), num_steps,
                       file_model, file_fp, str(path))

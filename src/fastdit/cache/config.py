@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from fastdit.errors import UserError
+from fastdit.errors import CacheError
 
 EXPERT_SUFFIXES = ("_1", "_2")
 
@@ -82,14 +82,14 @@ def _knob(policy: str, key: str) -> tuple[Knob, str]:
     for knob in KNOBS[policy]:
         if knob.name.lower() == base.lower():
             if suffix and not knob.per_expert:
-                raise UserError(f"cache {policy}: '{knob.name}' applies to the whole model, it takes "
+                raise CacheError(f"cache {policy}: '{knob.name}' applies to the whole model, it takes "
                                 f"no expert suffix ({key!r})")
             return knob, knob.name + suffix
     for knob in KNOBS[policy]:  # the whole key may be a knob that happens to end in _1/_2
         if knob.name.lower() == key.lower():
             return knob, knob.name
     names = ", ".join(k.name for k in KNOBS[policy])
-    raise UserError(f"cache {policy}: unknown setting {key!r}; known: {names} "
+    raise CacheError(f"cache {policy}: unknown setting {key!r}; known: {names} "
                     f"(per expert: add _1 or _2)")
 
 
@@ -103,31 +103,31 @@ def _parse_value(policy: str, knob: Knob, key: str, value: Any) -> Any:
                 return True
             if lowered in ("0", "false", "no", "off"):
                 return False
-            raise UserError(f"{where}={value!r} must be true or false")
+            raise CacheError(f"{where}={value!r} must be true or false")
         try:
             value = int(text) if knob.kind is int else float(text)
         except ValueError:
             kind = "an integer" if knob.kind is int else "a number"
-            raise UserError(f"{where}={value!r} must be {kind}") from None
+            raise CacheError(f"{where}={value!r} must be {kind}") from None
     if knob.kind is bool:
         if not isinstance(value, bool):
-            raise UserError(f"{where} must be true or false, got {value!r}")
+            raise CacheError(f"{where} must be true or false, got {value!r}")
         return value
     if knob.kind is str:
         if not isinstance(value, str) or not value:
-            raise UserError(f"{where} must be a non-empty string, got {value!r}")
+            raise CacheError(f"{where} must be a non-empty string, got {value!r}")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
             knob.kind is int and not isinstance(value, int)):
         kind = "an integer" if knob.kind is int else "a number"
-        raise UserError(f"{where} must be {kind}, got {value!r}")
+        raise CacheError(f"{where} must be {kind}, got {value!r}")
     if not math.isfinite(value):
-        raise UserError(f"{where} must be finite, got {value!r}")
+        raise CacheError(f"{where} must be finite, got {value!r}")
     if knob.minimum is not None and value < knob.minimum:
         what = "negative" if knob.minimum == 0 else f"below {knob.minimum:g}"
-        raise UserError(f"{where}={value:g} must not be {what}")
+        raise CacheError(f"{where}={value:g} must not be {what}")
     if knob.maximum is not None and value > knob.maximum:
-        raise UserError(f"{where}={value:g} must be at most {knob.maximum:g}")
+        raise CacheError(f"{where}={value:g} must be at most {knob.maximum:g}")
     return knob.kind(value)
 
 
@@ -141,15 +141,15 @@ class CacheConfig:
     def __post_init__(self) -> None:
         policy = str(self.policy).strip().lower()
         if policy not in KNOBS:
-            raise UserError(f"unknown cache policy {self.policy!r}; known: {', '.join(POLICY_NAMES)}")
+            raise CacheError(f"unknown cache policy {self.policy!r}; known: {', '.join(POLICY_NAMES)}")
         seen: dict[str, Any] = {}
         for key, value in self.options:
             knob, canonical = _knob(policy, str(key).strip())
             if canonical in seen:
-                raise UserError(f"cache {policy}: {canonical!r} given twice")
+                raise CacheError(f"cache {policy}: {canonical!r} given twice")
             seen[canonical] = _parse_value(policy, knob, canonical, value)
         if policy == "magcache" and "calibrate" in seen and "table" in seen:
-            raise UserError("cache magcache: 'calibrate' and 'table' cannot be combined")
+            raise CacheError("cache magcache: 'calibrate' and 'table' cannot be combined")
         object.__setattr__(self, "policy", policy)
         object.__setattr__(self, "options", tuple(sorted(seen.items())))
 
@@ -158,7 +158,7 @@ class CacheConfig:
     def parse(cls, text: str) -> "CacheConfig | None":
         """``"NAME"`` or ``"NAME:key=value,key=value"``; ``"none"`` / ``"off"`` -> None."""
         if not isinstance(text, str):
-            raise UserError(f"cache must be a string like 'teacache:threshold=0.08', got {text!r}")
+            raise CacheError(f"cache must be a string like 'teacache:threshold=0.08', got {text!r}")
         name, _, rest = text.strip().partition(":")
         if name.strip().lower() in _OFF and not rest.strip():
             return None
@@ -166,7 +166,7 @@ class CacheConfig:
         for item in rest.split(",") if rest.strip() else ():
             key, eq, value = item.partition("=")
             if not eq or not key.strip() or not value.strip():
-                raise UserError(f"cache {name.strip()}: expected key=value, got {item.strip()!r} "
+                raise CacheError(f"cache {name.strip()}: expected key=value, got {item.strip()!r} "
                                 f"(in {text!r})")
             options.append((key.strip(), value.strip()))
         return cls(name, tuple(options))
@@ -240,7 +240,7 @@ def as_cache_config(value: "CacheConfig | str | Mapping[str, Any] | None") -> Ca
     if isinstance(value, Mapping):
         options = dict(value)
         if "policy" not in options:
-            raise UserError(f"cache mapping needs a 'policy' key, got {sorted(options)}")
+            raise CacheError(f"cache mapping needs a 'policy' key, got {sorted(options)}")
         return CacheConfig.of(str(options.pop("policy")), **options)
-    raise UserError(f"cache must be a policy text like 'teacache:threshold=0.08', a CacheConfig or "
+    raise CacheError(f"cache must be a policy text like 'teacache:threshold=0.08', a CacheConfig or "
                     f"None, got {type(value).__name__}")

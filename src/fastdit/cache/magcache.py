@@ -32,7 +32,7 @@ from fastdit.cache.base import BranchState, Gate, Policy, StepInfo
 from fastdit.cache.calibration import RatioTable, save_ratio_file
 from fastdit.cache.indicators import magnitude_stats, nearest_interp
 from fastdit.cache.tables import MAGCACHE_TABLES
-from fastdit.errors import UserError
+from fastdit.errors import CacheError
 
 #: Published settings per model (README example commands; E024K6R02 = threshold 0.24, K 6,
 #: retention 0.2). ``retention_1 = 1`` for I2V-A14B: its high-noise expert is never cached.
@@ -64,13 +64,13 @@ def published_table(name: str, num_steps: int) -> RatioTable:
     :func:`nearest_interp` when the step count differs (as the published scripts do)."""
     if name not in MAGCACHE_TABLES:
         known = ", ".join(n for n in MAGCACHE_TABLES if ":" not in n)
-        raise UserError(f"cache magcache: no published ratio table for {name!r}; tables exist for "
+        raise CacheError(f"cache magcache: no published ratio table for {name!r}; tables exist for "
                         f"{known}. Record one with magcache:calibrate=FILE, then use "
                         f"magcache:table=FILE")
     steps, file, line, values = MAGCACHE_TABLES[name]
     padded = (1.0, 1.0) + tuple(values)
     if len(padded) != 2 * steps:
-        raise UserError(f"cache magcache: table {name} has {len(padded)} entries, expected "
+        raise CacheError(f"cache magcache: table {name} has {len(padded)} entries, expected "
                         f"{2 * steps} (2 branches x {steps} steps)")
     rows = tuple(tuple(float(v) for v in (padded[b::2] if steps == num_steps
                                           else nearest_interp(padded[b::2], num_steps)))
@@ -101,7 +101,7 @@ class Calibration:
     def __post_init__(self) -> None:
         folder = Path(self.path).resolve().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise UserError(f"cache magcache: cannot write the calibration file {self.path} "
+            raise CacheError(f"cache magcache: cannot write the calibration file {self.path} "
                             f"({folder} is not a writable folder)")
 
     @property
@@ -138,7 +138,7 @@ class MagCache(Policy):
         self.K, self.retention = int(settings["K"]), float(settings["retention"])
         self.inclusive = (model, expert) in INCLUSIVE_RETENTION
         if table is None and calibration is None:
-            raise UserError("cache magcache: needs a ratio table (a published model, table=FILE) "
+            raise CacheError("cache magcache: needs a ratio table (a published model, table=FILE) "
                             "or calibrate=FILE")
 
     def describe(self) -> str:

@@ -25,7 +25,7 @@ from fastdit.cache.config import CacheConfig
 from fastdit.cache.magcache import MAGCACHE_PRESETS, Calibration, MagCache, published_table, table_name
 from fastdit.cache.stats import CacheStats
 from fastdit.cache.teacache import TeaCache
-from fastdit.errors import UserError
+from fastdit.errors import CacheError
 
 log = logging.getLogger("fastdit.cache")
 
@@ -50,7 +50,7 @@ class CacheSession:
         if not isinstance(config, CacheConfig):
             raise TypeError(f"CacheSession needs a CacheConfig, got {type(config).__name__}")
         if not isinstance(num_steps, int) or num_steps < 1:
-            raise UserError(f"cache: num_steps must be a positive integer, got {num_steps!r}")
+            raise CacheError(f"cache: num_steps must be a positive integer, got {num_steps!r}")
         plan = [0] * num_steps if expert_plan is None else [int(e) for e in expert_plan]
         if len(plan) != num_steps or any(e not in (0, 1) for e in plan):
             raise ValueError(f"CacheSession: expert_plan must give expert 0 or 1 for each of the "
@@ -164,7 +164,7 @@ class CacheSession:
             self._table = load_ratio_file(self.config.get("table"), num_steps=steps,
                                           model=model, fingerprint=fingerprint)
         elif model is None:
-            raise UserError("cache magcache: this model is not one with a published ratio table; "
+            raise CacheError("cache magcache: this model is not one with a published ratio table; "
                             "pass model=NAME, or record a table with magcache:calibrate=FILE and "
                             "use magcache:table=FILE")
         else:

@@ -27,7 +27,7 @@ import torch
 
 from fastdit.cache.base import BranchState, Gate, Policy, StepInfo
 from fastdit.cache.indicators import relative_l1_sums, rescale
-from fastdit.errors import UserError
+from fastdit.errors import CacheError
 
 #: model -> (coefficients on temb, coefficients on temb6 with ret_steps), highest degree
 #: first, as published (teacache_generate.py lines 883-892 for T2V, 966-976 for I2V).
@@ -72,7 +72,7 @@ class TeaCache(Policy):
         if source not in TEACACHE_COEFFICIENTS:
             known = ", ".join(TEACACHE_COEFFICIENTS)
             what = f"model {source!r}" if source else "this model (not recognised)"
-            raise UserError(f"cache teacache: no published coefficients for {what}; they exist "
+            raise CacheError(f"cache teacache: no published coefficients for {what}; they exist "
                             f"for {known}. Pass model=NAME to borrow one model's polynomial, or "
                             f"use magcache (Wan2.1 and Wan2.2 tables, or calibrate) or fbcache")
         settings = {"ret_steps": False, **settings, "model": source}

@@ -54,7 +54,7 @@ def _check_plan(num_steps: int, two_experts: bool) -> list[int]:
 
 def check_cache(config: CacheConfig, spec: Any, *, num_steps: int | None = None,
                 height: int | None = None, width: int | None = None, has_image: bool = False) -> None:
-    """Raise the :class:`~fastdit.errors.UserError` that running ``config`` on this folder would
+    """Raise the :class:`~fastdit.errors.CacheError` that running ``config`` on this folder would
     raise, without loading weights. ``num_steps=None``: not known yet (a ratio file's step
     count is then not checked; the folder's default step count stands in for the rest)."""
     wan = wan_config_of(spec)

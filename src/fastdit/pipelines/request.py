@@ -19,7 +19,7 @@ import operator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from fastdit.errors import InputError, ModelFolderError, UserError
+from fastdit.errors import InputError
 from fastdit.pipelines.spec import MAX_FPS, ModelSpec
 
 log = logging.getLogger("fastdit.pipelines")
@@ -190,7 +190,8 @@ def resolve_request(spec: ModelSpec, request: GenerationRequest | None = None, *
                     boundary_step=None) -> ResolvedRequest:
     """Fill in the model's defaults and check every value; raises :class:`InputError`
     (:class:`~fastdit.errors.ResourceError` for a request too large, unless ``force``); each
-    names the request keyword it is about in ``field`` (``"cache"`` for bad cache settings).
+    names the request keyword it is about in ``field`` (a bad cache setting is a
+    :class:`~fastdit.errors.CacheError`, field ``"cache"``).
 
     Give a :class:`GenerationRequest`, or the fields as keywords (``has_image`` stands for an
     image that was checked elsewhere). ``notify`` gets each notice (default: a log warning).
@@ -285,13 +286,8 @@ def _opt_in(spec: ModelSpec, request: GenerationRequest | None, resolved: Resolv
     if value is not None or default_cache is not None:
         from fastdit.cache.wiring import resolve_cache
 
-        try:
-            cache = resolve_cache(value, default_cache, spec, num_steps=resolved.num_inference_steps,
-                                  height=resolved.height, width=resolved.width, has_image=has_image)
-        except (InputError, ModelFolderError):
-            raise
-        except UserError as exc:  # the cache's own errors (settings, tables, calibration files)
-            raise InputError(str(exc), field="cache") from None
+        cache = resolve_cache(value, default_cache, spec, num_steps=resolved.num_inference_steps,
+                              height=resolved.height, width=resolved.width, has_image=has_image)
     until, zero_star, zero_steps = None, False, 1
     if request is not None:
         until, zero_star = request.guidance_until, request.cfg_zero_star
