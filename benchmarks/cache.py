@@ -70,7 +70,7 @@ FASTDIT_POLICIES = {
 }
 #: ``--threshold-set random``: thresholds at which the measuring policies reuse on random weights
 #: (their indicators there: TeaCache adds 196-1405 a step, ``diag_teacache.py``; the first block's
-#: residual moves 0.21-0.33 a step, ``diag_cache_random.py``); MagCache decides from its table.
+#: residual moves 0.21-0.34 a step, ``diag_cache_random.py``); MagCache decides from its table.
 RANDOM_WEIGHT_THRESHOLDS = {"teacache": (600, 1200, 2400), "fbcache": (0.3, 0.5, 1.0),
                             "dbcache": (0.3, 0.5, 1.0), "dbcache+taylorseer": (0.3, 0.5, 1.0)}
 IMPLS = ("fastdit", "diffusers", "diffusers-fbcache", "diffusers-magcache", "cache-dit", "cache-dit-mask")

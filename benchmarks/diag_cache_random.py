@@ -3,7 +3,7 @@
     python benchmarks/diag_cache_random.py --out benchmarks/results/cpu-cache-random.json   # CPU, ~7 min
 
 A randomly initialised Wan2.1-T2V-1.3B transformer (nn defaults, as the GPU benchmarks' random
-models; fp32 on the CPU) with a one-layer UMT5 of the real width and a toy VAE, at a small
+models; fp32 on the CPU) with e2e.py's toy UMT5 at the real width and its toy VAE, at a small
 video (``--height/--width/--frames``, 64x64x5 by default: 32 tokens), 50 UniPC steps with
 guidance 5, through ``pipe.generate(..., cache=POLICY:threshold=1e-9)``: the policy measures
 every step and reuses none, and ``result.stats["cache"]`` lists each branch's measured
@@ -30,21 +30,17 @@ SPECS = {"fbcache": "fbcache:threshold=1e-9", "dbcache": "dbcache:threshold=1e-9
 
 
 def random_pipeline(seed: int):
-    """fastdit's pipeline on a random 1.3B transformer, a 1-layer UMT5 (width 4096), a toy VAE."""
+    """fastdit's pipeline on a random 1.3B transformer with ``e2e``'s toy UMT5 (at the real
+    width, 4096) and toy VAE."""
     import e2e
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
-    from transformers import UMT5Config, UMT5EncoderModel
+    from diffusers import UniPCMultistepScheduler
 
     from fastdit.models.wan import WanTransformer
     from fastdit.pipelines import tiny
 
     torch.manual_seed(seed)
     tokenizer = tiny.make_tokenizer()
-    text = UMT5EncoderModel._from_config(UMT5Config(
-        vocab_size=len(tokenizer), d_model=4096, d_kv=64, d_ff=1024, num_layers=1, num_heads=8,
-        feed_forward_proj="gated-gelu", dense_act_fn="gelu_new", tie_word_embeddings=False)).eval()
-    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True]).eval()
+    text, vae = e2e.text_encoder_and_vae(tokenizer, True, "cpu", torch.float32, text_dim=4096)
     transformer = WanTransformer.from_config("Wan2.1-T2V-1.3B", dtype=torch.float32, device="cpu", seed=seed)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                         num_train_timesteps=1000, flow_shift=3.0).config
