@@ -437,6 +437,20 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     device = torch.device(args.device)
     results = {}
+    report = {}
+
+    def save() -> None:  # after every variant: a run stopped by a time cap keeps what it measured
+        report.update({
+            "benchmark": "offload", "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "gpu_total_gb": torch.cuda.get_device_properties(device).total_memory / GB if device.type == "cuda" else None,
+            "model": "tiny" if args.tiny else "Wan2.1-T2V-14B (random weights)", "dtype": str(args.dtype),
+            "video": f"{args.width}x{args.height}x{args.frames}", "batch": args.batch, "steps": args.steps,
+            "variants": results, "summary": summarise(results)})
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(report, indent=2))
+
     for name in names:
         print(f"[offload] {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
@@ -452,17 +466,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[offload] {name}: " + json.dumps({k: v for k, v in results[name].items()
                                                    if k in ("step_s", "error", "peak_allocated_gb")}),
               file=sys.stderr, flush=True)
-    report = {
-        "benchmark": "offload", "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "gpu_total_gb": torch.cuda.get_device_properties(device).total_memory / GB if device.type == "cuda" else None,
-        "model": "tiny" if args.tiny else "Wan2.1-T2V-14B (random weights)", "dtype": str(args.dtype),
-        "video": f"{args.width}x{args.height}x{args.frames}", "batch": args.batch, "steps": args.steps,
-        "variants": results, "summary": summarise(results)}
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        save()
+    if not names:
+        save()
     print(json.dumps(report["summary"], indent=2))
     return 0
 
