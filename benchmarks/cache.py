@@ -117,7 +117,11 @@ def fastdit_runs(c, args, device, dtype, log, masks: dict) -> None:
     """fastdit uncached, then each policy's thresholds; ``masks`` gets, per MagCache setting,
     the steps whose cond forward ran (1) or was reused (0), for the ``cache-dit-mask`` peer."""
     pipe = e2e.fastdit_pipeline(c, device, dtype)
-    e2e.run_fastdit(pipe, args, args.warmup_steps, device)  # warm-up
+    e2e.run_fastdit(pipe, args, args.warmup_steps, device)  # warm-up (both branches, batch 2)
+    if args.policies:  # a cache runs one branch alone (batch 1) where only one reuses: warm those shapes too
+        pipe.generate(e2e.PROMPT, negative_prompt=e2e.NEGATIVE, height=args.height, width=args.width,
+                      num_frames=args.frames, num_inference_steps=max(args.warmup_steps, 2),
+                      guidance_scale=args.guidance, guidance_until=0.5, seed=args.seed)
     base, frames = run_fastdit(pipe, args, device, None)
     log("fastdit", None, base, frames, frames)
     policies = selected(args.policies)
