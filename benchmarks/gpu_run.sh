@@ -5,7 +5,7 @@
 #   serve, quant-tests, quant, offload, cache, cache-fastdit-1..3, cache-diffusers, cache-dit-1..2, lora, lora-e2e, lora-bench
 #   tests-distributed (LSE kernels, --gpus 1 / torchrun 1 == plain run; NCCL layouts with >= 2 GPUs),
 #   parallel (benchmarks/parallel.py; BENCH_ARGS e.g. "--models Wan2.1-T2V-1.3B --resolutions 480p")
-#   quant-attention, transformer-fp8, ti2v, e2e-fp8, e2e-all, e2e-ti2v (issue 10 phase 2), fa4-install
+#   quant-attention, transformer-fp8, ti2v, e2e-fp8, e2e-all, e2e-ti2v (issue 10 phase 2), fa4-install, vae (VAE decode)
 #   offload-video (a whole 40-step Wan2.2-A14B video through fastdit.load at a 24 GB budget, fp8 experts, ~6 min;
 #   first writes a 41 GB random model folder (2-3 min) unless OFFLOAD_VIDEO_ARGS' --work-dir holds it: --write-only)
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
@@ -93,6 +93,8 @@ for step in $STEPS; do
       run python3 benchmarks/cache.py --impls diffusers,cache-dit --policies dbcache --out "$OUT/cache-dit-1.json" 2>&1 | tee "$OUT/cache-dit-1.log" ;;
     cache-dit-2)
       run python3 benchmarks/cache.py --impls diffusers,cache-dit --policies dbcache+taylorseer --out "$OUT/cache-dit-2.json" 2>&1 | tee "$OUT/cache-dit-2.log" ;;
+    vae)  # VAE decode at 480x832x81 (Wan2.1 VAE, bf16): eager, cudnn.benchmark, channels-last, compile, and a profile (~2-3 min)
+      run python3 benchmarks/vae.py --out "$OUT/vae.json" ${VAE_ARGS:-} 2>&1 | tee "$OUT/vae.log" ;;
     fa4-install)  # FlashAttention-4 (CuTe DSL) and its wheels, 102 MB: .fa4p1 and .fa4p2 (a split tar) carried in two calls
       { cat .fa4p1/fa4.tar.part-* .fa4p2/fa4.tar.part-* > /tmp/fa4.tar && mkdir -p /tmp/fa4 && tar -xf /tmp/fa4.tar -C /tmp/fa4 \
         && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/fa4/*.whl \

@@ -69,3 +69,19 @@ def test_choose_attention_picks_by_speed_and_accuracy(load_benchmark):
     assert choice["fastest"]["candidate"] == "int8_triton a"
     assert choice["fastest"]["speedup_vs_reference"] == 12.0 / 8.0
     assert choice["fastest_meeting_target"]["candidate"] == "int8_triton b"
+
+
+def test_vae_benchmark_tiny(tmp_path):
+    """benchmarks/vae.py on the toy Wan2.1 VAE: every variant decodes what eager decodes (the
+    layout and cudnn flag change nothing on the CPU; compile stays within fp32 rounding), the
+    FLOP count and the profile's groups are filled."""
+    out = tmp_path / "vae.json"
+    _run("vae.py", "--tiny", "--variants", "eager,cudnn-benchmark,channels-last", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["flops"] > 0 and report["latent"] == [1, 16, 3, 4, 4]
+    for name in ("eager", "cudnn-benchmark", "channels-last"):
+        row = report["variants"][name]
+        assert "error" not in row, row
+        assert row["s"] > 0 and row["max_abs_vs_eager"] < 1e-4
+    groups = report["profile_eager"]["groups_s"]
+    assert groups["convolution"] > 0 and abs(sum(report["profile_eager"]["groups_share"].values()) - 1) < 1e-6

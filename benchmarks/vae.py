@@ -1,0 +1,242 @@
+"""VAE decode: where its time goes and what a faster decode could use (issue 11's few-step videos).
+
+    python benchmarks/vae.py --out /tmp/vae.json            # GPU: Wan2.1 VAE, 480x832x81, bf16
+    python benchmarks/vae.py --vae wan22 --height 704 --width 1280 --frames 121
+    python benchmarks/vae.py --tiny --out /tmp/vae.json     # CPU, toy VAE, seconds
+
+A 4-step 480p video spends 2.2 s of its 4.3 s in diffusers' ``AutoencoderKLWan.decode`` (the
+same module in fastdit and diffusers, h200-run2). The decode does about 274 TFLOP of
+convolutions at 480x832x81 (counted here with ``FlopCounterMode``), 125 TFLOP/s at 2.2 s on an
+H200, against the several hundred a bf16 convolution reaches: the time is elsewhere. This
+script measures, on one random VAE (diffusers' init, bf16) and one random latent:
+
+* ``eager``: ``vae.decode(z)`` as the pipelines call it;
+* ``cudnn-benchmark``: the same with ``torch.backends.cudnn.benchmark = True`` (process-wide);
+* ``channels-last``: the VAE's weights in ``torch.channels_last_3d`` and the latent too (cuDNN's
+  tensor-core convolutions want NDHWC; whether the pads, concatenations and norms between them
+  keep the layout is what this measures);
+* ``compile``: ``torch.compile`` of the decoder's forward (its per-chunk Python loop stays);
+
+each as seconds (median of ``--runs`` after a warm-up), peak memory, and its frames' largest
+difference and PSNR against ``eager``'s. Then one profiled ``eager`` decode, its GPU kernel time
+grouped (convolution, normalisation, element-wise, copies / concatenation / padding,
+upsampling, other) with the top kernels: the breakdown a faster decode has to attack. The JSON
+is written after every part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import e2e  # noqa: E402  (the VAE configurations and the sync helper)
+
+VARIANTS = ("eager", "cudnn-benchmark", "channels-last", "compile")
+# kernel-name fragments -> group, first match wins (lower case)
+KERNEL_GROUPS = (
+    ("convolution", ("conv", "implicit_gemm", "xmma", "cudnn", "sm90_", "wgrad", "dgrad", "fprop", "gemm", "cutlass")),
+    ("normalisation", ("norm", "reduce", "welford")),
+    ("copies / concatenation / padding", ("cat", "copy", "pad", "memcpy", "memset", "fill", "transpose", "permute")),
+    ("upsampling", ("upsample", "nearest", "interp")),
+    ("element-wise", ("elementwise", "vectorized", "silu", "mul", "add", "triton")),
+)
+
+
+def build_vae(args, device: torch.device, dtype: torch.dtype):
+    from diffusers import AutoencoderKLWan
+
+    if args.tiny:
+        kwargs = e2e.WAN22_VAE_TINY if args.vae == "wan22" else dict(
+            base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, attn_scales=[],
+            temperal_downsample=[False, True, True])
+    else:
+        kwargs = e2e.WAN22_VAE if args.vae == "wan22" else {}  # diffusers' defaults: the Wan2.1 VAE
+    torch.manual_seed(args.seed)
+    vae = AutoencoderKLWan(**kwargs).to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return vae
+
+
+def latent_for(vae, args, device, dtype) -> torch.Tensor:
+    spatial = 16 if args.vae == "wan22" else 8  # the toy VAEs too: three x2 stages (and a x2 patch)
+    frames = (args.frames - 1) // 4 + 1
+    shape = (1, vae.config.z_dim, frames, args.height // spatial, args.width // spatial)
+    gen = torch.Generator(device="cpu").manual_seed(args.seed + 1)
+    return torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+
+
+def decode(vae, z: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return vae.decode(z).sample
+
+
+def count_flops(vae, z: torch.Tensor) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        vae.decode(z)
+    return float(counter.get_total_flops())
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two decodes in [-1, 1] (peak-to-peak 2)."""
+    mse = torch.mean((a.float() - b.float()) ** 2).item()
+    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def set_conv_layout(vae, channels_last: bool) -> None:
+    """Conv3d weights to NDHWC (``channels_last_3d``), Conv2d weights to NHWC, or both back."""
+    for module in vae.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+        elif isinstance(module, torch.nn.Conv2d):
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+        else:
+            continue
+        module.weight.data = module.weight.data.contiguous(memory_format=fmt)
+
+
+def time_variant(name: str, vae, z: torch.Tensor, args, device) -> tuple[dict, torch.Tensor]:
+    previous_benchmark = torch.backends.cudnn.benchmark
+    decoder_forward = vae.decoder.forward
+    try:
+        if name == "cudnn-benchmark":
+            torch.backends.cudnn.benchmark = True
+        elif name == "channels-last":
+            set_conv_layout(vae, channels_last=True)
+            z = z.contiguous(memory_format=torch.channels_last_3d)
+        elif name == "compile":
+            vae.decoder.forward = torch.compile(decoder_forward)
+        start = time.perf_counter()
+        frames = decode(vae, z)  # warm-up (compilation, autotuning)
+        e2e.sync(device)
+        warmup = time.perf_counter() - start
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for _ in range(args.runs):
+            e2e.sync(device)
+            start = time.perf_counter()
+            frames = decode(vae, z)
+            e2e.sync(device)
+            times.append(time.perf_counter() - start)
+        peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+        return {"s": statistics.median(times), "times_s": times, "warmup_s": warmup, "peak_gb": peak}, frames
+    finally:
+        torch.backends.cudnn.benchmark = previous_benchmark
+        vae.decoder.forward = decoder_forward
+        if name == "channels-last":
+            set_conv_layout(vae, channels_last=False)
+
+
+def kernel_group(name: str) -> str:
+    lower = name.lower()
+    for group, fragments in KERNEL_GROUPS:
+        if any(f in lower for f in fragments):
+            return group
+    return "other"
+
+
+def profile_eager(vae, z: torch.Tensor, device) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        decode(vae, z)
+        e2e.sync(device)
+    kernels: dict[str, float] = {}
+    for event in prof.key_averages():
+        us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0) or 0
+        if device.type != "cuda":
+            us = event.self_cpu_time_total
+            if not event.key.startswith("aten::"):
+                continue
+        elif getattr(event, "device_type", None) is not None and "CUDA" not in str(event.device_type):
+            continue
+        if us:
+            kernels[event.key] = kernels.get(event.key, 0.0) + us / 1e6
+    groups: dict[str, float] = {}
+    for name, seconds in kernels.items():
+        groups[kernel_group(name)] = groups.get(kernel_group(name), 0.0) + seconds
+    total = sum(groups.values())
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
+    return {"kernel_s": total, "groups_s": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+            "groups_share": {k: v / total for k, v in groups.items()} if total else {},
+            "top_kernels": [{"name": n[:160], "s": s} for n, s in top],
+            "source": "GPU kernels (device time)" if device.type == "cuda" else "CPU aten ops (self time)"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--vae", choices=("wan21", "wan22"), default="wan21")
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--tiny", action="store_true", help="toy VAE on the CPU (seconds)")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.height, args.width, args.frames, args.runs = 32, 32, 9, 1
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    dtype = torch.float32 if args.tiny else torch.bfloat16
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+
+    report = {"benchmark": "vae", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+              "vae": args.vae, "dtype": str(dtype), "video": f"{args.width}x{args.height}x{args.frames}",
+              "variants": {}}
+
+    def save() -> None:
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(report, indent=2))
+
+    vae = build_vae(args, device, dtype)
+    z = latent_for(vae, args, device, dtype)
+    report["latent"] = list(z.shape)
+    report["flops"] = count_flops(vae, z)
+    print(f"[vae] {args.vae} decode of {list(z.shape)}: {report['flops'] / 1e12:.1f} TFLOP", flush=True)
+    save()
+    reference = None
+    for name in names:
+        try:
+            row, frames = time_variant(name, vae, z, args, device)
+            if reference is None and name == "eager":
+                reference = frames
+            if reference is not None:
+                row["max_abs_vs_eager"] = (frames.float() - reference.float()).abs().max().item()
+                row["psnr_vs_eager_db"] = psnr(frames, reference)
+            row["tflops"] = report["flops"] / row["s"] / 1e12
+        except Exception as exc:  # noqa: BLE001 - reported, the other variants still run
+            row = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+        report["variants"][name] = row
+        print(f"[vae] {name}: " + json.dumps({k: v for k, v in row.items() if k in ("s", "tflops", "peak_gb",
+                                               "psnr_vs_eager_db", "error")}), flush=True)
+        save()
+    if not args.no_profile:
+        report["profile_eager"] = profile_eager(vae, z, device)
+        print("[vae] eager profile: " + json.dumps({k: round(v, 3) for k, v in
+                                                    report["profile_eager"]["groups_s"].items()}), flush=True)
+        save()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
