@@ -21,6 +21,9 @@ own process (clean peaks and RSS):
   ``non_blocking=True, record_stream=True``;
 * ``a14b-24gb`` / ``a14b-fp8-24gb``: two 14B experts (Wan2.2-A14B) sharing one device pool,
   three steps each and the switch between them;
+* ``resident-quant-fp8`` / ``quant-fp8-16gb`` (not run by default): the ``quantize="fp8"``
+  precision (fp8 products, 8-bit self-attention) resident, and with its e4m3 block weights
+  streamed at 16 GB straight into the fp8 products (cosine against the exact resident forward);
 * ``vae``: the Wan2.1 VAE decode peak at 480p and 720p, untiled and tiled (the planner's
   estimate beside it).
 
@@ -50,12 +53,13 @@ import torch.nn.functional as F
 from fastdit.models.wan import WanConfig, WanTransformer
 from fastdit.models.wan.configs import WAN_CONFIGS
 from fastdit.pipelines import memory
+from fastdit.quant.apply import apply_precision
 from fastdit.runtime import StreamPlan, stream_model
 
 VARIANTS = ("resident", "stream-24gb", "fp8-16gb", "diffusers-group-24gb", "a14b-24gb", "a14b-fp8-24gb", "vae")
 # the plan for the transformer alone (no text encoder visits); diffusers' group offload with
 # non-blocking copies and record_stream (faster than the call the targets name)
-EXTRA_VARIANTS = ("stream-24gb-dit", "diffusers-group-nb-24gb")
+EXTRA_VARIANTS = ("stream-24gb-dit", "diffusers-group-nb-24gb", "resident-quant-fp8", "quant-fp8-16gb")
 GB = 10**9
 TEXT_LEN = 512
 TINY = WanConfig(num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16, text_dim=32,
@@ -175,29 +179,44 @@ def reference(model, inputs, device):
 # ---------------------------------------------------------------------------------------
 # variants
 # ---------------------------------------------------------------------------------------
-def run_resident(args, device) -> dict:
+def run_resident(args, device, quantize: str | None = None) -> dict:
+    """The resident forward; with ``quantize`` (e.g. "fp8") under that precision setting, its
+    cosine against the exact forward reported."""
     model = build(args, device)
     inputs = make_inputs(model.config, args, device, args.dtype)
+    extra = {}
+    if quantize:
+        ref = reference(model, inputs, device)
+        apply_precision(model, quantize, device, log_report=False)
+        extra = {"quantize": quantize, **compare(reference(model, inputs, device), ref)}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with torch.no_grad():
         times = time_steps(lambda: model(*inputs), 1, args.steps, device)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"step_s": statistics.median(times), "times_s": times, "weights_gb": weights / GB,
-            **gpu_peaks(device)}
+            **gpu_peaks(device), **extra}
 
 
-def run_streamed(args, device, budget: int, weights: str, transformer_only: bool = False) -> dict:
+def run_streamed(args, device, budget: int, weights: str, transformer_only: bool = False,
+                 quantize: str | None = None) -> dict:
+    """Streamed at ``budget``; with ``quantize`` the precision setting's fp8 products take the
+    streamed e4m3 weights directly (``dequantize="linear"``, as ``fastdit.load`` does)."""
     model = build(args, device)
     inputs = make_inputs(model.config, args, device, args.dtype)
     ref = reference(model, inputs, device)
     plan, described = plan_for(args, budget, weights, transformer_only=transformer_only)
     start = time.perf_counter()
-    streamed = stream_model(model, plan, device, weights=weights)
+    streamed = stream_model(model, plan, device, weights=weights,
+                            dequantize="linear" if quantize else "slot")
+    if quantize:
+        apply_precision(streamed.model, quantize, device, log_report=False)
     setup = time.perf_counter() - start
     del model
     info = set_budget(budget if not args.tiny else None, device)
     result = _timed_streamed(args, device, streamed, inputs, ref)
+    if quantize:
+        result["quantize"] = quantize
     return {**result, "plan": described, "stream_plan": plan.describe(), "setup_s": setup, **info,
             "pinned": streamed.streamer.store.pinned, "host_store_gb": streamed.streamer.store.nbytes / GB,
             "host_store_allocated_gb": streamed.streamer.store.allocated_bytes / GB,
@@ -357,6 +376,10 @@ def run_variant(name: str, args, device) -> dict:
                "a14b-fp8-24gb": 24 * GB}
     if name == "resident":
         return run_resident(args, device)
+    if name == "resident-quant-fp8":  # quantize="fp8": fp8 products and 8-bit attention, resident
+        return run_resident(args, device, quantize="fp8")
+    if name == "quant-fp8-16gb":  # the same precision with its e4m3 weights streamed at 16 GB
+        return run_streamed(args, device, 16 * GB, "fp8", quantize="fp8")
     if name in ("stream-24gb", "stream-24gb-dit"):
         return run_streamed(args, device, budgets[name], "dense", transformer_only=name.endswith("dit"))
     if name == "fp8-16gb":
@@ -400,6 +423,8 @@ def summarise(variants: dict) -> dict:
         out["stream-24gb_target_vs_diffusers_group"] = 0.80
     if step("stream-24gb") and step("diffusers-group-nb-24gb"):
         out["stream-24gb_vs_diffusers_group_nb"] = step("stream-24gb") / step("diffusers-group-nb-24gb")
+    if step("quant-fp8-16gb") and step("resident-quant-fp8"):
+        out["quant-fp8-16gb_vs_resident_quant"] = step("quant-fp8-16gb") / step("resident-quant-fp8")
     for name in ("a14b-24gb", "a14b-fp8-24gb"):
         if resident and step(name):
             out[f"{name}_vs_resident"] = step(name) / resident

@@ -109,6 +109,32 @@ def test_fp8_forward_cosine_on_gpu():
     assert 0.999 <= cos < 1.0, cos
 
 
+def test_streamed_fp8_precision_equals_resident_on_gpu():
+    """quantize="fp8" on streamed blocks (dequantize="linear": the fp8 products take the
+    streamed e4m3 weights and scales): the resident fp8-precision forward's numbers, with no
+    host synchronisation in the block loop."""
+    from fastdit.quant.apply import apply_precision
+
+    args = _inputs(torch.bfloat16)
+    resident = _model(torch.bfloat16)
+    apply_precision(resident, "fp8", "cuda", log_report=False)
+    streamed = stream_model(_model(torch.bfloat16), StreamPlan.spread(6, 2, 1), "cuda", weights="fp8",
+                            dequantize="linear")
+    apply_precision(streamed.model, "fp8", "cuda", log_report=False)
+    assert streamed.model.blocks[0].attn1.to_q.takes_fp8
+    with torch.no_grad():
+        ref = resident(*args)
+        torch.testing.assert_close(streamed(*args), ref, atol=0, rtol=0)
+        x, ctx = streamed.embed(*args)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            x = streamed.run_blocks(x, ctx)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.testing.assert_close(streamed.head(x, ctx), ref, atol=0, rtol=0)
+
+
 def test_budget_emulation_holds_a_streamed_forward():
     """Under a per-process memory fraction a little above the plan, the streamed forward runs."""
     base = _model(torch.bfloat16)

@@ -35,3 +35,19 @@ def test_gpu_mode_plans(load_benchmark):
     dit_only, _ = module.plan_for(args, 24 * 10**9, "dense", transformer_only=True)
     assert len(dit_only.resident) > len(plans["stream"].resident)
     assert torch.cuda.is_available() or module.set_budget(10**9, torch.device("cpu"))["emulated"] is False
+
+
+def test_offload_benchmark_quantized_variants_tiny(load_benchmark, tmp_path):
+    """The fp8 precision resident and streamed: lossy against the exact forward, and the same
+    numbers both ways (the streamed e4m3 weights are the ones the precision would make)."""
+    out = tmp_path / "offload.json"
+    module = load_benchmark("offload")
+    assert module.main(["--tiny", "--steps", "1", "--variants", "resident-quant-fp8,quant-fp8-16gb",
+                        "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    resident, streamed = report["variants"]["resident-quant-fp8"], report["variants"]["quant-fp8-16gb"]
+    assert "error" not in resident and "error" not in streamed, report["variants"]
+    assert 0.999 < resident["cosine_vs_resident"] < 1.0
+    assert streamed["cosine_vs_resident"] == resident["cosine_vs_resident"]
+    assert streamed["max_abs_diff_vs_resident"] == resident["max_abs_diff_vs_resident"]
+    assert streamed["bytes_copied_per_step_gb"] > 0 and "quant-fp8-16gb_vs_resident_quant" in report["summary"]

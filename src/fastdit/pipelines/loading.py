@@ -415,10 +415,6 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
         if any(e.file is not None or e.loras for e in variant.experts):
             raise LoraError("LoRAs and single-file transformers are not yet combined with streamed "
                             "block offload (offload='blocks' / a memory budget that streams)")
-        if not options.quantize.exact:
-            raise UserError(f"quantize={options.quantize.spec()} is not yet combined with streamed "
-                            "block offload (offload='blocks' / a memory budget that streams); "
-                            "weights='fp8' stores the streamed weights in e4m3")
         transformer, transformer_2 = load_streamed_experts(spec, device, dtype, plan, options)
     else:
         transformer = load_expert(spec, variant.expert("transformer"), device, dtype)
@@ -447,9 +443,12 @@ def apply_precision_to(precision, device: torch.device, *transformers) -> list:
         return []
     from fastdit.quant.apply import apply_precision
     from fastdit.quant.weights import format_bytes
+    from fastdit.runtime import StreamedTransformer
 
-    reports = [apply_precision(model, precision, device, log_report=False)
-               for model in transformers if model is not None]
+    # a streamed transformer's model is converted: its block Linears hold the host store's
+    # e4m3 weights and scales (runtime_weights), so they only switch to fp8 products
+    models = [m.model if isinstance(m, StreamedTransformer) else m for m in transformers if m is not None]
+    reports = [apply_precision(model, precision, device, log_report=False) for model in models]
     log.info("%s; transformer weights %s%s", reports[0].describe().rsplit("; transformer", 1)[0],
              format_bytes(sum(r.weight_bytes for r in reports)),
              f" ({len(reports)} experts)" if len(reports) > 1 else "")
@@ -546,7 +545,7 @@ def plan_for_load(spec: ModelSpec, device: torch.device, dtype: torch.dtype, opt
     if not asked and (options.offload != "auto" or device.type == "cpu"):
         return None
     try:
-        sizes = memory.sizes_for_spec(spec, dtype, options.weights, vae_dtype=options.vae_dtype)
+        sizes = memory.sizes_for_spec(spec, dtype, runtime_weights(options), vae_dtype=options.vae_dtype)
     except ValueError as exc:  # a transformer config the planner cannot read
         if not asked:
             return None  # the plain path reports it when it loads the transformer
@@ -577,13 +576,25 @@ def load_streamed_experts(spec: ModelSpec, device: torch.device, dtype: torch.dt
     from fastdit.runtime.lazy import load_streamed
 
     stream_plan = plan.stream_plan()
+    weights = runtime_weights(options)
+    # fp8 products take the e4m3 weights and scales as they are; otherwise a block's weights are
+    # dequantised once into the pool's dense buffer
+    dequantize = "linear" if options.quantize.linear == "fp8" else "slot"
     with _loading(spec, "transformer"):
         first = load_streamed(spec.root, stream_plan, device, dtype=dtype, subfolder="transformer",
-                              weights=options.weights)
+                              weights=weights, dequantize=dequantize)
     second = None
     if spec.two_experts:
         shared = first.streamer.region if plan.experts_on_device == 1 else None
         with _loading(spec, "transformer_2"):
             second = load_streamed(spec.root, stream_plan, device, dtype=dtype, subfolder="transformer_2",
-                                   weights=options.weights, region=shared)
+                                   weights=weights, region=shared, dequantize=dequantize)
     return first, second
+
+
+def runtime_weights(options: LoadOptions) -> str:
+    """How the runtime path (streamed or fp8-stored blocks) stores the block weights:
+    ``options.weights``, except that fp8 products (``quantize`` with ``linear="fp8"``) always
+    take e4m3 weights with per-channel scales, the same quantiser's output in both options, so
+    their host store is fp8 whatever ``weights`` says."""
+    return "fp8" if options.quantize.linear == "fp8" else options.weights
