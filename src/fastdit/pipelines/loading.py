@@ -412,10 +412,15 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
         else:
             sched = make_scheduler(spec, options.scheduler, options.flow_shift)
     if plan is not None and plan.uses_runtime:  # blocks in host memory, streamed
-        if any(e.file is not None or e.loras for e in variant.experts):
-            raise LoraError("LoRAs and single-file transformers are not yet combined with streamed "
-                            "block offload (offload='blocks' / a memory budget that streams)")
-        transformer, transformer_2 = load_streamed_experts(spec, device, dtype, plan, options)
+        if any(e.file is not None for e in variant.experts):
+            raise LoraError("single-file transformers (--transformer / --transformer-2) are not yet "
+                            "combined with streamed block offload or fp8 weight storage (offload="
+                            "'blocks', weights='fp8' or a memory budget that streams)")
+        if any(e.loras and e.mode != "merge" for e in variant.experts):
+            raise LoraError("runtime LoRA mode is not combined with streamed block offload or fp8 "
+                            "weight storage; use lora_mode='merge' (the LoRAs merge into the weights "
+                            "as they load, before the fp8 quantisation)")
+        transformer, transformer_2 = load_streamed_experts(spec, device, dtype, plan, options, variant)
     else:
         transformer = load_expert(spec, variant.expert("transformer"), device, dtype)
         transformer_2 = None
@@ -570,26 +575,45 @@ def plan_for_load(spec: ModelSpec, device: torch.device, dtype: torch.dtype, opt
 
 
 def load_streamed_experts(spec: ModelSpec, device: torch.device, dtype: torch.dtype, plan,
-                          options: LoadOptions):
+                          options: LoadOptions, variant=None):
     """The transformer (and Wan2.2's second expert) loaded lazily into host stores, streaming by
-    ``plan``; experts that take turns share one device pool."""
+    ``plan``; experts that take turns share one device pool. Each expert's LoRAs (merge mode,
+    checked already) merge into its tensors as they are read."""
     from fastdit.runtime.lazy import load_streamed
+
+    def load(subfolder: str, **kwargs):
+        expert = variant.expert(subfolder) if variant is not None else None
+        merger = _lora_merger(expert, device)  # reads the LoRA files: its LoraError stays one
+        with _loading(spec, subfolder):
+            model = load_streamed(spec.root, stream_plan, device, dtype=dtype, subfolder=subfolder,
+                                  weights=weights, dequantize=dequantize, transform=merger, **kwargs)
+        if merger is not None:
+            merger.finish()
+        return model
 
     stream_plan = plan.stream_plan()
     weights = runtime_weights(options)
     # fp8 products take the e4m3 weights and scales as they are; otherwise a block's weights are
     # dequantised once into the pool's dense buffer
     dequantize = "linear" if options.quantize.linear == "fp8" else "slot"
-    with _loading(spec, "transformer"):
-        first = load_streamed(spec.root, stream_plan, device, dtype=dtype, subfolder="transformer",
-                              weights=weights, dequantize=dequantize)
+    first = load("transformer")
     second = None
     if spec.two_experts:
         shared = first.streamer.region if plan.experts_on_device == 1 else None
-        with _loading(spec, "transformer_2"):
-            second = load_streamed(spec.root, stream_plan, device, dtype=dtype, subfolder="transformer_2",
-                                   weights=weights, region=shared, dequantize=dequantize)
+        second = load("transformer_2", region=shared)
     return first, second
+
+
+def _lora_merger(expert, device: torch.device):
+    """The expert's LoRAs as a :class:`~fastdit.models.wan.lora.LoraMerger` (None without)."""
+    if expert is None or not expert.loras:
+        return None
+    from fastdit.models.wan import WanTransformer
+    from fastdit.models.wan.lora import LoraMerger
+
+    with torch.device("meta"):
+        shape_model = WanTransformer(expert.config)  # parameter names and shapes, no memory
+    return LoraMerger(shape_model, expert.loras, strict=expert.strict, plans=expert.plans, device=device)
 
 
 def runtime_weights(options: LoadOptions) -> str:

@@ -16,6 +16,7 @@ import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -38,6 +39,9 @@ from fastdit.runtime.host import HostStore
 from fastdit.runtime.layout import resolve
 from fastdit.runtime.model import StreamedTransformer, block_layout, make_region, use_pinned
 from fastdit.runtime.streamer import BlockStreamer, DeviceRegion, StreamPlan
+
+#: ``transform(parameter name, tensor as read, the parameter's dtype) -> tensor to store``
+Transform = Callable[[str, torch.Tensor, torch.dtype], torch.Tensor]
 
 _DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
            "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
@@ -139,10 +143,14 @@ def _set(module: nn.Module, leaf: str, tensor: torch.Tensor) -> None:
 def load_streamed(path: str | os.PathLike, plan: StreamPlan, device: torch.device | str, *,
                   dtype: torch.dtype = torch.bfloat16, subfolder: str | None = None,
                   weights: str = "dense", region: DeviceRegion | None = None,
-                  dequantize: str = "slot", pinned: bool | None = None) -> StreamedTransformer:
+                  dequantize: str = "slot", pinned: bool | None = None,
+                  transform: Transform | None = None) -> StreamedTransformer:
     """Load a transformer checkpoint (as :meth:`WanTransformer.from_pretrained` finds it) with
     its blocks in a host store and streaming by ``plan``; ``weights="fp8"`` quantises the block
-    Linear weights on the way (on ``device`` when it is a GPU)."""
+    Linear weights on the way (on ``device`` when it is a GPU). ``transform(name, tensor,
+    dtype)``, when given, sees every parameter as it is read (``dtype``: the parameter's) and
+    returns what to store instead, e.g. LoRAs merged
+    (:class:`fastdit.models.wan.lora.LoraMerger`); it runs before the fp8 quantisation."""
     from fastdit.models.wan import WanTransformer
 
     check_weights(weights)
@@ -154,11 +162,15 @@ def load_streamed(path: str | os.PathLike, plan: StreamPlan, device: torch.devic
     blocks = getattr(model, model.PLAN.blocks)
     maps = MappedFiles()
     try:
+        def read(name: str) -> torch.Tensor:
+            value = maps.read(tensors[name])
+            return value if transform is None else transform(name, value, parameter_dtype(name, dtype))
+
         for name, param in list(model.named_parameters()):
             if not name.startswith(f"{model.PLAN.blocks}."):
                 module, leaf = resolve(model, name)
                 value = torch.empty(param.shape, dtype=parameter_dtype(name, dtype))
-                _set(module, leaf, value.copy_(maps.read(tensors[name])))
+                _set(module, leaf, value.copy_(read(name)))
         maps.release()
         layout = block_layout(blocks[0], lambda n: parameter_dtype(f"{model.PLAN.blocks}.0.{n}", dtype),
                               weights)
@@ -166,7 +178,7 @@ def load_streamed(path: str | os.PathLike, plan: StreamPlan, device: torch.devic
         work = device if device.type != "cpu" else None
         for index, block in enumerate(blocks):
             prefix = f"{model.PLAN.blocks}.{index}."
-            store.fill(index, lambda n: maps.read(tensors[prefix + n]), work_device=work)
+            store.fill(index, lambda n: read(prefix + n), work_device=work)
             for slot, view in zip(layout.tensors, store.views[index]):
                 _set(*resolve(block, slot.name), view)
             maps.release()

@@ -14,6 +14,7 @@ See ``docs/lora.md``.
 from fastdit.models.wan.lora.adapters import DeltaAdapter, LoraAdapter
 from fastdit.models.wan.lora.apply import (
     MODES,
+    LoraMerger,
     LoraResult,
     LoraSpec,
     apply_loras,
@@ -31,6 +32,7 @@ __all__ = [
     "MODES",
     "DeltaAdapter",
     "LoraAdapter",
+    "LoraMerger",
     "LoraPlan",
     "LoraResult",
     "LoraSpec",

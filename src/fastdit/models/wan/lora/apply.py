@@ -14,6 +14,9 @@ half-applied LoRA behind.
   ``.diff`` deltas as a :class:`~.adapters.DeltaAdapter`) appended to its ``adapters`` list; the
   weights stay untouched. Parameters outside any ``Linear`` (norm weights, modulation tables,
   the patch embedding) are merged, as they never hold fp8 weights; the result counts them.
+
+:class:`LoraMerger` merges the same way into tensors as a loader reads them (streamed blocks,
+whose weights are then stored in bf16 or quantised to fp8 from the merged values).
 """
 
 from __future__ import annotations
@@ -284,8 +287,14 @@ def _factors(term: PairTerm, tensors, device) -> tuple[torch.Tensor, torch.Tenso
 
 def _merge(param: torch.Tensor, terms: Sequence[Term], tensors) -> None:
     """``param = round(param + sum of terms)``: fp32 sums, one rounding."""
-    device = param.device
     acc = param.detach().to(torch.float32, copy=True)  # (N, K...) fp32
+    _accumulate(acc, terms, tensors)
+    param.copy_(acc)
+
+
+def _accumulate(acc: torch.Tensor, terms: Sequence[Term], tensors) -> None:
+    """``acc += sum of terms`` in place (fp32, on ``acc``'s device), in the terms' order."""
+    device = acc.device
     acc2d = acc.view(acc.shape[0], -1) if acc.dim() >= 2 else acc
     for term in terms:
         if isinstance(term, PairTerm):
@@ -293,7 +302,50 @@ def _merge(param: torch.Tensor, terms: Sequence[Term], tensors) -> None:
             acc2d.addmm_(up, down, alpha=term.scale)  # (N, K) += s * up @ down
         else:
             acc.add_(_on(tensors, term.delta, device).reshape(acc.shape), alpha=term.scale)
-    param.copy_(acc)
+
+
+class LoraMerger:
+    """LoRAs merged into tensors as a loader reads them, for a loader that never holds the
+    whole model (the streamed path's lazy host loading, :func:`fastdit.runtime.lazy.load_streamed`).
+
+    ``merger(name, tensor, dtype)`` returns, for a parameter the LoRAs change,
+    ``round(round(tensor, dtype) + sum of terms)`` summed in fp32 on ``device`` (what
+    :func:`apply_loras`' merge makes of a parameter loaded in ``dtype``: the same numbers), and
+    ``tensor`` itself for any other. Built like :func:`apply_loras` in merge mode: every check
+    and every LoRA tensor read before the first weight, so a bad file fails before loading.
+    :meth:`finish` checks that every merged parameter was met and logs the summary.
+    """
+
+    def __init__(self, model: nn.Module, loras: Iterable[LoraLike], *, strict: bool = True,
+                 plans: Sequence[LoraPlan] | None = None, device: torch.device | str = "cpu") -> None:
+        self.start = time.perf_counter()
+        params = dict(model.named_parameters())  # a meta model is enough: names and shapes
+        plans = _plan_loras(model, params, loras, strict) if plans is None else list(plans)
+        _, self.terms = _split_terms(model, params, plans, "merge")
+        self.tensors = _read_tensors(plans)
+        self.device = torch.device(device)
+        self.result = LoraResult(mode="merge", plans=plans)
+        self.met: set[str] = set()
+
+    @torch.no_grad()
+    def __call__(self, name: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        terms = self.terms.get(name)
+        if not terms:
+            return tensor
+        acc = tensor.to(dtype).to(self.device, torch.float32, copy=True)  # the loaded value, fp32
+        _accumulate(acc, terms, self.tensors)
+        self.met.add(name)
+        return acc.to(dtype)
+
+    def finish(self) -> LoraResult:
+        missed = sorted(set(self.terms) - self.met)
+        if missed:  # a loader that skipped a parameter: an engine bug, not the user's
+            raise RuntimeError(f"LoRA merge while loading: {len(missed)} parameter(s) never read, "
+                               f"e.g. {missed[0]!r}")
+        self.result.merged = len(self.met)
+        self.result.seconds = {"total": time.perf_counter() - self.start}
+        log.info("%s (merged while loading)", self.result.summary())
+        return self.result
 
 
 def _adapter_dtype(module: nn.Module) -> torch.dtype:

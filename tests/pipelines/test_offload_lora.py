@@ -1,0 +1,99 @@
+"""LoRAs with streamed block offload and fp8 weight storage (tiny models, CPU): the LoRAs merge
+into each tensor as the lazy loader reads it, so the streamed pipeline makes the video the
+resident one makes with the same LoRAs, and fp8 storage quantises the merged weights."""
+
+import numpy as np
+import pytest
+import torch
+
+import fastdit
+from fastdit.errors import LoraError
+from fastdit.models.wan import WanConfig
+from fastdit.models.wan.checkpoint import read_json
+from fastdit.runtime import StreamedTransformer, StreamPlan, stream_model
+from tests.models.lora_helpers import block_modules, make_lora, write_lora
+from tests.pipelines.lora_helpers import tiny_lora
+
+RUN = {"height": 32, "width": 48, "num_frames": 5, "num_inference_steps": 2, "seed": 0}
+
+
+def _frames(pipe):
+    return pipe.generate("a red car in the city", negative_prompt="blurry", **RUN).frames
+
+
+def _loras(path, tmp_path):
+    """A pair LoRA in original layout, a diffusers one, and one with full deltas on a block
+    weight and on the head (a parameter outside the streamed blocks) and a bias delta."""
+    config = WanConfig.from_diffusers_config(read_json(path / "transformer" / "config.json"))
+    deltas = make_lora(config, block_modules(config, ["attn1.to_q"])[:1], rank=2, seed=5, std=0.2,
+                       diff=["blocks.1.ffn.net.2.weight", "proj_out.weight"], diff_b=["blocks.0.attn2.to_out.0"])
+    return [(tiny_lora(path, tmp_path / "a.safetensors", seed=1), 0.9),
+            (tiny_lora(path, tmp_path / "b.safetensors", layout="diffusers", alpha=None, seed=2), 0.6),
+            (write_lora(tmp_path / "c.safetensors", deltas, "original"), 0.5)]
+
+
+@pytest.mark.parametrize("task", ["t2v", "a14b"])
+def test_streamed_pipeline_with_loras_equals_resident(tiny_model, tmp_path, task):
+    path = tiny_model(task)
+    loras = _loras(path, tmp_path)
+    extra = {}
+    if task == "a14b":
+        extra["loras_2"] = [(tiny_lora(path, tmp_path / "low.safetensors", subfolder="transformer_2", seed=3), 1.0)]
+    resident = fastdit.load(path, device="cpu", loras=loras, **extra)
+    streamed = fastdit.load(path, device="cpu", loras=loras, offload="blocks", prefetch=1, **extra)
+    assert isinstance(streamed.transformer, StreamedTransformer)
+    plain = fastdit.load(path, device="cpu")
+    result = streamed.generate("a red car in the city", negative_prompt="blurry", **RUN)
+    np.testing.assert_array_equal(result.frames, _frames(resident))
+    assert np.abs(result.frames - _frames(plain)).max() > 1e-3  # the LoRAs changed the video
+    assert [len(w["loras"]) for w in result.settings["weights"]] == ([3, 1] if task == "a14b" else [3])
+
+
+def test_fp8_storage_quantises_the_merged_weights(tiny_model, tmp_path):
+    """weights="fp8" with LoRAs: the host store holds, byte for byte, what quantising the
+    merged resident weights gives, and the forwards agree (to fp32 rounding: the two stores
+    lay their tensors out differently, which moves the CPU's matmul blocking)."""
+    path = tiny_model("t2v")
+    loras = _loras(path, tmp_path)
+    fp8 = fastdit.load(path, device="cpu", loras=loras, weights="fp8").transformer
+    merged = fastdit.load(path, device="cpu", loras=loras).transformer
+    blocks = merged.config.num_layers
+    by_hand = stream_model(merged, StreamPlan.spread(blocks, blocks, 1), "cpu", weights="fp8")
+    ours, theirs = fp8.streamer.store, by_hand.streamer.store
+    names = [t.name for t in ours.layout.tensors]
+    assert sorted(names) == sorted(t.name for t in theirs.layout.tensors)
+    assert any(ours.view(0, n).dtype == torch.float8_e4m3fn for n in names)
+    for index in range(blocks):
+        for name in names:
+            a, b = ours.view(index, name), theirs.view(index, name)
+            assert a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8)), (index, name)
+    torch.testing.assert_close(fp8.model.proj_out.weight, by_hand.model.proj_out.weight, atol=0, rtol=0)
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 16, 2, 4, 6, generator=g)
+    text = torch.randn(1, 8, merged.config.text_dim, generator=g)
+    timestep = torch.tensor([700.0])
+    with torch.no_grad():
+        torch.testing.assert_close(fp8(latents, timestep, text), by_hand(latents, timestep, text))
+
+
+def test_streamed_fp8_precision_with_loras_equals_resident(tiny_model, tmp_path):
+    path = tiny_model("t2v")
+    loras = _loras(path, tmp_path)[:2]
+    resident = fastdit.load(path, device="cpu", loras=loras, quantize="fp8")
+    streamed = fastdit.load(path, device="cpu", loras=loras, quantize="fp8", offload="blocks")
+    np.testing.assert_array_equal(_frames(streamed), _frames(resident))
+
+
+def test_runtime_lora_mode_is_refused_with_streaming(tiny_model, tmp_path):
+    path = tiny_model("t2v")
+    loras = _loras(path, tmp_path)[:1]
+    with pytest.raises(LoraError, match="runtime LoRA mode is not combined with streamed block offload"):
+        fastdit.load(path, device="cpu", loras=loras, lora_mode="runtime", offload="blocks")
+
+
+def test_bad_lora_fails_before_streaming(tiny_model, tmp_path):
+    path = tiny_model("t2v")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(LoraError):
+        fastdit.load(path, device="cpu", loras=[(bad, 1.0)], offload="blocks")
