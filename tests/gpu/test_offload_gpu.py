@@ -164,3 +164,23 @@ def test_model_offload_keeps_the_encoders_host_tensors(tmp_path):
     assert frames.shape[0] == 5
     assert [p.data_ptr() for p in pipe.text_encoder.parameters()] == before
     assert all(p.device.type == "cpu" for p in pipe.text_encoder.parameters())
+
+
+def test_streamed_lora_merge_on_gpu_equals_resident(tmp_path):
+    """LoRAs merged as the lazy loader reads each tensor (on the GPU) give the resident merge's
+    weights bit for bit: the streamed transformer's output equals the resident one's."""
+    import fastdit
+    from fastdit.pipelines.tiny import make_tiny_model
+    from tests.pipelines.lora_helpers import tiny_lora
+
+    path = make_tiny_model(tmp_path / "model", "t2v")
+    loras = [(tiny_lora(path, tmp_path / "a.safetensors", seed=1), 0.8)]
+    resident = fastdit.load(path, device="cuda", dtype=torch.bfloat16, loras=loras).transformer
+    streamed = fastdit.load(path, device="cuda", dtype=torch.bfloat16, loras=loras, offload="blocks").transformer
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 16, 2, 4, 6, generator=g).to("cuda", torch.bfloat16)
+    text = torch.randn(2, 8, resident.config.text_dim, generator=g).to("cuda", torch.bfloat16)
+    timestep = torch.tensor([700.0, 300.0], device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(streamed(latents, timestep, text), resident(latents, timestep, text),
+                                   atol=0, rtol=0)
