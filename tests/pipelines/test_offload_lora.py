@@ -97,3 +97,46 @@ def test_bad_lora_fails_before_streaming(tiny_model, tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(LoraError):
         fastdit.load(path, device="cpu", loras=[(bad, 1.0)], offload="blocks")
+
+
+def _distilled_files(path, tmp_path):
+    """The tiny model's weights moved a little, in official names (as LightX2V ships a distilled
+    model), and the same weights in LightX2V's scaled_fp8_e4m3 form (e4m3 + [N, 1] scales)."""
+    from safetensors.torch import save_file
+
+    from fastdit.models.wan import diffusers_to_original_key
+
+    state = fastdit.load(path, device="cpu", dtype=torch.float32).transformer.state_dict()
+    g = torch.Generator().manual_seed(5)
+    moved = {"model.diffusion_model." + diffusers_to_original_key(k): (v + 0.05 * torch.randn(v.shape, generator=g))
+             for k, v in state.items()}
+    plain, scaled = tmp_path / "distill.safetensors", tmp_path / "distill_scaled_fp8_e4m3.safetensors"
+    save_file({k: v.contiguous() for k, v in moved.items()}, str(plain))
+    fp8 = {}
+    for key, value in moved.items():
+        if key.endswith(".weight") and value.dim() == 2 and ".blocks." in key:
+            scale = value.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 448
+            fp8[key] = (value / scale).to(torch.float8_e4m3fn)
+            fp8[key[: -len("weight")] + "weight_scale"] = scale
+        else:
+            fp8[key] = value
+    save_file({k: v.contiguous() for k, v in fp8.items()}, str(scaled))
+    return plain, scaled
+
+
+@pytest.mark.parametrize("which", ["plain", "scaled_fp8"])
+def test_streamed_single_file_transformer_equals_resident(tiny_model, tmp_path, which):
+    """``transformer=FILE`` with streamed blocks: read from the file block by block (scaled fp8
+    weights dequantised as the single-file loader does), a LoRA merged on top; the video the
+    resident pipeline makes from the same file."""
+    path = tiny_model("t2v")
+    file = _distilled_files(path, tmp_path)[0 if which == "plain" else 1]
+    lora = [(tiny_lora(path, tmp_path / "style.safetensors", seed=4), 0.7)]
+    options = dict(device="cpu", dtype=torch.float32, transformer=str(file), loras=lora)
+    resident = fastdit.load(path, **options)
+    streamed = fastdit.load(path, offload="blocks", prefetch=1, **options)
+    assert isinstance(streamed.transformer, StreamedTransformer)
+    got = streamed.generate("a red car in the city", negative_prompt="blurry", **RUN)
+    assert got.settings["weights"][0]["file"] == str(file)
+    np.testing.assert_allclose(got.frames, _frames(resident), atol=1e-5, rtol=0)
+    assert np.abs(got.frames - _frames(fastdit.load(path, device="cpu", dtype=torch.float32))).max() > 1e-3

@@ -412,10 +412,6 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
         else:
             sched = make_scheduler(spec, options.scheduler, options.flow_shift)
     if plan is not None and plan.uses_runtime:  # blocks in host memory, streamed
-        if any(e.file is not None for e in variant.experts):
-            raise LoraError("single-file transformers (--transformer / --transformer-2) are not yet "
-                            "combined with streamed block offload or fp8 weight storage (offload="
-                            "'blocks', weights='fp8' or a memory budget that streams)")
         if any(e.loras and e.mode != "merge" for e in variant.experts):
             raise LoraError("runtime LoRA mode is not combined with streamed block offload or fp8 "
                             "weight storage; use lora_mode='merge' (the LoRAs merge into the weights "
@@ -577,16 +573,19 @@ def plan_for_load(spec: ModelSpec, device: torch.device, dtype: torch.dtype, opt
 def load_streamed_experts(spec: ModelSpec, device: torch.device, dtype: torch.dtype, plan,
                           options: LoadOptions, variant=None):
     """The transformer (and Wan2.2's second expert) loaded lazily into host stores, streaming by
-    ``plan``; experts that take turns share one device pool. Each expert's LoRAs (merge mode,
-    checked already) merge into its tensors as they are read."""
+    ``plan``; experts that take turns share one device pool. An expert given as one file
+    (``transformer=``, checked already) is read from it; its LoRAs (merge mode, checked
+    already) merge into its tensors as they are read."""
     from fastdit.runtime.lazy import load_streamed
 
     def load(subfolder: str, **kwargs):
         expert = variant.expert(subfolder) if variant is not None else None
         merger = _lora_merger(expert, device)  # reads the LoRA files: its LoraError stays one
+        file = expert.file if expert is not None else None  # a checked single-file transformer
         with _loading(spec, subfolder):
             model = load_streamed(spec.root, stream_plan, device, dtype=dtype, subfolder=subfolder,
-                                  weights=weights, dequantize=dequantize, transform=merger, **kwargs)
+                                  weights=weights, dequantize=dequantize, transform=merger, file=file,
+                                  **kwargs)
         if merger is not None:
             merger.finish()
         return model

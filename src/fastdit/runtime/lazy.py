@@ -16,7 +16,7 @@ import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -132,6 +132,25 @@ def index_checkpoint(folder: Path):
     return config, {name: _stored(*entries[key]) for key, name in names.items()}
 
 
+def index_file(checked) -> tuple[Any, dict[str, StoredTensor], dict[str, StoredTensor]]:
+    """``(config, {parameter name: StoredTensor}, {parameter name: its scale's StoredTensor})``
+    of a single-file transformer already checked against its config
+    (:func:`fastdit.models.wan.single_file.check_transformer_file`)."""
+    header = read_header(checked.path)
+    tensors = {name: header[key] for name, key in checked.weights.items()}
+    scales = {name: header[checked.scales[key]] for name, key in checked.weights.items() if key in checked.scales}
+    return checked.config, tensors, scales
+
+
+def _dequantized(value: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+    """A scaled (fp8 / int8) weight as the single-file loader makes it: ``W = weight * scale``
+    in fp32 on ``device``, in ``dtype``."""
+    value = value.to(device)
+    scale = scale.to(device=device, dtype=torch.float32)
+    shape = (-1,) + (1,) * (value.dim() - 1) if scale.numel() > 1 else ()
+    return (value.float() * scale.reshape(shape)).to(dtype)
+
+
 def _set(module: nn.Module, leaf: str, tensor: torch.Tensor) -> None:
     if leaf in module._parameters:
         module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
@@ -144,27 +163,40 @@ def load_streamed(path: str | os.PathLike, plan: StreamPlan, device: torch.devic
                   dtype: torch.dtype = torch.bfloat16, subfolder: str | None = None,
                   weights: str = "dense", region: DeviceRegion | None = None,
                   dequantize: str = "slot", pinned: bool | None = None,
-                  transform: Transform | None = None) -> StreamedTransformer:
+                  transform: Transform | None = None, file=None) -> StreamedTransformer:
     """Load a transformer checkpoint (as :meth:`WanTransformer.from_pretrained` finds it) with
     its blocks in a host store and streaming by ``plan``; ``weights="fp8"`` quantises the block
     Linear weights on the way (on ``device`` when it is a GPU). ``transform(name, tensor,
     dtype)``, when given, sees every parameter as it is read (``dtype``: the parameter's) and
     returns what to store instead, e.g. LoRAs merged
-    (:class:`fastdit.models.wan.lora.LoraMerger`); it runs before the fp8 quantisation."""
+    (:class:`fastdit.models.wan.lora.LoraMerger`); it runs before the fp8 quantisation.
+    ``file``: a checked single-file transformer (a distilled checkpoint,
+    :class:`~fastdit.models.wan.single_file.TransformerFile`) read instead of the folder, its
+    scaled fp8 / int8 weights dequantised as the single-file loader does (``path`` unused)."""
     from fastdit.models.wan import WanTransformer
 
     check_weights(weights)
     device = torch.device(device)
-    folder = find_model_dir(path, subfolder)
-    config, tensors = index_checkpoint(folder)
+    scales: dict[str, StoredTensor] = {}
+    if file is not None:
+        config, tensors, scales = index_file(file)
+    else:
+        config, tensors = index_checkpoint(find_model_dir(path, subfolder))
     with torch.device("meta"):
         model = WanTransformer(config)
     blocks = getattr(model, model.PLAN.blocks)
     maps = MappedFiles()
     try:
+        dequantize_on = device if device.type != "cpu" else torch.device("cpu")
+
         def read(name: str) -> torch.Tensor:
-            value = maps.read(tensors[name])
-            return value if transform is None else transform(name, value, parameter_dtype(name, dtype))
+            value, target = maps.read(tensors[name]), parameter_dtype(name, dtype)
+            if name in scales:  # a view valid until the next read: copied before the scale's
+                value = _dequantized(value.to(dequantize_on, copy=True), maps.read(scales[name]),
+                                     target, dequantize_on)
+            elif file is not None and value.dtype.itemsize == 1 and value.is_floating_point():
+                value = value.to(target)  # an unscaled fp8 file: a plain cast, as its loader does
+            return value if transform is None else transform(name, value, target)
 
         for name, param in list(model.named_parameters()):
             if not name.startswith(f"{model.PLAN.blocks}."):
