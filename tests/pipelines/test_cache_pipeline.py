@@ -292,3 +292,19 @@ def test_image_models(tiny_model, task, spec):
     reused = pipe.generate(PROMPT, cache=spec.format(t=0.3), **kwargs)
     assert reused.stats["cache"]["forwards_reused"] > 0
     assert 0 < np.abs(reused.frames - plain.frames).mean() < 0.05
+
+
+@pytest.mark.parametrize("task", ["t2v", "a14b"])
+def test_caches_with_streamed_blocks_equal_resident(tiny_model, t2v, a14b, task):
+    """Every policy on a streamed transformer (blocks from host memory; the block caches run
+    the first blocks only on a reused step, so the streamer's prefetch goes out of turn):
+    the resident pipeline's decisions and frames."""
+    resident = t2v if task == "t2v" else a14b
+    streamed = fastdit.load(tiny_model(task), device="cpu", dtype=torch.float32, offload="blocks", prefetch=1)
+    for spec in REUSING:
+        ours = streamed.generate(PROMPT, cache=spec, **SMALL)
+        theirs = resident.generate(PROMPT, cache=spec, **SMALL)
+        assert ours.stats["cache"]["forwards_reused"] > 0, spec
+        assert ours.stats["cache"]["branches"] == theirs.stats["cache"]["branches"], spec
+        np.testing.assert_allclose(ours.frames, theirs.frames, atol=1e-5, rtol=0, err_msg=spec)
+    assert streamed.transformer.stats["copies"] > 0
