@@ -16,6 +16,8 @@ script measures, on one random VAE (diffusers' init, bf16) and one random latent
   tensor-core convolutions want NDHWC; whether the pads, concatenations and norms between them
   keep the layout is what this measures);
 * ``compile``: ``torch.compile`` of the decoder's forward (its per-chunk Python loop stays);
+* ``compile-norms``: ``torch.compile`` of each ``WanRMS_norm`` alone (dynamic shapes): its
+  fp32 normalise, casts, scale and gamma as one kernel, what a fused norm op would save;
 
 each as seconds (median of ``--runs`` after a warm-up), peak memory, and its frames' largest
 difference and PSNR against ``eager``'s. Then one profiled ``eager`` decode, its GPU kernel time
@@ -41,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402  (the VAE configurations and the sync helper)
 
-VARIANTS = ("eager", "cudnn-benchmark", "channels-last", "compile")
+VARIANTS = ("eager", "cudnn-benchmark", "channels-last", "compile", "compile-norms")
 # kernel-name fragments -> group, first match wins (lower case)
 KERNEL_GROUPS = (
     ("convolution", ("conv", "implicit_gemm", "xmma", "cudnn", "sm90_", "wgrad", "dgrad", "fprop", "gemm", "cutlass")),
@@ -93,6 +95,11 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
+def rms_norms(vae) -> list:
+    """The VAE's ``WanRMS_norm`` modules (diffusers' channel RMS norm)."""
+    return [m for m in vae.modules() if type(m).__name__ == "WanRMS_norm"]
+
+
 def set_conv_layout(vae, channels_last: bool) -> None:
     """Conv3d weights to NDHWC (``channels_last_3d``), Conv2d weights to NHWC, or both back."""
     for module in vae.modules():
@@ -116,6 +123,10 @@ def time_variant(name: str, vae, z: torch.Tensor, args, device) -> tuple[dict, t
             z = z.contiguous(memory_format=torch.channels_last_3d)
         elif name == "compile":
             vae.decoder.forward = torch.compile(decoder_forward)
+        elif name == "compile-norms":
+            norms = rms_norms(vae)
+            for module in norms:
+                module.forward = torch.compile(module.forward, dynamic=True)
         start = time.perf_counter()
         frames = decode(vae, z)  # warm-up (compilation, autotuning)
         e2e.sync(device)
@@ -134,6 +145,9 @@ def time_variant(name: str, vae, z: torch.Tensor, args, device) -> tuple[dict, t
     finally:
         torch.backends.cudnn.benchmark = previous_benchmark
         vae.decoder.forward = decoder_forward
+        if name == "compile-norms":
+            for module in rms_norms(vae):
+                module.__dict__.pop("forward", None)  # the class's forward again
         if name == "channels-last":
             set_conv_layout(vae, channels_last=False)
 
