@@ -26,6 +26,8 @@ Sections (``--sections``):
   - diffusers: ``WanPipeline`` with the same random weights (rebuilt from the same seeds after
     fastdit's models are freed), ``load_lora_weights`` + ``fuse_lora`` (timed),
     ``FlowMatchEulerDiscreteScheduler`` on the same sigmas (shift 5), guidance 1.
+  - fastdit-fp8 (``--impls``; not in the default): fastdit with ``quantize="fp8"`` applied to
+    the merged experts (opt-in, lossy), its frames compared with fastdit's exact video.
   Each side gets a 2-step warm-up generation first. Reported: stage seconds (text, denoise,
   decode, total), seconds per step, peak memory, diffusers' frames against fastdit's (PSNR),
   and fastdit / diffusers ratios.
@@ -211,9 +213,12 @@ def _free(device) -> None:
 
 
 def e2e_fastdit(name: str, config, two: bool, loras: list[Path], c: dict, shape: dict, device, dtype,
-                seed: int) -> tuple[dict, np.ndarray]:
+                seed: int, quantize: str | None = None) -> tuple[dict, np.ndarray]:
     """fastdit: random experts, the load options checked by plan_variant, LoRAs merged, the
-    preset's 4-step sampler; a warm-up generation, then the timed one."""
+    preset's 4-step sampler; a warm-up generation, then the timed one. ``quantize`` ("fp8",
+    the ``fastdit-fp8`` impl): the precision setting applied to the merged experts, as
+    ``fastdit.load(..., quantize=)`` does."""
+    from fastdit.pipelines.loading import apply_precision_to
     from fastdit.pipelines.loading import LoadOptions
     from fastdit.pipelines.spec import ModelSpec
     from fastdit.pipelines.variants import plan_variant
@@ -227,7 +232,7 @@ def e2e_fastdit(name: str, config, two: bool, loras: list[Path], c: dict, shape:
                                   {"num_train_timesteps": 1000}, boundary_ratio=0.875 if two else None,
                                   name=None if name.startswith("tiny") else name)
     options = LoadOptions(loras=[(str(loras[0]), 1.0)], loras_2=[(str(loras[1]), 1.0)] if two else (),
-                          preset="lightx2v-4step")
+                          preset="lightx2v-4step", quantize=quantize)
     t0 = time.perf_counter()
     spec, variant = plan_variant(spec, options)
     check_s = time.perf_counter() - t0
@@ -235,6 +240,10 @@ def e2e_fastdit(name: str, config, two: bool, loras: list[Path], c: dict, shape:
     for model, expert in zip(experts, variant.experts):
         result = apply_loras(model, expert.loras, mode=expert.mode, plans=expert.plans)
         lora_s.append(result.seconds)
+    t0 = time.perf_counter()
+    apply_precision_to(options.quantize, device, *experts)  # nothing for the exact setting
+    sync(device)
+    quantize_s = time.perf_counter() - t0
     pipe = WanVideoPipeline(spec, tokenizer=c["tokenizer"], text_encoder=c["text_encoder"], vae=c["vae"],
                             scheduler=variant.few_step.scheduler(), transformer=experts[0],
                             transformer_2=experts[1] if two else None, device=device, dtype=dtype,
@@ -249,7 +258,8 @@ def e2e_fastdit(name: str, config, two: bool, loras: list[Path], c: dict, shape:
     sync(device)
     total = time.perf_counter() - t0
     t = result.timings
-    entry = {"impl": "fastdit", "build_s": build_s, "plan_s": check_s, "lora_load_merge_s": lora_s,
+    entry = {"impl": "fastdit-fp8" if quantize else "fastdit", "build_s": build_s, "plan_s": check_s,
+             "lora_load_merge_s": lora_s, "quantize_s": quantize_s if quantize else None,
              "warmup_s": warmup_s, "sampler": result.settings["sampler"],
              "stages": {"text": t["text"], "denoise": t["denoise"], "decode": t["decode"], "total": total,
                         "per_step": t["per_step"]},
@@ -318,8 +328,11 @@ def bench_e2e(models: list[str], rank: int, c: dict, shape: dict, device, dtype,
         try:
             for impl in impls:
                 try:
-                    if impl == "fastdit":
-                        run, frames[impl] = e2e_fastdit(name, config, two, loras, c, shape, device, dtype, seed)
+                    if impl in ("fastdit", "fastdit-fp8"):
+                        run, frames[impl] = e2e_fastdit(name, config, two, loras, c, shape, device, dtype, seed,
+                                                        quantize="fp8" if impl == "fastdit-fp8" else None)
+                        if impl == "fastdit-fp8" and "fastdit" in frames:
+                            run["frames_vs_fastdit"] = e2e.compare(frames[impl], frames["fastdit"])
                     elif importlib.util.find_spec("peft") is None:  # diffusers' LoRA loading needs it
                         entry["diffusers"] = {"available": False, "why": "peft is not installed"}
                         continue
@@ -340,11 +353,12 @@ def bench_e2e(models: list[str], rank: int, c: dict, shape: dict, device, dtype,
             frames.clear()
             _free(device)
         by = {r["impl"]: r["stages"] for r in entry["runs"]}
-        if len(by) == 2:
-            entry["ratios"] = {f"{k}_vs_diffusers": by["fastdit"][k] / by["diffusers"][k]
-                               for k in ("total", "denoise", "text", "decode") if by["diffusers"][k] > 0}
-            print(f"{name:18s} fastdit / diffusers: " + json.dumps({k: round(v, 3) for k, v in entry["ratios"].items()}),
-                  flush=True)
+        for impl, key in (("fastdit", "ratios"), ("fastdit-fp8", "ratios_fp8")):
+            if impl in by and "diffusers" in by:
+                entry[key] = {f"{k}_vs_diffusers": by[impl][k] / by["diffusers"][k]
+                              for k in ("total", "denoise", "text", "decode") if by["diffusers"][k] > 0}
+                print(f"{name:18s} {impl} / diffusers: " + json.dumps({k: round(v, 3) for k, v in entry[key].items()}),
+                      flush=True)
         out["models"][name] = entry
         if save is not None:
             save()
@@ -376,7 +390,8 @@ def markdown(result: dict) -> str:
             s = run["stages"]
             lora = run.get("lora_load_merge_s") or run.get("lora_load_fuse_s")
             lora = sum(x["total"] for x in lora) if isinstance(lora, list) else lora
-            ratio = entry.get("ratios", {}).get("total_vs_diffusers") if run["impl"] == "fastdit" else None
+            key = {"fastdit": "ratios", "fastdit-fp8": "ratios_fp8"}.get(run["impl"])
+            ratio = entry.get(key, {}).get("total_vs_diffusers") if key else None
             lines.append(f"| {name} | {run['impl']} | {s['total']:.2f} | {s['text']:.2f} | {s['denoise']:.2f} | "
                          f"{s['per_step']:.3f} | {s['decode']:.2f} | {lora:.2f} | "
                          f"{'-' if run.get('peak_gb') is None else round(run['peak_gb'], 1)} | "
@@ -397,7 +412,8 @@ def main(argv=None) -> int:
                         help="the model of the merge and runtime sections")
     parser.add_argument("--e2e-models", default=None,
                         help=f"models of the e2e section (default {E2E_MODELS}; with --tiny: tiny,tiny-a14b)")
-    parser.add_argument("--impls", default="fastdit,diffusers", help="e2e implementations")
+    parser.add_argument("--impls", default="fastdit,diffusers",
+                        help="e2e implementations: fastdit, fastdit-fp8 (quantize='fp8'), diffusers")
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tmp", default=None, help="folder for the temporary LoRA files")

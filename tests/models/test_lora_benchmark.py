@@ -28,3 +28,19 @@ def test_lora_benchmark_tiny(load_benchmark, tmp_path):
     assert diffusers["frames_vs_fastdit"]["max_abs"] < 1e-4  # fp32 on the CPU: the same video
     assert "total_vs_diffusers" in entry["ratios"]
     assert "| tiny-a14b | fastdit |" in table.read_text()
+
+
+def test_lora_benchmark_fp8_row_tiny(load_benchmark, tmp_path):
+    """The ``fastdit-fp8`` impl: the merged experts under quantize="fp8", its frames compared
+    with the exact fastdit video (lossy, close) and its own ratio to diffusers."""
+    module = load_benchmark("lora")
+    out = tmp_path / "lora.json"
+    assert module.main(["--tiny", "--out", str(out), "--tmp", str(tmp_path), "--sections", "e2e",
+                        "--e2e-models", "tiny", "--impls", "fastdit,fastdit-fp8,diffusers"]) == 0
+    entry = json.loads(out.read_text())["e2e"]["models"]["tiny"]
+    runs = {r["impl"]: r for r in entry["runs"]}
+    assert set(runs) == {"fastdit", "fastdit-fp8", "diffusers"}
+    fp8 = runs["fastdit-fp8"]
+    assert fp8["quantize_s"] is not None and runs["fastdit"]["quantize_s"] is None
+    assert 0 < fp8["frames_vs_fastdit"]["max_abs"] < 0.5 and fp8["frames_vs_fastdit"]["psnr_db"] > 20
+    assert "total_vs_diffusers" in entry["ratios"] and "total_vs_diffusers" in entry["ratios_fp8"]
