@@ -26,6 +26,11 @@
    ``--tiny``: the CPU has nothing to emulate, but the planner takes a budget there: the
    smallest it accepts (bisection), which streams.
 
+``--lora-rank R`` runs the 4-step recipe instead (a random rank-R LoRA per expert in LightX2V's
+layout, merged as the blocks stream, ``preset="lightx2v-4step"``: timesteps 1000/750/500/250,
+guidance off, the experts switching at step 2); ``--quantize fp8`` adds the precision setting
+(fp8 products on the streamed e4m3 weights, 8-bit self-attention).
+
 The JSON is rewritten after every phase (a run stopped by a time cap keeps what it measured):
 load seconds, the plan, ``result.timings``, seconds per step (median, per expert, after the
 switch), bytes copied, peak GPU memory, host VmHWM / RssAnon (peak of per-step samples) /
@@ -338,9 +343,13 @@ def run(args) -> None:
         budget = tiny_budget(folder, args)
         note = "CPU: nothing to emulate; the smallest budget the memory planner accepts (it streams)"
     budget_info = {**set_budget(budget, device), "note": note}
+    extra = {"quantize": args.quantize} if args.quantize else {}
+    if args.lora_rank:  # the 4-step recipe: a distill LoRA per expert, the lightx2v-4step preset
+        loras = few_step_loras(folder, args)
+        extra.update(loras=[(str(loras[0]), 1.0)], loras_2=[(str(loras[1]), 1.0)], preset="lightx2v-4step")
     start = time.perf_counter()
     pipe = fastdit.load(folder, device=device, max_gpu_memory=budget, weights=args.weights,
-                        plan_video=(args.height, args.width, args.frames))
+                        plan_video=(args.height, args.width, args.frames), **extra)
     load_s = time.perf_counter() - start
     plan, stores = describe_plan(pipe), host_stores(pipe, device)
     print(plan["text"] or "no memory plan", flush=True)
@@ -351,14 +360,20 @@ def run(args) -> None:
         "host_stores": stores})
 
     scheduler = copy.deepcopy(pipe.scheduler)
-    boundary = pipe.spec.boundary_ratio * scheduler.config.num_train_timesteps
-    expert_plan = stages.plan_steps(scheduler, args.steps, boundary, device)
+    if args.lora_rank:  # the preset's fixed timesteps, its experts switching at a step index
+        args.steps = scheduler.num_inference_steps
+        switch = scheduler.config.boundary_step
+        expert_plan = [0 if i < switch else 1 for i in range(args.steps)]
+    else:
+        boundary = pipe.spec.boundary_ratio * scheduler.config.num_train_timesteps
+        expert_plan = stages.plan_steps(scheduler, args.steps, boundary, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     clock = StepClock(pipe, device)
     start = time.perf_counter()
-    result = pipe.generate(PROMPT, height=args.height, width=args.width, num_frames=args.frames,
-                           num_inference_steps=args.steps, seed=0, control=GenerationControl(on_progress=clock))
+    steps = {} if args.lora_rank else {"num_inference_steps": args.steps}
+    result = pipe.generate(PROMPT, height=args.height, width=args.width, num_frames=args.frames, seed=0,
+                           control=GenerationControl(on_progress=clock), **steps)
     wall = time.perf_counter() - start
     frames, host = np.asarray(result.frames), host_memory()
     probe = pinned_probe(device)  # after the figures above: its 256 MB stay in torch's pinned cache
@@ -388,6 +403,26 @@ def run(args) -> None:
         "frames_range": [float(np.nanmin(frames)), float(np.nanmax(frames))]})
 
 
+def few_step_loras(folder: Path, args) -> list[Path]:
+    """Random rank-``args.lora_rank`` LoRAs in the original layout (LightX2V's), one per expert,
+    written beside the model folder once (benchmarks/lora.py's writer)."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import lora as lora_bench  # the sibling benchmark's random-LoRA writer
+    from fastdit.models.wan.checkpoint import read_json
+    from fastdit.models.wan.configs import WanConfig
+
+    paths = []
+    for index, subfolder in enumerate(("transformer", "transformer_2")):
+        path = folder.parent / f"{folder.name}-lora{index}-rank{args.lora_rank}.safetensors"
+        if not path.is_file():
+            config = WanConfig.from_diffusers_config(read_json(folder / subfolder / "config.json"))
+            lora_bench.write_random_lora(path, config, args.lora_rank, torch.bfloat16, seed=10 + index)
+        paths.append(path)
+    return paths
+
+
 # ---------------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------------
@@ -405,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=None, help="default 81 (--tiny 9)")
     parser.add_argument("--text-layers", type=int, default=24, help="UMT5 layers of the random model (24: UMT5-XXL; "
                         "fewer change the plan: 4 leaves every fp8 block resident at 24 GB)")
+    parser.add_argument("--quantize", default=None, help="the precision setting (e.g. fp8: fp8 products and "
+                        "8-bit attention on the streamed e4m3 weights)")
+    parser.add_argument("--lora-rank", type=int, default=0, help="the 4-step recipe: a random LoRA of this rank "
+                        "per expert and the lightx2v-4step preset (guidance off; --steps is the preset's)")
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--timeout", type=int, default=1500, help="seconds for the child that loads and generates")
     parser.add_argument("--write-only", action="store_true", help="write the model folder and stop")
@@ -432,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "offload_video", "date": datetime.date.today().isoformat(),
         "model": "tiny two-expert Wan (a14b)" if args.tiny else "Wan2.2-T2V-A14B (random weights)",
         "experts_share_weights": None, "prompt": PROMPT,
-        "settings": {"budget": args.budget, "weights": args.weights, "steps": args.steps, "height": args.height,
+        "settings": {"budget": args.budget, "weights": args.weights, "quantize": args.quantize,
+                     "lora_rank": args.lora_rank or None, "steps": args.steps, "height": args.height,
                      "width": args.width, "frames": args.frames, "text_layers": None if args.tiny else args.text_layers,
                      "device": "cpu" if args.tiny else args.device}})
     start = time.perf_counter()
@@ -460,6 +500,8 @@ def _in_child(args, folder: Path) -> int | str:
             "--weights", args.weights, "--steps", str(args.steps), "--height", str(args.height),
             "--width", str(args.width), "--frames", str(args.frames), "--device", args.device]
     argv += ["--tiny"] if args.tiny else []
+    argv += ["--quantize", args.quantize] if args.quantize else []
+    argv += ["--lora-rank", str(args.lora_rank)] if args.lora_rank else []
     argv += ["--budget", args.budget] if args.budget is not None else []
     paths = [str(REPO / "src"), os.environ.get("PYTHONPATH")]
     try:

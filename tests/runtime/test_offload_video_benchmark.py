@@ -40,3 +40,20 @@ def test_offload_video_benchmark_tiny(load_benchmark, tmp_path):
     assert module.main(["--tiny", "--write-only", "--out", str(again), "--work-dir", str(work)]) == 0
     reused = json.loads(again.read_text())
     assert reused["folder"]["reused"] and reused["experts_share_weights"] is True
+
+
+def test_offload_video_benchmark_four_step_lora_tiny(load_benchmark, tmp_path):
+    """``--lora-rank`` and ``--quantize``: the 4-step recipe (a random LoRA per expert merged as
+    the blocks stream, the lightx2v-4step preset, guidance off) on streamed fp8 experts."""
+    module = load_benchmark("offload_video")
+    out, work = tmp_path / "offload-video.json", tmp_path / "work"
+    assert module.main(["--tiny", "--lora-rank", "4", "--quantize", "fp8", "--out", str(out),
+                        "--work-dir", str(work)]) == 0
+    report = json.loads(out.read_text())
+    assert "error" not in report, report.get("traceback", report.get("error"))
+    assert report["settings"]["lora_rank"] == 4 and report["settings"]["quantize"] == "fp8"
+    summary = report["summary"]
+    assert summary["steps_per_expert"] == {"0": 2, "1": 2} and summary["observed_matches_plan"]
+    assert report["generate"]["guidance"] == ["NoGuidance()", "NoGuidance()"]
+    assert report["plan"]["streams"] and summary["frames_finite"]
+    assert sorted(p.name for p in work.glob("*-lora*-rank4.safetensors")) and len(list(work.glob("*-lora*"))) == 2
