@@ -85,6 +85,7 @@ def test_streamed_blocks_with_the_fp8_precision(tiny_model, reference, task):
     assert linear.compute == "fp8" and linear.takes_fp8
     report = streamed.precision_reports[0]
     assert report.weights is not None and len(report.weights.layers) > 0 and report.weights.bytes_before == 0
+    assert "stored in e4m3 already" in report.describe()
     assert isinstance(streamed.transformer.model.attend, PrecisionAttention)
     if task == "a14b":
         assert streamed.transformer_2.model.blocks[0].ffn.net[2].takes_fp8

@@ -39,6 +39,9 @@ class WeightReport:
     bytes_after: int  # ... and after (fp8 weights + fp32 scales)
 
     def describe(self) -> str:
+        if self.layers and not self.bytes_before:  # e.g. a streamed store that holds them in e4m3
+            return (f"fp8 weights: {len(self.layers)} linear layers, stored in e4m3 already; "
+                    f"{len(self.kept_dense)} kept dense")
         return (f"fp8 weights: {len(self.layers)} linear layers, {format_bytes(self.bytes_before)} "
                 f"-> {format_bytes(self.bytes_after)}; {len(self.kept_dense)} kept dense")
 
