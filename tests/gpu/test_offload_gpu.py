@@ -43,19 +43,25 @@ def test_streamed_equals_resident_on_gpu(dtype, resident, prefetch):
     assert streamed.stats["pool_buffers"] == resident + min(prefetch + 1, 6 - resident)
 
 
+def _forward_without_host_syncs(streamed, args) -> torch.Tensor:
+    """``streamed(*args)`` with its block loop under ``set_sync_debug_mode("error")``: any
+    host synchronisation inside it raises."""
+    x, ctx = streamed.embed(*args)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        x = streamed.run_blocks(x, ctx)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return streamed.head(x, ctx)
+
+
 def test_no_host_sync_in_the_block_loop():
     streamed = stream_model(_model(torch.bfloat16), StreamPlan.spread(6, 1, 2), "cuda", weights="fp8")
     args = _inputs(torch.bfloat16)
     with torch.no_grad():
         streamed(*args)  # warm-up: pool, RoPE tables, providers
-        x, ctx = streamed.embed(*args)
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            x = streamed.run_blocks(x, ctx)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        streamed.head(x, ctx)
+        _forward_without_host_syncs(streamed, args)
     torch.cuda.synchronize()
 
 
@@ -125,14 +131,7 @@ def test_streamed_fp8_precision_equals_resident_on_gpu():
     with torch.no_grad():
         ref = resident(*args)
         torch.testing.assert_close(streamed(*args), ref, atol=0, rtol=0)
-        x, ctx = streamed.embed(*args)
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            x = streamed.run_blocks(x, ctx)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        torch.testing.assert_close(streamed.head(x, ctx), ref, atol=0, rtol=0)
+        torch.testing.assert_close(_forward_without_host_syncs(streamed, args), ref, atol=0, rtol=0)
 
 
 def test_budget_emulation_holds_a_streamed_forward():
