@@ -142,15 +142,6 @@ def index_file(checked) -> tuple[Any, dict[str, StoredTensor], dict[str, StoredT
     return checked.config, tensors, scales
 
 
-def _dequantized(value: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
-    """A scaled (fp8 / int8) weight as the single-file loader makes it: ``W = weight * scale``
-    in fp32 on ``device``, in ``dtype``."""
-    value = value.to(device)
-    scale = scale.to(device=device, dtype=torch.float32)
-    shape = (-1,) + (1,) * (value.dim() - 1) if scale.numel() > 1 else ()
-    return (value.float() * scale.reshape(shape)).to(dtype)
-
-
 def _set(module: nn.Module, leaf: str, tensor: torch.Tensor) -> None:
     if leaf in module._parameters:
         module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
@@ -174,6 +165,7 @@ def load_streamed(path: str | os.PathLike, plan: StreamPlan, device: torch.devic
     :class:`~fastdit.models.wan.single_file.TransformerFile`) read instead of the folder, its
     scaled fp8 / int8 weights dequantised as the single-file loader does (``path`` unused)."""
     from fastdit.models.wan import WanTransformer
+    from fastdit.models.wan.single_file import dequantize_scaled
 
     check_weights(weights)
     device = torch.device(device)
@@ -192,8 +184,8 @@ def load_streamed(path: str | os.PathLike, plan: StreamPlan, device: torch.devic
         def read(name: str) -> torch.Tensor:
             value, target = maps.read(tensors[name]), parameter_dtype(name, dtype)
             if name in scales:  # a view valid until the next read: copied before the scale's
-                value = _dequantized(value.to(dequantize_on, copy=True), maps.read(scales[name]),
-                                     target, dequantize_on)
+                value = dequantize_scaled(value.to(dequantize_on, copy=True), maps.read(scales[name]),
+                                          target, dequantize_on)
             elif file is not None and value.dtype.itemsize == 1 and value.is_floating_point():
                 value = value.to(target)  # an unscaled fp8 file: a plain cast, as its loader does
             return value if transform is None else transform(name, value, target)

@@ -149,9 +149,7 @@ def load_transformer_file(path: str | PathLike | TransformerFile, config: WanCon
                 tensor = handle.get_tensor(key).to(device)
                 scale = scales.get(key)
                 if scale is not None:
-                    scale_t = handle.get_tensor(scale).to(device=device, dtype=torch.float32)
-                    shape = (-1,) + (1,) * (tensor.dim() - 1) if scale_t.numel() > 1 else ()
-                    tensor = (tensor.float() * scale_t.reshape(shape)).to(target)
+                    tensor = dequantize_scaled(tensor, handle.get_tensor(scale), target, device)
                     quantised += 1
                 else:
                     tensor = tensor.to(target)
@@ -161,6 +159,16 @@ def load_transformer_file(path: str | PathLike | TransformerFile, config: WanCon
     log.info("transformer: %s (%d tensors, %d dequantised with their scales) on %s in %s",
              path.name, len(weights), quantised, device, str(dtype).replace("torch.", ""))
     return model.eval().requires_grad_(False)
+
+
+def dequantize_scaled(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
+                      device: torch.device | str) -> torch.Tensor:
+    """A scaled fp8 / int8 weight as a dense one: ``W = weight * scale`` in fp32 on ``device``,
+    stored in ``dtype``. ``weight [N, K...]``; ``scale`` one value, ``[N]`` or ``[N, 1]``."""
+    weight = weight.to(device)
+    scale = scale.to(device=device, dtype=torch.float32)
+    shape = (-1,) + (1,) * (weight.dim() - 1) if scale.numel() > 1 else ()
+    return (weight.float() * scale.reshape(shape)).to(dtype)
 
 
 def _layout(path: Path, shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]
