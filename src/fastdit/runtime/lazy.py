@@ -186,8 +186,8 @@ def load_streamed(path: str | os.PathLike, plan: StreamPlan, device: torch.devic
             if name in scales:  # a view valid until the next read: copied before the scale's
                 value = dequantize_scaled(value.to(dequantize_on, copy=True), maps.read(scales[name]),
                                           target, dequantize_on)
-            elif file is not None and value.dtype.itemsize == 1 and value.is_floating_point():
-                value = value.to(target)  # an unscaled fp8 file: a plain cast, as its loader does
+            elif file is not None:
+                value = value.to(target)  # as the single-file loader does (an unscaled fp8 file: a cast)
             return value if transform is None else transform(name, value, target)
 
         for name, param in list(model.named_parameters()):
