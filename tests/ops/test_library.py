@@ -16,10 +16,10 @@ import fastdit.ops as ops
 from fastdit.ops.examples import example_call
 
 # the op modules (``fastdit.ops.attention`` and ``.linear`` are also names of functions there)
-norm, elementwise, rope, attention_ops, linear, norm_fp8, linear_fp8, attention_int8 = (
+norm, elementwise, rope, attention_ops, linear, norm_fp8, linear_fp8, attention_int8, channel_norm = (
     importlib.import_module(f"fastdit.ops.{name}")
     for name in ("norm", "elementwise", "rope", "attention", "linear", "norm_fp8", "linear_fp8",
-                 "attention_int8"))
+                 "attention_int8", "channel_norm"))
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,6 +50,8 @@ LIBRARY_OPS = {
     "layer_norm_scale_shift_fp8_numbers": (norm_fp8._LIB_LAYER_NORM_FP8, {"numbers": True}),
     "scale_residual_norm_scale_shift_fp8": (norm_fp8._LIB_SCALE_RESIDUAL_FP8, {}),
     "attention_fp8_out": (attention_int8._LIB_ATTENTION_FP8_OUT, {}),
+    # the VAE decoder (issue 11's few-step videos spend half their time decoding)
+    "channel_rms_norm": (channel_norm._LIB_CHANNEL_RMS_NORM, {}),
 }
 
 

@@ -197,8 +197,28 @@ def linear_cases():
     return cases
 
 
+def channel_norm_cases():
+    """The VAE's channel RMS norm: [B, C, T, H, W] and [B, C, H, W], odd channel counts, with
+    and without SiLU and a bias, diffusers' [C, 1, 1, 1] gamma, values far from unit size."""
+    cases = []
+    for dtype in DTYPES:
+        for channels, silu in ((3, True), (40, False), (130, True)):
+            def build(dtype=dtype, channels=channels, silu=silu):
+                x = rand((2, channels, 2, 3, 5), dtype) * 7
+                gamma = rand((channels, 1, 1, 1), dtype)
+                return (x, gamma), {"scale": channels ** 0.5, "silu": silu}
+            cases.append(Case(f"{str(dtype)[6:]}-C{channels}-silu{int(silu)}", build, dtype,
+                              light=channels == 40 and dtype == torch.bfloat16))
+    def build_image():  # the mid block's attention norm: [B*T, C, H, W], gamma [C, 1, 1], a bias
+        x = rand((3, 24, 4, 6), torch.bfloat16)
+        return (x, rand((24, 1, 1), torch.bfloat16), rand((24,), torch.bfloat16)), {"scale": 24 ** 0.5}
+    cases.append(Case("image-bias", build_image, torch.bfloat16))
+    return cases
+
+
 CASES = {
     "rms_norm": rms_norm_cases(),
+    "channel_rms_norm": channel_norm_cases(),
     "layer_norm_scale_shift": norm_cases("layer_norm_scale_shift"),
     "scale_residual_norm_scale_shift": norm_cases("scale_residual_norm_scale_shift"),
     "norm_tanh_mul_add": norm_cases("norm_tanh_mul_add"),

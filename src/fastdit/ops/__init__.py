@@ -8,6 +8,7 @@ op runs its dispatch plan (the provider chosen once per argument signature); und
 
 from fastdit.ops.attention import attention
 from fastdit.ops.attention_int8 import attention_fp8_out
+from fastdit.ops.channel_norm import channel_rms_norm
 from fastdit.ops.elementwise import mul_add, scale_shift
 from fastdit.ops.linear import linear, linear_gelu_tanh
 from fastdit.ops.linear_fp8 import gelu_tanh_fp8, linear_fp8, quantize_fp8
@@ -33,6 +34,7 @@ __all__ = [
     "attention",
     "attention_fp8_out",
     "call_provider",
+    "channel_rms_norm",
     "gelu_tanh_fp8",
     "layer_norm_scale_shift",
     "layer_norm_scale_shift_fp8",

@@ -70,4 +70,8 @@ def example_call(op: str, batch: int = 1, tokens: int = 1024, dim: int = 1536, h
     if op == "attention_fp8_out":
         q, k, v = (rand(batch, tokens, heads, head_dim) for _ in range(3))
         return (q, k, v), {}
+    if op == "channel_rms_norm":  # the VAE decoder's layout: [B, C, T, H, W], here C = D / 16
+        channels = max(1, dim // 16)
+        video = rand(batch, channels, 1, max(1, tokens // 64), 64)
+        return (video, rand(channels)), {"scale": channels ** 0.5, "silu": True}
     raise KeyError(f"no example call for op {op!r}")

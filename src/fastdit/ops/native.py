@@ -22,6 +22,7 @@ NATIVE_SPEC = {
     "scale_residual_norm_scale_shift_fp8":
         "fastdit.ops.norm_fp8:scale_residual_norm_scale_shift_fp8_native",
     "attention_fp8_out": "fastdit.ops.attention_int8:attention_fp8_out_native",
+    "channel_rms_norm": "fastdit.ops.channel_norm:channel_rms_norm_native",
 }
 
 for _op, _impl in NATIVE_SPEC.items():
