@@ -13,6 +13,7 @@ from fastdit.ops.registry import _always, register
 _OPS = {
     # op: (implementation, supports_args)
     "rms_norm": ("norm:rms_norm", S.rms_norm_args),
+    "channel_rms_norm": ("channel_norm:channel_rms_norm", S.channel_rms_norm_args),
     "layer_norm_scale_shift": ("norm:layer_norm_scale_shift", S.layer_norm_scale_shift_args),
     "scale_residual_norm_scale_shift": ("norm:scale_residual_norm_scale_shift",
                                         S.scale_residual_norm_scale_shift_args),

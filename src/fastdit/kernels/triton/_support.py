@@ -143,6 +143,22 @@ def norm_launch(dim: int, n_rows: int | None = None, kind: str = "norm") -> tupl
     return block, _warps_for(block, per_thread=8), 1
 
 
+def channel_norm_launch(channels: int, positions: int) -> tuple[int, int, int]:
+    """``(BLOCK_C, BLOCK_S, num_warps)`` for the channel RMS norm (``[B, C, S]``, norm over C).
+
+    A program takes BLOCK_S = 256 consecutive positions (512 contiguous bytes a channel row in
+    bf16: 16-byte vectors, coalesced along s) and loops twice over C in chunks of BLOCK_C = 16:
+    4096-value tiles, 32 values per thread at 4 warps, so the fp32 sum-of-squares accumulator
+    (32 registers) and a tile in flight stay well below spilling. At the VAE shapes
+    (S = 4 * 480 * 832) that is 6240 programs a batch row, each streaming C * 512 bytes (48-192
+    KiB at C = 96..384) twice, the second time mostly from L2. Small inputs take narrower
+    blocks (fewer masked lanes): BLOCK_S down to 16, BLOCK_C down to 1.
+    """
+    block_s = max(16, min(256, next_pow2(positions)))
+    block_c = max(1, min(16, next_pow2(channels)))
+    return block_c, block_s, 4
+
+
 def elementwise_launch(dim: int) -> tuple[int, int, int]:
     """``(BLOCK_D, ROWS, num_warps)`` for the elementwise kernels: 2-D tiles of about 4096 values.
 
@@ -206,6 +222,16 @@ def rms_norm_args(x, weight, eps=1e-6, *, residual=None, variance_size=None) -> 
     if residual is not None and not (_tensor_ok(residual) and residual.shape == x.shape):
         return False
     return variance_size is None or (is_number(variance_size) and 0 < variance_size <= x.shape[-1])
+
+
+def channel_rms_norm_args(x, gamma, bias=None, *, scale, eps=1e-12, silu=False) -> bool:
+    """Contiguous ``x [B, C, ...]`` (seen as ``[B, C, S]``; other layouts go to the next
+    provider), gamma/bias of x's dtype with one value per channel (flattened), numbers."""
+    if not (_tensor_ok(x) and x.dim() >= 3 and x.is_contiguous() and is_number(scale)
+            and is_number(eps) and isinstance(silu, bool)):
+        return False
+    return all(t is None or (_tensor_ok(t) and t.dtype == x.dtype and t.numel() == x.shape[1])
+               for t in (gamma, bias)) and gamma is not None
 
 
 def _norm_family_ok(x, mods, weight, bias, eps, norm, residual=None) -> bool:

@@ -1,0 +1,101 @@
+"""Triton kernel of ``channel_rms_norm``: the Wan VAE's RMS norm over channels (+ SiLU).
+
+``x [B, C, *rest]`` (contiguous) is seen as ``[B, C, S]``, ``S = prod(rest)``: the norm runs
+over C, whose elements lie ``S`` apart, so a program (grid ``(cdiv(S, BLOCK_S), B)``) takes
+``BLOCK_S`` consecutive positions of one batch row (loads coalesced along s) and loops over C in chunks of ``BLOCK_C`` twice: the
+first loop accumulates the fp32 sum of squares, the second loads the tile again and applies the
+spec's chain, rounding to x's dtype between the steps exactly as diffusers' ``WanRMS_norm``
+(see :mod:`fastdit.ops.channel_norm`). x is read twice and y written once. Launch parameters:
+:func:`channel_norm_launch` (``_support.py``), README.md.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fastdit.kernels.triton._support import cdiv, channel_norm_launch, interpreting
+
+
+@triton.jit
+def _round_bf16_rne(v):
+    """fp32 ``v`` rounded to nearest-even on the bf16 grid, still fp32 (NaN kept).
+
+    Used only under the Triton interpreter, whose fp32 -> bf16 cast truncates; after this the
+    cast is exact. On a GPU the hardware cast (RTNE) is used directly."""
+    bits = v.to(tl.uint32, bitcast=True)
+    bits = bits + 0x7FFF + ((bits >> 16) & 1)
+    r = ((bits >> 16) << 16).to(tl.float32, bitcast=True)
+    return tl.where(v != v, v, r)
+
+
+@triton.jit
+def _round(v, DT: tl.constexpr, SOFT_BF16: tl.constexpr):
+    """fp32 ``v`` rounded to the dtype ``DT`` and back to fp32 (a no-op for fp32)."""
+    if SOFT_BF16:
+        v = _round_bf16_rne(v)
+    return v.to(DT).to(tl.float32)
+
+
+@triton.jit
+def _channel_rms_norm_kernel(
+    x_ptr, y_ptr, g_ptr, b_ptr,
+    C, S, scale, eps,
+    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, SOFT_BF16: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    # program (block of s, b): y[b, :, s] = chain(x[b, :, s] / max(||x[b, :, s]||_2, eps))
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    s = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    pid_b = tl.program_id(1).to(tl.int64)
+    smask = s < S
+    base = pid_b * C * S
+    chans = tl.arange(0, BLOCK_C)
+
+    # pass 1: sum of squares over C, fp32 (a [BLOCK_C, BLOCK_S] accumulator, reduced at the end)
+    acc = tl.zeros((BLOCK_C, BLOCK_S), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + chans
+        mask = (c < C)[:, None] & smask[None, :]
+        offs = base + (c.to(tl.int64) * S)[:, None] + s[None, :]
+        v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        acc += v * v
+    denom = tl.maximum(tl.sqrt(tl.sum(acc, axis=0)), eps)[None, :]  # F.normalize's clamp_min
+
+    # pass 2: the spec's chain with its roundings to x's dtype
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + chans
+        cmask = c < C
+        mask = cmask[:, None] & smask[None, :]
+        offs = base + (c.to(tl.int64) * S)[:, None] + s[None, :]
+        v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        n = _round(v / denom, DT, SOFT_BF16)  # division, as F.normalize
+        y = _round(n * scale, DT, SOFT_BF16)
+        gamma = tl.load(g_ptr + c, mask=cmask, other=0.0).to(tl.float32)[:, None]
+        y = _round(y * gamma, DT, SOFT_BF16)
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float32)[:, None]
+            y = _round(y + bias, DT, SOFT_BF16)
+        if SILU:
+            y = _round(y / (1.0 + tl.exp(-y)), DT, SOFT_BF16)  # y * sigmoid(y), as torch's silu
+        tl.store(y_ptr + offs, y.to(DT), mask=mask)
+
+
+def channel_rms_norm(x, gamma, bias=None, *, scale, eps=1e-12, silu=False):
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    batch, channels = x.shape[0], x.shape[1]
+    positions = x.numel() // max(batch * channels, 1)
+    if y.numel() == 0:
+        return y
+    block_c, block_s, warps = channel_norm_launch(channels, positions)
+    g = gamma.reshape(-1).contiguous()
+    b = g if bias is None else bias.reshape(-1).contiguous()
+    # position blocks on grid axis 0 (up to 2**31 - 1 programs; axis 1 stops at 65535)
+    _channel_rms_norm_kernel[(cdiv(positions, block_s), batch)](
+        x, y, g, b, channels, positions, float(scale), float(eps),
+        HAS_BIAS=bias is not None, SILU=bool(silu),
+        SOFT_BF16=interpreting() and x.dtype == torch.bfloat16,
+        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=warps,
+    )
+    return y

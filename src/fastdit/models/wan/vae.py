@@ -1,0 +1,162 @@
+"""The Wan VAE decode with fastdit ops, on diffusers' ``AutoencoderKLWan`` and its weights.
+
+    video = decode(vae, z)          # == vae.decode(z).sample, to rounding; z [B, z_dim, T, h, w]
+
+The same computation as diffusers' ``AutoencoderKLWan._decode`` (0.42): ``post_quant_conv``,
+then the decoder once per latent frame with a cache of each causal convolution's last two
+input frames, the frames concatenated, unpatchified (Wan2.2) and clamped to [-1, 1]. Two
+pieces of every residual block and of the head run differently, with the same numbers:
+
+* **norm + SiLU**: diffusers' ``WanRMS_norm`` then ``nn.SiLU`` (eight passes over the tensor,
+  three of them in fp32) become one :func:`fastdit.ops.channel_rms_norm` call with
+  ``silu=True``, which replicates their roundings;
+* **causal convolution**: ``cat(cache, x)`` then ``F.pad`` (two copies of the input) becomes
+  the concatenation alone, or a time-only pad for the first chunk, with the spatial zero
+  padding done by the convolution itself (``padding=(0, ph, pw)``): one copy.
+
+The rest (the mid block's attention, the up-samplers with their time convolutions, Wan2.2's
+``DupUp3D`` shortcuts) runs diffusers' own modules, which take the same cache list. Tiled
+decoding stays diffusers' (:meth:`AutoencoderKLWan.tiled_decode`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastdit import ops
+
+log = logging.getLogger("fastdit.models")
+
+CACHE_T = 2  # input frames each causal convolution keeps for the next chunk (diffusers' CACHE_T)
+
+
+def supports(vae) -> str | None:
+    """None when :func:`decode` covers ``vae`` (a diffusers ``AutoencoderKLWan`` with SiLU
+    activations and channel-first norms), else why not."""
+    if type(vae).__name__ != "AutoencoderKLWan":
+        return f"{type(vae).__name__} is not diffusers' AutoencoderKLWan"
+    blocks = [m for m in vae.decoder.modules() if type(m).__name__ == "WanResidualBlock"]
+    if not blocks or any(not isinstance(b.nonlinearity, nn.SiLU) for b in blocks):
+        return "its residual blocks do not use SiLU"
+    if not isinstance(vae.decoder.nonlinearity, nn.SiLU):
+        return "its decoder head does not use SiLU"
+    norms = [m for m in vae.decoder.modules() if type(m).__name__ == "WanRMS_norm"]
+    if any(not n.channel_first for n in norms):
+        return "it has channel-last norms"
+    return None
+
+
+@torch.no_grad()
+def decode(vae, z: torch.Tensor) -> torch.Tensor:
+    """``vae.decode(z).sample`` with fastdit's norm and convolution paths (module docstring).
+
+    ``z [B, z_dim, T, h, w]`` in the VAE's dtype (already un-normalised, as ``vae.decode``
+    takes it); returns ``[B, 3, F, H, W]`` in [-1, 1]. Raises ValueError for a VAE that
+    :func:`supports` refuses."""
+    reason = supports(vae)
+    if reason is not None:
+        raise ValueError(f"fastdit's VAE decode cannot run this VAE: {reason}")
+    height, width = z.shape[-2:]
+    ratio = vae.spatial_compression_ratio
+    if vae.use_tiling and (width > vae.tile_sample_min_width // ratio
+                           or height > vae.tile_sample_min_height // ratio):
+        return vae.tiled_decode(z, return_dict=False)[0]
+    if vae.use_slicing and z.shape[0] > 1:
+        return torch.cat([_decode_one(vae, part) for part in z.split(1)])
+    return _decode_one(vae, z)
+
+
+def _decode_one(vae, z: torch.Tensor) -> torch.Tensor:
+    cache: list = [None] * _causal_convs(vae.decoder)
+    x = _causal_conv(vae.post_quant_conv, z, None)  # (B, z_dim, T, h, w)
+    frames = []
+    for i in range(x.shape[2]):  # one latent frame at a time, as diffusers decodes
+        frames.append(_decoder(vae.decoder, x[:, :, i:i + 1], cache, [0], first_chunk=i == 0))
+    out = torch.cat(frames, dim=2)  # (B, C_out, F, H, W)
+    if vae.config.patch_size is not None:
+        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+        out = unpatchify(out, patch_size=vae.config.patch_size)
+    return torch.clamp(out, min=-1.0, max=1.0)
+
+
+def _causal_convs(decoder: nn.Module) -> int:
+    """Cache slots the decoder uses: one per causal convolution (diffusers counts the same)."""
+    return sum(type(m).__name__ == "WanCausalConv3d" for m in decoder.modules())
+
+
+# ---------------------------------------------------------------------------------------
+# the pieces
+# ---------------------------------------------------------------------------------------
+def _norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``silu(WanRMS_norm(x))``: ``x / ||x||_C * sqrt(C) * gamma (+ bias)``, then SiLU."""
+    bias = norm.bias if isinstance(norm.bias, torch.Tensor) else None
+    return ops.channel_rms_norm(x, norm.gamma, bias, scale=norm.scale, silu=True)
+
+
+def _causal_conv(conv: nn.Module, x: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """``WanCausalConv3d.forward(x, previous)``: ``previous`` (the last input frames of the
+    chunk before, or None) in front of ``x``, zero frames for the rest of the causal time
+    padding, the spatial zero padding inside the convolution."""
+    pad_w, _, pad_h, _, pad_t, _ = conv._padding  # (W left, W right, H top, H bottom, T front, T back)
+    if previous is not None and pad_t > 0:
+        x = torch.cat([previous.to(x.device), x], dim=2)  # (B, C, T + cached, H, W)
+        pad_t -= previous.shape[2]
+    if pad_t > 0:
+        x = F.pad(x, (0, 0, 0, 0, pad_t, 0))  # zero frames in front only
+    return F.conv3d(x, conv.weight, conv.bias, conv.stride, (0, pad_h, pad_w), conv.dilation, conv.groups)
+
+
+def _cached_conv(conv: nn.Module, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
+    """A causal convolution in the chunked decode: its input's last frames go to ``cache``
+    for the next chunk (two, the older one from the cache when this chunk has one frame)."""
+    slot = idx[0]
+    keep = x[:, :, -CACHE_T:].clone()  # (B, C, <= 2, H, W)
+    if keep.shape[2] < CACHE_T and cache[slot] is not None:
+        keep = torch.cat([cache[slot][:, :, -1:].to(keep.device), keep], dim=2)
+    out = _causal_conv(conv, x, cache[slot])
+    cache[slot] = keep
+    idx[0] += 1
+    return out
+
+
+def _residual_block(block: nn.Module, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
+    """``WanResidualBlock``: ``conv2(silu(norm2(conv1(silu(norm1(x)))))) + shortcut(x)``."""
+    shortcut = block.conv_shortcut
+    h = shortcut(x) if isinstance(shortcut, nn.Identity) else _causal_conv(shortcut, x, None)
+    x = _cached_conv(block.conv1, _norm_silu(block.norm1, x), cache, idx)
+    x = _cached_conv(block.conv2, _norm_silu(block.norm2, x), cache, idx)  # dropout: eval
+    return x + h
+
+
+def _up_block(up: nn.Module, x: torch.Tensor, cache: list, idx: list, first_chunk: bool) -> torch.Tensor:
+    """``WanUpBlock`` (Wan2.1) or ``WanResidualUpBlock`` (Wan2.2: plus a ``DupUp3D`` shortcut)."""
+    shortcut = getattr(up, "avg_shortcut", None)
+    block_input = x  # nothing below writes into it
+    for resnet in up.resnets:
+        x = _residual_block(resnet, x, cache, idx)
+    upsamplers = getattr(up, "upsamplers", None)
+    upsampler = upsamplers[0] if upsamplers else getattr(up, "upsampler", None)
+    if upsampler is not None:
+        x = upsampler(x, feat_cache=cache, feat_idx=idx)
+    if shortcut is not None:
+        x = x + shortcut(block_input, first_chunk=first_chunk)
+    return x
+
+
+def _decoder(decoder: nn.Module, x: torch.Tensor, cache: list, idx: list, first_chunk: bool) -> torch.Tensor:
+    """``WanDecoder3d.forward`` on one chunk: conv_in, the mid block, the up blocks, the head."""
+    x = _cached_conv(decoder.conv_in, x, cache, idx)
+    mid = decoder.mid_block
+    x = _residual_block(mid.resnets[0], x, cache, idx)
+    for attention, resnet in zip(mid.attentions, mid.resnets[1:]):
+        if attention is not None:
+            x = attention(x)
+        x = _residual_block(resnet, x, cache, idx)
+    for up in decoder.up_blocks:
+        x = _up_block(up, x, cache, idx, first_chunk)
+    return _cached_conv(decoder.conv_out, _norm_silu(decoder.norm_out, x), cache, idx)

@@ -1,0 +1,76 @@
+"""fastdit's Wan VAE decode (``fastdit.models.wan.vae``) against diffusers' ``vae.decode`` on
+small random VAEs (Wan2.1, and Wan2.2 with its residual up blocks and 2x2 patches): the same
+video, several latent frames so that the causal caches carry across chunks."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLWan
+
+from fastdit import ops
+from fastdit.models.wan import vae as fast_vae
+
+WAN21 = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True])
+WAN22 = dict(base_dim=16, decoder_base_dim=24, z_dim=48, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+             temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12,
+             patch_size=2, scale_factor_spatial=16)
+
+
+def _vae(config, dtype, seed=0):
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(**config).eval().requires_grad_(False)
+    with torch.no_grad():  # diffusers' init leaves the norms' gamma at 1: make them random too
+        for module in vae.modules():
+            if type(module).__name__ == "WanRMS_norm":
+                module.gamma.uniform_(0.5, 1.5)
+    return vae.to(dtype)
+
+
+def _latent(vae, frames, h, w, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, vae.config.z_dim, frames, h, w, generator=g).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("config", [WAN21, WAN22], ids=["wan2.1", "wan2.2"])
+def test_decode_equals_diffusers(config, dtype):
+    """On the CPU (the op's native spec) the video is diffusers' bit for bit, in fp32 and in
+    bf16: the same roundings, the convolution's own zero padding giving what an explicit pad
+    gives. (On a GPU the Triton norm sums in another order: tests/gpu/test_vae_gpu.py.)"""
+    vae = _vae(config, dtype)
+    z = _latent(vae, 3, 4, 6, dtype)  # three latent frames: 9 video frames
+    with torch.no_grad():
+        expected = vae.decode(z).sample
+    got = fast_vae.decode(vae, z)
+    assert got.shape == expected.shape and got.shape[2] == 9 and got.dtype == dtype
+    assert torch.equal(got, expected)
+    assert (expected.float().abs() > 0.05).float().mean() > 0.2  # not a trivially small video
+
+
+def test_the_op_replicates_diffusers_norm_and_silu_bit_for_bit():
+    """The native spec of ops.channel_rms_norm against WanRMS_norm + SiLU, in bf16."""
+    vae = _vae(WAN21, torch.bfloat16)
+    norm = vae.decoder.up_blocks[0].resnets[0].norm1
+    x = (torch.randn(1, norm.gamma.numel(), 2, 5, 7) * 3).to(torch.bfloat16)
+    with torch.no_grad():
+        expected = F.silu(norm(x))
+    got = ops.channel_rms_norm(x, norm.gamma, None, scale=norm.scale, silu=True)
+    assert torch.equal(got, expected)
+
+
+def test_tiled_decode_stays_diffusers():
+    vae = _vae(WAN21, torch.float32)
+    vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=16,
+                      tile_sample_stride_width=16)
+    z = _latent(vae, 1, 8, 8, torch.float32)
+    with torch.no_grad():
+        expected = vae.decode(z).sample
+    torch.testing.assert_close(fast_vae.decode(vae, z), expected, atol=0, rtol=0)
+
+
+def test_an_unsupported_vae_is_refused():
+    vae = _vae(WAN21, torch.float32)
+    vae.decoder.up_blocks[0].resnets[0].nonlinearity = torch.nn.GELU()
+    assert "SiLU" in fast_vae.supports(vae)
+    with pytest.raises(ValueError, match="cannot run this VAE"):
+        fast_vae.decode(vae, _latent(vae, 1, 2, 2, torch.float32))
