@@ -74,3 +74,23 @@ def test_an_unsupported_vae_is_refused():
     assert "SiLU" in fast_vae.supports(vae)
     with pytest.raises(ValueError, match="cannot run this VAE"):
         fast_vae.decode(vae, _latent(vae, 1, 2, 2, torch.float32))
+
+
+def test_the_pipeline_option(tmp_path, monkeypatch):
+    """``fastdit.load(..., vae_decoder="fastdit")`` decodes through fastdit's decode, with the
+    default decode's frames (CPU: bit for bit); a bad value is a UserError before loading."""
+    import fastdit
+    from fastdit.errors import UserError
+    from fastdit.pipelines.tiny import make_tiny_model
+
+    path = make_tiny_model(tmp_path / "model", "t2v")
+    run = dict(height=32, width=32, num_frames=9, num_inference_steps=2, seed=0)
+    plain = fastdit.load(path, device="cpu").generate("a red car", **run)
+    calls = []
+    real = fast_vae.decode
+    monkeypatch.setattr(fast_vae, "decode", lambda vae, z: calls.append(tuple(z.shape)) or real(vae, z))
+    ours = fastdit.load(path, device="cpu", vae_decoder="fastdit").generate("a red car", **run)
+    assert len(calls) == 1 and calls[0][2] == 3  # one decode of the 3 latent frames
+    assert torch.equal(torch.as_tensor(ours.frames), torch.as_tensor(plain.frames))
+    with pytest.raises(UserError, match="vae_decoder"):
+        fastdit.load(path, device="cpu", vae_decoder="fast")

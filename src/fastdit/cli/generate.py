@@ -54,6 +54,9 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--offload", default="auto", choices=("auto", "none", "experts", "model", "blocks"),
                    help="keep idle components in CPU memory (auto: when the GPU is short of memory)")
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory)")
+    p.add_argument("--vae-decoder", default="diffusers", choices=("diffusers", "fastdit"),
+                   help="the VAE decode: diffusers' vae.decode, or fastdit's on the same modules (a fused "
+                        "norm + SiLU op, padding-free causal convolutions; equal to rounding)")
     # memory budget and low-memory runtime (fastdit.pipelines.memory, fastdit.runtime)
     p.add_argument("--max-gpu-memory", default=None, metavar="SIZE", type=_budget,
                    help="GPU memory budget (24GB, 16GiB): plan which transformer blocks stream from host "
@@ -234,7 +237,8 @@ def _generate(args: argparse.Namespace) -> int:
     log.info("loading %s", spec.describe())
     pipe = WanVideoPipeline.from_pretrained(spec, device=device, dtype=dtype, scheduler=args.scheduler,
                                             flow_shift=args.flow_shift, offload=args.offload,
-                                            vae_tiling=args.vae_tiling, check_files=False,
+                                            vae_tiling=args.vae_tiling, vae_decoder=args.vae_decoder,
+                                            check_files=False,
                                             variant=variant, **variant_options(args),
                                             **memory_options(args, resolved), parallel=layout,
                                             quantize=precision)

@@ -39,6 +39,7 @@ DTYPE_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch
                "float16": torch.float16, "half": torch.float16, "fp32": torch.float32,
                "float32": torch.float32, "float": torch.float32}
 LORA_MODES = ("merge", "runtime")
+VAE_DECODERS = ("diffusers", "fastdit")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,10 @@ class LoadOptions:
     checkpoint's; ``offload``: "none" keeps everything on the device, "experts" only the active
     Wan2.2 expert, "model" also moves the encoders there only while they run, "auto" picks by
     free device memory; ``vae_dtype``: the VAE's dtype (default: the pipeline's);
-    ``vae_tiling``: decode in tiles; ``check_files``: check every weight file's header first.
+    ``vae_tiling``: decode in tiles; ``vae_decoder``: "diffusers" (``vae.decode``, the default)
+    or "fastdit" (:func:`fastdit.models.wan.vae.decode`: the same decode on diffusers' modules
+    with a fused norm + SiLU op and padding-free causal convolutions; bit for bit diffusers' on
+    the CPU); ``check_files``: check every weight file's header first.
 
     Memory (:mod:`fastdit.pipelines.memory`, :mod:`fastdit.runtime`): ``offload="blocks"``
     streams transformer blocks from host memory as the budget needs ("auto" may too);
@@ -88,6 +92,7 @@ class LoadOptions:
     offload: str = "auto"
     vae_dtype: torch.dtype | None = None
     vae_tiling: bool = False
+    vae_decoder: str = "diffusers"
     check_files: bool = True
     max_gpu_memory: int | str | None = None
     weights: str = "dense"
@@ -119,6 +124,8 @@ class LoadOptions:
             object.__setattr__(self, "flow_shift", check_flow_shift(self.flow_shift))
         if self.vae_dtype is not None:
             object.__setattr__(self, "vae_dtype", resolve_dtype(self.vae_dtype, None, name="vae_dtype"))
+        if self.vae_decoder not in VAE_DECODERS:
+            raise UserError(f"vae_decoder must be one of {', '.join(VAE_DECODERS)}, got {self.vae_decoder!r}")
         _check_memory_options(self)
         if self.cache is not None:  # parsed here: a bad setting fails before anything loads
             from fastdit.cache.config import as_cache_config
@@ -406,6 +413,11 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
         if options.vae_tiling or (plan is not None and plan.vae_tiling):
             vae.enable_tiling()
         vae = current_platform().optimize_vae(vae)
+        if options.vae_decoder == "fastdit":
+            from fastdit.models.wan.vae import supports
+
+            if (reason := supports(vae)) is not None:
+                raise ModelFolderError(f"vae_decoder='fastdit' cannot decode with {spec.root / 'vae'}: {reason}")
     with _loading(spec, "scheduler"):
         if variant.few_step is not None:
             sched = variant.few_step.scheduler(spec.scheduler_config.get("num_train_timesteps", 1000))

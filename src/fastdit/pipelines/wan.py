@@ -142,6 +142,15 @@ class WanVideoPipeline:
         """:func:`resolve_request` for this model (and this pipeline's default cache)."""
         return resolve_request(self.spec, request, default_cache=self.cache, **kwargs)
 
+    def _vae_decoder(self):
+        """``z -> video`` for the decode stage: fastdit's decode with ``vae_decoder="fastdit"``,
+        else None (``vae.decode``)."""
+        if self.options.vae_decoder != "fastdit":
+            return None
+        from fastdit.models.wan.vae import decode
+
+        return lambda z: decode(self.vae, z)
+
     def _activate_expert(self, index: int) -> None:
         if self.offload == "none" or len(self.experts) < 2:
             return
@@ -318,8 +327,9 @@ class WanVideoPipeline:
             frames = None
         else:
             with clock("decode"), self._vae_lock:
+                decoder = parallel_run.vae_decoder(self.vae, par) or self._vae_decoder()
                 frames = stages.decode(self.vae, self.video_processor, latents, output_type=request.output_type,
-                                       decoder=parallel_run.vae_decoder(self.vae, par))
+                                       decoder=decoder)
         timings["total"] = sum(v for k, v in timings.items() if k != "per_step")
         settings = dataclasses.asdict(req) | {
             "seed": seed if not isinstance(seed, torch.Generator) else None, "prompt": request.prompt,

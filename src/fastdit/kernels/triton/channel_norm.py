@@ -61,7 +61,7 @@ def _channel_rms_norm_kernel(
         offs = base + (c.to(tl.int64) * S)[:, None] + s[None, :]
         v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         acc += v * v
-    denom = tl.maximum(tl.sqrt(tl.sum(acc, axis=0)), eps)[None, :]  # F.normalize's clamp_min
+    denom = tl.maximum(tl.sqrt_rn(tl.sum(acc, axis=0)), eps)[None, :]  # F.normalize's clamp_min
 
     # pass 2: the spec's chain with its roundings to x's dtype
     for c0 in range(0, C, BLOCK_C):
@@ -70,7 +70,7 @@ def _channel_rms_norm_kernel(
         mask = cmask[:, None] & smask[None, :]
         offs = base + (c.to(tl.int64) * S)[:, None] + s[None, :]
         v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        n = _round(v / denom, DT, SOFT_BF16)  # division, as F.normalize
+        n = _round(tl.div_rn(v, denom), DT, SOFT_BF16)  # IEEE division, as F.normalize
         y = _round(n * scale, DT, SOFT_BF16)
         gamma = tl.load(g_ptr + c, mask=cmask, other=0.0).to(tl.float32)[:, None]
         y = _round(y * gamma, DT, SOFT_BF16)
@@ -78,7 +78,7 @@ def _channel_rms_norm_kernel(
             bias = tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float32)[:, None]
             y = _round(y + bias, DT, SOFT_BF16)
         if SILU:
-            y = _round(y / (1.0 + tl.exp(-y)), DT, SOFT_BF16)  # y * sigmoid(y), as torch's silu
+            y = _round(tl.div_rn(y, 1.0 + tl.exp(-y)), DT, SOFT_BF16)  # y * sigmoid(y), torch's form
         tl.store(y_ptr + offs, y.to(DT), mask=mask)
 
 
@@ -88,7 +88,7 @@ def channel_rms_norm(x, gamma, bias=None, *, scale, eps=1e-12, silu=False):
     positions = x.numel() // max(batch * channels, 1)
     if y.numel() == 0:
         return y
-    block_c, block_s, warps = channel_norm_launch(channels, positions)
+    block_c, block_s, warps = channel_norm_launch(channels, positions, x.element_size())
     g = gamma.reshape(-1).contiguous()
     b = g if bias is None else bias.reshape(-1).contiguous()
     # position blocks on grid axis 0 (up to 2**31 - 1 programs; axis 1 stops at 65535)
