@@ -11,6 +11,9 @@ H200, against the several hundred a bf16 convolution reaches: the time is elsewh
 script measures, on one random VAE (diffusers' init, bf16) and one random latent:
 
 * ``eager``: ``vae.decode(z)`` as the pipelines call it;
+* ``fastdit``: :func:`fastdit.models.wan.vae.decode` (``vae_decoder="fastdit"``): the same
+  decode with one fused norm + SiLU op per norm (``ops.channel_rms_norm``, its provider named in
+  the JSON) and padding-free causal convolutions;
 * ``cudnn-benchmark``: the same with ``torch.backends.cudnn.benchmark = True`` (process-wide);
 * ``channels-last``: the VAE's weights in ``torch.channels_last_3d`` and the latent too (cuDNN's
   tensor-core convolutions want NDHWC; whether the pads, concatenations and norms between them
@@ -43,7 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402  (the VAE configurations and the sync helper)
 
-VARIANTS = ("eager", "cudnn-benchmark", "channels-last", "compile", "compile-norms")
+VARIANTS = ("eager", "fastdit", "cudnn-benchmark", "channels-last", "compile", "compile-norms")
 # kernel-name fragments -> group, first match wins (lower case)
 KERNEL_GROUPS = (
     ("convolution", ("conv", "implicit_gemm", "xmma", "cudnn", "sm90_", "wgrad", "dgrad", "fprop", "gemm", "cutlass")),
@@ -76,7 +79,11 @@ def latent_for(vae, args, device, dtype) -> torch.Tensor:
     return torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
 
 
-def decode(vae, z: torch.Tensor) -> torch.Tensor:
+def decode(vae, z: torch.Tensor, fastdit: bool = False) -> torch.Tensor:
+    if fastdit:
+        from fastdit.models.wan.vae import decode as fastdit_decode
+
+        return fastdit_decode(vae, z)
     with torch.no_grad():
         return vae.decode(z).sample
 
@@ -93,6 +100,15 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of two decodes in [-1, 1] (peak-to-peak 2)."""
     mse = torch.mean((a.float() - b.float()) ** 2).item()
     return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def norm_provider(vae, z: torch.Tensor) -> str:
+    """The provider ``ops.channel_rms_norm`` resolves to for the decoder's first norm."""
+    from fastdit.ops.registry import plan_for
+
+    norm = rms_norms(vae)[0]
+    x = torch.empty(1, norm.gamma.numel(), 1, z.shape[-2], z.shape[-1], dtype=z.dtype, device=z.device)
+    return plan_for("channel_rms_norm", x, norm.gamma, None, scale=norm.scale, silu=True).provider.name
 
 
 def rms_norms(vae) -> list:
@@ -127,8 +143,9 @@ def time_variant(name: str, vae, z: torch.Tensor, args, device) -> tuple[dict, t
             norms = rms_norms(vae)
             for module in norms:
                 module.forward = torch.compile(module.forward, dynamic=True)
+        fast = name == "fastdit"
         start = time.perf_counter()
-        frames = decode(vae, z)  # warm-up (compilation, autotuning)
+        frames = decode(vae, z, fast)  # warm-up (compilation, autotuning)
         e2e.sync(device)
         warmup = time.perf_counter() - start
         if device.type == "cuda":
@@ -137,11 +154,14 @@ def time_variant(name: str, vae, z: torch.Tensor, args, device) -> tuple[dict, t
         for _ in range(args.runs):
             e2e.sync(device)
             start = time.perf_counter()
-            frames = decode(vae, z)
+            frames = decode(vae, z, fast)
             e2e.sync(device)
             times.append(time.perf_counter() - start)
         peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-        return {"s": statistics.median(times), "times_s": times, "warmup_s": warmup, "peak_gb": peak}, frames
+        row = {"s": statistics.median(times), "times_s": times, "warmup_s": warmup, "peak_gb": peak}
+        if fast:
+            row["norm_provider"] = norm_provider(vae, z)
+        return row, frames
     finally:
         torch.backends.cudnn.benchmark = previous_benchmark
         vae.decoder.forward = decoder_forward

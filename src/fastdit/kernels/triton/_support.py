@@ -3,7 +3,8 @@
 Nothing here imports Triton at module level: :func:`supported` imports it when asked, the
 kernel modules (``norm``, ``elementwise``, ``rope``) import it when the registry loads them.
 
-The launch tables (:func:`norm_launch`, :func:`elementwise_launch`, :func:`rope_launch`) are
+The launch tables (:func:`norm_launch`, :func:`elementwise_launch`, :func:`rope_launch`,
+:func:`channel_norm_launch`) are
 plain functions of the shapes so that they can be tuned in one place (see README.md).
 """
 

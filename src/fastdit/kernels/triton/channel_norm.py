@@ -1,12 +1,12 @@
 """Triton kernel of ``channel_rms_norm``: the Wan VAE's RMS norm over channels (+ SiLU).
 
 ``x [B, C, *rest]`` (contiguous) is seen as ``[B, C, S]``, ``S = prod(rest)``: the norm runs
-over C, whose elements lie ``S`` apart, so a program (grid ``(cdiv(S, BLOCK_S), B)``) takes
-``BLOCK_S`` consecutive positions of one batch row (loads coalesced along s) and loops over C in chunks of ``BLOCK_C`` twice: the
-first loop accumulates the fp32 sum of squares, the second loads the tile again and applies the
-spec's chain, rounding to x's dtype between the steps exactly as diffusers' ``WanRMS_norm``
-(see :mod:`fastdit.ops.channel_norm`). x is read twice and y written once. Launch parameters:
-:func:`channel_norm_launch` (``_support.py``), README.md.
+over C, whose elements lie ``S`` apart. A program (grid ``(cdiv(S, BLOCK_S), B)``) takes
+``BLOCK_S`` consecutive positions of one batch row (loads coalesced along s) and loops over C
+in chunks of ``BLOCK_C`` twice: the first loop accumulates the fp32 sum of squares, the second
+loads the tile again and applies the spec's chain, rounding to x's dtype between the steps
+exactly as diffusers' ``WanRMS_norm`` (see :mod:`fastdit.ops.channel_norm`). x is read twice
+and y written once. Launch parameters: :func:`channel_norm_launch` (``_support.py``), README.md.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def _channel_rms_norm_kernel(
             bias = tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float32)[:, None]
             y = _round(y + bias, DT, SOFT_BF16)
         if SILU:
-            y = _round(tl.div_rn(y, 1.0 + tl.exp(-y)), DT, SOFT_BF16)  # y * sigmoid(y), torch's form
+            # silu = y * sigmoid(y), in torch's form y / (1 + exp(-y))
+            y = _round(tl.div_rn(y, 1.0 + tl.exp(-y)), DT, SOFT_BF16)
         tl.store(y_ptr + offs, y.to(DT), mask=mask)
 
 

@@ -1,0 +1,33 @@
+"""GPU-only: fastdit's Wan VAE decode (``vae_decoder="fastdit"``) against diffusers' on the
+device, bf16, Wan2.1 and Wan2.2 layouts: the fused norm op's provider, and the video equal to
+rounding (the Triton norm sums the channels in another order than F.normalize)."""
+
+import pytest
+import torch
+
+from fastdit.models.wan import vae as fast_vae
+from fastdit.ops.registry import plan_for
+from tests.models.test_vae_decode import WAN21, WAN22, _latent, _vae
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("config", [WAN21, WAN22], ids=["wan2.1", "wan2.2"])
+def test_decode_on_gpu_close_to_diffusers(config):
+    vae = _vae(config, torch.bfloat16).to("cuda")
+    z = _latent(vae, 3, 8, 12, torch.bfloat16).to("cuda")
+    with torch.no_grad():
+        expected = vae.decode(z).sample.float()
+    got = fast_vae.decode(vae, z).float()
+    diff = (got - expected).abs()
+    psnr = 10 * torch.log10(4.0 / (diff ** 2).mean()).item()
+    assert psnr > 45, psnr
+    assert (diff == 0).float().mean().item() > 0.5  # most values bit for bit
+
+
+def test_the_norm_runs_a_gpu_provider():
+    vae = _vae(WAN21, torch.bfloat16).to("cuda")
+    norm = vae.decoder.up_blocks[0].resnets[0].norm1
+    x = torch.randn(1, norm.gamma.numel(), 4, 32, 48, device="cuda", dtype=torch.bfloat16)
+    provider = plan_for("channel_rms_norm", x, norm.gamma, None, scale=norm.scale, silu=True).provider.name
+    assert provider in ("triton", "compiled"), provider
