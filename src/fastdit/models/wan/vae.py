@@ -126,6 +126,9 @@ def _cached_conv(conv: nn.Module, x: torch.Tensor, cache: list, idx: list) -> to
 
 def _residual_block(block: nn.Module, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
     """``WanResidualBlock``: ``conv2(silu(norm2(conv1(silu(norm1(x)))))) + shortcut(x)``."""
+    # after an up-sampler x is a permuted view: one copy here serves the norm's Triton kernel
+    # (contiguous inputs) and the shortcut convolution alike
+    x = x if x.is_contiguous() else x.contiguous()
     shortcut = block.conv_shortcut
     h = shortcut(x) if isinstance(shortcut, nn.Identity) else _causal_conv(shortcut, x, None)
     x = _cached_conv(block.conv1, _norm_silu(block.norm1, x), cache, idx)
