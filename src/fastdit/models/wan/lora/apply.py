@@ -342,6 +342,7 @@ class LoraMerger:
         if missed:  # a loader that skipped a parameter: an engine bug, not the user's
             raise RuntimeError(f"LoRA merge while loading: {len(missed)} parameter(s) never read, "
                                f"e.g. {missed[0]!r}")
+        self.tensors.clear()  # the LoRA factors (host memory) are no longer needed
         self.result.merged = len(self.met)
         self.result.seconds = {"total": time.perf_counter() - self.start}
         log.info("%s (merged while loading)", self.result.summary())
