@@ -13,7 +13,8 @@ script measures, on one random VAE (diffusers' init, bf16) and one random latent
 * ``eager``: ``vae.decode(z)`` as the pipelines call it;
 * ``fastdit``: :func:`fastdit.models.wan.vae.decode` (``vae_decoder="fastdit"``): the same
   decode with one fused norm + SiLU op per norm (``ops.channel_rms_norm``, its provider named in
-  the JSON) and padding-free causal convolutions;
+  the JSON) and padding-free causal convolutions; ``fastdit-channels-last``: the same with
+  NDHWC activations and weight copies;
 * ``cudnn-benchmark``: the same with ``torch.backends.cudnn.benchmark = True`` (process-wide);
 * ``channels-last``: the VAE's weights in ``torch.channels_last_3d`` and the latent too (cuDNN's
   tensor-core convolutions want NDHWC; whether the pads, concatenations and norms between them
@@ -46,7 +47,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402  (the VAE configurations and the sync helper)
 
-VARIANTS = ("eager", "fastdit", "cudnn-benchmark", "channels-last", "compile", "compile-norms")
+VARIANTS = ("eager", "fastdit", "fastdit-channels-last", "cudnn-benchmark", "channels-last", "compile",
+            "compile-norms")
 # kernel-name fragments -> group, first match wins (lower case)
 KERNEL_GROUPS = (
     ("convolution", ("conv", "implicit_gemm", "xmma", "cudnn", "sm90_", "wgrad", "dgrad", "fprop", "gemm", "cutlass")),
@@ -79,11 +81,11 @@ def latent_for(vae, args, device, dtype) -> torch.Tensor:
     return torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
 
 
-def decode(vae, z: torch.Tensor, fastdit: bool = False) -> torch.Tensor:
+def decode(vae, z: torch.Tensor, fastdit: str | None = None) -> torch.Tensor:
     if fastdit:
         from fastdit.models.wan.vae import decode as fastdit_decode
 
-        return fastdit_decode(vae, z)
+        return fastdit_decode(vae, z, channels_last=fastdit == "fastdit-channels-last")
     with torch.no_grad():
         return vae.decode(z).sample
 
@@ -143,7 +145,7 @@ def time_variant(name: str, vae, z: torch.Tensor, args, device) -> tuple[dict, t
             norms = rms_norms(vae)
             for module in norms:
                 module.forward = torch.compile(module.forward, dynamic=True)
-        fast = name == "fastdit"
+        fast = name if name.startswith("fastdit") else None
         start = time.perf_counter()
         frames = decode(vae, z, fast)  # warm-up (compilation, autotuning)
         e2e.sync(device)

@@ -47,6 +47,21 @@ def test_decode_equals_diffusers(config, dtype):
     assert (expected.float().abs() > 0.05).float().mean() > 0.2  # not a trivially small video
 
 
+@pytest.mark.parametrize("config", [WAN21, WAN22], ids=["wan2.1", "wan2.2"])
+def test_channels_last_decode(config):
+    """``channels_last=True``: NDHWC activations and weight copies, the same video to fp32
+    rounding (other convolution kernels), the VAE's own weights left as they were."""
+    vae = _vae(config, torch.float32)
+    z = _latent(vae, 3, 4, 6, torch.float32)
+    weights = {n: p.stride() for n, p in vae.named_parameters()}
+    with torch.no_grad():
+        expected = vae.decode(z).sample
+    got = fast_vae.decode(vae, z, channels_last=True)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+    assert {n: p.stride() for n, p in vae.named_parameters()} == weights
+
+
 def test_the_op_replicates_diffusers_norm_and_silu_bit_for_bit():
     """The native spec of ops.channel_rms_norm against WanRMS_norm + SiLU, in bf16."""
     vae = _vae(WAN21, torch.bfloat16)
@@ -88,9 +103,13 @@ def test_the_pipeline_option(tmp_path, monkeypatch):
     plain = fastdit.load(path, device="cpu").generate("a red car", **run)
     calls = []
     real = fast_vae.decode
-    monkeypatch.setattr(fast_vae, "decode", lambda vae, z: calls.append(tuple(z.shape)) or real(vae, z))
+    monkeypatch.setattr(fast_vae, "decode", lambda vae, z, channels_last: calls.append(
+        (tuple(z.shape), channels_last)) or real(vae, z, channels_last))
     ours = fastdit.load(path, device="cpu", vae_decoder="fastdit").generate("a red car", **run)
-    assert len(calls) == 1 and calls[0][2] == 3  # one decode of the 3 latent frames
+    assert calls == [((1, 16, 3, 4, 4), False)]  # one decode of the 3 latent frames
     assert torch.equal(torch.as_tensor(ours.frames), torch.as_tensor(plain.frames))
+    nhwc = fastdit.load(path, device="cpu", vae_decoder="fastdit-channels-last").generate("a red car", **run)
+    assert calls[-1][1] is True
+    assert abs(torch.as_tensor(nhwc.frames) - torch.as_tensor(plain.frames)).max() < 1e-4
     with pytest.raises(UserError, match="vae_decoder"):
         fastdit.load(path, device="cpu", vae_decoder="fast")

@@ -54,9 +54,10 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--offload", default="auto", choices=("auto", "none", "experts", "model", "blocks"),
                    help="keep idle components in CPU memory (auto: when the GPU is short of memory)")
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory)")
-    p.add_argument("--vae-decoder", default="diffusers", choices=("diffusers", "fastdit"),
+    p.add_argument("--vae-decoder", default="diffusers", choices=("diffusers", "fastdit", "fastdit-channels-last"),
                    help="the VAE decode: diffusers' vae.decode, or fastdit's on the same modules (a fused "
-                        "norm + SiLU op, padding-free causal convolutions; equal to rounding)")
+                        "norm + SiLU op, padding-free causal convolutions; equal to rounding), optionally "
+                        "with NDHWC activations")
     # memory budget and low-memory runtime (fastdit.pipelines.memory, fastdit.runtime)
     p.add_argument("--max-gpu-memory", default=None, metavar="SIZE", type=_budget,
                    help="GPU memory budget (24GB, 16GiB): plan which transformer blocks stream from host "

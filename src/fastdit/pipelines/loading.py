@@ -39,7 +39,7 @@ DTYPE_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch
                "float16": torch.float16, "half": torch.float16, "fp32": torch.float32,
                "float32": torch.float32, "float": torch.float32}
 LORA_MODES = ("merge", "runtime")
-VAE_DECODERS = ("diffusers", "fastdit")
+VAE_DECODERS = ("diffusers", "fastdit", "fastdit-channels-last")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ class LoadOptions:
     ``vae_tiling``: decode in tiles; ``vae_decoder``: "diffusers" (``vae.decode``, the default)
     or "fastdit" (:func:`fastdit.models.wan.vae.decode`: the same decode on diffusers' modules
     with a fused norm + SiLU op and padding-free causal convolutions; bit for bit diffusers' on
-    the CPU); ``check_files``: check every weight file's header first.
+    the CPU), "fastdit-channels-last" (the same with NDHWC activations); ``check_files``: check
+    every weight file's header first.
 
     Memory (:mod:`fastdit.pipelines.memory`, :mod:`fastdit.runtime`): ``offload="blocks"``
     streams transformer blocks from host memory as the budget needs ("auto" may too);
@@ -413,11 +414,11 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
         if options.vae_tiling or (plan is not None and plan.vae_tiling):
             vae.enable_tiling()
         vae = current_platform().optimize_vae(vae)
-        if options.vae_decoder == "fastdit":
+        if options.vae_decoder.startswith("fastdit"):
             from fastdit.models.wan.vae import supports
 
             if (reason := supports(vae)) is not None:
-                raise ModelFolderError(f"vae_decoder='fastdit' cannot decode with {spec.root / 'vae'}: {reason}")
+                raise ModelFolderError(f"vae_decoder={options.vae_decoder!r} cannot decode with {spec.root / 'vae'}: {reason}")
     with _loading(spec, "scheduler"):
         if variant.few_step is not None:
             sched = variant.few_step.scheduler(spec.scheduler_config.get("num_train_timesteps", 1000))

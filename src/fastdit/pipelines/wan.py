@@ -145,11 +145,12 @@ class WanVideoPipeline:
     def _vae_decoder(self):
         """``z -> video`` for the decode stage: fastdit's decode with ``vae_decoder="fastdit"``,
         else None (``vae.decode``)."""
-        if self.options.vae_decoder != "fastdit":
+        choice = self.options.vae_decoder
+        if not choice.startswith("fastdit"):
             return None
         from fastdit.models.wan.vae import decode
 
-        return lambda z: decode(self.vae, z)
+        return lambda z: decode(self.vae, z, channels_last=choice == "fastdit-channels-last")
 
     def _activate_expert(self, index: int) -> None:
         if self.offload == "none" or len(self.experts) < 2:

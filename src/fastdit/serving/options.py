@@ -40,7 +40,7 @@ LOAD_OPTIONS: tuple[LoadOption, ...] = (
                ("auto", "none", "experts", "model", "blocks")),
     LoadOption("--vae-tiling", "vae_tiling", "flag", "decode in tiles (less memory)", False),
     LoadOption("--vae-decoder", "vae_decoder", "str", "the VAE decode: diffusers' or fastdit's", None,
-               ("diffusers", "fastdit")),
+               ("diffusers", "fastdit", "fastdit-channels-last")),
     # memory (docs/offload.md)
     LoadOption("--max-gpu-memory", "max_gpu_memory", "str", "GPU memory budget per worker (24GB, 16GiB)"),
     LoadOption("--weights", "weights", "str", "fp8: e4m3 block weights (half the memory)", None,

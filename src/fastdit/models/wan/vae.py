@@ -51,12 +51,15 @@ def supports(vae) -> str | None:
 
 
 @torch.no_grad()
-def decode(vae, z: torch.Tensor) -> torch.Tensor:
+def decode(vae, z: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """``vae.decode(z).sample`` with fastdit's norm and convolution paths (module docstring).
 
     ``z [B, z_dim, T, h, w]`` in the VAE's dtype (already un-normalised, as ``vae.decode``
-    takes it); returns ``[B, 3, F, H, W]`` in [-1, 1]. Raises ValueError for a VAE that
-    :func:`supports` refuses."""
+    takes it); returns ``[B, 3, F, H, W]`` in [-1, 1]. ``channels_last``: the activations in
+    ``torch.channels_last_3d`` (NDHWC, what cuDNN's tensor-core convolutions take without a
+    transpose) with channels-last copies of the causal convolutions' weights made for this
+    call; the same values, other kernels. Raises ValueError for a VAE that :func:`supports`
+    refuses."""
     reason = supports(vae)
     if reason is not None:
         raise ValueError(f"fastdit's VAE decode cannot run this VAE: {reason}")
@@ -65,23 +68,10 @@ def decode(vae, z: torch.Tensor) -> torch.Tensor:
     if vae.use_tiling and (width > vae.tile_sample_min_width // ratio
                            or height > vae.tile_sample_min_height // ratio):
         return vae.tiled_decode(z, return_dict=False)[0]
+    run = _Decode(vae, channels_last)
     if vae.use_slicing and z.shape[0] > 1:
-        return torch.cat([_decode_one(vae, part) for part in z.split(1)])
-    return _decode_one(vae, z)
-
-
-def _decode_one(vae, z: torch.Tensor) -> torch.Tensor:
-    cache: list = [None] * _causal_convs(vae.decoder)
-    x = _causal_conv(vae.post_quant_conv, z, None)  # (B, z_dim, T, h, w)
-    frames = []
-    for i in range(x.shape[2]):  # one latent frame at a time, as diffusers decodes
-        frames.append(_decoder(vae.decoder, x[:, :, i:i + 1], cache, [0], first_chunk=i == 0))
-    out = torch.cat(frames, dim=2)  # (B, C_out, F, H, W)
-    if vae.config.patch_size is not None:
-        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
-
-        out = unpatchify(out, patch_size=vae.config.patch_size)
-    return torch.clamp(out, min=-1.0, max=1.0)
+        return torch.cat([run(part) for part in z.split(1)])
+    return run(z)
 
 
 def _causal_convs(decoder: nn.Module) -> int:
@@ -89,77 +79,107 @@ def _causal_convs(decoder: nn.Module) -> int:
     return sum(type(m).__name__ == "WanCausalConv3d" for m in decoder.modules())
 
 
-# ---------------------------------------------------------------------------------------
-# the pieces
-# ---------------------------------------------------------------------------------------
 def _norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``silu(WanRMS_norm(x))``: ``x / ||x||_C * sqrt(C) * gamma (+ bias)``, then SiLU."""
     bias = norm.bias if isinstance(norm.bias, torch.Tensor) else None
     return ops.channel_rms_norm(x, norm.gamma, bias, scale=norm.scale, silu=True)
 
 
-def _causal_conv(conv: nn.Module, x: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
-    """``WanCausalConv3d.forward(x, previous)``: ``previous`` (the last input frames of the
-    chunk before, or None) in front of ``x``, zero frames for the rest of the causal time
-    padding, the spatial zero padding inside the convolution."""
-    pad_w, _, pad_h, _, pad_t, _ = conv._padding  # (W left, W right, H top, H bottom, T front, T back)
-    if previous is not None and pad_t > 0:
-        x = torch.cat([previous.to(x.device), x], dim=2)  # (B, C, T + cached, H, W)
-        pad_t -= previous.shape[2]
-    if pad_t > 0:
-        x = F.pad(x, (0, 0, 0, 0, pad_t, 0))  # zero frames in front only
-    return F.conv3d(x, conv.weight, conv.bias, conv.stride, (0, pad_h, pad_w), conv.dilation, conv.groups)
+class _Decode:
+    """One decode call: the chunk loop and the pieces, in one memory layout."""
 
+    def __init__(self, vae, channels_last: bool) -> None:
+        self.vae, self.channels_last = vae, channels_last
+        self.layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+        self._weights: dict[int, torch.Tensor] = {}  # channels-last copies, per convolution
 
-def _cached_conv(conv: nn.Module, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
-    """A causal convolution in the chunked decode: its input's last frames go to ``cache``
-    for the next chunk (two, the older one from the cache when this chunk has one frame)."""
-    slot = idx[0]
-    keep = x[:, :, -CACHE_T:].clone()  # (B, C, <= 2, H, W)
-    if keep.shape[2] < CACHE_T and cache[slot] is not None:
-        keep = torch.cat([cache[slot][:, :, -1:].to(keep.device), keep], dim=2)
-    out = _causal_conv(conv, x, cache[slot])
-    cache[slot] = keep
-    idx[0] += 1
-    return out
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        vae = self.vae
+        cache: list = [None] * _causal_convs(vae.decoder)
+        x = self.conv(vae.post_quant_conv, self.arranged(z), None)  # (B, z_dim, T, h, w)
+        frames = []
+        for i in range(x.shape[2]):  # one latent frame at a time, as diffusers decodes
+            frames.append(self.decoder(x[:, :, i:i + 1], cache, [0], first_chunk=i == 0))
+        out = torch.cat(frames, dim=2).contiguous()  # (B, C_out, F, H, W)
+        if vae.config.patch_size is not None:
+            from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 
+            out = unpatchify(out, patch_size=vae.config.patch_size)
+        return torch.clamp(out, min=-1.0, max=1.0)
 
-def _residual_block(block: nn.Module, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
-    """``WanResidualBlock``: ``conv2(silu(norm2(conv1(silu(norm1(x)))))) + shortcut(x)``."""
-    # after an up-sampler x is a permuted view: one copy here serves the norm's Triton kernel
-    # (contiguous inputs) and the shortcut convolution alike
-    x = x if x.is_contiguous() else x.contiguous()
-    shortcut = block.conv_shortcut
-    h = shortcut(x) if isinstance(shortcut, nn.Identity) else _causal_conv(shortcut, x, None)
-    x = _cached_conv(block.conv1, _norm_silu(block.norm1, x), cache, idx)
-    x = _cached_conv(block.conv2, _norm_silu(block.norm2, x), cache, idx)  # dropout: eval
-    return x + h
+    def arranged(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in this call's layout (a copy only when it is not in it)."""
+        return x if x.is_contiguous(memory_format=self.layout) else x.contiguous(memory_format=self.layout)
 
+    def weight(self, conv: nn.Module) -> torch.Tensor:
+        if not self.channels_last:
+            return conv.weight
+        found = self._weights.get(id(conv))
+        if found is None:
+            found = self._weights[id(conv)] = conv.weight.contiguous(memory_format=torch.channels_last_3d)
+        return found
 
-def _up_block(up: nn.Module, x: torch.Tensor, cache: list, idx: list, first_chunk: bool) -> torch.Tensor:
-    """``WanUpBlock`` (Wan2.1) or ``WanResidualUpBlock`` (Wan2.2: plus a ``DupUp3D`` shortcut)."""
-    shortcut = getattr(up, "avg_shortcut", None)
-    block_input = x  # nothing below writes into it
-    for resnet in up.resnets:
-        x = _residual_block(resnet, x, cache, idx)
-    upsamplers = getattr(up, "upsamplers", None)
-    upsampler = upsamplers[0] if upsamplers else getattr(up, "upsampler", None)
-    if upsampler is not None:
-        x = upsampler(x, feat_cache=cache, feat_idx=idx)
-    if shortcut is not None:
-        x = x + shortcut(block_input, first_chunk=first_chunk)
-    return x
+    def conv(self, conv: nn.Module, x: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+        """``WanCausalConv3d.forward(x, previous)``: ``previous`` (the last input frames of the
+        chunk before, or None) in front of ``x``, zero frames for the rest of the causal time
+        padding, the spatial zero padding inside the convolution."""
+        pad_w, _, pad_h, _, pad_t, _ = conv._padding  # (W left, W right, H top, H bottom, T front, T back)
+        if previous is not None and pad_t > 0:
+            x = torch.cat([previous.to(x.device), x], dim=2)  # (B, C, T + cached, H, W)
+            pad_t -= previous.shape[2]
+        if pad_t > 0:
+            x = F.pad(x, (0, 0, 0, 0, pad_t, 0))  # zero frames in front only
+        x = self.arranged(x)
+        return F.conv3d(x, self.weight(conv), conv.bias, conv.stride, (0, pad_h, pad_w), conv.dilation,
+                        conv.groups)
 
+    def cached_conv(self, conv: nn.Module, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
+        """A causal convolution in the chunked decode: its input's last frames go to ``cache``
+        for the next chunk (two, the older one from the cache when this chunk has one frame)."""
+        slot = idx[0]
+        keep = x[:, :, -CACHE_T:].clone()  # (B, C, <= 2, H, W)
+        if keep.shape[2] < CACHE_T and cache[slot] is not None:
+            keep = torch.cat([cache[slot][:, :, -1:].to(keep.device), keep], dim=2)
+        out = self.conv(conv, x, cache[slot])
+        cache[slot] = keep
+        idx[0] += 1
+        return out
 
-def _decoder(decoder: nn.Module, x: torch.Tensor, cache: list, idx: list, first_chunk: bool) -> torch.Tensor:
-    """``WanDecoder3d.forward`` on one chunk: conv_in, the mid block, the up blocks, the head."""
-    x = _cached_conv(decoder.conv_in, x, cache, idx)
-    mid = decoder.mid_block
-    x = _residual_block(mid.resnets[0], x, cache, idx)
-    for attention, resnet in zip(mid.attentions, mid.resnets[1:]):
-        if attention is not None:
-            x = attention(x)
-        x = _residual_block(resnet, x, cache, idx)
-    for up in decoder.up_blocks:
-        x = _up_block(up, x, cache, idx, first_chunk)
-    return _cached_conv(decoder.conv_out, _norm_silu(decoder.norm_out, x), cache, idx)
+    def residual_block(self, block: nn.Module, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
+        """``WanResidualBlock``: ``conv2(silu(norm2(conv1(silu(norm1(x)))))) + shortcut(x)``."""
+        # after an up-sampler x is a permuted view (or, channels-last, a contiguous tensor): one
+        # copy here serves the norm (the Triton kernel takes one layout) and the convolutions
+        x = self.arranged(x)
+        shortcut = block.conv_shortcut
+        h = shortcut(x) if isinstance(shortcut, nn.Identity) else self.conv(shortcut, x, None)
+        x = self.cached_conv(block.conv1, _norm_silu(block.norm1, x), cache, idx)
+        x = self.cached_conv(block.conv2, _norm_silu(block.norm2, x), cache, idx)  # dropout: eval
+        return x + h
+
+    def up_block(self, up: nn.Module, x: torch.Tensor, cache: list, idx: list, first_chunk: bool) -> torch.Tensor:
+        """``WanUpBlock`` (Wan2.1) or ``WanResidualUpBlock`` (Wan2.2: plus a ``DupUp3D`` shortcut)."""
+        shortcut = getattr(up, "avg_shortcut", None)
+        block_input = x  # nothing below writes into it
+        for resnet in up.resnets:
+            x = self.residual_block(resnet, x, cache, idx)
+        upsamplers = getattr(up, "upsamplers", None)
+        upsampler = upsamplers[0] if upsamplers else getattr(up, "upsampler", None)
+        if upsampler is not None:
+            x = upsampler(x, feat_cache=cache, feat_idx=idx)
+        if shortcut is not None:
+            x = x + shortcut(block_input, first_chunk=first_chunk)
+        return x
+
+    def decoder(self, x: torch.Tensor, cache: list, idx: list, first_chunk: bool) -> torch.Tensor:
+        """``WanDecoder3d.forward`` on one chunk: conv_in, the mid block, the up blocks, the head."""
+        decoder = self.vae.decoder
+        x = self.cached_conv(decoder.conv_in, x, cache, idx)
+        mid = decoder.mid_block
+        x = self.residual_block(mid.resnets[0], x, cache, idx)
+        for attention, resnet in zip(mid.attentions, mid.resnets[1:]):
+            if attention is not None:
+                x = attention(x)
+            x = self.residual_block(resnet, x, cache, idx)
+        for up in decoder.up_blocks:
+            x = self.up_block(up, x, cache, idx, first_chunk)
+        return self.cached_conv(decoder.conv_out, _norm_silu(decoder.norm_out, self.arranged(x)), cache, idx)
