@@ -109,3 +109,29 @@ def test_supports_args(device):
     assert not ok(x, g, scale=torch.tensor(2.0))  # scale must be a number
     assert not ok(rand((2, 8), torch.bfloat16, device), g, scale=2.0)  # no position dim
     assert not ok(x, rand((8,), torch.bfloat16, "meta"), scale=2.0)  # wrong device
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+@pytest.mark.parametrize("channels", (40, 384))
+def test_channels_last_rows_kernel(device, dtype, channels):
+    """NDHWC x (the channels-last decode): the rows kernel, y in the same layout, bf16 within
+    one unit everywhere and >= 99% bit for bit (fp32 to the reduction order)."""
+    x = rand((2, channels, 2, 3, 5), dtype, device, scale=6.0).contiguous(memory_format=torch.channels_last_3d)
+    gamma = rand((channels, 1, 1, 1), dtype, device)
+    bias = rand((channels,), dtype, device)
+    assert S.channels_last_rows(x) and not x.is_contiguous()
+    assert S.channel_rms_norm_args(x, gamma, bias, scale=1.0, silu=True)
+    out, ref = _both(x, gamma, bias, silu=True)
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    if dtype == torch.bfloat16:
+        ulps = _bf16_ulps(out.contiguous(), ref.contiguous())
+        assert (ulps > 1).sum().item() == 0 and (ulps == 0).float().mean().item() >= 0.99
+    else:
+        assert (out - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+
+
+def test_channels_last_launch_holds_whole_rows():
+    for channels in (3, 96, 384, 1024):
+        block_c, rows, warps = S.channel_rows_launch(channels, 10_000)
+        assert block_c >= channels and block_c & (block_c - 1) == 0 and rows * block_c <= 4096
+        assert warps in (1, 2, 4, 8)

@@ -213,6 +213,11 @@ def channel_norm_cases():
         x = rand((3, 24, 4, 6), torch.bfloat16)
         return (x, rand((24, 1, 1), torch.bfloat16), rand((24,), torch.bfloat16)), {"scale": 24 ** 0.5}
     cases.append(Case("image-bias", build_image, torch.bfloat16))
+    for dtype in (torch.float32, torch.bfloat16):  # channels-last (the NDHWC decode), a bias
+        def build_nhwc(dtype=dtype):
+            x = (rand((2, 40, 2, 3, 5), dtype) * 5).contiguous(memory_format=torch.channels_last_3d)
+            return (x, rand((40, 1, 1, 1), dtype), rand((40,), dtype)), {"scale": 40 ** 0.5, "silu": True}
+        cases.append(Case(f"channels-last-{str(dtype)[6:]}", build_nhwc, dtype))
     return cases
 
 

@@ -169,6 +169,15 @@ def channel_norm_launch(channels: int, positions: int, itemsize: int = 2) -> tup
     return block_c, block_s, 4
 
 
+def channel_rows_launch(channels: int, rows: int) -> tuple[int, int, int]:
+    """``(BLOCK_C, ROWS, num_warps)`` for the channels-last rows kernel: a whole row of C in
+    registers (BLOCK_C = next_pow2(C)), about 4096 values a program."""
+    block_c = next_pow2(channels)
+    per_program = max(1, min(64, 4096 // block_c))
+    per_program = max(1, min(per_program, next_pow2(rows)))
+    return block_c, per_program, _warps_for(per_program * block_c, per_thread=16)
+
+
 def elementwise_launch(dim: int) -> tuple[int, int, int]:
     """``(BLOCK_D, ROWS, num_warps)`` for the elementwise kernels: 2-D tiles of about 4096 values.
 
@@ -234,11 +243,21 @@ def rms_norm_args(x, weight, eps=1e-6, *, residual=None, variance_size=None) -> 
     return variance_size is None or (is_number(variance_size) and 0 < variance_size <= x.shape[-1])
 
 
+def channels_last_rows(x) -> bool:
+    """Whether ``x [B, C, ...]`` is channels-last dense (NHWC / NDHWC: C the innermost, the
+    positions packed), so that it is a ``[B * S, C]`` row-major matrix."""
+    if x.dim() < 3:
+        return False
+    order = (0, *range(2, x.dim()), 1)
+    return x.permute(order).is_contiguous()
+
+
 def channel_rms_norm_args(x, gamma, bias=None, *, scale, eps=1e-12, silu=False) -> bool:
-    """Contiguous ``x [B, C, ...]`` (seen as ``[B, C, S]``; other layouts go to the next
-    provider), gamma/bias of x's dtype with one value per channel (flattened), numbers."""
-    if not (_tensor_ok(x) and x.dim() >= 3 and x.is_contiguous() and is_number(scale)
-            and is_number(eps) and isinstance(silu, bool)):
+    """``x [B, C, ...]`` contiguous (seen as ``[B, C, S]``) or channels-last dense (seen as
+    ``[B * S, C]`` rows, C <= 4096); other layouts go to the next provider. gamma/bias of x's
+    dtype with one value per channel (flattened), numbers."""
+    layout_ok = x.dim() >= 3 and (x.is_contiguous() or (channels_last_rows(x) and x.shape[1] <= 4096))
+    if not (_tensor_ok(x) and layout_ok and is_number(scale) and is_number(eps) and isinstance(silu, bool)):
         return False
     return all(t is None or (_tensor_ok(t) and t.dtype == x.dtype and t.numel() == x.shape[1])
                for t in (gamma, bias)) and gamma is not None

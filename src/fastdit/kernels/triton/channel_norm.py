@@ -7,6 +7,10 @@ in chunks of ``BLOCK_C`` twice: the first loop accumulates the fp32 sum of squar
 loads the tile again and applies the spec's chain, rounding to x's dtype between the steps
 exactly as diffusers' ``WanRMS_norm`` (see :mod:`fastdit.ops.channel_norm`). x is read twice
 and y written once. Launch parameters: :func:`channel_norm_launch` (``_support.py``), README.md.
+
+A channels-last dense ``x`` (NHWC / NDHWC, ``vae_decoder="fastdit-channels-last"``) is a
+``[B * S, C]`` row-major matrix instead: the rows kernel holds whole rows (C <= 4096) in
+registers, reads x once and writes y in the same layout (:func:`channel_rows_launch`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,13 @@ import torch
 import triton
 import triton.language as tl
 
-from fastdit.kernels.triton._support import cdiv, channel_norm_launch, interpreting
+from fastdit.kernels.triton._support import (
+    cdiv,
+    channel_norm_launch,
+    channel_rows_launch,
+    channels_last_rows,
+    interpreting,
+)
 
 
 @triton.jit
@@ -36,6 +46,25 @@ def _round(v, DT: tl.constexpr, SOFT_BF16: tl.constexpr):
     if SOFT_BF16:
         v = _round_bf16_rne(v)
     return v.to(DT).to(tl.float32)
+
+
+@triton.jit
+def _chain(v, denom, g_ptr, b_ptr, c, cmask, scale,
+           HAS_BIAS: tl.constexpr, SILU: tl.constexpr, SOFT_BF16: tl.constexpr, DT: tl.constexpr,
+           CHANNEL_AXIS: tl.constexpr):
+    """The spec's steps on fp32 ``v`` (norm ``denom`` broadcast), channels along CHANNEL_AXIS."""
+    n = _round(tl.div_rn(v, denom), DT, SOFT_BF16)  # IEEE division, as F.normalize
+    y = _round(n * scale, DT, SOFT_BF16)
+    gamma = tl.load(g_ptr + c, mask=cmask, other=0.0).to(tl.float32)
+    gamma = gamma[:, None] if CHANNEL_AXIS == 0 else gamma[None, :]
+    y = _round(y * gamma, DT, SOFT_BF16)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float32)
+        bias = bias[:, None] if CHANNEL_AXIS == 0 else bias[None, :]
+        y = _round(y + bias, DT, SOFT_BF16)
+    if SILU:
+        y = _round(tl.div_rn(y, 1.0 + tl.exp(-y)), DT, SOFT_BF16)  # torch's y / (1 + exp(-y))
+    return y
 
 
 @triton.jit
@@ -70,20 +99,51 @@ def _channel_rms_norm_kernel(
         mask = cmask[:, None] & smask[None, :]
         offs = base + (c.to(tl.int64) * S)[:, None] + s[None, :]
         v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        n = _round(tl.div_rn(v, denom), DT, SOFT_BF16)  # IEEE division, as F.normalize
-        y = _round(n * scale, DT, SOFT_BF16)
-        gamma = tl.load(g_ptr + c, mask=cmask, other=0.0).to(tl.float32)[:, None]
-        y = _round(y * gamma, DT, SOFT_BF16)
-        if HAS_BIAS:
-            bias = tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float32)[:, None]
-            y = _round(y + bias, DT, SOFT_BF16)
-        if SILU:
-            # silu = y * sigmoid(y), in torch's form y / (1 + exp(-y))
-            y = _round(tl.div_rn(y, 1.0 + tl.exp(-y)), DT, SOFT_BF16)
+        y = _chain(v, denom, g_ptr, b_ptr, c, cmask, scale, HAS_BIAS, SILU, SOFT_BF16, DT, 0)
         tl.store(y_ptr + offs, y.to(DT), mask=mask)
 
 
+@triton.jit
+def _channel_rms_norm_rows_kernel(
+    x_ptr, y_ptr, g_ptr, b_ptr, N, C, scale, eps,
+    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, SOFT_BF16: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # channels-last x as [N, C] rows (N = B * S): ROWS whole rows a program, one read of x
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    c = tl.arange(0, BLOCK_C)
+    cmask = c < C
+    mask = (rows < N)[:, None] & cmask[None, :]
+    offs = rows[:, None] * C + c[None, :]
+    v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    denom = tl.maximum(tl.sqrt_rn(tl.sum(v * v, axis=1)), eps)[:, None]
+    y = _chain(v, denom, g_ptr, b_ptr, c, cmask, scale, HAS_BIAS, SILU, SOFT_BF16, DT, 1)
+    tl.store(y_ptr + offs, y.to(DT), mask=mask)
+
+
+def _channels_last(x, y, g, b, scale, eps, silu, bias):
+    """x (and y, made like it) channels-last dense: the rows kernel over ``[B * S, C]``."""
+    channels = x.shape[1]
+    n_rows = x.numel() // channels
+    block_c, rows, warps = channel_rows_launch(channels, n_rows)
+    _channel_rms_norm_rows_kernel[(cdiv(n_rows, rows),)](
+        x, y, g, b, n_rows, channels, float(scale), float(eps),
+        HAS_BIAS=bias is not None, SILU=bool(silu),
+        SOFT_BF16=interpreting() and x.dtype == torch.bfloat16,
+        ROWS=rows, BLOCK_C=block_c, num_warps=warps,
+    )
+    return y
+
+
 def channel_rms_norm(x, gamma, bias=None, *, scale, eps=1e-12, silu=False):
+    if not x.is_contiguous() and channels_last_rows(x):  # NHWC / NDHWC
+        y = torch.empty_like(x)  # the same layout (empty_like preserves a dense format)
+        if y.numel() == 0:
+            return y
+        g = gamma.reshape(-1).contiguous()
+        b = g if bias is None else bias.reshape(-1).contiguous()
+        return _channels_last(x, y, g, b, scale, eps, silu, bias)
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     batch, channels = x.shape[0], x.shape[1]
     positions = x.numel() // max(batch * channels, 1)
