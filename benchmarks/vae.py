@@ -14,7 +14,7 @@ script measures, on one random VAE (diffusers' init, bf16) and one random latent
 * ``fastdit``: :func:`fastdit.models.wan.vae.decode` (``vae_decoder="fastdit"``): the same
   decode with one fused norm + SiLU op per norm (``ops.channel_rms_norm``, its provider named in
   the JSON) and padding-free causal convolutions; ``fastdit-channels-last``: the same with
-  NDHWC activations and weight copies;
+  NDHWC activations and weight copies (``...-cudnn-benchmark``: with cuDNN's autotuner);
 * ``cudnn-benchmark``: the same with ``torch.backends.cudnn.benchmark = True`` (process-wide);
 * ``channels-last``: the VAE's weights in ``torch.channels_last_3d`` and the latent too (cuDNN's
   tensor-core convolutions want NDHWC; whether the pads, concatenations and norms between them
@@ -47,8 +47,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402  (the VAE configurations and the sync helper)
 
-VARIANTS = ("eager", "fastdit", "fastdit-channels-last", "cudnn-benchmark", "channels-last", "compile",
-            "compile-norms")
+VARIANTS = ("eager", "fastdit", "fastdit-channels-last", "fastdit-channels-last-cudnn-benchmark",
+            "cudnn-benchmark", "channels-last", "compile", "compile-norms")
 # kernel-name fragments -> group, first match wins (lower case)
 KERNEL_GROUPS = (
     ("convolution", ("conv", "implicit_gemm", "xmma", "cudnn", "sm90_", "wgrad", "dgrad", "fprop", "gemm", "cutlass")),
@@ -134,7 +134,7 @@ def time_variant(name: str, vae, z: torch.Tensor, args, device) -> tuple[dict, t
     previous_benchmark = torch.backends.cudnn.benchmark
     decoder_forward = vae.decoder.forward
     try:
-        if name == "cudnn-benchmark":
+        if name.endswith("cudnn-benchmark"):
             torch.backends.cudnn.benchmark = True
         elif name == "channels-last":
             set_conv_layout(vae, channels_last=True)
@@ -145,7 +145,7 @@ def time_variant(name: str, vae, z: torch.Tensor, args, device) -> tuple[dict, t
             norms = rms_norms(vae)
             for module in norms:
                 module.forward = torch.compile(module.forward, dynamic=True)
-        fast = name if name.startswith("fastdit") else None
+        fast = name.removesuffix("-cudnn-benchmark") if name.startswith("fastdit") else None
         start = time.perf_counter()
         frames = decode(vae, z, fast)  # warm-up (compilation, autotuning)
         e2e.sync(device)
