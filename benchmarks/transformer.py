@@ -196,7 +196,8 @@ def run_model(name: str, args, device, dtype, telemetry=None) -> dict:
                                "peak_activation_gb": None if peak is None else peak / 1e9, "gpu": gpu})
         print(f"{name} B=1 fastdit[{variant}] {s:.4f}s peak {_gb(peak)}", flush=True)
     if args.profile and device.type == "cuda":
-        result["profile"] = profile(model, inputs(cfg, 1, args.frames, args.height, args.width, device, dtype))
+        result["profile"] = profile(model, inputs(cfg, 1, args.frames, args.height, args.width, device, dtype),
+                                    top=25, groups=True)
     if "fastdit-fp8" in args.impls:
         run_fp8(name, model, cfg, args, device, dtype, outputs, result, warmup, repeat, telemetry)
     del model
@@ -293,6 +294,9 @@ def run_fp8(name, model, cfg, args, device, dtype, outputs, result, warmup, repe
               f"cos={run.get('cosine_vs_fastdit', float('nan')):.5f} weights "
               f"{before / 1e9:.2f} -> {report.weight_bytes / 1e9:.2f} GB peak {_gb(peak)}",
               flush=True)
+    if args.profile and device.type == "cuda":  # where the fp8 forward's time goes (issue 10)
+        result["profile_fp8"] = profile(model, inputs(cfg, 1, args.frames, args.height, args.width, device, dtype),
+                                        top=25, groups=True)
 
 
 def ratios(runs: list[dict]) -> dict:
@@ -312,21 +316,45 @@ def ratios(runs: list[dict]) -> dict:
     return out
 
 
-def profile(model, x, top: int = 15) -> list[dict]:
-    """Top CUDA kernels of one forward by total time."""
+# kernel-name fragments -> group (lower case, first match wins): where a forward's time goes
+KERNEL_GROUPS = (
+    ("attention", ("attention", "attn", "fmha", "flash", "sdpa", "_fwd_kernel")),
+    ("products (GEMM)", ("gemm", "cutlass", "xmma", "scaled_mm", "matmul", "sm90_", "cublas", "nvjet")),
+    ("norms and fp8 quantisation", ("norm", "quant", "fp8", "rope")),
+    ("element-wise and copies", ("elementwise", "vectorized", "copy", "cat", "fill", "mul", "add", "gelu")),
+)
+
+
+def kernel_group(name: str) -> str:
+    lower = name.lower()
+    return next((group for group, parts in KERNEL_GROUPS if any(p in lower for p in parts)), "other")
+
+
+def profile(model, x, top: int = 15, groups: bool = False):
+    """Top CUDA kernels of one forward by total time (with ``groups``: ``{"top": rows,
+    "groups_ms": {group: ms}, "total_ms": ...}`` over every kernel)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     with torch.no_grad(), torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
         model(*x)
         torch.cuda.synchronize()
+    events = sorted(prof.key_averages(), key=lambda e: -getattr(e, "device_time_total", 0))
     rows = []
-    for evt in sorted(prof.key_averages(), key=lambda e: -getattr(e, "device_time_total", 0))[:top]:
+    for evt in events[:top]:
         rows.append({"kernel": evt.key[:120], "calls": evt.count,
                      "ms": getattr(evt, "device_time_total", 0) / 1e3})
     for row in rows:
         print(f"  {row['ms']:9.2f} ms  {row['calls']:5d}x  {row['kernel']}")
-    return rows
+    if not groups:
+        return rows
+    totals: dict[str, float] = {}
+    for evt in events:  # device kernels only: CPU-side ops have no device time of their own
+        ms = getattr(evt, "self_device_time_total", 0) / 1e3
+        if ms:
+            totals[kernel_group(evt.key)] = totals.get(kernel_group(evt.key), 0.0) + ms
+    print("  by group: " + ", ".join(f"{k} {v:.1f} ms" for k, v in sorted(totals.items(), key=lambda kv: -kv[1])))
+    return {"top": rows, "groups_ms": totals, "total_ms": sum(totals.values())}
 
 
 def main(argv=None) -> int:

@@ -87,3 +87,15 @@ def test_vae_benchmark_tiny(tmp_path):
         assert row["s"] > 0 and row["max_abs_vs_eager"] < 1e-4
     groups = report["profile_eager"]["groups_s"]
     assert groups["convolution"] > 0 and abs(sum(report["profile_eager"]["groups_share"].values()) - 1) < 1e-6
+
+
+def test_transformer_profile_kernel_groups(load_benchmark):
+    """benchmarks/transformer.py's profile groups (the fp8 forward's breakdown, issue 10)."""
+    module = load_benchmark("transformer")
+    assert module.kernel_group("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n") == "products (GEMM)"
+    assert module.kernel_group("_fp8_gemm_kernel") == "products (GEMM)"
+    assert module.kernel_group("_attn_fwd_int8_kernel") == "attention"
+    assert module.kernel_group("cudnn_generated_fort_native_sdpa_sm90") == "attention"
+    assert module.kernel_group("_layer_norm_scale_shift_fp8_kernel") == "norms and fp8 quantisation"
+    assert module.kernel_group("void at::native::vectorized_elementwise_kernel<4>") == "element-wise and copies"
+    assert module.kernel_group("something_else") == "other"
