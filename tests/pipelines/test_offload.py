@@ -71,13 +71,15 @@ def test_budget_through_load(tiny_model):
 
 
 @pytest.mark.parametrize("task", ["t2v", "a14b"])
-def test_streamed_blocks_with_the_fp8_precision(tiny_model, reference, task):
+def test_streamed_blocks_with_the_fp8_precision(tiny_model, reference, task, caplog):
     """quantize="fp8" with streamed blocks: the host store holds the e4m3 weights the precision
     setting would make (one quantiser), the streamed Linears run fp8 products on them (no
     dense buffer), and the video equals the resident fp8 pipeline's exactly (native providers
     on the CPU: the same kernels on the same values)."""
     resident = fastdit.load(tiny_model(task), device="cpu", quantize="fp8")
-    streamed = fastdit.load(tiny_model(task), device="cpu", quantize="fp8", offload="blocks", prefetch=1)
+    with caplog.at_level(logging.INFO, logger="fastdit"):
+        streamed = fastdit.load(tiny_model(task), device="cpu", quantize="fp8", offload="blocks", prefetch=1)
+    assert "the streamed block weights are stored in e4m3" in caplog.text
     assert isinstance(streamed.transformer, StreamedTransformer) and streamed.memory_plan.weights == "fp8"
     region = streamed.transformer.streamer.region
     assert region.dense_layout is None  # the products take the fp8 weights as stored

@@ -605,6 +605,9 @@ def load_streamed_experts(spec: ModelSpec, device: torch.device, dtype: torch.dt
 
     stream_plan = plan.stream_plan()
     weights = runtime_weights(options)
+    if weights != options.weights:
+        log.info("quantize=%s: the streamed block weights are stored in e4m3 (the fp8 products take "
+                 "them as they are), not %s", options.quantize.spec(), options.weights)
     # fp8 products take the e4m3 weights and scales as they are; otherwise a block's weights are
     # dequantised once into the pool's dense buffer
     dequantize = "linear" if options.quantize.linear == "fp8" else "slot"
