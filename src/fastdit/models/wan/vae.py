@@ -67,6 +67,7 @@ def decode(vae, z: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     ratio = vae.spatial_compression_ratio
     if vae.use_tiling and (width > vae.tile_sample_min_width // ratio
                            or height > vae.tile_sample_min_height // ratio):
+        log.info("VAE decode in tiles: diffusers' tiled_decode (fastdit's decode covers untiled decoding)")
         return vae.tiled_decode(z, return_dict=False)[0]
     run = _Decode(vae, channels_last)
     if vae.use_slicing and z.shape[0] > 1:
