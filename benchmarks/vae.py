@@ -14,7 +14,8 @@ script measures, on one random VAE (diffusers' init, bf16) and one random latent
 * ``fastdit``: :func:`fastdit.models.wan.vae.decode` (``vae_decoder="fastdit"``): the same
   decode with one fused norm + SiLU op per norm (``ops.channel_rms_norm``, its provider named in
   the JSON) and padding-free causal convolutions; ``fastdit-channels-last``: the same with
-  NDHWC activations and weight copies (``...-cudnn-benchmark``: with cuDNN's autotuner);
+  NDHWC activations and weight copies (``...-cudnn-benchmark``: with cuDNN's autotuner;
+  ``...-chunk4``: four latent frames a chunk after the first, ``frames_per_chunk=4``);
 * ``cudnn-benchmark``: the same with ``torch.backends.cudnn.benchmark = True`` (process-wide);
 * ``channels-last``: the VAE's weights in ``torch.channels_last_3d`` and the latent too (cuDNN's
   tensor-core convolutions want NDHWC; whether the pads, concatenations and norms between them
@@ -48,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402  (the VAE configurations and the sync helper)
 
 VARIANTS = ("eager", "fastdit", "fastdit-channels-last", "fastdit-channels-last-cudnn-benchmark",
-            "cudnn-benchmark", "channels-last", "compile", "compile-norms")
+            "fastdit-chunk4", "fastdit-channels-last-chunk4", "cudnn-benchmark", "channels-last", "compile",
+            "compile-norms")
 # kernel-name fragments -> group, first match wins (lower case)
 KERNEL_GROUPS = (
     ("convolution", ("conv", "implicit_gemm", "xmma", "cudnn", "sm90_", "wgrad", "dgrad", "fprop", "gemm", "cutlass")),
@@ -82,10 +84,13 @@ def latent_for(vae, args, device, dtype) -> torch.Tensor:
 
 
 def decode(vae, z: torch.Tensor, fastdit: str | None = None) -> torch.Tensor:
+    """``vae.decode(z).sample``, or fastdit's decode as the variant ``fastdit`` names it
+    (``fastdit[-channels-last][-chunkN]``)."""
     if fastdit:
         from fastdit.models.wan.vae import decode as fastdit_decode
 
-        return fastdit_decode(vae, z, channels_last=fastdit == "fastdit-channels-last")
+        chunk = int(fastdit.rsplit("-chunk", 1)[1]) if "-chunk" in fastdit else 1
+        return fastdit_decode(vae, z, channels_last="channels-last" in fastdit, frames_per_chunk=chunk)
     with torch.no_grad():
         return vae.decode(z).sample
 

@@ -62,6 +62,26 @@ def test_channels_last_decode(config):
     assert {n: p.stride() for n, p in vae.named_parameters()} == weights
 
 
+@pytest.mark.parametrize("config", [WAN21, WAN22], ids=["wan2.1", "wan2.2"])
+def test_larger_chunks_are_the_same_decode(config):
+    """``frames_per_chunk``: the first latent frame alone, then chunks of 2-4: the causal caches
+    (and the up-samplers' zero-padded first time convolution) make it the same computation, to
+    the convolutions' fp32 rounding; bf16: bit for bit here."""
+    vae = _vae(config, torch.float32)
+    z = _latent(vae, 5, 4, 6, torch.float32)
+    with torch.no_grad():
+        expected = vae.decode(z).sample
+    for chunk in (2, 3, 4, 8):
+        torch.testing.assert_close(fast_vae.decode(vae, z, frames_per_chunk=chunk), expected, atol=2e-5, rtol=0)
+    half = _vae(config, torch.bfloat16)
+    zh = z.to(torch.bfloat16)
+    with torch.no_grad():
+        expected_half = half.decode(zh).sample
+    assert torch.equal(fast_vae.decode(half, zh, frames_per_chunk=3), expected_half)
+    with pytest.raises(ValueError, match="frames_per_chunk"):
+        fast_vae.decode(vae, z, frames_per_chunk=0)
+
+
 def test_the_op_replicates_diffusers_norm_and_silu_bit_for_bit():
     """The native spec of ops.channel_rms_norm against WanRMS_norm + SiLU, in bf16."""
     vae = _vae(WAN21, torch.bfloat16)

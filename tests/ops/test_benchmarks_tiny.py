@@ -76,12 +76,12 @@ def test_vae_benchmark_tiny(tmp_path):
     layout and cudnn flag change nothing on the CPU; compile stays within fp32 rounding), the
     FLOP count and the profile's groups are filled."""
     out = tmp_path / "vae.json"
-    _run("vae.py", "--tiny", "--variants", "eager,fastdit,fastdit-channels-last,cudnn-benchmark,channels-last", "--out", str(out))
+    _run("vae.py", "--tiny", "--variants", "eager,fastdit,fastdit-channels-last,fastdit-chunk4,cudnn-benchmark,channels-last", "--out", str(out))
     report = json.loads(out.read_text())
     assert report["flops"] > 0 and report["latent"] == [1, 16, 3, 4, 4]
     assert report["variants"]["fastdit"]["max_abs_vs_eager"] == 0  # the CPU: bit for bit
     assert report["variants"]["fastdit"]["norm_provider"] == "native"
-    for name in ("eager", "fastdit", "fastdit-channels-last", "cudnn-benchmark", "channels-last"):
+    for name in ("eager", "fastdit", "fastdit-channels-last", "fastdit-chunk4", "cudnn-benchmark", "channels-last"):
         row = report["variants"][name]
         assert "error" not in row, row
         assert row["s"] > 0 and row["max_abs_vs_eager"] < 1e-4

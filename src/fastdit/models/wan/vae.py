@@ -51,15 +51,21 @@ def supports(vae) -> str | None:
 
 
 @torch.no_grad()
-def decode(vae, z: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+def decode(vae, z: torch.Tensor, channels_last: bool = False, frames_per_chunk: int = 1) -> torch.Tensor:
     """``vae.decode(z).sample`` with fastdit's norm and convolution paths (module docstring).
 
     ``z [B, z_dim, T, h, w]`` in the VAE's dtype (already un-normalised, as ``vae.decode``
     takes it); returns ``[B, 3, F, H, W]`` in [-1, 1]. ``channels_last``: the activations in
     ``torch.channels_last_3d`` (NDHWC, what cuDNN's tensor-core convolutions take without a
     transpose) with channels-last copies of the causal convolutions' weights made for this
-    call; the same values, other kernels. Raises ValueError for a VAE that :func:`supports`
-    refuses."""
+    call; the same values, other kernels. ``frames_per_chunk``: latent frames decoded together
+    after the first (which is always alone, as diffusers decodes it): the causal caches make
+    any chunking the same computation (the up-samplers' zero-padded first time convolution
+    included), larger chunks make larger convolutions and fewer cache copies, for activation
+    memory that grows with the chunk. Raises ValueError for a VAE that :func:`supports`
+    refuses, or for ``frames_per_chunk < 1``."""
+    if isinstance(frames_per_chunk, bool) or not isinstance(frames_per_chunk, int) or frames_per_chunk < 1:
+        raise ValueError(f"frames_per_chunk must be an integer >= 1, got {frames_per_chunk!r}")
     reason = supports(vae)
     if reason is not None:
         raise ValueError(f"fastdit's VAE decode cannot run this VAE: {reason}")
@@ -69,7 +75,7 @@ def decode(vae, z: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
                            or height > vae.tile_sample_min_height // ratio):
         log.info("VAE decode in tiles: diffusers' tiled_decode (fastdit's decode covers untiled decoding)")
         return vae.tiled_decode(z, return_dict=False)[0]
-    run = _Decode(vae, channels_last)
+    run = _Decode(vae, channels_last, frames_per_chunk)
     if vae.use_slicing and z.shape[0] > 1:
         return torch.cat([run(part) for part in z.split(1)])
     return run(z)
@@ -89,8 +95,8 @@ def _norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class _Decode:
     """One decode call: the chunk loop and the pieces, in one memory layout."""
 
-    def __init__(self, vae, channels_last: bool) -> None:
-        self.vae, self.channels_last = vae, channels_last
+    def __init__(self, vae, channels_last: bool, frames_per_chunk: int = 1) -> None:
+        self.vae, self.channels_last, self.frames_per_chunk = vae, channels_last, frames_per_chunk
         self.layout = torch.channels_last_3d if channels_last else torch.contiguous_format
         self._weights: dict[int, torch.Tensor] = {}  # channels-last copies, per convolution
 
@@ -98,9 +104,11 @@ class _Decode:
         vae = self.vae
         cache: list = [None] * _causal_convs(vae.decoder)
         x = self.conv(vae.post_quant_conv, self.arranged(z), None)  # (B, z_dim, T, h, w)
-        frames = []
-        for i in range(x.shape[2]):  # one latent frame at a time, as diffusers decodes
-            frames.append(self.decoder(x[:, :, i:i + 1], cache, [0], first_chunk=i == 0))
+        frames, step = [], self.frames_per_chunk
+        starts = [0] + list(range(1, x.shape[2], step))  # the first latent frame alone, then chunks
+        for start in starts:
+            stop = 1 if start == 0 else min(start + step, x.shape[2])
+            frames.append(self.decoder(x[:, :, start:stop], cache, [0], first_chunk=start == 0))
         out = torch.cat(frames, dim=2).contiguous()  # (B, C_out, F, H, W)
         if vae.config.patch_size is not None:
             from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
