@@ -152,6 +152,18 @@ def wan_calls():
                       lambda q=q, c=fp8, i=idx, cs=cs: rope.rope_qk_cache_store(
                           q, q, q, c, c, i, i, cs, k_scale=torch.ones(1), v_scale=0.5,
                           swa_slot_mapping=i)))
+    from fastdit.kernels.triton import channel_norm
+
+    for channels in (96, 384):  # the Wan2.1 VAE decoder's widths, one 4-frame chunk at 480p
+        video = torch.empty(1, channels, 4, 480, 832, dtype=torch.bfloat16)
+        gamma = torch.empty(channels, 1, 1, 1, dtype=torch.bfloat16)
+        last = video.contiguous(memory_format=torch.channels_last_3d)
+        calls.append((f"channel_rms_norm C={channels}",
+                      lambda v=video, g=gamma, c=channels: channel_norm.channel_rms_norm(
+                          v, g, scale=c ** 0.5, silu=True)))
+        calls.append((f"channel_rms_norm channels-last C={channels}",
+                      lambda v=last, g=gamma, c=channels: channel_norm.channel_rms_norm(
+                          v, g, scale=c ** 0.5, silu=True)))
     return calls
 
 
