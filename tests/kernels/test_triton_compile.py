@@ -40,7 +40,7 @@ def test_compiles_for_h100_without_spills():
         pytest.skip("Triton's bundled ptxas is missing")
     rows = _run("cuda")
     calls = {r["call"] for r in rows}
-    assert len(calls) == 28, sorted(calls)
+    assert len(calls) == 32, sorted(calls)  # 28 DiT calls + the VAE channel norm in two layouts at two widths
     for r in rows:
         assert r.get("local") == 0 and r.get("stack") == 0, r  # no spills
         assert r["ld_v4"] > 0 and r["st_v4"] > 0, r  # vectorised global memory access
@@ -49,5 +49,5 @@ def test_compiles_for_h100_without_spills():
 
 def test_compiles_for_mi300():
     rows = _run("hip")
-    assert len({r["call"] for r in rows}) == 28
+    assert len({r["call"] for r in rows}) == 32
     assert all(r["amdgcn"] for r in rows)
