@@ -140,3 +140,25 @@ def test_streamed_single_file_transformer_equals_resident(tiny_model, tmp_path, 
     assert got.settings["weights"][0]["file"] == str(file)
     np.testing.assert_allclose(got.frames, _frames(resident), atol=1e-5, rtol=0)
     assert np.abs(got.frames - _frames(fastdit.load(path, device="cpu", dtype=torch.float32))).max() > 1e-3
+
+
+def test_lenient_lora_with_unknown_keys_streams_like_resident(tiny_model, tmp_path):
+    """``lora_strict=False``: keys that map to no weight are skipped (logged) the same way on
+    the streamed path; the known ones merge as the blocks load."""
+    from safetensors.torch import load_file, save_file
+
+    path = tiny_model("t2v")
+    good = tiny_lora(path, tmp_path / "good.safetensors", seed=7)
+    tensors = load_file(str(good))
+    tensors["diffusion_model.blocks.0.no_such_layer.lora_down.weight"] = torch.zeros(4, 8)
+    tensors["diffusion_model.blocks.0.no_such_layer.lora_up.weight"] = torch.zeros(8, 4)
+    odd = tmp_path / "odd.safetensors"
+    save_file(tensors, str(odd))
+    options = dict(device="cpu", loras=[(odd, 0.8)], lora_strict=False)
+    resident = fastdit.load(path, **options)
+    streamed = fastdit.load(path, offload="blocks", **options)
+    result = streamed.generate("a red car in the city", negative_prompt="blurry", **RUN)
+    assert result.settings["weights"][0]["loras"][0]["skipped_keys"] == 2
+    np.testing.assert_array_equal(result.frames, _frames(resident))
+    with pytest.raises(LoraError):
+        fastdit.load(path, device="cpu", loras=[(odd, 0.8)], offload="blocks")  # strict: refused
