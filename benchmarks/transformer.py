@@ -44,6 +44,7 @@ from fastdit.models.wan.configs import WAN_CONFIGS, WanConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling gpu_telemetry.py
 from gpu_telemetry import GpuTelemetry  # noqa: E402
+from kernel_profile import group_of, grouped, kernel_seconds, profiled  # noqa: E402
 
 TEXT_LEN = 512
 
@@ -326,20 +327,15 @@ KERNEL_GROUPS = (
 
 
 def kernel_group(name: str) -> str:
-    lower = name.lower()
-    return next((group for group, parts in KERNEL_GROUPS if any(p in lower for p in parts)), "other")
+    return group_of(name, KERNEL_GROUPS)
 
 
 def profile(model, x, top: int = 15, groups: bool = False):
     """Top CUDA kernels of one forward by total time (with ``groups``: ``{"top": rows,
-    "groups_ms": {group: ms}, "total_ms": ...}`` over every kernel)."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    with torch.no_grad(), torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        model(*x)
-        torch.cuda.synchronize()
-    events = sorted(prof.key_averages(), key=lambda e: -getattr(e, "device_time_total", 0))
+    "groups_ms": {group: ms}, "total_ms": ...}`` over every kernel, from the same run)."""
+    prof = profiled(lambda: model(*x), x[0].device)
+    events = [e for e in prof.key_averages() if "CUDA" in str(getattr(e, "device_type", ""))]
+    events.sort(key=lambda e: -getattr(e, "device_time_total", 0))
     rows = []
     for evt in events[:top]:
         rows.append({"kernel": evt.key[:120], "calls": evt.count,
@@ -348,12 +344,8 @@ def profile(model, x, top: int = 15, groups: bool = False):
         print(f"  {row['ms']:9.2f} ms  {row['calls']:5d}x  {row['kernel']}")
     if not groups:
         return rows
-    totals: dict[str, float] = {}
-    for evt in events:  # device kernels only: CPU-side ops have no device time of their own
-        ms = getattr(evt, "self_device_time_total", 0) / 1e3
-        if ms:
-            totals[kernel_group(evt.key)] = totals.get(kernel_group(evt.key), 0.0) + ms
-    print("  by group: " + ", ".join(f"{k} {v:.1f} ms" for k, v in sorted(totals.items(), key=lambda kv: -kv[1])))
+    totals = {k: v * 1e3 for k, v in grouped(kernel_seconds(prof, x[0].device), KERNEL_GROUPS).items()}
+    print("  by group: " + ", ".join(f"{k} {v:.1f} ms" for k, v in totals.items()))
     return {"top": rows, "groups_ms": totals, "total_ms": sum(totals.values())}
 
 

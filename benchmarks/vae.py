@@ -47,6 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402  (the VAE configurations and the sync helper)
+from kernel_profile import group_of, grouped, kernel_seconds, profiled  # noqa: E402
 
 VARIANTS = ("eager", "fastdit", "fastdit-channels-last", "fastdit-channels-last-cudnn-benchmark",
             "fastdit-chunk4", "fastdit-channels-last-chunk4", "cudnn-benchmark", "channels-last", "compile",
@@ -180,37 +181,15 @@ def time_variant(name: str, vae, z: torch.Tensor, args, device) -> tuple[dict, t
 
 
 def kernel_group(name: str) -> str:
-    lower = name.lower()
-    for group, fragments in KERNEL_GROUPS:
-        if any(f in lower for f in fragments):
-            return group
-    return "other"
+    return group_of(name, KERNEL_GROUPS)
 
 
 def profile_eager(vae, z: torch.Tensor, device) -> dict:
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        decode(vae, z)
-        e2e.sync(device)
-    kernels: dict[str, float] = {}
-    for event in prof.key_averages():
-        us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0) or 0
-        if device.type != "cuda":
-            us = event.self_cpu_time_total
-            if not event.key.startswith("aten::"):
-                continue
-        elif getattr(event, "device_type", None) is not None and "CUDA" not in str(event.device_type):
-            continue
-        if us:
-            kernels[event.key] = kernels.get(event.key, 0.0) + us / 1e6
-    groups: dict[str, float] = {}
-    for name, seconds in kernels.items():
-        groups[kernel_group(name)] = groups.get(kernel_group(name), 0.0) + seconds
+    kernels = kernel_seconds(profiled(lambda: decode(vae, z), device), device)
+    groups = grouped(kernels, KERNEL_GROUPS)
     total = sum(groups.values())
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
-    return {"kernel_s": total, "groups_s": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+    return {"kernel_s": total, "groups_s": groups,
             "groups_share": {k: v / total for k, v in groups.items()} if total else {},
             "top_kernels": [{"name": n[:160], "s": s} for n, s in top],
             "source": "GPU kernels (device time)" if device.type == "cuda" else "CPU aten ops (self time)"}
