@@ -133,3 +133,11 @@ def test_the_pipeline_option(tmp_path, monkeypatch):
     assert abs(torch.as_tensor(nhwc.frames) - torch.as_tensor(plain.frames)).max() < 1e-4
     with pytest.raises(UserError, match="vae_decoder"):
         fastdit.load(path, device="cpu", vae_decoder="fast")
+
+
+def test_the_choices_are_one_list():
+    """The load option, the CLI and the server offer the decoders :data:`DECODERS` knows."""
+    from fastdit.cli.generate import VAE_DECODER_CHOICES
+    from fastdit.pipelines.loading import VAE_DECODERS
+
+    assert VAE_DECODERS == VAE_DECODER_CHOICES == tuple(fast_vae.DECODERS)

@@ -414,11 +414,14 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
         if options.vae_tiling or (plan is not None and plan.vae_tiling):
             vae.enable_tiling()
         vae = current_platform().optimize_vae(vae)
-        if options.vae_decoder.startswith("fastdit"):
-            from fastdit.models.wan.vae import supports
+        if options.vae_decoder != "diffusers":  # checked here, before the transformer loads
+            from fastdit.models.wan.vae import decoder_for
 
-            if (reason := supports(vae)) is not None:
-                raise ModelFolderError(f"vae_decoder={options.vae_decoder!r} cannot decode with {spec.root / 'vae'}: {reason}")
+            try:
+                decoder_for(vae, options.vae_decoder)
+            except ValueError as exc:
+                raise ModelFolderError(f"vae_decoder={options.vae_decoder!r} cannot decode with "
+                                       f"{spec.root / 'vae'}: {exc}") from None
     with _loading(spec, "scheduler"):
         if variant.few_step is not None:
             sched = variant.few_step.scheduler(spec.scheduler_config.get("num_train_timesteps", 1000))

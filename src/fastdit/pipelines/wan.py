@@ -145,12 +145,11 @@ class WanVideoPipeline:
     def _vae_decoder(self):
         """``z -> video`` for the decode stage: fastdit's decode with ``vae_decoder="fastdit"``,
         else None (``vae.decode``)."""
-        choice = self.options.vae_decoder
-        if not choice.startswith("fastdit"):
+        if self.options.vae_decoder == "diffusers":
             return None
-        from fastdit.models.wan.vae import decode
+        from fastdit.models.wan.vae import decoder_for
 
-        return lambda z: decode(self.vae, z, channels_last=choice == "fastdit-channels-last")
+        return decoder_for(self.vae, self.options.vae_decoder)
 
     def _activate_expert(self, index: int) -> None:
         if self.offload == "none" or len(self.experts) < 2:

@@ -179,13 +179,10 @@ def load_streamed(path: str | os.PathLike, plan: StreamPlan, device: torch.devic
     blocks = getattr(model, model.PLAN.blocks)
     maps = MappedFiles()
     try:
-        dequantize_on = device if device.type != "cpu" else torch.device("cpu")
-
         def read(name: str) -> torch.Tensor:
             value, target = maps.read(tensors[name]), parameter_dtype(name, dtype)
             if name in scales:  # a view valid until the next read: copied before the scale's
-                value = dequantize_scaled(value.to(dequantize_on, copy=True), maps.read(scales[name]),
-                                          target, dequantize_on)
+                value = dequantize_scaled(value.to(device, copy=True), maps.read(scales[name]), target, device)
             elif file is not None:
                 value = value.to(target)  # as the single-file loader does (an unscaled fp8 file: a cast)
             return value if transform is None else transform(name, value, target)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from fastdit.cli.generate import DTYPE_CHOICES
+from fastdit.cli.generate import DTYPE_CHOICES, VAE_DECODER_CHOICES
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ LOAD_OPTIONS: tuple[LoadOption, ...] = (
                ("auto", "none", "experts", "model", "blocks")),
     LoadOption("--vae-tiling", "vae_tiling", "flag", "decode in tiles (less memory)", False),
     LoadOption("--vae-decoder", "vae_decoder", "str", "the VAE decode: diffusers' or fastdit's", None,
-               ("diffusers", "fastdit", "fastdit-channels-last")),
+               VAE_DECODER_CHOICES),
     # memory (docs/offload.md)
     LoadOption("--max-gpu-memory", "max_gpu_memory", "str", "GPU memory budget per worker (24GB, 16GiB)"),
     LoadOption("--weights", "weights", "str", "fp8: e4m3 block weights (half the memory)", None,

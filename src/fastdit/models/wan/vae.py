@@ -23,15 +23,20 @@ from __future__ import annotations
 
 import logging
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+from diffusers.models.autoencoders.autoencoder_kl_wan import CACHE_T, unpatchify  # the module it runs
 from torch import nn
 
 from fastdit import ops
 
 log = logging.getLogger("fastdit.models")
 
-CACHE_T = 2  # input frames each causal convolution keeps for the next chunk (diffusers' CACHE_T)
+#: ``vae_decoder`` choice -> :func:`decode` keywords (None: diffusers' ``vae.decode``)
+DECODERS: dict[str, dict | None] = {"diffusers": None, "fastdit": {"channels_last": False},
+                                    "fastdit-channels-last": {"channels_last": True}}
 
 
 def supports(vae) -> str | None:
@@ -48,6 +53,19 @@ def supports(vae) -> str | None:
     if any(not n.channel_first for n in norms):
         return "it has channel-last norms"
     return None
+
+
+def decoder_for(vae, choice: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``z -> video`` for a ``vae_decoder`` choice (:data:`DECODERS`), None for diffusers' own
+    ``vae.decode``. Raises ValueError for an unknown choice or a VAE :func:`supports` refuses."""
+    if choice not in DECODERS:
+        raise ValueError(f"vae_decoder must be one of {', '.join(DECODERS)}, got {choice!r}")
+    keywords = DECODERS[choice]
+    if keywords is None:
+        return None
+    if (reason := supports(vae)) is not None:
+        raise ValueError(f"fastdit's VAE decode cannot run this VAE: {reason}")
+    return lambda z: decode(vae, z, **keywords)
 
 
 @torch.no_grad()
@@ -111,8 +129,6 @@ class _Decode:
             frames.append(self.decoder(x[:, :, start:stop], cache, [0], first_chunk=start == 0))
         out = torch.cat(frames, dim=2).contiguous()  # (B, C_out, F, H, W)
         if vae.config.patch_size is not None:
-            from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
-
             out = unpatchify(out, patch_size=vae.config.patch_size)
         return torch.clamp(out, min=-1.0, max=1.0)
 
