@@ -38,7 +38,9 @@ for step in $STEPS; do
   echo "== step $step (limit ${limit}s) $(date -u +%H:%M:%S)"
   case "$step" in
     tests)
-      run python3 -m pytest -q -p no:cacheprovider -rfE ${TEST_PATHS:-tests/gpu} ${TEST_ARGS:-} > "$OUT/gpu-tests-full.log" 2>&1
+      # TEST_K="offload or vae" selects by name (one argument, spaces kept); TEST_ARGS is split on spaces
+      run python3 -m pytest -q -p no:cacheprovider -rfE ${TEST_PATHS:-tests/gpu} ${TEST_ARGS:-} \
+        ${TEST_K:+-k "$TEST_K"} > "$OUT/gpu-tests-full.log" 2>&1
       tail -40 "$OUT/gpu-tests-full.log" | tee "$OUT/gpu-tests.log" ;;
     ops)
       run python3 benchmarks/ops.py --out "$OUT/ops.json" $BENCH_ARGS 2>&1 | tee "$OUT/ops.log" ;;
@@ -111,8 +113,9 @@ for step in $STEPS; do
       run python3 benchmarks/e2e.py --impls fastdit,fastdit-fp8,diffusers-eager,diffusers-compiled \
         --out "$OUT/e2e-all.json" --markdown "$OUT/e2e-all.md" $BENCH_ARGS 2>&1 | tee "$OUT/e2e-all.log" ;;
     e2e-ti2v)  # TI2V-5B, 704x1280x121, 50 steps, guidance 5: fastdit, fastdit-fp8 (compared with exact), diffusers eager (~5 min)
+      # E2E_TI2V_ARGS="--steps 20" for fewer steps
       run python3 benchmarks/e2e.py --model Wan2.2-TI2V-5B --height 704 --width 1280 --frames 121 --flow-shift 5 \
-        --impls ${E2E_TI2V_IMPLS:-fastdit,fastdit-fp8,diffusers-eager} --out "$OUT/e2e-ti2v.json" \
+        --impls ${E2E_TI2V_IMPLS:-fastdit,fastdit-fp8,diffusers-eager} ${E2E_TI2V_ARGS:-} --out "$OUT/e2e-ti2v.json" \
         --markdown "$OUT/e2e-ti2v.md" 2>&1 | tee "$OUT/e2e-ti2v.log" ;;
     e2e-fp8)  # 1.3B, 50 steps: fastdit, fastdit-fp8 (with PSNR/SSIM against fastdit's video), diffusers compiled
       run python3 benchmarks/e2e.py --impls fastdit,fastdit-fp8,diffusers-compiled --out "$OUT/e2e-fp8.json" \

@@ -18,7 +18,8 @@ Sections (``--sections``):
 * ``e2e``: for each of ``--e2e-models`` (default Wan2.1-T2V-1.3B, Wan2.1-T2V-14B,
   Wan2.2-T2V-A14B with two experts), random weights (one seed per expert) and a random rank-64
   LoRA per expert, 480x832x81, 4 steps without guidance, end to end (UMT5-XXL text encoding,
-  4 forwards, Wan2.1 VAE decode), in one process:
+  4 forwards, Wan2.1 VAE decode: fastdit's by ``--vae-decoder``, default the platform's), in one
+  process:
   - fastdit: the options ``fastdit.load`` takes (``loras=``, ``loras_2=``,
     ``preset="lightx2v-4step"``) checked by ``plan_variant``, the LoRAs merged by
     ``apply_loras`` (timed), the pipeline's few-step sampler (timesteps 1000, 750, 500, 250,
@@ -55,6 +56,7 @@ from fastdit.models.wan import WanTransformer
 from fastdit.models.wan.checkpoint import diffusers_to_original_key
 from fastdit.models.wan.configs import WAN_CONFIGS, WanConfig
 from fastdit.models.wan.lora import LoraAdapter, apply_loras
+from fastdit.pipelines.loading import VAE_DECODERS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the siblings e2e.py and transformer.py
 import e2e  # noqa: E402
@@ -213,7 +215,7 @@ def _free(device) -> None:
 
 
 def e2e_fastdit(name: str, config, two: bool, loras: list[Path], c: dict, shape: dict, device, dtype,
-                seed: int, quantize: str | None = None) -> tuple[dict, np.ndarray]:
+                seed: int, quantize: str | None = None, vae_decoder: str = "auto") -> tuple[dict, np.ndarray]:
     """fastdit: random experts, the load options checked by plan_variant, LoRAs merged, the
     preset's 4-step sampler; a warm-up generation, then the timed one. ``quantize`` ("fp8",
     the ``fastdit-fp8`` impl): the precision setting applied to the merged experts, as
@@ -232,7 +234,7 @@ def e2e_fastdit(name: str, config, two: bool, loras: list[Path], c: dict, shape:
                                   {"num_train_timesteps": 1000}, boundary_ratio=0.875 if two else None,
                                   name=None if name.startswith("tiny") else name)
     options = LoadOptions(loras=[(str(loras[0]), 1.0)], loras_2=[(str(loras[1]), 1.0)] if two else (),
-                          preset="lightx2v-4step", quantize=quantize)
+                          preset="lightx2v-4step", quantize=quantize, vae_decoder=vae_decoder)
     t0 = time.perf_counter()
     spec, variant = plan_variant(spec, options)
     check_s = time.perf_counter() - t0
@@ -261,6 +263,7 @@ def e2e_fastdit(name: str, config, two: bool, loras: list[Path], c: dict, shape:
     entry = {"impl": "fastdit-fp8" if quantize else "fastdit", "build_s": build_s, "plan_s": check_s,
              "lora_load_merge_s": lora_s, "quantize_s": quantize_s if quantize else None,
              "warmup_s": warmup_s, "sampler": result.settings["sampler"],
+             "vae_decoder": result.settings["vae_decoder"],
              "stages": {"text": t["text"], "denoise": t["denoise"], "decode": t["decode"], "total": total,
                         "per_step": t["per_step"]},
              "peak_gb": None if result.peak_memory is None or device.type == "cpu" else result.peak_memory / 1e9}
@@ -310,7 +313,7 @@ def e2e_diffusers(config, two: bool, loras: list[Path], c: dict, shape: dict, de
 
 
 def bench_e2e(models: list[str], rank: int, c: dict, shape: dict, device, dtype, tmp: Path,
-              impls: list[str], out: dict, save=None, seed: int = 0) -> dict:
+              impls: list[str], out: dict, save=None, seed: int = 0, vae_decoder: str = "auto") -> dict:
     """Fills ``out`` model by model (``save()`` after each, so a failure keeps the rest)."""
     out.update({"shape": shape, "timesteps": list(TIMESTEPS), "shift": SHIFT, "rank": rank, "models": {}})
     for name in models:
@@ -330,7 +333,8 @@ def bench_e2e(models: list[str], rank: int, c: dict, shape: dict, device, dtype,
                 try:
                     if impl in ("fastdit", "fastdit-fp8"):
                         run, frames[impl] = e2e_fastdit(name, config, two, loras, c, shape, device, dtype, seed,
-                                                        quantize="fp8" if impl == "fastdit-fp8" else None)
+                                                        quantize="fp8" if impl == "fastdit-fp8" else None,
+                                                        vae_decoder=vae_decoder)
                         if impl == "fastdit-fp8" and "fastdit" in frames:
                             run["frames_vs_fastdit"] = e2e.compare(frames[impl], frames["fastdit"])
                     elif importlib.util.find_spec("peft") is None:  # diffusers' LoRA loading needs it
@@ -414,6 +418,8 @@ def main(argv=None) -> int:
                         help=f"models of the e2e section (default {E2E_MODELS}; with --tiny: tiny,tiny-a14b)")
     parser.add_argument("--impls", default="fastdit,diffusers",
                         help="e2e implementations: fastdit, fastdit-fp8 (quantize='fp8'), diffusers")
+    parser.add_argument("--vae-decoder", default="auto", choices=VAE_DECODERS,
+                        help="fastdit's decode (LoadOptions.vae_decoder; auto: the platform's)")
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tmp", default=None, help="folder for the temporary LoRA files")
@@ -479,7 +485,8 @@ def main(argv=None) -> int:
             impls = [s.strip() for s in args.impls.split(",") if s.strip()]
             c = shared_components(args.tiny, device, e2e_dtype)
             result["e2e"] = {}
-            bench_e2e(e2e_models, rank, c, shape, device, e2e_dtype, Path(tmp), impls, result["e2e"], save)
+            bench_e2e(e2e_models, rank, c, shape, device, e2e_dtype, Path(tmp), impls, result["e2e"], save,
+                      vae_decoder=args.vae_decoder)
             del c
             _free(device)
     save()

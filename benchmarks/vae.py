@@ -180,6 +180,48 @@ def time_variant(name: str, vae, z: torch.Tensor, args, device) -> tuple[dict, t
             set_conv_layout(vae, channels_last=False)
 
 
+FRAMES_WAYS = ("diffusers-postprocess", "pageable", "frames-array", "frames-array-held", "to-cpu-bf16")
+
+
+def frames_way(way: str, video: torch.Tensor, processor):
+    """The decode stage's last part, ``video [1, 3, F, H, W]`` -> numpy ``[F, H, W, 3]``:
+    diffusers' ``postprocess_video`` (bf16 to the CPU, converted there); converted on the GPU
+    and the float32 copied to pageable memory; fastdit's ``stages.frames_array`` (the same into
+    pinned memory; ``-held``: every result kept, so each call allocates new pinned memory, as
+    when a caller keeps its videos); the bare bf16 copy to the CPU."""
+    from fastdit.pipelines.stages import frames_array
+
+    if way == "diffusers-postprocess":
+        return processor.postprocess_video(video, output_type="np")[0]
+    if way.startswith("frames-array"):
+        return frames_array(video, processor)
+    if way == "to-cpu-bf16":
+        return video.cpu()
+    return (video[0] * 0.5 + 0.5).clamp(0, 1).permute(1, 2, 3, 0).float().contiguous().cpu().numpy()
+
+
+def time_frames(video: torch.Tensor, runs: int, device) -> dict:
+    """Seconds (median of ``runs`` after one warm-up) of each :data:`FRAMES_WAYS` on one video."""
+    from diffusers.video_processor import VideoProcessor
+
+    processor = VideoProcessor(vae_scale_factor=8)
+    rows = {}
+    for way in FRAMES_WAYS:
+        held = [frames_way(way, video, processor)]
+        times = []
+        for _ in range(runs):
+            e2e.sync(device)
+            start = time.perf_counter()
+            frames = frames_way(way, video, processor)
+            e2e.sync(device)
+            times.append(time.perf_counter() - start)
+            if way.endswith("-held"):
+                held.append(frames)
+        rows[way] = {"s": statistics.median(times), "times_s": times}
+        del held, frames
+    return rows
+
+
 def kernel_group(name: str) -> str:
     return group_of(name, KERNEL_GROUPS)
 
@@ -206,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--profile-variant", default=None, choices=VARIANTS,
+                        help="also profile this variant's decode (kernel groups), after the variants")
+    parser.add_argument("--frames-stage", action="store_true",
+                        help="also time the video -> numpy frames conversion ways (FRAMES_WAYS)")
     parser.add_argument("--tiny", action="store_true", help="toy VAE on the CPU (seconds)")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -255,6 +301,26 @@ def main(argv: list[str] | None = None) -> int:
         report["variants"][name] = row
         print(f"[vae] {name}: " + json.dumps({k: v for k, v in row.items() if k in ("s", "tflops", "peak_gb",
                                                "psnr_vs_eager_db", "error")}), flush=True)
+        save()
+    if args.frames_stage:
+        video = decode(vae, z)
+        report["frames_stage"] = time_frames(video, max(args.runs, 3), device)
+        print("[vae] frames stage: " + json.dumps({k: round(v["s"], 4) for k, v in report["frames_stage"].items()}),
+              flush=True)
+        save()
+    if args.profile_variant:
+        fast = args.profile_variant if args.profile_variant.startswith("fastdit") else None
+        fast = fast.removesuffix("-cudnn-benchmark") if fast else None
+        decode(vae, z, fast)
+        kernels = kernel_seconds(profiled(lambda: decode(vae, z, fast), device), device)
+        groups = grouped(kernels, KERNEL_GROUPS)
+        top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
+        report["profile_variant"] = {"variant": args.profile_variant, "kernel_s": sum(groups.values()),
+                                     "groups_s": groups, "top_kernels": [{"name": n[:160], "s": t} for n, t in top]}
+        print(f"[vae] {args.profile_variant} profile: " + json.dumps({k: round(v, 3) for k, v in groups.items()}),
+              flush=True)
+        for n, t in top[:12]:
+            print(f"    {t * 1e3:8.2f} ms  {n[:120]}", flush=True)
         save()
     return 0
 

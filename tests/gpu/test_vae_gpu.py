@@ -34,3 +34,19 @@ def test_the_norm_runs_the_triton_kernel(layout):
     x = x.contiguous(memory_format=layout)
     provider = plan_for("channel_rms_norm", x, norm.gamma, None, scale=norm.scale, silu=True).provider.name
     assert provider == "triton", provider
+
+
+def test_the_pipeline_default_on_gpu_is_fastdit_channels_last(tmp_path):
+    """``vae_decoder="auto"`` on a CUDA VAE runs fastdit's NDHWC decode (the measured default):
+    the frames equal ``vae_decoder="diffusers"``'s to bf16 rounding, and the settings name it."""
+    import fastdit
+    from fastdit.pipelines.tiny import make_tiny_model
+
+    path = make_tiny_model(tmp_path / "model", "t2v")
+    run = dict(height=64, width=64, num_frames=9, num_inference_steps=2, seed=0)
+    auto = fastdit.load(path, device="cuda", dtype="bfloat16").generate("a red car", **run)
+    plain = fastdit.load(path, device="cuda", dtype="bfloat16", vae_decoder="diffusers").generate("a red car", **run)
+    assert (auto.settings["vae_decoder"], plain.settings["vae_decoder"]) == ("fastdit-channels-last", "diffusers")
+    diff = torch.as_tensor(auto.frames) - torch.as_tensor(plain.frames)
+    psnr = 10 * torch.log10(1.0 / (diff ** 2).mean().clamp_min(1e-12)).item()
+    assert psnr > 35, psnr

@@ -128,6 +128,7 @@ def test_the_pipeline_option(tmp_path, monkeypatch):
     ours = fastdit.load(path, device="cpu", vae_decoder="fastdit").generate("a red car", **run)
     assert calls == [((1, 16, 3, 4, 4), False)]  # one decode of the 3 latent frames
     assert torch.equal(torch.as_tensor(ours.frames), torch.as_tensor(plain.frames))
+    assert (plain.settings["vae_decoder"], ours.settings["vae_decoder"]) == ("diffusers", "fastdit")
     nhwc = fastdit.load(path, device="cpu", vae_decoder="fastdit-channels-last").generate("a red car", **run)
     assert calls[-1][1] is True
     assert abs(torch.as_tensor(nhwc.frames) - torch.as_tensor(plain.frames)).max() < 1e-4
@@ -140,4 +141,45 @@ def test_the_choices_are_one_list():
     from fastdit.cli.generate import VAE_DECODER_CHOICES
     from fastdit.pipelines.loading import VAE_DECODERS
 
-    assert VAE_DECODERS == VAE_DECODER_CHOICES == tuple(fast_vae.DECODERS)
+    assert VAE_DECODERS == VAE_DECODER_CHOICES == ("auto",) + tuple(fast_vae.DECODERS)
+
+
+def test_auto_resolves_by_platform_and_vae(monkeypatch, caplog):
+    """``vae_decoder="auto"``: the platform's default for a VAE on its device, diffusers' decode
+    for a VAE elsewhere or one fastdit's decode cannot run (logged); other choices unchanged."""
+    from fastdit import platforms
+    from fastdit.pipelines.loading import vae_decoder_choice
+
+    vae = _vae(WAN21, torch.float32)
+    assert vae_decoder_choice("auto", vae) == "diffusers"  # the CPU platform's default
+    assert vae_decoder_choice("fastdit", vae) == "fastdit"
+
+    class Fake(type(platforms.current_platform())):
+        vae_decoder_default = "fastdit-channels-last"
+
+    monkeypatch.setattr(platforms, "current_platform", lambda: Fake())
+    assert vae_decoder_choice("auto", vae) == "fastdit-channels-last"
+    Fake.device_type = "cuda"  # the VAE on the CPU is not on this platform's device
+    assert vae_decoder_choice("auto", vae) == "diffusers"
+    Fake.device_type = "cpu"
+    vae.decoder.up_blocks[0].resnets[0].nonlinearity = torch.nn.GELU()
+    with caplog.at_level("INFO", logger="fastdit.pipelines"):
+        assert vae_decoder_choice("auto", vae) == "diffusers"
+    assert "cannot run this VAE" in caplog.text
+    assert vae_decoder_choice("diffusers", vae) == "diffusers"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_frames_array_is_diffusers_postprocess(dtype, normalize):
+    """The decode stage's frames: diffusers' ``postprocess_video(video, "np")[0]`` bit for bit."""
+    from diffusers.video_processor import VideoProcessor
+
+    from fastdit.pipelines.stages import frames_array
+
+    processor = VideoProcessor(vae_scale_factor=8, do_normalize=normalize)
+    video = (torch.randn(1, 3, 5, 16, 24, generator=torch.Generator().manual_seed(0)) * 1.3).to(dtype)
+    expected = processor.postprocess_video(video, output_type="np")[0]
+    got = frames_array(video, processor)
+    assert got.dtype == expected.dtype and got.shape == expected.shape == (5, 16, 24, 3)
+    assert (got == expected).all()

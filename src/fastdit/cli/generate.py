@@ -24,7 +24,7 @@ from fastdit.errors import DeviceError, ImageError, InputError, first_line
 log = logging.getLogger("fastdit")
 
 DTYPE_CHOICES = ("bf16", "bfloat16", "fp16", "float16", "half", "fp32", "float32", "float")
-VAE_DECODER_CHOICES = ("diffusers", "fastdit", "fastdit-channels-last")  # LoadOptions.vae_decoder
+VAE_DECODER_CHOICES = ("auto", "diffusers", "fastdit", "fastdit-channels-last")  # LoadOptions.vae_decoder
 
 
 # ---------------------------------------------------------------------------------------
@@ -55,10 +55,11 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--offload", default="auto", choices=("auto", "none", "experts", "model", "blocks"),
                    help="keep idle components in CPU memory (auto: when the GPU is short of memory)")
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory)")
-    p.add_argument("--vae-decoder", default="diffusers", choices=VAE_DECODER_CHOICES,
+    p.add_argument("--vae-decoder", default="auto", choices=VAE_DECODER_CHOICES,
                    help="the VAE decode: diffusers' vae.decode, or fastdit's on the same modules (a fused "
                         "norm + SiLU op, padding-free causal convolutions; equal to rounding), optionally "
-                        "with NDHWC activations")
+                        "with NDHWC activations; auto (default): fastdit-channels-last on CUDA GPUs, "
+                        "diffusers elsewhere")
     # memory budget and low-memory runtime (fastdit.pipelines.memory, fastdit.runtime)
     p.add_argument("--max-gpu-memory", default=None, metavar="SIZE", type=_budget,
                    help="GPU memory budget (24GB, 16GiB): plan which transformer blocks stream from host "

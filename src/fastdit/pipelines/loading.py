@@ -39,7 +39,7 @@ DTYPE_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch
                "float16": torch.float16, "half": torch.float16, "fp32": torch.float32,
                "float32": torch.float32, "float": torch.float32}
 LORA_MODES = ("merge", "runtime")
-VAE_DECODERS = ("diffusers", "fastdit", "fastdit-channels-last")
+VAE_DECODERS = ("auto", "diffusers", "fastdit", "fastdit-channels-last")
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,12 @@ class LoadOptions:
     checkpoint's; ``offload``: "none" keeps everything on the device, "experts" only the active
     Wan2.2 expert, "model" also moves the encoders there only while they run, "auto" picks by
     free device memory; ``vae_dtype``: the VAE's dtype (default: the pipeline's);
-    ``vae_tiling``: decode in tiles; ``vae_decoder``: "diffusers" (``vae.decode``, the default)
-    or "fastdit" (:func:`fastdit.models.wan.vae.decode`: the same decode on diffusers' modules
-    with a fused norm + SiLU op and padding-free causal convolutions; bit for bit diffusers' on
-    the CPU), "fastdit-channels-last" (the same with NDHWC activations); ``check_files``: check
-    every weight file's header first.
+    ``vae_tiling``: decode in tiles; ``vae_decoder``: "diffusers" (``vae.decode``), "fastdit"
+    (:func:`fastdit.models.wan.vae.decode`: the same decode on diffusers' modules with a fused
+    norm + SiLU op and padding-free causal convolutions; bit for bit diffusers' on the CPU),
+    "fastdit-channels-last" (the same with NDHWC activations), or "auto" (the default: the
+    platform's measured choice for the VAE's device, :func:`vae_decoder_choice`);
+    ``check_files``: check every weight file's header first.
 
     Memory (:mod:`fastdit.pipelines.memory`, :mod:`fastdit.runtime`): ``offload="blocks"``
     streams transformer blocks from host memory as the budget needs ("auto" may too);
@@ -93,7 +94,7 @@ class LoadOptions:
     offload: str = "auto"
     vae_dtype: torch.dtype | None = None
     vae_tiling: bool = False
-    vae_decoder: str = "diffusers"
+    vae_decoder: str = "auto"
     check_files: bool = True
     max_gpu_memory: int | str | None = None
     weights: str = "dense"
@@ -157,6 +158,25 @@ class LoadOptions:
             raise TypeError(f"fastdit.load: unknown option(s) {', '.join(unknown)}; "
                             f"known: {', '.join(sorted(known))}")
         return cls(**kwargs)
+
+
+def vae_decoder_choice(choice: str, vae) -> str:
+    """The ``vae_decoder`` the decode runs: ``choice`` itself, or for "auto" the platform's
+    :attr:`~fastdit.platforms.base.Platform.vae_decoder_default` when the VAE sits on that
+    platform's device (else "diffusers"), and "diffusers" for a VAE fastdit's decode does not
+    cover (:func:`fastdit.models.wan.vae.supports`; logged with the reason)."""
+    if choice != "auto":
+        return choice
+    from fastdit.models.wan.vae import supports
+    from fastdit.platforms import current_platform
+
+    platform = current_platform()
+    device = next(vae.parameters()).device
+    chosen = platform.vae_decoder_default if device.type == platform.device_type else "diffusers"
+    if chosen != "diffusers" and (reason := supports(vae)) is not None:
+        log.info("vae_decoder auto: diffusers' vae.decode (fastdit's decode cannot run this VAE: %s)", reason)
+        return "diffusers"
+    return chosen
 
 
 def check_flow_shift(value: Any) -> float:
@@ -414,11 +434,11 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
         if options.vae_tiling or (plan is not None and plan.vae_tiling):
             vae.enable_tiling()
         vae = current_platform().optimize_vae(vae)
-        if options.vae_decoder != "diffusers":  # checked here, before the transformer loads
+        if vae_decoder_choice(options.vae_decoder, vae) != "diffusers":  # checked before the transformer loads
             from fastdit.models.wan.vae import decoder_for
 
             try:
-                decoder_for(vae, options.vae_decoder)
+                decoder_for(vae, vae_decoder_choice(options.vae_decoder, vae))
             except ValueError as exc:
                 raise ModelFolderError(f"vae_decoder={options.vae_decoder!r} cannot decode with "
                                        f"{spec.root / 'vae'}: {exc}") from None

@@ -35,6 +35,7 @@ from fastdit.pipelines.loading import (  # noqa: F401  (re-exported for older im
     SCHEDULERS,
     LoadOptions,
     choose_offload,
+    vae_decoder_choice,
     default_device,
     load_pipeline,
     load_transformer,
@@ -103,6 +104,7 @@ class WanVideoPipeline:
         self.video_processor = VideoProcessor(vae_scale_factor=spec.vae_stride_spatial)
         self.load_seconds: float | None = None
         self.options = options if options is not None else LoadOptions()  # how it was loaded
+        self._vae_decoder_name: str | None = None  # the vae_decoder property's resolved choice
         self.variant = variant if variant is not None else Variant()  # preset, files, LoRAs
         from fastdit.quant.config import PrecisionConfig
 
@@ -142,14 +144,23 @@ class WanVideoPipeline:
         """:func:`resolve_request` for this model (and this pipeline's default cache)."""
         return resolve_request(self.spec, request, default_cache=self.cache, **kwargs)
 
+    @property
+    def vae_decoder(self) -> str:
+        """The VAE decode this pipeline runs (``options.vae_decoder`` with "auto" resolved,
+        :func:`~fastdit.pipelines.loading.vae_decoder_choice`); named in ``result.settings``."""
+        if self._vae_decoder_name is None:
+            self._vae_decoder_name = vae_decoder_choice(self.options.vae_decoder, self.vae)
+            log.info("VAE decode: %s", self._vae_decoder_name)
+        return self._vae_decoder_name
+
     def _vae_decoder(self):
-        """``z -> video`` for the decode stage: fastdit's decode with ``vae_decoder="fastdit"``,
-        else None (``vae.decode``)."""
-        if self.options.vae_decoder == "diffusers":
+        """``z -> video`` for the decode stage: fastdit's decode for a fastdit choice, else None
+        (``vae.decode``)."""
+        if self.vae_decoder == "diffusers":
             return None
         from fastdit.models.wan.vae import decoder_for
 
-        return decoder_for(self.vae, self.options.vae_decoder)
+        return decoder_for(self.vae, self.vae_decoder)
 
     def _activate_expert(self, index: int) -> None:
         if self.offload == "none" or len(self.experts) < 2:
@@ -321,13 +332,16 @@ class WanVideoPipeline:
                 bar.close()
         timings["per_step"] = timings["denoise"] / req.num_inference_steps
 
+        decoded_by = None  # the VAE decode that ran, for the settings
         if request.output_type == "latent":
             frames = latents
         elif not parallel_run.decodes(par):  # a rank outside the VAE group
             frames = None
         else:
             with clock("decode"), self._vae_lock:
-                decoder = parallel_run.vae_decoder(self.vae, par) or self._vae_decoder()
+                decoder = parallel_run.vae_decoder(self.vae, par)
+                decoded_by = "parallel" if decoder is not None else self.vae_decoder
+                decoder = decoder or self._vae_decoder()
                 frames = stages.decode(self.vae, self.video_processor, latents, output_type=request.output_type,
                                        decoder=decoder)
         timings["total"] = sum(v for k, v in timings.items() if k != "per_step")
@@ -338,7 +352,8 @@ class WanVideoPipeline:
             "cache": None if req.cache is None else req.cache.spec(),
             "sampler": req.few_step.describe() if req.few_step is not None else type(scheduler).__name__,
             "weights": [e.settings() for e in self.variant.experts],
-            "quantize": self.precision.spec(), "precision": self.precision_summary()}
+            "quantize": self.precision.spec(), "precision": self.precision_summary(),
+            "vae_decoder": decoded_by}
         stats = {} if session is None else {"cache": session.finish().to_dict()}
         if par.world_size > 1:
             settings["parallel"] = par.config.describe()

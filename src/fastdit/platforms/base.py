@@ -25,6 +25,8 @@ class Platform:
     default_providers: ClassVar[tuple[str, ...]] = ("native",)
     op_providers: ClassVar[dict[str, tuple[str, ...]]] = {"attention": ("sdpa",)}
     vae_autotune_default: ClassVar[bool] = False
+    # LoadOptions(vae_decoder="auto") on this platform's device: a models.wan.vae.DECODERS key
+    vae_decoder_default: ClassVar[str] = "diffusers"
     # what torch.backends.cudnn.benchmark autotunes here (named in the log line)
     conv_autotuner: ClassVar[str] = "convolution"
 

@@ -13,6 +13,8 @@ class CudaPlatform(Platform):
     dist_backend = "nccl"
     default_providers = ("triton", "compiled", "native")
     op_providers = {**Platform.op_providers, "linear_gelu_tanh": ("cublaslt",)}
+    # H200, Wan2.1 VAE at 480x832x81: 1.154 s against vae.decode's 1.831 (benchmarks/vae.py, h200-run13)
+    vae_decoder_default = "fastdit-channels-last"
 
     @classmethod
     def is_available(cls) -> bool:
