@@ -24,6 +24,10 @@ script measures, on one random VAE (diffusers' init, bf16) and one random latent
 * ``compile-norms``: ``torch.compile`` of each ``WanRMS_norm`` alone (dynamic shapes): its
   fp32 normalise, casts, scale and gamma as one kernel, what a fused norm op would save;
 
+``--frames-stage``: the decoded video to numpy frames, diffusers' way and fastdit's (pinned);
+``--profile-variant V``: a kernel profile of variant V's decode too; ``--layouts V``: the memory
+layouts V's element-wise, copy and convolution ops read and write (which ops mix layouts);
+
 each as seconds (median of ``--runs`` after a warm-up), peak memory, and its frames' largest
 difference and PSNR against ``eager``'s. First (before the variants) one profiled ``eager`` decode, its GPU kernel time
 grouped (convolution, normalisation, element-wise, copies / concatenation / padding,
@@ -222,6 +226,46 @@ def time_frames(video: torch.Tensor, runs: int, device) -> dict:
     return rows
 
 
+LAYOUT_OPS = ("add", "mul", "cat", "clone", "copy_", "constant_pad_nd", "convolution", "upsample_nearest2d",
+              "clamp")
+
+
+def _layout(t: torch.Tensor) -> str:
+    """``CL`` channels-last (NHWC / NDHWC), ``C`` contiguous, both, or ``other`` (a strided view)."""
+    if t.dim() not in (4, 5):
+        return f"{t.dim()}d"
+    cl = t.is_contiguous(memory_format=torch.channels_last_3d if t.dim() == 5 else torch.channels_last)
+    return ("CL" if cl else "") + ("C" if t.is_contiguous() else "") or "other"
+
+
+def layouts(vae, z: torch.Tensor, fast: str | None) -> list[dict]:
+    """The memory layouts each element-wise / copy / convolution op of one decode reads and
+    writes, counted with the bytes it writes (which ops mix layouts: TensorIterator runs those
+    without vectorisation, and layout changes are copies)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: dict = {}
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__
+            if name in LAYOUT_OPS:
+                inputs = list(args[0]) if name == "cat" else [a for a in args if isinstance(a, torch.Tensor)]
+                key = (name, tuple(_layout(t) for t in inputs),
+                       _layout(out) if isinstance(out, torch.Tensor) else None)
+                count, written = seen.get(key, (0, 0))
+                size = out.numel() * out.element_size() if isinstance(out, torch.Tensor) else 0
+                seen[key] = (count + 1, written + size)
+            return out
+
+    with torch.no_grad(), Spy():
+        decode(vae, z, fast)
+    rows = [{"op": k[0], "inputs": list(k[1]), "output": k[2], "calls": c, "written_gb": b / 1e9}
+            for k, (c, b) in seen.items()]
+    return sorted(rows, key=lambda r: -r["written_gb"])
+
+
 def kernel_group(name: str) -> str:
     return group_of(name, KERNEL_GROUPS)
 
@@ -250,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--profile-variant", default=None, choices=VARIANTS,
                         help="also profile this variant's decode (kernel groups), after the variants")
+    parser.add_argument("--layouts", default=None, choices=VARIANTS,
+                        help="also count the memory layouts the ops of this variant's decode read and write")
     parser.add_argument("--frames-stage", action="store_true",
                         help="also time the video -> numpy frames conversion ways (FRAMES_WAYS)")
     parser.add_argument("--tiny", action="store_true", help="toy VAE on the CPU (seconds)")
@@ -307,6 +353,13 @@ def main(argv: list[str] | None = None) -> int:
         report["frames_stage"] = time_frames(video, max(args.runs, 3), device)
         print("[vae] frames stage: " + json.dumps({k: round(v["s"], 4) for k, v in report["frames_stage"].items()}),
               flush=True)
+        save()
+    if args.layouts:
+        fast = args.layouts.removesuffix("-cudnn-benchmark") if args.layouts.startswith("fastdit") else None
+        report["layouts"] = {"variant": args.layouts, "ops": layouts(vae, z, fast)}
+        for row in report["layouts"]["ops"][:20]:
+            print(f"[vae] layouts {row['op']:20s} {','.join(row['inputs']):18s} -> {row['output']}: "
+                  f"{row['calls']} calls, {row['written_gb']:.2f} GB written", flush=True)
         save()
     if args.profile_variant:
         fast = args.profile_variant if args.profile_variant.startswith("fastdit") else None
