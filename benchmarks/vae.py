@@ -4,11 +4,12 @@
     python benchmarks/vae.py --vae wan22 --height 704 --width 1280 --frames 121
     python benchmarks/vae.py --tiny --out /tmp/vae.json     # CPU, toy VAE, seconds
 
-A 4-step 480p video spends 2.2 s of its 4.3 s in diffusers' ``AutoencoderKLWan.decode`` (the
-same module in fastdit and diffusers, h200-run2). The decode does about 274 TFLOP of
-convolutions at 480x832x81 (counted here with ``FlopCounterMode``), 125 TFLOP/s at 2.2 s on an
-H200, against the several hundred a bf16 convolution reaches: the time is elsewhere. This
-script measures, on one random VAE (diffusers' init, bf16) and one random latent:
+A 4-step 480p video spent 2.2 s of its 4.3 s in the decode stage with diffusers'
+``AutoencoderKLWan.decode`` (h200-run2): about 275 TFLOP of convolutions at 480x832x81
+(counted here with ``FlopCounterMode``), 150 TFLOP/s for ``vae.decode``'s 1.83 s on an H200,
+plus 0.3 s turning the video into numpy frames. fastdit's NDHWC decode (the CUDA default since
+h200-run13) takes 1.15 s. This script measures, on one random VAE (diffusers' init, bf16) and
+one random latent:
 
 * ``eager``: ``vae.decode(z)`` as the pipelines call it;
 * ``fastdit``: :func:`fastdit.models.wan.vae.decode` (``vae_decoder="fastdit"``): the same
