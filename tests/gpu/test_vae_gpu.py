@@ -50,3 +50,17 @@ def test_the_pipeline_default_on_gpu_is_fastdit_channels_last(tmp_path):
     diff = torch.as_tensor(auto.frames) - torch.as_tensor(plain.frames)
     psnr = 10 * torch.log10(1.0 / (diff ** 2).mean().clamp_min(1e-12)).item()
     assert psnr > 35, psnr
+
+
+def test_frames_array_on_gpu_is_diffusers_postprocess():
+    """The decode stage's frames from a GPU video (converted there, copied through pinned
+    memory) equal diffusers' ``postprocess_video`` bit for bit."""
+    from diffusers.video_processor import VideoProcessor
+
+    from fastdit.pipelines.stages import frames_array
+
+    processor = VideoProcessor(vae_scale_factor=8)
+    video = (torch.randn(1, 3, 5, 32, 48, device="cuda") * 1.3).bfloat16()
+    expected = processor.postprocess_video(video, output_type="np")[0]
+    got = frames_array(video, processor)
+    assert got.shape == expected.shape and (got == expected).all()

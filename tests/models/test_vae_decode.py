@@ -183,3 +183,23 @@ def test_frames_array_is_diffusers_postprocess(dtype, normalize):
     got = frames_array(video, processor)
     assert got.dtype == expected.dtype and got.shape == expected.shape == (5, 16, 24, 3)
     assert (got == expected).all()
+
+
+def test_frames_without_pinned_memory_say_so(monkeypatch, caplog):
+    """When no pinned memory can be allocated the frames go through pageable memory, with a
+    warning naming the size and the error; the values are the same."""
+    from fastdit.pipelines import stages
+
+    real_empty = torch.empty
+
+    def no_pinned(*args, pin_memory=False, **kwargs):
+        if pin_memory:
+            raise RuntimeError("cudaHostAlloc failed\nmore")
+        return real_empty(*args, **kwargs)
+
+    monkeypatch.setattr(stages.torch, "empty", no_pinned)
+    frames = torch.rand(2, 8, 8, 3)
+    with caplog.at_level("WARNING", logger="fastdit.pipelines"):
+        got = stages.host_array(frames)
+    assert "pageable memory" in caplog.text and "cudaHostAlloc failed" in caplog.text
+    assert "more" not in caplog.text and torch.equal(torch.from_numpy(got), frames)

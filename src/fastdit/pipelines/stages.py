@@ -11,12 +11,15 @@ same guidance formula), so the same weights, seed and settings give the same vid
 from __future__ import annotations
 
 import html
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+
+log = logging.getLogger("fastdit.pipelines")
 
 # ---------------------------------------------------------------------------------------
 # Text
@@ -433,8 +436,17 @@ def frames_array(video: torch.Tensor, video_processor):
     if video_processor.config.do_normalize:
         frames = (frames * 0.5 + 0.5).clamp(0, 1)
     frames = frames.permute(1, 2, 3, 0).float().contiguous()  # (F, H, W, 3)
-    if frames.device.type == "cpu":
-        return frames.numpy()
-    host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
+    return frames.numpy() if frames.device.type == "cpu" else host_array(frames)
+
+
+def host_array(frames: torch.Tensor):
+    """A device tensor as a numpy array over pinned host memory (one copy), or, when no pinned
+    memory can be allocated, through pageable memory with a warning."""
+    try:
+        host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
+    except RuntimeError as exc:
+        log.warning("frames copied to pageable memory (pinned allocation of %.0f MB failed: %s)",
+                    frames.numel() * frames.element_size() / 1e6, str(exc).splitlines()[0])
+        return frames.cpu().numpy()
     host.copy_(frames)
     return host.numpy()
