@@ -109,6 +109,28 @@ def test_every_launch_candidate_matches_the_replay(kernel, dim):
         check("reference", "outlier", out, replay(q, k, v, config.block_n), config.name)
 
 
+@pytest.mark.parametrize("v_split", [False, True])
+def test_descriptor_loads_equal_pointer_loads(kernel, v_split):
+    """The ``tma`` candidates read the same tiles through tensor descriptors: bit for bit the
+    pointer kernel's output, across batches, grouped heads and a tail block (and the fp8
+    epilogue)."""
+    import dataclasses
+
+    q, _, _ = attention_inputs("outlier", (2, 150, 4, 128), torch.bfloat16, seed=5)
+    _, k, v = attention_inputs("outlier", (2, 150, 2, 128), torch.bfloat16, seed=6)
+    tma = [c for c in kernel.CONFIGS[128] if c.tma]
+    assert tma, "no descriptor candidate"
+    qkv = kernel.quantize_qkv(q, k, v, v_split)
+    for config in tma:
+        plain = dataclasses.replace(config, tma=False)
+        assert torch.equal(kernel.attention_quantized(qkv, q.dtype, 128 ** -0.5, config),
+                           kernel.attention_quantized(qkv, q.dtype, 128 ** -0.5, plain)), config.name
+    o8, s8 = kernel.attention_quantized(qkv, q.dtype, 128 ** -0.5, tma[0], out_fp8=True)
+    p8, t8 = kernel.attention_quantized(qkv, q.dtype, 128 ** -0.5, dataclasses.replace(tma[0], tma=False),
+                                        out_fp8=True)
+    assert torch.equal(o8.view(torch.uint8), p8.view(torch.uint8)) and torch.equal(s8, t8)
+
+
 @pytest.mark.parametrize("kind", ["gaussian", "outlier"])
 @pytest.mark.parametrize("dtype,dim,length", [(torch.bfloat16, 128, 333), (torch.float16, 64, 201)])
 def test_kernel_against_spec_and_exact(kernel, kind, dtype, dim, length):

@@ -62,6 +62,9 @@ class AttentionConfig:
     blocks instead of one) instead of per block into fp32. ``exp_fma``: ``2**x`` of the
     probabilities computed on the FMA and integer units (:func:`exp2_fma`, relative error
     7.7e-5, far below e4m3's 2**-4) instead of the MUFU unit, which also converts the scores.
+    ``tma``: q, k and v tiles read through tensor descriptors (Hopper's bulk tensor copy engine,
+    ``triton.tools.tensor_descriptor``) instead of pointer arithmetic: the copies leave the
+    registers and the address math to the TMA unit.
     """
 
     block_m: int
@@ -71,12 +74,13 @@ class AttentionConfig:
     i2f_magic: bool = False
     pv_fused: bool = False
     exp_fma: bool = False
+    tma: bool = False
 
     @property
     def name(self) -> str:
         return (f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}"
                 + ("-magic" if self.i2f_magic else "") + ("-fusedpv" if self.pv_fused else "")
-                + ("-fmaexp" if self.exp_fma else ""))
+                + ("-fmaexp" if self.exp_fma else "") + ("-tma" if self.tma else ""))
 
 
 # Candidates per head dim; the first is used. D=128 (every Wan model), H200, L=32760, V in one
@@ -95,7 +99,13 @@ CONFIGS: dict[int, tuple[AttentionConfig, ...]] = {
           AttentionConfig(128, 128, 8, 4), AttentionConfig(128, 128, 8, 3, pv_fused=True),
           AttentionConfig(128, 128, 8, 3, exp_fma=True),
           AttentionConfig(128, 128, 8, 3, pv_fused=True, exp_fma=True),
-          AttentionConfig(64, 128, 4, 3, pv_fused=True, exp_fma=True)),
+          AttentionConfig(64, 128, 4, 3, pv_fused=True, exp_fma=True),
+          # tensor-descriptor loads: compiled for sm_90 on a CPU (tests/kernels), every tile
+          # load a TMA copy, 213-215 registers against 240-251 for the pointer loads; bit for
+          # bit the pointer kernel's output under the interpreter; not yet timed on a GPU
+          AttentionConfig(64, 128, 4, 3, pv_fused=True, tma=True),
+          AttentionConfig(128, 128, 8, 3, pv_fused=True, tma=True),
+          AttentionConfig(128, 128, 8, 2, pv_fused=True, tma=True)),
     64: (AttentionConfig(128, 128, 8, 3), AttentionConfig(128, 64, 8, 3),
          AttentionConfig(128, 64, 4, 4), AttentionConfig(64, 64, 4, 4),
          AttentionConfig(128, 128, 8, 3, pv_fused=True, exp_fma=True)),
@@ -181,12 +191,18 @@ def exp2_fma(x):
 
 @triton.jit
 def _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base, start, Lk, LK_PAD,
-                offs_n, offs_d, D: tl.constexpr, MASK: tl.constexpr, I2F_MAGIC: tl.constexpr,
+                offs_n, offs_d, k_desc, v_desc, vlo_desc, k_row, v_row,
+                D: tl.constexpr, MASK: tl.constexpr, I2F_MAGIC: tl.constexpr,
                 V_SPLIT: tl.constexpr, PV_IMPRECISE: tl.constexpr, PV_FUSED: tl.constexpr,
-                EXP_FMA: tl.constexpr, INTERPRET: tl.constexpr):
-    """One key block: scores, online-softmax update, ``acc = acc * alpha + P448 V``."""
+                EXP_FMA: tl.constexpr, TMA: tl.constexpr, INTERPRET: tl.constexpr):
+    """One key block: scores, online-softmax update, ``acc = acc * alpha + P448 V``. With
+    ``TMA`` the k and v tiles come through the descriptors (rows ``k_row + start`` of k's
+    ``[B*Hk*LK_PAD, D]`` view, columns ``start`` of v's ``[B*Hk*D, LK_PAD]`` view)."""
     cols = start + offs_n
-    k_t = tl.load(k_base + (cols * D)[None, :] + offs_d[:, None])  # (D, BLOCK_N) int8
+    if TMA:
+        k_t = tl.trans(k_desc.load([k_row + start, 0]))  # (D, BLOCK_N) int8
+    else:
+        k_t = tl.load(k_base + (cols * D)[None, :] + offs_d[:, None])  # (D, BLOCK_N) int8
     qk = tl.dot(q, k_t)  # (BLOCK_M, BLOCK_N) int32, exact
     ks = tl.load(ks_base + cols)
     if I2F_MAGIC:  # t = S / rs: one FMA per score with the offset of the integer trick
@@ -206,7 +222,10 @@ def _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base, start, 
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     v_offs = (offs_d * LK_PAD)[:, None] + cols[None, :]
-    v_t = tl.load(v_base + v_offs)  # (D, BLOCK_N) e4m3
+    if TMA:
+        v_t = v_desc.load([v_row, start])  # (D, BLOCK_N) e4m3
+    else:
+        v_t = tl.load(v_base + v_offs)  # (D, BLOCK_N) e4m3
     if INTERPRET:
         p8 = Q.to_e4m3(p, INTERPRET)
     else:
@@ -216,7 +235,7 @@ def _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base, start, 
         # left at Triton's default, 2**30 on sm_90: no promotion to a separate fp32 tile)
         acc = tl.dot(p8, tl.trans(v_t), acc * alpha[:, None])
         if V_SPLIT:
-            acc = tl.dot(p8, tl.trans(tl.load(vlo_base + v_offs)), acc)
+            acc = tl.dot(p8, tl.trans(_v_lo(vlo_base, v_offs, vlo_desc, v_row, start, TMA)), acc)
         return acc, l_i, m_new
     # P V over this block in the fp8 MMA (about 22 bits of accumulation on sm_89/sm_90: fine
     # over one block), then added into the fp32 accumulator. Triton folds "acc + dot" into the
@@ -226,23 +245,32 @@ def _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base, start, 
     if PV_IMPRECISE == 0:
         pv = tl.dot(p8, tl.trans(v_t))
         if V_SPLIT:  # + P v_lo, in the same MMA chain (one block)
-            pv = tl.dot(p8, tl.trans(tl.load(vlo_base + v_offs)), pv)
+            pv = tl.dot(p8, tl.trans(_v_lo(vlo_base, v_offs, vlo_desc, v_row, start, TMA)), pv)
     else:
         pv = tl.dot(p8, tl.trans(v_t), max_num_imprecise_acc=PV_IMPRECISE)
         if V_SPLIT:
-            pv = tl.dot(p8, tl.trans(tl.load(vlo_base + v_offs)), pv,
+            pv = tl.dot(p8, tl.trans(_v_lo(vlo_base, v_offs, vlo_desc, v_row, start, TMA)), pv,
                         max_num_imprecise_acc=PV_IMPRECISE)
     acc = acc * alpha[:, None] + pv
     return acc, l_i, m_new
 
 
 @triton.jit
+def _v_lo(vlo_base, v_offs, vlo_desc, v_row, start, TMA: tl.constexpr):
+    """V's second e4m3 term for this key block, ``(D, BLOCK_N)``."""
+    if TMA:
+        return vlo_desc.load([v_row, start])
+    return tl.load(vlo_base + v_offs)
+
+
+@triton.jit
 def _attn_int8_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vlo_ptr, vs_ptr, vm_ptr, o_ptr,
-                      os_ptr, sob, sol, soh, sod, Lq, Lk, LQ_PAD, LK_PAD, HQ, HK, qk_scale,
+                      os_ptr, q_desc, k_desc, v_desc, vlo_desc,
+                      sob, sol, soh, sod, Lq, Lk, LQ_PAD, LK_PAD, HQ, HK, qk_scale,
                       D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       I2F_MAGIC: tl.constexpr, V_SPLIT: tl.constexpr, OUT_FP8: tl.constexpr,
                       PV_IMPRECISE: tl.constexpr, PV_FUSED: tl.constexpr, EXP_FMA: tl.constexpr,
-                      INTERPRET: tl.constexpr):
+                      TMA: tl.constexpr, INTERPRET: tl.constexpr):
     # q [B, HQ, LQ_PAD, D] int8 + qs [B, HQ, LQ_PAD]; k [B, HK, LK_PAD, D] int8 + ks;
     # v (and v_lo with V_SPLIT) [B, HK, D, LK_PAD] e4m3 + vs, vm (V's mean) [B, HK, D];
     # o [B, Lq, HQ, D];
@@ -256,26 +284,31 @@ def _attn_int8_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vlo_ptr, vs_ptr, vm_p
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     q_rows = bh.to(tl.int64) * LQ_PAD + offs_m
-    q = tl.load(q_ptr + (q_rows * D)[:, None] + offs_d[None, :])  # (BLOCK_M, D) int8
+    if TMA:  # descriptors: q [B*HQ*LQ_PAD, D], k [B*HK*LK_PAD, D], v [B*HK*D, LK_PAD] (int32 offsets)
+        q = q_desc.load([(bh * LQ_PAD + pid_m * BLOCK_M).to(tl.int32), 0])  # (BLOCK_M, D) int8
+    else:
+        q = tl.load(q_ptr + (q_rows * D)[:, None] + offs_d[None, :])  # (BLOCK_M, D) int8
     rs = tl.load(qs_ptr + q_rows) * qk_scale  # query scale * softmax scale * log2(e)
     k_base = k_ptr + kvh * LK_PAD * D
     ks_base = ks_ptr + kvh * LK_PAD
     v_base = v_ptr + kvh * D * LK_PAD
     vlo_base = vlo_ptr + kvh * D * LK_PAD
+    k_row = (kvh * LK_PAD).to(tl.int32)
+    v_row = (kvh * D).to(tl.int32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     n_full = Lk // BLOCK_N
     for j in range(0, n_full):  # full key blocks: no masks
         acc, l_i, m_i = _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base,
-                                    j * BLOCK_N, Lk, LK_PAD, offs_n, offs_d, D, False,
-                                    I2F_MAGIC, V_SPLIT, PV_IMPRECISE, PV_FUSED, EXP_FMA,
-                                    INTERPRET)
+                                    j * BLOCK_N, Lk, LK_PAD, offs_n, offs_d, k_desc, v_desc,
+                                    vlo_desc, k_row, v_row, D, False, I2F_MAGIC, V_SPLIT,
+                                    PV_IMPRECISE, PV_FUSED, EXP_FMA, TMA, INTERPRET)
     if n_full * BLOCK_N < Lk:  # the partial block at the end
         acc, l_i, m_i = _attn_block(acc, l_i, m_i, q, rs, k_base, ks_base, v_base, vlo_base,
-                                    n_full * BLOCK_N, Lk, LK_PAD, offs_n, offs_d, D, True,
-                                    I2F_MAGIC, V_SPLIT, PV_IMPRECISE, PV_FUSED, EXP_FMA,
-                                    INTERPRET)
+                                    n_full * BLOCK_N, Lk, LK_PAD, offs_n, offs_d, k_desc, v_desc,
+                                    vlo_desc, k_row, v_row, D, True, I2F_MAGIC, V_SPLIT,
+                                    PV_IMPRECISE, PV_FUSED, EXP_FMA, TMA, INTERPRET)
     vs = tl.load(vs_ptr + kvh * D + offs_d)
     vm = tl.load(vm_ptr + kvh * D + offs_d)
     o = acc * vs[None, :] / l_i[:, None] + vm[None, :]  # + V's mean: the weights sum to one
@@ -382,16 +415,34 @@ def attention_quantized(qkv: QuantizedQKV, out_dtype: torch.dtype, scale: float,
                  if out_fp8 else None)
     grid = (cdiv(qkv.lq, config.block_m), batch * heads_q)
     v_mean = qkv.v_mean if qkv.v_mean is not None else torch.zeros_like(qkv.v_scale)
+    descs = _descriptors(qkv, config) if config.tma else (None, None, None, None)
     _attn_int8_kernel[grid](
         qkv.q, qkv.q_scale, qkv.k, qkv.k_scale, qkv.v, qkv.v if qkv.v_lo is None else qkv.v_lo,
-        qkv.v_scale, v_mean, out, qkv.q_scale if out_scale is None else out_scale,
+        qkv.v_scale, v_mean, out, qkv.q_scale if out_scale is None else out_scale, *descs,
         *out.stride(), qkv.lq, qkv.lk, lq_pad, lk_pad, heads_q, heads_k, float(scale) * LOG2E,
         D=dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n, I2F_MAGIC=config.i2f_magic,
         V_SPLIT=qkv.v_lo is not None, OUT_FP8=out_fp8,
         PV_IMPRECISE=pv_imprecise_acc(config.block_n), PV_FUSED=config.pv_fused,
-        EXP_FMA=config.exp_fma, INTERPRET=interpreting(),
+        EXP_FMA=config.exp_fma, TMA=config.tma, INTERPRET=interpreting(),
         num_warps=config.num_warps, num_stages=config.num_stages)
     return (out, out_scale) if out_fp8 else out
+
+
+def _descriptors(qkv: QuantizedQKV, config: AttentionConfig) -> tuple:
+    """Tensor descriptors of q, k, v (and v_lo) as 2-D views, one tile per load: q
+    ``[B*Hq*Lq_pad, D]`` by ``(BLOCK_M, D)``, k ``[B*Hk*Lk_pad, D]`` by ``(BLOCK_N, D)``, v
+    ``[B*Hk*D, Lk_pad]`` by ``(D, BLOCK_N)`` (every tile inside one head: the paddings are
+    multiples of both blocks)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    dim = qkv.q.shape[-1]
+    q = TensorDescriptor.from_tensor(qkv.q.view(-1, dim), block_shape=[config.block_m, dim])
+    k = TensorDescriptor.from_tensor(qkv.k.view(-1, dim), block_shape=[config.block_n, dim])
+    v_rows = qkv.v.shape[0] * qkv.v.shape[1] * dim
+    v = TensorDescriptor.from_tensor(qkv.v.view(v_rows, -1), block_shape=[dim, config.block_n])
+    v_lo = v if qkv.v_lo is None else TensorDescriptor.from_tensor(qkv.v_lo.view(v_rows, -1),
+                                                                   block_shape=[dim, config.block_n])
+    return q, k, v, v_lo
 
 
 def attention_int8(q, k, v, *, causal=False, scale=None, attn_mask=None,
