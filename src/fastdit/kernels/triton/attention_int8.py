@@ -104,6 +104,7 @@ CONFIGS: dict[int, tuple[AttentionConfig, ...]] = {
           # load a TMA copy, 213-215 registers against 240-251 for the pointer loads; bit for
           # bit the pointer kernel's output under the interpreter; not yet timed on a GPU
           AttentionConfig(64, 128, 4, 3, pv_fused=True, tma=True),
+          AttentionConfig(64, 128, 4, 4, pv_fused=True, tma=True),
           AttentionConfig(128, 128, 8, 3, pv_fused=True, tma=True),
           AttentionConfig(128, 128, 8, 2, pv_fused=True, tma=True)),
     64: (AttentionConfig(128, 128, 8, 3), AttentionConfig(128, 64, 8, 3),
