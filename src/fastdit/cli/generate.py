@@ -58,7 +58,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vae-decoder", default="auto", choices=VAE_DECODER_CHOICES,
                    help="the VAE decode: diffusers' vae.decode, or fastdit's on the same modules (a fused "
                         "norm + SiLU op, padding-free causal convolutions; equal to rounding), optionally "
-                        "with NDHWC activations; auto (default): fastdit-channels-last on CUDA GPUs, "
+                        "with NDHWC activations; auto (default): fastdit-channels-last on NVIDIA GPUs, "
                         "diffusers elsewhere")
     # memory budget and low-memory runtime (fastdit.pipelines.memory, fastdit.runtime)
     p.add_argument("--max-gpu-memory", default=None, metavar="SIZE", type=_budget,

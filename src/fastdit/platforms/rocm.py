@@ -20,6 +20,9 @@ class RocmPlatform(CudaPlatform):
     # MIOpen's convolution search pays for the Wan VAE on ROCm.
     vae_autotune_default = True
     conv_autotuner = "MIOpen convolution"
+    # fastdit's NDHWC VAE decode was measured on CUDA only (MIOpen's channels-last 3-D
+    # convolutions are not): diffusers' decode until it is timed here
+    vae_decoder_default = "diffusers"
 
     @classmethod
     def is_available(cls) -> bool:
