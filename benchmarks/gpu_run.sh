@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the GPU machine has to do, in one call (device time is scarce):
 #   bash benchmarks/gpu_run.sh [tests] [ops] [transformer] [e2e]    (default: all)
-#   other steps: transformer-1.3b, transformer-14b, compile-block, tune, diag, diag-attention,
+#   other steps (tune: TUNE_ARGS="--only channel" for the VAE's channel-norm sweep alone): transformer-1.3b, transformer-14b, compile-block, tune, diag, diag-attention,
 #   serve, quant-tests, quant, offload, cache, cache-fastdit-1..3, cache-diffusers, cache-dit-1..2, lora, lora-e2e, lora-bench
 #   tests-distributed (LSE kernels, --gpus 1 / torchrun 1 == plain run; NCCL layouts with >= 2 GPUs),
 #   parallel (benchmarks/parallel.py; BENCH_ARGS e.g. "--models Wan2.1-T2V-1.3B --resolutions 480p")
@@ -51,7 +51,7 @@ for step in $STEPS; do
     diag-attention)
       run python3 benchmarks/diag_attention.py --out "$OUT/diag_attention.json" 2>&1 | tee "$OUT/diag_attention.log" ;;
     tune)
-      run python3 benchmarks/tune_triton.py --out "$OUT/tune.json" 2>&1 | grep -E "BEST|error" | tee "$OUT/tune.log" ;;
+      run python3 benchmarks/tune_triton.py --out "$OUT/tune.json" ${TUNE_ARGS:-} 2>&1 | grep -E "BEST|error" | tee "$OUT/tune.log" ;;
     transformer-14b)
       run python3 benchmarks/transformer.py --models Wan2.1-T2V-14B --out "$OUT/transformer-14b.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer-14b.log" ;;
     transformer-1.3b)

@@ -84,6 +84,32 @@ def elementwise_sweep(dim: int) -> list[dict]:
     return out
 
 
+# the Wan2.1 VAE decoder's channel norms, channels-last, one 4-frame chunk: (C, H, W) per level
+CHANNEL_LEVELS = ((96, 480, 832), (192, 240, 416), (384, 120, 208))
+
+
+def channel_rows_sweep(channels: int, height: int, width: int) -> list[dict]:
+    """``channel_rms_norm`` + SiLU on a channels-last ``[1, C, 4, H, W]`` (the VAE decode's
+    ``fastdit-channels-last`` norms; h200-run15 measured them at 0.7 TB/s over 135 GB a decode)."""
+    x = _rand(1, channels, 4, height, width).contiguous(memory_format=torch.channels_last_3d)
+    gamma = _rand(channels, 1, 1, 1)
+    block_c = S.next_pow2(channels)
+    out = []
+    for rows in (4, 8, 16, 32, 64, 128):
+        for warps in (1, 2, 4, 8):
+            if rows * block_c // (warps * 32) < 1:
+                continue
+            S.TUNED[("channel_rows", channels)] = (block_c, rows, warps)
+            ms = bench(lambda: call_provider("channel_rms_norm", "triton", x, gamma, None,
+                                             scale=channels ** 0.5, silu=True))
+            row = {"dim": channels, "cand": (block_c, rows, warps),
+                   "channel_rms_norm": 2 * x.numel() * 2 / (ms * 1e-3) / 1e12}
+            out.append(row)
+            print(row, flush=True)
+    S.TUNED.pop(("channel_rows", channels), None)
+    return out
+
+
 def rope_sweep(heads: int) -> list[dict]:
     q, k = _rand(TOKENS, heads, 128), _rand(TOKENS, heads, 128)
     theta = torch.rand(TOKENS, 64, device="cuda") * 6
@@ -127,16 +153,23 @@ def cache_sweep() -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
+    parser.add_argument("--only", choices=("channel",), default=None,
+                        help="channel: only the VAE's channel-norm sweep")
     args = parser.parse_args(argv)
     result = {"gpu": torch.cuda.get_device_name()}
-    for dim in (1536, 5120):
+    for channels, height, width in CHANNEL_LEVELS:
+        result[f"channel_rows_{channels}"] = channel_rows_sweep(channels, height, width)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    for dim in (1536, 5120) if args.only is None else ():
         result[f"norm_{dim}"] = norm_sweep(dim)
         result[f"elementwise_{dim}"] = elementwise_sweep(dim)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
-    for heads in (12, 40):
+    for heads in (12, 40) if args.only is None else ():
         result[f"rope_{heads}"] = rope_sweep(heads)
-    result["cache"] = cache_sweep()
+    if args.only is None:
+        result["cache"] = cache_sweep()
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     for key, rows in result.items():

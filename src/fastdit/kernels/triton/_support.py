@@ -93,7 +93,7 @@ def _warps_for(elements: int, per_thread: int = 8, max_warps: int = 32) -> int:
 
 
 # Launch parameters measured best on a GPU (benchmarks/tune_triton.py), keyed by
-# ("norm", D), ("elementwise", D) or ("rope", Hq, Hk, D); they take precedence over the rules
+# ("norm", D), ("elementwise", D), ("channel_rows", C) or ("rope", Hq, Hk, D); they take precedence over the rules
 # below for large inputs. Values: the tuple the launch function returns.
 # ("rms", D) is the rms_norm kernel, ("norm", D) the modulated-norm kernel.
 # Measured on an H100 (benchmarks/results/run2/tune.json).
@@ -172,6 +172,8 @@ def channel_norm_launch(channels: int, positions: int, itemsize: int = 2) -> tup
 def channel_rows_launch(channels: int, rows: int) -> tuple[int, int, int]:
     """``(BLOCK_C, ROWS, num_warps)`` for the channels-last rows kernel: a whole row of C in
     registers (BLOCK_C = next_pow2(C)), about 4096 values a program."""
+    if ("channel_rows", channels) in TUNED:
+        return TUNED[("channel_rows", channels)]
     block_c = next_pow2(channels)
     per_program = max(1, min(64, 4096 // block_c))
     per_program = max(1, min(per_program, next_pow2(rows)))
