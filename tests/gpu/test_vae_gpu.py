@@ -47,6 +47,8 @@ def test_the_pipeline_default_on_gpu_is_fastdit_channels_last(tmp_path):
     auto = fastdit.load(path, device="cuda", dtype="bfloat16").generate("a red car", **run)
     plain = fastdit.load(path, device="cuda", dtype="bfloat16", vae_decoder="diffusers").generate("a red car", **run)
     assert (auto.settings["vae_decoder"], plain.settings["vae_decoder"]) == ("fastdit-channels-last", "diffusers")
+    # the frames landed in the pinned buffer allocated while the generation denoised
+    assert torch.from_numpy(auto.frames).is_pinned() and auto.frames.shape == (9, 64, 64, 3)
     diff = torch.as_tensor(auto.frames) - torch.as_tensor(plain.frames)
     psnr = 10 * torch.log10(1.0 / (diff ** 2).mean().clamp_min(1e-12)).item()
     assert psnr > 35, psnr

@@ -403,11 +403,14 @@ def denoise(latents: torch.Tensor, scheduler, num_inference_steps: int, experts:
 # ---------------------------------------------------------------------------------------
 @torch.no_grad()
 def decode(vae, video_processor, latents: torch.Tensor, output_type: str = "np",
-           decoder: Callable[[torch.Tensor], torch.Tensor] | None = None):
+           decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           host: torch.Tensor | None = None):
     """Latents -> frames: un-normalise with the VAE's latents_mean/std, decode, map to [0, 1].
 
     ``output_type="np"``: float32 ``(F, H, W, 3)``; ``"pt"``: float32 ``(F, 3, H, W)``.
-    ``decoder(z) -> video`` replaces ``vae.decode(z).sample`` (the parallel decode).
+    ``decoder(z) -> video`` replaces ``vae.decode(z).sample`` (the parallel decode). ``host``: a
+    pinned float32 ``(F, H, W, 3)`` tensor the "np" frames may land in
+    (:class:`fastdit.pipelines.host_frames.FramesBuffer`).
     """
     vae_device = next(vae.parameters()).device
     latents = latents.to(vae_device, dtype=vae.dtype)
@@ -418,30 +421,37 @@ def decode(vae, video_processor, latents: torch.Tensor, output_type: str = "np",
     else:
         video = decoder(latents)
     if output_type == "np":
-        return frames_array(video, video_processor)
+        return frames_array(video, video_processor, host)
     return video_processor.postprocess_video(video, output_type=output_type)[0]
 
 
-def frames_array(video: torch.Tensor, video_processor):
+def frames_array(video: torch.Tensor, video_processor, host: torch.Tensor | None = None):
     """diffusers' ``postprocess_video(video, "np")[0]`` with its work on the video's device:
     ``frames = clamp(video * 0.5 + 0.5, 0, 1)`` in the video's dtype (when the processor
     normalises, as diffusers does it), then float32 in ``(F, H, W, 3)`` order, the same values
     bit for bit; diffusers moves the VAE's bf16 frames to the CPU and converts them there. A GPU
     video lands in pinned host memory (the array is a view of it): on the H200 machine 8 ms for
     a 480x832x81 video against 311 ms into pageable memory (``benchmarks/vae.py
-    --frames-stage``, h200-run15).
+    --frames-stage``, h200-run15); into ``host`` when it is given with the frames' shape.
 
     ``video [1, 3, F, H, W]`` -> numpy float32 ``[F, H, W, 3]``."""
     frames = video[0]  # (3, F, H, W)
     if video_processor.config.do_normalize:
         frames = (frames * 0.5 + 0.5).clamp(0, 1)
     frames = frames.permute(1, 2, 3, 0).float().contiguous()  # (F, H, W, 3)
-    return frames.numpy() if frames.device.type == "cpu" else host_array(frames)
+    return frames.numpy() if frames.device.type == "cpu" else host_array(frames, host)
 
 
-def host_array(frames: torch.Tensor):
-    """A device tensor as a numpy array over pinned host memory (one copy), or, when no pinned
-    memory can be allocated, through pageable memory with a warning."""
+def host_array(frames: torch.Tensor, host: torch.Tensor | None = None):
+    """A device tensor as a numpy array over pinned host memory (one copy): ``host`` when it has
+    the frames' shape and dtype, else newly allocated; when no pinned memory can be allocated,
+    through pageable memory with a warning."""
+    if host is not None and (host.shape != frames.shape or host.dtype != frames.dtype):
+        log.debug("frames buffer %s does not fit frames %s: allocating", tuple(host.shape), tuple(frames.shape))
+        host = None
+    if host is not None:
+        host.copy_(frames)
+        return host.numpy()
     try:
         host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
     except RuntimeError as exc:

@@ -30,6 +30,7 @@ from fastdit.errors import InputError, first_line
 from fastdit.pipelines import stages
 from fastdit.pipelines.control import GenerationControl, Progress
 from fastdit.pipelines.guidance import CFG, CFGZeroStar, GuidanceUntil, NoGuidance
+from fastdit.pipelines.host_frames import FramesBuffer
 from fastdit.pipelines.loading import (  # noqa: F401  (re-exported for older imports)
     OFFLOAD_MODES,
     SCHEDULERS,
@@ -153,6 +154,14 @@ class WanVideoPipeline:
             log.info("VAE decode: %s", self._vae_decoder_name)
         return self._vae_decoder_name
 
+    def _frames_buffer(self, output_type: str, req: ResolvedRequest) -> FramesBuffer | None:
+        """The pinned host buffer of this generation's numpy frames, its allocation started now
+        (:mod:`fastdit.pipelines.host_frames`); None for other outputs and ranks outside the VAE
+        group."""
+        if output_type != "np" or not parallel_run.decodes(self.parallel):
+            return None
+        return FramesBuffer((req.num_frames, req.height, req.width, 3), next(self.vae.parameters()).device)
+
     def _vae_decoder(self):
         """``z -> video`` for the decode stage: fastdit's decode for a fastdit choice, else None
         (``vae.decode``)."""
@@ -272,6 +281,7 @@ class WanVideoPipeline:
         from fastdit.platforms import current_platform
 
         req = self.check_request(request)  # the texts first, then every other value
+        frames_buffer = self._frames_buffer(request.output_type, req)  # allocated while it denoises
         pil_image = self._read_image(request.image)
         seed = request.seed
         if seed is None:  # a random seed, recorded in the result so the video can be made again
@@ -343,7 +353,7 @@ class WanVideoPipeline:
                 decoded_by = "parallel" if decoder is not None else self.vae_decoder
                 decoder = decoder or self._vae_decoder()
                 frames = stages.decode(self.vae, self.video_processor, latents, output_type=request.output_type,
-                                       decoder=decoder)
+                                       decoder=decoder, host=frames_buffer.take() if frames_buffer else None)
         timings["total"] = sum(v for k, v in timings.items() if k != "per_step")
         settings = dataclasses.asdict(req) | {
             "seed": seed if not isinstance(seed, torch.Generator) else None, "prompt": request.prompt,
