@@ -26,6 +26,8 @@ one random latent:
   fp32 normalise, casts, scale and gamma as one kernel, what a fused norm op would save;
 
 ``--frames-stage``: the decoded video to numpy frames, diffusers' way and fastdit's (pinned);
+``--conv-sweep``: the full-resolution 96-channel convolution alone, with and without its bias,
+with channels padded to 128 (and the 192-channel one);
 ``--profile-variant V``: a kernel profile of variant V's decode too; ``--layouts V``: the memory
 layouts V's element-wise, copy and convolution ops read and write (which ops mix layouts);
 
@@ -205,6 +207,43 @@ def frames_way(way: str, video: torch.Tensor, processor):
     return (video[0] * 0.5 + 0.5).clamp(0, 1).permute(1, 2, 3, 0).float().contiguous().cpu().numpy()
 
 
+# the decoder's full-resolution causal convolution: one 4-frame chunk (+ 2 cached frames) at
+# 96 channels; (C_in, C_out, bias) variants: as it is, without the bias (PyTorch adds a cuDNN
+# convolution's bias in a separate broadcast pass), and with channels padded to 128 (whether
+# cuDNN then picks a Hopper kernel instead of the sm80 256x32 tile h200-run15 showed)
+CONV_VARIANTS = ((96, 96, True), (96, 96, False), (96, 128, False), (128, 128, False), (192, 192, False))
+
+
+def time_convs(height: int, width: int, runs: int, device, dtype) -> dict:
+    """Seconds and TFLOP/s of one channels-last 3x3x3 ``F.conv3d`` per :data:`CONV_VARIANTS`
+    (the 192-channel row at half the resolution, the next decoder level)."""
+    import torch.nn.functional as F
+
+    rows = {}
+    for c_in, c_out, bias in CONV_VARIANTS:
+        h, w = (height, width) if c_in < 192 else (height // 2, width // 2)
+        x = torch.randn(1, c_in, 6, h, w, device=device, dtype=dtype).contiguous(
+            memory_format=torch.channels_last_3d)
+        weight = (torch.randn(c_out, c_in, 3, 3, 3, device=device, dtype=dtype) * 0.02).contiguous(
+            memory_format=torch.channels_last_3d)
+        b = torch.randn(c_out, device=device, dtype=dtype) if bias else None
+        run = lambda: F.conv3d(x, weight, b, 1, (0, 1, 1))  # noqa: E731
+        run()
+        times = []
+        for _ in range(max(runs, 5)):
+            e2e.sync(device)
+            start = time.perf_counter()
+            run()
+            e2e.sync(device)
+            times.append(time.perf_counter() - start)
+        s = statistics.median(times)
+        flops = 2 * (c_out * 4 * h * w) * (c_in * 27)
+        rows[f"{c_in}->{c_out}{'+bias' if bias else ''}"] = {"s": s, "tflops": flops / s / 1e12,
+                                                            "useful_tflops": flops * min(c_out, 96) / c_out
+                                                            * min(c_in, 96) / c_in / s / 1e12}
+    return rows
+
+
 def time_frames(video: torch.Tensor, runs: int, device) -> dict:
     """Seconds (median of ``runs`` after one warm-up) of each :data:`FRAMES_WAYS` on one video."""
     from diffusers.video_processor import VideoProcessor
@@ -297,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also profile this variant's decode (kernel groups), after the variants")
     parser.add_argument("--layouts", default=None, choices=VARIANTS,
                         help="also count the memory layouts the ops of this variant's decode read and write")
+    parser.add_argument("--conv-sweep", action="store_true",
+                        help="also time the full-resolution convolution with and without bias and padded channels")
     parser.add_argument("--frames-stage", action="store_true",
                         help="also time the video -> numpy frames conversion ways (FRAMES_WAYS)")
     parser.add_argument("--tiny", action="store_true", help="toy VAE on the CPU (seconds)")
@@ -348,6 +389,11 @@ def main(argv: list[str] | None = None) -> int:
         report["variants"][name] = row
         print(f"[vae] {name}: " + json.dumps({k: v for k, v in row.items() if k in ("s", "tflops", "peak_gb",
                                                "psnr_vs_eager_db", "error")}), flush=True)
+        save()
+    if args.conv_sweep:
+        report["conv_sweep"] = time_convs(args.height, args.width, args.runs, device, dtype)
+        print("[vae] conv sweep: " + json.dumps({k: (round(v["s"] * 1e3, 3), round(v["tflops"]))
+                                                 for k, v in report["conv_sweep"].items()}), flush=True)
         save()
     if args.frames_stage:
         video = decode(vae, z)
