@@ -11,6 +11,7 @@ same either way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -28,6 +29,7 @@ class FramesBuffer:
 
     def __init__(self, shape: tuple[int, ...], device: torch.device) -> None:
         self.shape = tuple(shape)
+        self.device = device
         self._buffer: torch.Tensor | None = None
         self._thread: threading.Thread | None = None
         if device.type != "cpu":
@@ -36,8 +38,12 @@ class FramesBuffer:
             self._thread.start()
 
     def _allocate(self) -> None:
+        # a new thread's current CUDA device is 0: name the frames' device (no context elsewhere)
+        guard = (torch.cuda.device(self.device) if self.device.type == "cuda" and self.device.index is not None
+                 else contextlib.nullcontext())
         try:
-            self._buffer = torch.empty(self.shape, dtype=torch.float32, pin_memory=True)
+            with guard:
+                self._buffer = torch.empty(self.shape, dtype=torch.float32, pin_memory=True)
         except RuntimeError as exc:  # the decode then allocates (or copies to pageable memory)
             log.warning("no pinned buffer for the frames %s: %s", self.shape, str(exc).splitlines()[0])
 
