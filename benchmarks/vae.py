@@ -54,7 +54,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402  (the VAE configurations and the sync helper)
-from kernel_profile import group_of, grouped, kernel_seconds, profiled  # noqa: E402
+from kernel_profile import grouped, kernel_seconds, profiled  # noqa: E402
 
 VARIANTS = ("eager", "fastdit", "fastdit-channels-last", "fastdit-channels-last-cudnn-benchmark",
             "fastdit-chunk4", "fastdit-channels-last-chunk4", "cudnn-benchmark", "channels-last", "compile",
@@ -158,7 +158,7 @@ def time_variant(name: str, vae, z: torch.Tensor, args, device) -> tuple[dict, t
             norms = rms_norms(vae)
             for module in norms:
                 module.forward = torch.compile(module.forward, dynamic=True)
-        fast = name.removesuffix("-cudnn-benchmark") if name.startswith("fastdit") else None
+        fast = fastdit_spec(name)
         start = time.perf_counter()
         frames = decode(vae, z, fast)  # warm-up (compilation, autotuning)
         e2e.sync(device)
@@ -306,12 +306,22 @@ def layouts(vae, z: torch.Tensor, fast: str | None) -> list[dict]:
     return sorted(rows, key=lambda r: -r["written_gb"])
 
 
-def kernel_group(name: str) -> str:
-    return group_of(name, KERNEL_GROUPS)
+def fastdit_spec(variant: str) -> str | None:
+    """What :func:`decode` takes for a variant: its ``fastdit[-channels-last][-chunkN]`` part,
+    None (``vae.decode``) for the others."""
+    return variant.removesuffix("-cudnn-benchmark") if variant.startswith("fastdit") else None
 
 
-def profile_eager(vae, z: torch.Tensor, device) -> dict:
-    kernels = kernel_seconds(profiled(lambda: decode(vae, z), device), device)
+#: the variants :func:`decode` runs without a set-up (what ``--profile-variant`` and
+#: ``--layouts`` take)
+DIRECT_VARIANTS = tuple(v for v in VARIANTS if v == "eager" or (v.startswith("fastdit") and
+                                                               not v.endswith("-cudnn-benchmark")))
+
+
+def profile_decode(vae, z: torch.Tensor, device, fast: str | None = None) -> dict:
+    """One profiled decode (``fast`` as :func:`decode` takes it): kernel time by group, the top
+    kernels."""
+    kernels = kernel_seconds(profiled(lambda: decode(vae, z, fast), device), device)
     groups = grouped(kernels, KERNEL_GROUPS)
     total = sum(groups.values())
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
@@ -332,9 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--no-profile", action="store_true")
-    parser.add_argument("--profile-variant", default=None, choices=VARIANTS,
+    parser.add_argument("--profile-variant", default=None, choices=DIRECT_VARIANTS,
                         help="also profile this variant's decode (kernel groups), after the variants")
-    parser.add_argument("--layouts", default=None, choices=VARIANTS,
+    parser.add_argument("--layouts", default=None, choices=DIRECT_VARIANTS,
                         help="also count the memory layouts the ops of this variant's decode read and write")
     parser.add_argument("--conv-sweep", action="store_true",
                         help="also time the full-resolution convolution with and without bias and padded channels")
@@ -370,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     save()
     if not args.no_profile:  # first: the compile variants at the end may run into a time cap
         decode(vae, z)  # warm-up (cuDNN plans) outside the profile
-        report["profile_eager"] = profile_eager(vae, z, device)
+        report["profile_eager"] = profile_decode(vae, z, device)
         print("[vae] eager profile: " + json.dumps({k: round(v, 3) for k, v in
                                                     report["profile_eager"]["groups_s"].items()}), flush=True)
         save()
@@ -402,25 +412,19 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         save()
     if args.layouts:
-        fast = args.layouts.removesuffix("-cudnn-benchmark") if args.layouts.startswith("fastdit") else None
-        report["layouts"] = {"variant": args.layouts, "ops": layouts(vae, z, fast)}
+        report["layouts"] = {"variant": args.layouts, "ops": layouts(vae, z, fastdit_spec(args.layouts))}
         for row in report["layouts"]["ops"][:20]:
             print(f"[vae] layouts {row['op']:20s} {','.join(row['inputs']):18s} -> {row['output']}: "
                   f"{row['calls']} calls, {row['written_gb']:.2f} GB written", flush=True)
         save()
     if args.profile_variant:
-        fast = args.profile_variant if args.profile_variant.startswith("fastdit") else None
-        fast = fast.removesuffix("-cudnn-benchmark") if fast else None
-        decode(vae, z, fast)
-        kernels = kernel_seconds(profiled(lambda: decode(vae, z, fast), device), device)
-        groups = grouped(kernels, KERNEL_GROUPS)
-        top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
-        report["profile_variant"] = {"variant": args.profile_variant, "kernel_s": sum(groups.values()),
-                                     "groups_s": groups, "top_kernels": [{"name": n[:160], "s": t} for n, t in top]}
-        print(f"[vae] {args.profile_variant} profile: " + json.dumps({k: round(v, 3) for k, v in groups.items()}),
-              flush=True)
-        for n, t in top[:12]:
-            print(f"    {t * 1e3:8.2f} ms  {n[:120]}", flush=True)
+        fast = fastdit_spec(args.profile_variant)
+        decode(vae, z, fast)  # warm-up outside the profile
+        found = report["profile_variant"] = {"variant": args.profile_variant, **profile_decode(vae, z, device, fast)}
+        print(f"[vae] {args.profile_variant} profile: " + json.dumps({k: round(v, 3) for k, v in
+                                                                     found["groups_s"].items()}), flush=True)
+        for row in found["top_kernels"][:12]:
+            print(f"    {row['s'] * 1e3:8.2f} ms  {row['name'][:120]}", flush=True)
         save()
     return 0
 

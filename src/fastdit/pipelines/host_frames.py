@@ -1,7 +1,7 @@
 """Pinned host memory for a generation's frames, allocated on a side thread while it denoises.
 
 The decode stage copies the video (float32 ``[F, H, W, 3]``) from the GPU into pinned host
-memory (:func:`fastdit.pipelines.stages.host_array`): 8 ms for a 480x832x81 video on the H200
+memory (:func:`host_array`): 8 ms for a 480x832x81 video on the H200
 machine when torch's pinned cache holds a free block, 0.22-0.30 s when the block has to be
 allocated first, as in a process's first generation (``benchmarks/vae.py --frames-stage``,
 h200-run16). :class:`FramesBuffer` starts that allocation when the generation starts, on a
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 
 import torch
@@ -41,11 +42,8 @@ class FramesBuffer:
         # a new thread's current CUDA device is 0: name the frames' device (no context elsewhere)
         guard = (torch.cuda.device(self.device) if self.device.type == "cuda" and self.device.index is not None
                  else contextlib.nullcontext())
-        try:
-            with guard:
-                self._buffer = torch.empty(self.shape, dtype=torch.float32, pin_memory=True)
-        except RuntimeError as exc:  # the decode then allocates (or copies to pageable memory)
-            log.warning("no pinned buffer for the frames %s: %s", self.shape, str(exc).splitlines()[0])
+        with guard:  # on failure the decode allocates (or copies to pageable memory)
+            self._buffer = pinned_empty(self.shape, torch.float32, "no pinned buffer for the frames")
 
     def take(self) -> torch.Tensor | None:
         """The buffer (waiting for its allocation), at most once; None without one."""
@@ -54,3 +52,29 @@ class FramesBuffer:
             self._thread = None
         buffer, self._buffer = self._buffer, None
         return buffer
+
+
+def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype, what: str) -> torch.Tensor | None:
+    """An uninitialised pinned host tensor, or None (logged with ``what``) when no pinned memory
+    can be allocated."""
+    try:
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
+    except RuntimeError as exc:
+        size = math.prod(shape) * dtype.itemsize
+        log.warning("%s: pinned allocation of %.0f MB failed: %s", what, size / 1e6, str(exc).splitlines()[0])
+        return None
+
+
+def host_array(frames: torch.Tensor, host: torch.Tensor | None = None):
+    """A device tensor as a numpy array over pinned host memory (one copy): ``host`` when it has
+    the frames' shape and dtype, else newly allocated; when no pinned memory can be allocated,
+    through pageable memory with a warning."""
+    if host is not None and (host.shape != frames.shape or host.dtype != frames.dtype):
+        log.debug("frames buffer %s does not fit frames %s: allocating", tuple(host.shape), tuple(frames.shape))
+        host = None
+    if host is None:
+        host = pinned_empty(tuple(frames.shape), frames.dtype, "frames copied to pageable memory")
+    if host is None:
+        return frames.cpu().numpy()
+    host.copy_(frames)
+    return host.numpy()

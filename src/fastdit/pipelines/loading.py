@@ -434,11 +434,12 @@ def load_pipeline(cls, path: str | os.PathLike | ModelSpec, device: torch.device
         if options.vae_tiling or (plan is not None and plan.vae_tiling):
             vae.enable_tiling()
         vae = current_platform().optimize_vae(vae)
-        if vae_decoder_choice(options.vae_decoder, vae) != "diffusers":  # checked before the transformer loads
+        decoder_choice = vae_decoder_choice(options.vae_decoder, vae)
+        if decoder_choice != "diffusers":  # checked before the transformer loads
             from fastdit.models.wan.vae import decoder_for
 
             try:
-                decoder_for(vae, vae_decoder_choice(options.vae_decoder, vae))
+                decoder_for(vae, decoder_choice)
             except ValueError as exc:
                 raise ModelFolderError(f"vae_decoder={options.vae_decoder!r} cannot decode with "
                                        f"{spec.root / 'vae'}: {exc}") from None

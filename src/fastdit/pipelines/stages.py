@@ -11,7 +11,6 @@ same guidance formula), so the same weights, seed and settings give the same vid
 from __future__ import annotations
 
 import html
-import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -19,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-log = logging.getLogger("fastdit.pipelines")
+from fastdit.pipelines.host_frames import host_array
 
 # ---------------------------------------------------------------------------------------
 # Text
@@ -440,23 +439,3 @@ def frames_array(video: torch.Tensor, video_processor, host: torch.Tensor | None
         frames = (frames * 0.5 + 0.5).clamp(0, 1)
     frames = frames.permute(1, 2, 3, 0).float().contiguous()  # (F, H, W, 3)
     return frames.numpy() if frames.device.type == "cpu" else host_array(frames, host)
-
-
-def host_array(frames: torch.Tensor, host: torch.Tensor | None = None):
-    """A device tensor as a numpy array over pinned host memory (one copy): ``host`` when it has
-    the frames' shape and dtype, else newly allocated; when no pinned memory can be allocated,
-    through pageable memory with a warning."""
-    if host is not None and (host.shape != frames.shape or host.dtype != frames.dtype):
-        log.debug("frames buffer %s does not fit frames %s: allocating", tuple(host.shape), tuple(frames.shape))
-        host = None
-    if host is not None:
-        host.copy_(frames)
-        return host.numpy()
-    try:
-        host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
-    except RuntimeError as exc:
-        log.warning("frames copied to pageable memory (pinned allocation of %.0f MB failed: %s)",
-                    frames.numel() * frames.element_size() / 1e6, str(exc).splitlines()[0])
-        return frames.cpu().numpy()
-    host.copy_(frames)
-    return host.numpy()

@@ -106,6 +106,7 @@ class WanVideoPipeline:
         self.load_seconds: float | None = None
         self.options = options if options is not None else LoadOptions()  # how it was loaded
         self._vae_decoder_name: str | None = None  # the vae_decoder property's resolved choice
+        self._decode_fn = None  # its z -> video (None: vae.decode), made once by _vae_decoder
         self.variant = variant if variant is not None else Variant()  # preset, files, LoRAs
         from fastdit.quant.config import PrecisionConfig
 
@@ -164,12 +165,12 @@ class WanVideoPipeline:
 
     def _vae_decoder(self):
         """``z -> video`` for the decode stage: fastdit's decode for a fastdit choice, else None
-        (``vae.decode``)."""
-        if self.vae_decoder == "diffusers":
-            return None
-        from fastdit.models.wan.vae import decoder_for
+        (``vae.decode``); made at the first decode."""
+        if self._decode_fn is None and self.vae_decoder != "diffusers":
+            from fastdit.models.wan.vae import decoder_for
 
-        return decoder_for(self.vae, self.vae_decoder)
+            self._decode_fn = decoder_for(self.vae, self.vae_decoder)
+        return self._decode_fn
 
     def _activate_expert(self, index: int) -> None:
         if self.offload == "none" or len(self.experts) < 2:

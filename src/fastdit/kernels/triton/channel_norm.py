@@ -122,41 +122,38 @@ def _channel_rms_norm_rows_kernel(
     tl.store(y_ptr + offs, y.to(DT), mask=mask)
 
 
-def _channels_last(x, y, g, b, scale, eps, silu, bias):
+def _rows(x, y, g, b, scale, eps, silu, has_bias, soft_bf16):
     """x (and y, made like it) channels-last dense: the rows kernel over ``[B * S, C]``."""
     channels = x.shape[1]
     n_rows = x.numel() // channels
     block_c, rows, warps = channel_rows_launch(channels, n_rows)
     _channel_rms_norm_rows_kernel[(cdiv(n_rows, rows),)](
         x, y, g, b, n_rows, channels, float(scale), float(eps),
-        HAS_BIAS=bias is not None, SILU=bool(silu),
-        SOFT_BF16=interpreting() and x.dtype == torch.bfloat16,
-        ROWS=rows, BLOCK_C=block_c, num_warps=warps,
+        HAS_BIAS=has_bias, SILU=silu, SOFT_BF16=soft_bf16, ROWS=rows, BLOCK_C=block_c, num_warps=warps,
     )
-    return y
 
 
-def channel_rms_norm(x, gamma, bias=None, *, scale, eps=1e-12, silu=False):
-    if not x.is_contiguous() and channels_last_rows(x):  # NHWC / NDHWC
-        y = torch.empty_like(x)  # the same layout (empty_like preserves a dense format)
-        if y.numel() == 0:
-            return y
-        g = gamma.reshape(-1).contiguous()
-        b = g if bias is None else bias.reshape(-1).contiguous()
-        return _channels_last(x, y, g, b, scale, eps, silu, bias)
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+def _columns(x, y, g, b, scale, eps, silu, has_bias, soft_bf16):
+    """x (and y) contiguous ``[B, C, S]``: the two-pass kernel over position blocks."""
     batch, channels = x.shape[0], x.shape[1]
-    positions = x.numel() // max(batch * channels, 1)
-    if y.numel() == 0:
-        return y
+    positions = x.numel() // (batch * channels)
     block_c, block_s, warps = channel_norm_launch(channels, positions, x.element_size())
-    g = gamma.reshape(-1).contiguous()
-    b = g if bias is None else bias.reshape(-1).contiguous()
     # position blocks on grid axis 0 (up to 2**31 - 1 programs; axis 1 stops at 65535)
     _channel_rms_norm_kernel[(cdiv(positions, block_s), batch)](
         x, y, g, b, channels, positions, float(scale), float(eps),
-        HAS_BIAS=bias is not None, SILU=bool(silu),
-        SOFT_BF16=interpreting() and x.dtype == torch.bfloat16,
-        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=warps,
+        HAS_BIAS=has_bias, SILU=silu, SOFT_BF16=soft_bf16, BLOCK_C=block_c, BLOCK_S=block_s,
+        num_warps=warps,
     )
+
+
+def channel_rms_norm(x, gamma, bias=None, *, scale, eps=1e-12, silu=False):
+    rows = not x.is_contiguous() and channels_last_rows(x)  # NHWC / NDHWC
+    # rows: the same layout (empty_like preserves a dense format); else contiguous
+    y = torch.empty_like(x) if rows else torch.empty_like(x, memory_format=torch.contiguous_format)
+    if y.numel() == 0:
+        return y
+    g = gamma.reshape(-1).contiguous()
+    b = g if bias is None else bias.reshape(-1).contiguous()
+    launch = _rows if rows else _columns
+    launch(x, y, g, b, scale, eps, bool(silu), bias is not None, interpreting() and x.dtype == torch.bfloat16)
     return y
