@@ -102,7 +102,7 @@ for step in $STEPS; do
         && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/fa4/*.whl \
         && python3 -c "from flash_attn.cute import flash_attn_func; print('flash-attn-4 importable')"; } 2>&1 | tee "$OUT/fa4-install.log" ;;
     quant-attention)  # the attention candidates only (~2.5 min)
-      run python3 benchmarks/quant.py --parts attention --out "$OUT/quant-attention.json" 2>&1 | tee "$OUT/quant-attention.log" ;;
+      run python3 benchmarks/quant.py --parts attention --out "$OUT/quant-attention.json" ${QUANT_ARGS:-} 2>&1 | tee "$OUT/quant-attention.log" ;;
     transformer-fp8)  # 1.3B and 14B at B=1: fastdit, fastdit-fp8, diffusers eager and compiled
       run python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B,Wan2.1-T2V-14B --batches 1 --variants "" --no-profile \
         --out "$OUT/transformer-fp8.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer-fp8.log" ;;

@@ -239,7 +239,11 @@ def _dequantized(pair):
     return values.float() * scales[..., None]
 
 
-def attention_section(rec: Recorder, device: str, heads_list, length: int, tiny: bool) -> None:
+def attention_section(rec: Recorder, device: str, heads_list, length: int, tiny: bool,
+                      config_names=(), split_names=()) -> None:
+    """Every attention candidate at ``heads_list``; ``config_names`` limits the int8 kernel's
+    launch candidates (all when empty), ``split_names`` names those also timed with V in two
+    terms (the default candidate when empty)."""
     from fastdit.ops.registry import call_provider, is_supported, providers
 
     bench = timer(device)
@@ -263,8 +267,11 @@ def attention_section(rec: Recorder, device: str, heads_list, length: int, tiny:
         if kernel is not None:  # every launch candidate (the first only in tiny mode), V in
             # one term; the default also with two (the accuracy the issue asks for)
             configs = kernel.CONFIGS[dim][:1] if tiny else kernel.CONFIGS[dim]
+            if config_names:
+                configs = [c for c in configs if c.name in config_names]
             for i, config in enumerate(configs):
-                for split in (False, True) if i == 0 else (False,):
+                splits = config.name in split_names if split_names else i == 0
+                for split in (False, True) if splits else (False,):
                     candidates[f"int8_triton {config.name} v_split={split}"] = (
                         lambda q, k, v, c=config, s=split: kernel.attention_int8(
                             q, k, v, config=c, v_split=s))
@@ -469,6 +476,10 @@ def main(argv=None) -> int:
     parser.add_argument("--parts", default="attention,linear", help="attention,linear")
     parser.add_argument("--heads", default="12,40", help="attention heads, comma-separated")
     parser.add_argument("--length", type=int, default=32760, help="attention sequence length")
+    parser.add_argument("--configs", default="",
+                        help="int8 launch candidates by name, comma-separated (default: all)")
+    parser.add_argument("--split-configs", default="",
+                        help="candidates also timed with V in two terms (default: the first)")
     args = parser.parse_args(argv)
     if args.tiny:
         import os
@@ -487,7 +498,9 @@ def main(argv=None) -> int:
     rec = Recorder(args.out, environment(device))
     parts = set(args.parts.split(","))
     if "attention" in parts:
-        attention_section(rec, device, heads, length, args.tiny)
+        attention_section(rec, device, heads, length, args.tiny,
+                          tuple(n for n in args.configs.split(",") if n),
+                          tuple(n for n in args.split_configs.split(",") if n))
     if "linear" in parts:
         linear_section(rec, device, tokens, shapes, ffns)
     print(f"{len(rec.result['errors'])} case(s) failed; results in {args.out}")
