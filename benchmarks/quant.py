@@ -498,9 +498,9 @@ def main(argv=None) -> int:
     rec = Recorder(args.out, environment(device))
     parts = set(args.parts.split(","))
     if "attention" in parts:
-        attention_section(rec, device, heads, length, args.tiny,
-                          tuple(n for n in args.configs.split(",") if n),
-                          tuple(n for n in args.split_configs.split(",") if n))
+        names = lambda text: tuple(n for n in text.split(",") if n)  # noqa: E731
+        attention_section(rec, device, heads, length, args.tiny, names(args.configs),
+                          names(args.split_configs))
     if "linear" in parts:
         linear_section(rec, device, tokens, shapes, ffns)
     print(f"{len(rec.result['errors'])} case(s) failed; results in {args.out}")
