@@ -5,7 +5,7 @@
 #   serve, quant-tests, quant, offload, cache, cache-fastdit-1..3, cache-diffusers, cache-dit-1..2, lora, lora-e2e, lora-bench
 #   tests-distributed (LSE kernels, --gpus 1 / torchrun 1 == plain run; NCCL layouts with >= 2 GPUs),
 #   parallel (benchmarks/parallel.py; BENCH_ARGS e.g. "--models Wan2.1-T2V-1.3B --resolutions 480p")
-#   quant-attention, transformer-fp8, ti2v, e2e-fp8, e2e-all, e2e-ti2v (issue 10 phase 2), fa4-install, vae (VAE decode)
+#   quant-attention, ncu-attention (Nsight Compute, PROFILE_ARGS), transformer-fp8, ti2v, e2e-fp8, e2e-all, e2e-ti2v (issue 10 phase 2), fa4-install, vae (VAE decode)
 #   offload-video (a whole 40-step Wan2.2-A14B video through fastdit.load at a 24 GB budget, fp8 experts, ~6 min;
 #   first writes a 41 GB random model folder (2-3 min) unless OFFLOAD_VIDEO_ARGS' --work-dir holds it: --write-only)
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
@@ -101,6 +101,12 @@ for step in $STEPS; do
       { cat .fa4p1/fa4.tar.part-* .fa4p2/fa4.tar.part-* > /tmp/fa4.tar && mkdir -p /tmp/fa4 && tar -xf /tmp/fa4.tar -C /tmp/fa4 \
         && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/fa4/*.whl \
         && python3 -c "from flash_attn.cute import flash_attn_func; print('flash-attn-4 importable')"; } 2>&1 | tee "$OUT/fa4-install.log" ;;
+    ncu-attention)  # Nsight Compute on one launch per candidate (PROFILE_ARGS="--configs a,b --heads 12")
+      run ncu --clock-control none --profile-from-start off --section SpeedOfLight --section ComputeWorkloadAnalysis \
+        --section SchedulerStats --section WarpStateStats --section Occupancy --section InstructionStats \
+        --metrics "regex:sm__inst_executed_pipe_.*\.avg\.pct_of_peak_sustained_active,regex:sm__pipe_.*_cycles_active\.avg\.pct_of_peak_sustained_active" \
+        python3 benchmarks/profile_attention.py ${PROFILE_ARGS:-} > "$OUT/ncu-attention.txt" 2>&1
+      tail -c 6000 "$OUT/ncu-attention.txt" ;;
     quant-attention)  # the attention candidates only (~2.5 min)
       run python3 benchmarks/quant.py --parts attention --out "$OUT/quant-attention.json" ${QUANT_ARGS:-} 2>&1 | tee "$OUT/quant-attention.log" ;;
     transformer-fp8)  # 1.3B and 14B at B=1: fastdit, fastdit-fp8, diffusers eager and compiled
