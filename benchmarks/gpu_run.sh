@@ -5,7 +5,7 @@
 #   serve, quant-tests, quant, offload, cache, cache-fastdit-1..3, cache-diffusers, cache-dit-1..2, lora, lora-e2e, lora-bench
 #   tests-distributed (LSE kernels, --gpus 1 / torchrun 1 == plain run; NCCL layouts with >= 2 GPUs),
 #   parallel (benchmarks/parallel.py; BENCH_ARGS e.g. "--models Wan2.1-T2V-1.3B --resolutions 480p")
-#   quant-attention, ncu-attention (Nsight Compute, PROFILE_ARGS), transformer-fp8, ti2v, e2e-fp8, e2e-all, e2e-ti2v (issue 10 phase 2), fa4-install, vae (VAE decode)
+#   quant-attention, ncu-attention (Nsight Compute, PROFILE_ARGS), transformer-fp8, ti2v, e2e-fp8, e2e-all, e2e-ti2v (issue 10 phase 2), fa4-install, sage-build / sage-install (SageAttention 2 CUDA), vae (VAE decode)
 #   offload-video (a whole 40-step Wan2.2-A14B video through fastdit.load at a 24 GB budget, fp8 experts, ~6 min;
 #   first writes a 41 GB random model folder (2-3 min) unless OFFLOAD_VIDEO_ARGS' --work-dir holds it: --write-only)
 # Installs the wheels carried in .whl (diffusers and what it needs), checks the GPU-marked
@@ -107,6 +107,17 @@ for step in $STEPS; do
         --metrics "regex:sm__inst_executed_pipe_.*\.avg\.pct_of_peak_sustained_active,regex:sm__pipe_.*_cycles_active\.avg\.pct_of_peak_sustained_active" \
         python3 benchmarks/profile_attention.py ${PROFILE_ARGS:-} > "$OUT/ncu-attention.txt" 2>&1
       tail -c 6000 "$OUT/ncu-attention.txt" ;;
+    sage-build)  # SageAttention 2 (CUDA; the sm90 kernels and the quantisers only) built from .sage/SageAttention.tar.gz
+      # (git archive of thu-ml/SageAttention: benchmarks/README.md); the wheel comes back in $OUT/sage
+      { rm -rf /tmp/sage && mkdir -p /tmp/sage "$OUT/sage" && tar -xzf .sage/SageAttention.tar.gz -C /tmp/sage \
+        && python3 -c "import re, sys; p = sys.argv[1]; s = open(p).read(); s = re.sub(r'\n    if HAS_SM8[09] or [^\n]*:', '\n    if False:', s); open(p, 'w').write(s)" /tmp/sage/SageAttention/setup.py \
+        && (cd /tmp/sage/SageAttention && TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 EXT_PARALLEL=2 NVCC_APPEND_FLAGS="--threads=4" \
+            run python3 -m pip wheel -v --no-build-isolation --no-deps -w "$OUT/sage" .) > "$OUT/sage-build.log" 2>&1 \
+        && python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site "$OUT"/sage/*.whl \
+        && python3 -c "import sageattention, sageattention.sm90_compile; print('sageattention', sageattention.__file__, 'sm90 kernels importable')"; } 2>&1 | tee -a "$OUT/sage-build.log" | tail -5 ;;
+    sage-install)  # a SageAttention 2 wheel built by sage-build, carried in .sage/
+      python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .sage/*.whl \
+        && python3 -c "import sageattention.sm90_compile; print('sageattention sm90 kernels importable')" ;;
     quant-attention)  # the attention candidates only (~2.5 min)
       run python3 benchmarks/quant.py --parts attention --out "$OUT/quant-attention.json" ${QUANT_ARGS:-} 2>&1 | tee "$OUT/quant-attention.log" ;;
     transformer-fp8)  # 1.3B and 14B at B=1: fastdit, fastdit-fp8, diffusers eager and compiled

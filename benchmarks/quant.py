@@ -149,8 +149,12 @@ def sage_candidates() -> dict[str, Callable]:
     found = {"sageattention sageattn": lambda q, k, v: sageattention.sageattn(
         q, k, v, tensor_layout="NHD", is_causal=False)}
     sm90 = getattr(sageattention, "sageattn_qk_int8_pv_fp8_cuda_sm90", None)
-    if sm90 is not None:
-        found["sageattention qk_int8_pv_fp8 sm90"] = lambda q, k, v: sm90(q, k, v, tensor_layout="NHD")
+    if sm90 is not None:  # SageAttention 2 built with its CUDA kernels (gpu_run.sh sage-build)
+        for gran in ("per_thread", "per_warp"):
+            for accum in ("fp32+fp32", "fp32"):  # "fp32": the MMA's own (~22-bit) accumulator
+                found[f"sageattention qk_int8_pv_fp8 sm90 {gran} {accum}"] = (
+                    lambda q, k, v, g=gran, a=accum: sm90(q, k, v, tensor_layout="NHD",
+                                                          qk_quant_gran=g, pv_accum_dtype=a))
     return found
 
 

@@ -75,12 +75,14 @@ class AttentionConfig:
     pv_fused: bool = False
     exp_fma: bool = False
     tma: bool = False
+    maxnreg: int | None = None
 
     @property
     def name(self) -> str:
         return (f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}"
                 + ("-magic" if self.i2f_magic else "") + ("-fusedpv" if self.pv_fused else "")
-                + ("-fmaexp" if self.exp_fma else "") + ("-tma" if self.tma else ""))
+                + ("-fmaexp" if self.exp_fma else "") + ("-tma" if self.tma else "")
+                + (f"-r{self.maxnreg}" if self.maxnreg else ""))
 
 
 # Candidates per head dim; the first is used. D=128 (every Wan model), H200, L=32760, V in one
@@ -110,7 +112,10 @@ CONFIGS: dict[int, tuple[AttentionConfig, ...]] = {
           AttentionConfig(64, 128, 4, 3, pv_fused=True), AttentionConfig(128, 128, 8, 3),
           AttentionConfig(128, 128, 8, 3, pv_fused=True),
           AttentionConfig(128, 128, 8, 2, pv_fused=True, tma=True),
-          AttentionConfig(64, 128, 4, 3, i2f_magic=True, pv_fused=True, tma=True)),
+          AttentionConfig(64, 128, 4, 3, i2f_magic=True, pv_fused=True, tma=True),
+          AttentionConfig(64, 128, 4, 2, pv_fused=True, tma=True, maxnreg=168),
+          AttentionConfig(64, 128, 4, 2, pv_fused=True, tma=True),
+          AttentionConfig(64, 128, 4, 3, pv_fused=True, tma=True, maxnreg=168)),
     64: (AttentionConfig(128, 128, 8, 3), AttentionConfig(128, 64, 8, 3),
          AttentionConfig(128, 64, 4, 4), AttentionConfig(64, 64, 4, 4),
          AttentionConfig(128, 128, 8, 3, pv_fused=True, exp_fma=True)),
@@ -446,7 +451,8 @@ def attention_quantized(qkv: QuantizedQKV, out_dtype: torch.dtype, scale: float,
         V_SPLIT=qkv.v_lo is not None, OUT_FP8=out_fp8,
         PV_IMPRECISE=pv_imprecise_acc(config.block_n), PV_FUSED=config.pv_fused,
         EXP_FMA=config.exp_fma, TMA=config.tma, INTERPRET=interpreting(),
-        num_warps=config.num_warps, num_stages=config.num_stages)
+        num_warps=config.num_warps, num_stages=config.num_stages,
+        **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
     return (out, out_scale) if out_fp8 else out
 
 
