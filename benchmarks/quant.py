@@ -150,11 +150,10 @@ def sage_candidates() -> dict[str, Callable]:
         q, k, v, tensor_layout="NHD", is_causal=False)}
     sm90 = getattr(sageattention, "sageattn_qk_int8_pv_fp8_cuda_sm90", None)
     if sm90 is not None:  # SageAttention 2 built with its CUDA kernels (gpu_run.sh sage-build)
-        for gran in ("per_thread", "per_warp"):
-            for accum in ("fp32+fp32", "fp32"):  # "fp32": the MMA's own (~22-bit) accumulator
-                found[f"sageattention qk_int8_pv_fp8 sm90 {gran} {accum}"] = (
-                    lambda q, k, v, g=gran, a=accum: sm90(q, k, v, tensor_layout="NHD",
-                                                          qk_quant_gran=g, pv_accum_dtype=a))
+        for gran in ("per_thread", "per_warp"):  # P V accumulated in fp32+fp32 (2.2.0's only
+            # choice on sm90: "fp32" raises NotImplementedError there, h200-run20)
+            found[f"sageattention qk_int8_pv_fp8 sm90 {gran}"] = (
+                lambda q, k, v, g=gran: sm90(q, k, v, tensor_layout="NHD", qk_quant_gran=g))
     return found
 
 

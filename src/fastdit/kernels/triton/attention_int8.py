@@ -64,7 +64,8 @@ class AttentionConfig:
     7.7e-5, far below e4m3's 2**-4) instead of the MUFU unit, which also converts the scores.
     ``tma``: q, k and v tiles read through tensor descriptors (Hopper's bulk tensor copy engine,
     ``triton.tools.tensor_descriptor``) instead of pointer arithmetic: the copies leave the
-    registers and the address math to the TMA unit.
+    registers and the address math to the TMA unit. ``maxnreg``: a cap on the registers per
+    thread (168 lets three 4-warp programs share an SM), None for the compiler's choice.
     """
 
     block_m: int
@@ -107,15 +108,25 @@ class AttentionConfig:
 # rows, 11.47-12.10 / 36.3-38.9 at 128. V in two terms (the accuracy the issue asks for on
 # Gaussian inputs) 15.03 / 50.64 ms. h200-run18: 64x64 tiles with descriptors (166 registers,
 # three programs per SM) 10.31-10.37 / 34.25-34.86 against the default's 9.26 / 31.91: dropped.
+# h200-run19: Nsight Compute on the default (ncu-attention.txt): issue slots 53% busy, the XU
+# (MUFU, conversions) pipe 42%, the tensor pipe 40%, 0.80 eligible of 1.98 resident warps per
+# scheduler: latency-bound (one warpgroup's softmax waits on its own Q K^T and P V), not bound by
+# any unit. Three programs per SM (registers capped at 168, no spills, 2 stages: 74 KB of shared
+# memory each) 9.48 / 30.91 ms against the default's 9.35 / 31.52 (2 stages alone 10.28 / 33.16,
+# the cap alone 10.19 / 33.75): kept as a candidate; with V in two terms it is the fastest
+# (13.34 / 44.41 against 14.5 / 48.4). Rejected there: the running maximum moved only when it
+# grows by more than 4 or 8 (log2) for the whole tile (FlashAttention-4's conditional
+# rescaling, 56 fewer instructions per block, but a cross-warp reduction and barrier) 9.72 /
+# 32.51 and 10.15 / 32.62; the row sums by the tensor cores (P8 @ ones) not faster and wrong on
+# Gaussian inputs (cosine 0.976: the fp8 MMA's accumulator); issuing the next block's Q K^T
+# before this block's softmax is not expressible (Triton waits on the product at once).
 CONFIGS: dict[int, tuple[AttentionConfig, ...]] = {
     128: (AttentionConfig(64, 128, 4, 3, pv_fused=True, tma=True),
           AttentionConfig(64, 128, 4, 3, pv_fused=True), AttentionConfig(128, 128, 8, 3),
           AttentionConfig(128, 128, 8, 3, pv_fused=True),
           AttentionConfig(128, 128, 8, 2, pv_fused=True, tma=True),
           AttentionConfig(64, 128, 4, 3, i2f_magic=True, pv_fused=True, tma=True),
-          AttentionConfig(64, 128, 4, 2, pv_fused=True, tma=True, maxnreg=168),
-          AttentionConfig(64, 128, 4, 2, pv_fused=True, tma=True),
-          AttentionConfig(64, 128, 4, 3, pv_fused=True, tma=True, maxnreg=168)),
+          AttentionConfig(64, 128, 4, 2, pv_fused=True, tma=True, maxnreg=168)),
     64: (AttentionConfig(128, 128, 8, 3), AttentionConfig(128, 64, 8, 3),
          AttentionConfig(128, 64, 4, 4), AttentionConfig(64, 64, 4, 4),
          AttentionConfig(128, 128, 8, 3, pv_fused=True, exp_fma=True)),
