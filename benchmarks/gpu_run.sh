@@ -100,7 +100,11 @@ for step in $STEPS; do
     fa4-install)  # FlashAttention-4 (CuTe DSL) and its wheels, 102 MB: .fa4p1 and .fa4p2 (a split tar) carried in two calls
       { cat .fa4p1/fa4.tar.part-* .fa4p2/fa4.tar.part-* > /tmp/fa4.tar && mkdir -p /tmp/fa4 && tar -xf /tmp/fa4.tar -C /tmp/fa4 \
         && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/fa4/*.whl \
-        && python3 -c "from flash_attn.cute import flash_attn_func; print('flash-attn-4 importable')"; } 2>&1 | tee "$OUT/fa4-install.log" ;;
+        ; } 2>&1 | tee "$OUT/fa4-install.log"
+      # the cutlass package sits in nvidia_cutlass_dsl/dsl_packages, put on sys.path by a .pth
+      # file that --target installs do not run
+      export PYTHONPATH="/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH"
+      python3 -c "from flash_attn.cute import flash_attn_func; print('flash-attn-4 importable')" 2>&1 | tee -a "$OUT/fa4-install.log" ;;
     ncu-attention)  # Nsight Compute on one launch per candidate (PROFILE_ARGS="--configs a,b --heads 12")
       run ncu --clock-control none --profile-from-start off --section SpeedOfLight --section ComputeWorkloadAnalysis \
         --section SchedulerStats --section WarpStateStats --section Occupancy --section InstructionStats \
