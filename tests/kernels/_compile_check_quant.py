@@ -19,7 +19,8 @@ def quant_calls(full: bool = False):
     from fastdit.kernels.triton import attention_int8 as A
     from fastdit.kernels.triton import gemm_fp8, norm_fp8, quant_fp8
 
-    A.pv_imprecise_acc = lambda block_n: 0  # the sm_90 choice (the stand-in target is sm_90)
+    A.pv_imprecise_acc = lambda block_n: 0  # the sm_90 choices (the stand-in target is sm_90):
+    A._launched = lambda config: config  # tensor descriptors kept (the CPU platform has no TMA)
     calls = []
     tokens = 32760
     for heads, dim in ((40, 128), (12, 64)) if not full else ((40, 128), (12, 128), (12, 64)):

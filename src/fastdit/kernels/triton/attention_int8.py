@@ -113,7 +113,8 @@ class AttentionConfig:
 # scheduler: latency-bound (one warpgroup's softmax waits on its own Q K^T and P V), not bound by
 # any unit. Three programs per SM (registers capped at 168, no spills, 2 stages: 74 KB of shared
 # memory each) 9.48 / 30.91 ms against the default's 9.35 / 31.52 (2 stages alone 10.28 / 33.16,
-# the cap alone 10.19 / 33.75): kept as a candidate; with V in two terms it is the fastest
+# the cap alone 10.19 / 33.75; with pointer loads, on GPUs without TMA, the cap spills 64
+# bytes): kept as a candidate; with V in two terms it is the fastest
 # (13.34 / 44.41 against 14.5 / 48.4). Rejected there: the running maximum moved only when it
 # grows by more than 4 or 8 (log2) for the whole tile (FlashAttention-4's conditional
 # rescaling, 56 fewer instructions per block, but a cross-warp reduction and barrier) 9.72 /
