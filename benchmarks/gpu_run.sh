@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the GPU machine has to do, in one call (device time is scarce):
 #   bash benchmarks/gpu_run.sh [tests] [ops] [transformer] [e2e]    (default: all)
-#   other steps (tune: TUNE_ARGS="--only channel" for the VAE's channel-norm sweep alone): transformer-1.3b, transformer-14b, compile-block, tune, diag, diag-attention,
+#   other steps (tune: TUNE_ARGS="--only channel" for the VAE's channel-norm sweep alone, "--only quant" for the fp8 row quantisers): transformer-1.3b, transformer-14b, compile-block, tune, diag, diag-attention,
 #   serve, quant-tests, quant, offload, cache, cache-fastdit-1..3, cache-diffusers, cache-dit-1..2, lora, lora-e2e, lora-bench
 #   tests-distributed (LSE kernels, --gpus 1 / torchrun 1 == plain run; NCCL layouts with >= 2 GPUs),
 #   parallel (benchmarks/parallel.py; BENCH_ARGS e.g. "--models Wan2.1-T2V-1.3B --resolutions 480p")

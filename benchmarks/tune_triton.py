@@ -66,6 +66,33 @@ def norm_sweep(dim: int) -> list[dict]:
     return out
 
 
+def quant_sweep(dim: int) -> list[dict]:
+    """The per-token e4m3 quantiser (``quantize_fp8``) and GELU + quantiser (``gelu_tanh_fp8``)
+    at ``[TOKENS, dim]``: whole rows (BLOCK_D = next_pow2(D); rows, warps) and the chunked
+    two-pass kernel (BLOCK_D < D). TB/s counts one read of x and one write of the e4m3 values."""
+    x = _rand(TOKENS, dim)
+    nbytes = x.numel() * 3
+    block = S.next_pow2(dim)
+    candidates = [(block, warps, rows) for rows in (1, 2, 4) for warps in (4, 8, 16, 32)
+                  if rows * block <= 16384 and rows * block // (warps * 32) >= 2]
+    candidates += [(chunk, warps, rows) for chunk in (1024, 2048, 4096) if chunk < dim
+                   for rows in (1, 2, 4) for warps in (4, 8, 16)
+                   if rows * chunk // (warps * 32) >= 4]
+    out = []
+    for cand in candidates:
+        row = {"dim": dim, "cand": cand}
+        for kind, op in (("quant", "quantize_fp8"), ("quant_gelu", "gelu_tanh_fp8")):
+            S.TUNED[(kind, dim)] = cand
+            try:
+                row[op] = nbytes / (bench(lambda op=op: call_provider(op, "triton", x)) * 1e-3) / 1e12
+            except Exception as exc:  # a candidate that does not compile (resources)
+                row["error"] = str(exc)[:200]
+            S.TUNED.pop((kind, dim), None)
+        out.append(row)
+        print(row, flush=True)
+    return out
+
+
 def elementwise_sweep(dim: int) -> list[dict]:
     x, c = _rand(1, TOKENS, dim), _rand(1, TOKENS, dim)
     g = _rand(1, 1, dim, dtype=torch.float32)
@@ -153,11 +180,16 @@ def cache_sweep() -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--only", choices=("channel",), default=None,
-                        help="channel: only the VAE's channel-norm sweep")
+    parser.add_argument("--only", choices=("channel", "quant"), default=None,
+                        help="channel: only the VAE's channel-norm sweep; quant: only the fp8 "
+                             "row quantisers at D = 1536, 5120, 8960, 13824")
     args = parser.parse_args(argv)
     result = {"gpu": torch.cuda.get_device_name()}
-    for channels, height, width in CHANNEL_LEVELS:
+    for dim in (1536, 5120, 8960, 13824) if args.only in (None, "quant") else ():
+        result[f"quant_{dim}"] = quant_sweep(dim)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    for channels, height, width in CHANNEL_LEVELS if args.only in (None, "channel") else ():
         result[f"channel_rows_{channels}"] = channel_rows_sweep(channels, height, width)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

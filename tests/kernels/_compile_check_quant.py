@@ -40,6 +40,10 @@ def quant_calls(full: bool = False):
         x = torch.empty(tokens, dim, dtype=torch.bfloat16)
         calls.append((f"quantize_fp8 D={dim}", lambda x=x: quant_fp8.quantize_fp8(x)))
         calls.append((f"gelu_tanh_fp8 D={dim}", lambda x=x: quant_fp8.gelu_tanh_fp8(x)))
+    x = torch.empty(tokens, 8960, dtype=torch.bfloat16)  # the FFN hidden state, chunked rows
+    for chunk, warps, rows in ((2048, 8, 2), (1024, 4, 4)):
+        calls.append((f"gelu_tanh_fp8 chunked {chunk}x{rows} D=8960",
+                      lambda x=x, c=(chunk, warps, rows): _chunked(quant_fp8, x, c)))
     for dim in (1536, 5120):
         x = torch.empty(1, tokens, dim, dtype=torch.bfloat16)
         mod = torch.empty(1, 1, dim, dtype=torch.float32)
@@ -57,6 +61,16 @@ def quant_calls(full: bool = False):
                           lambda a=a, sa=sa, w=w, sw=sw, c=config: gemm_fp8.linear_fp8_grouped(
                               a, sa, w, sw, None, torch.bfloat16, c)))
     return calls
+
+
+def _chunked(quant_fp8, x, launch):
+    """The GELU quantiser with a chunked launch (``BLOCK_D < D``) in place of the rule."""
+    saved = quant_fp8.quant_launch
+    quant_fp8.quant_launch = lambda dim, n_rows, gelu: launch
+    try:
+        return quant_fp8.gelu_tanh_fp8(x)
+    finally:
+        quant_fp8.quant_launch = saved
 
 
 def _quantize(A, q):

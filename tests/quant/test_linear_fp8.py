@@ -94,6 +94,40 @@ def test_quantize_fp8_equals_the_formula_bit_for_bit():
         assert torch.equal(q.view(torch.int8), ref_q.view(torch.int8)) and torch.equal(s, ref_s)
 
 
+@pytest.mark.parametrize("gelu", [False, True])
+def test_chunked_row_quantiser_equals_the_whole_row_one(monkeypatch, gelu):
+    """A launch narrower than the row (``BLOCK_D < D``: two passes over 64-wide chunks, the
+    last one partial, 4 rows a program, the last program partial) gives the whole-row
+    kernel's bits, strided input included."""
+    if "triton" not in _available("quantize_fp8"):
+        pytest.skip("the Triton provider needs TRITON_INTERPRET=1 or a GPU")
+    from fastdit.kernels.triton import quant_fp8
+
+    x = (torch.randn(30, 2, 200) * 4).bfloat16()[:, 1]  # (30, 200), row stride 400
+    whole = quant_fp8._quantize_rows(x, gelu)
+    monkeypatch.setattr(quant_fp8, "quant_launch", lambda dim, n_rows, gelu: (64, 2, 4))
+    chunked = quant_fp8._quantize_rows(x, gelu)
+    assert torch.equal(chunked[0].view(torch.int8), whole[0].view(torch.int8))
+    assert torch.equal(chunked[1], whole[1])
+    if not gelu:
+        ref_q, ref_s = quantize_fp8_rows(x)
+        assert torch.equal(chunked[0].view(torch.int8), ref_q.view(torch.int8))
+        assert torch.equal(chunked[1], ref_s)
+
+
+def test_row_quantiser_launch_takes_a_tuned_entry_for_large_inputs_only(monkeypatch):
+    pytest.importorskip("triton")
+    from fastdit.kernels.triton import _support as S
+    from fastdit.kernels.triton import quant_fp8
+
+    rule = S.norm_launch(8960, 32760)
+    assert quant_fp8.quant_launch(8960, 32760, True) == rule  # no entry: whole rows
+    monkeypatch.setitem(S.TUNED, ("quant_gelu", 8960), (2048, 8, 2))
+    assert quant_fp8.quant_launch(8960, 32760, True) == (2048, 8, 2)
+    assert quant_fp8.quant_launch(8960, 32760, False) == rule  # the other kernel's key
+    assert quant_fp8.quant_launch(8960, 1000, True) == S.norm_launch(8960, 1000)
+
+
 def test_gelu_tanh_fp8_against_float64():
     h = torch.randn(3, 5, 130).bfloat16() * 3
     g64 = F.gelu(h.double(), approximate="tanh")

@@ -5,7 +5,12 @@ per-group scales go to the Triton product of ``gemm_fp8.py``.
 A program quantises a tile of ``ROWS`` whole rows held in registers (one read of x, one
 write of the e4m3 values and one fp32 scale per row): ``amax`` along the row, then
 ``scale = amax / 448`` and ``inv = 448 / amax`` correctly rounded, ``e4m3(x * inv)``. Bits
-equal ``quant.formulas.quantize_fp8_rows``. Tiles come from ``norm_launch`` (whole rows).
+equal ``quant.formulas.quantize_fp8_rows``. Tiles come from ``norm_launch`` (whole rows: BLOCK_D
+is the next power of two, so a row of 8960, the FFN's hidden state, leaves 45% of a
+16384-lane tile masked). A tuned launch (``TUNED[("quant" | "quant_gelu", D)]``,
+``benchmarks/tune_triton.py --only quant``) with ``BLOCK_D < D`` runs the chunked kernel
+instead: the row in ``BLOCK_D``-wide chunks, read twice (the amax, then the quantisation; the
+second read mostly from L2), the same bits.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import triton.language as tl
 from fastdit.kernels.scaled_mm.ops import linear_fp8_scaled_mm_quantized
 from fastdit.kernels.triton import _common as K
 from fastdit.kernels.triton import _quant_common as Q
-from fastdit.kernels.triton._support import cdiv, interpreting, norm_launch
+from fastdit.kernels.triton._support import TUNED, cdiv, interpreting, norm_launch
 
 @triton.jit
 def gelu_tanh_f32(x):
@@ -46,6 +51,50 @@ def _quant_fp8_rows_kernel(x_ptr, sx_row, sx_col, out_ptr, scale_ptr, n_rows, D,
     tl.store(scale_ptr + rows, scale, mask=rmask)
 
 
+@triton.jit
+def _quant_fp8_chunked_kernel(x_ptr, sx_row, sx_col, out_ptr, scale_ptr, n_rows, D,
+                              GELU: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+                              INTERPRET: tl.constexpr):
+    # as _quant_fp8_rows_kernel, the row in BLOCK_D-wide chunks: pass 1 the amax, pass 2 the
+    # e4m3 values (x read twice; the same bits: max is exact, the values recomputed alike)
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+    rmask = rows < n_rows
+    amax = tl.zeros([ROWS], tl.float32)
+    for c0 in range(0, D, BLOCK_D):
+        x = _load_chunk(x_ptr, sx_row, sx_col, rows, rmask, c0, D, GELU, BLOCK_D)
+        amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
+    scale, inv = Q.row_scales(amax, Q.E4M3_MAX)
+    for c0 in range(0, D, BLOCK_D):
+        cols = c0 + tl.arange(0, BLOCK_D)
+        x = _load_chunk(x_ptr, sx_row, sx_col, rows, rmask, c0, D, GELU, BLOCK_D)
+        tl.store(out_ptr + (rows * D)[:, None] + cols[None, :],
+                 Q.to_e4m3(x * inv[:, None], INTERPRET), mask=rmask[:, None] & (cols < D)[None, :])
+    tl.store(scale_ptr + rows, scale, mask=rmask)
+
+
+@triton.jit
+def _load_chunk(x_ptr, sx_row, sx_col, rows, rmask, c0, D, GELU: tl.constexpr,
+                BLOCK_D: tl.constexpr):
+    """Columns ``[c0, c0 + BLOCK_D)`` of the rows in fp32 (zeros past D), GELU applied."""
+    cols = c0 + tl.arange(0, BLOCK_D)
+    mask = rmask[:, None] & (cols < D)[None, :]
+    x = tl.load(x_ptr + (rows * sx_row)[:, None] + (cols * sx_col)[None, :], mask=mask,
+                other=0.0).to(tl.float32)
+    if GELU:
+        x = gelu_tanh_f32(x)
+    return x
+
+
+def quant_launch(dim: int, n_rows: int, gelu: bool) -> tuple[int, int, int]:
+    """``(BLOCK_D, num_warps, ROWS)`` of the row quantiser: a tuned entry
+    ``TUNED[("quant_gelu" if gelu else "quant", D)]`` for large inputs (``BLOCK_D < D``: the
+    chunked kernel), else :func:`norm_launch`'s whole rows."""
+    tuned = TUNED.get(("quant_gelu" if gelu else "quant", dim))
+    if tuned is not None and n_rows >= 1024 * tuned[2]:
+        return tuned
+    return norm_launch(dim, n_rows)
+
+
 def _quantize_rows(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
     dim = x.shape[-1]
     x2 = x.reshape(-1, dim)  # (T, D): a view when the leading dims merge
@@ -53,8 +102,9 @@ def _quantize_rows(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Ten
     scale = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
     n_rows = x2.shape[0]
     if n_rows and dim:
-        block, warps, rows = norm_launch(dim, n_rows)
-        _quant_fp8_rows_kernel[(cdiv(n_rows, rows),)](
+        block, warps, rows = quant_launch(dim, n_rows, gelu)
+        kernel = _quant_fp8_chunked_kernel if block < dim else _quant_fp8_rows_kernel
+        kernel[(cdiv(n_rows, rows),)](
             x2, x2.stride(0), x2.stride(1), out, scale, n_rows, dim, GELU=gelu, ROWS=rows,
             BLOCK_D=block, INTERPRET=interpreting(), num_warps=warps)
     return out, scale
