@@ -31,6 +31,9 @@ if [ "${TABLES:-1}" != 0 ]; then  # TABLES=0 skips the two op tables
 fi
 # TIMEOUT_<step> (dashes and dots as underscores, e.g. TIMEOUT_e2e_all=380) caps a step's seconds
 run() { if [ "${limit:-0}" != 0 ]; then timeout -k 10 "$limit" "$@"; else "$@"; fi; }
+# install_sage DIR: the SageAttention 2 wheel in DIR into /tmp/site, then check its sm90 kernels import
+install_sage() { python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site "$1"/*.whl \
+  && python3 -c "import sageattention.sm90_compile; print('sageattention sm90 kernels importable')"; }
 
 for step in $STEPS; do
   limit_var="TIMEOUT_${step//[-.]/_}"
@@ -117,11 +120,9 @@ for step in $STEPS; do
         && python3 -c "import re, sys; p = sys.argv[1]; s = open(p).read(); s = re.sub(r'\n    if HAS_SM8[09] or [^\n]*:', '\n    if False:', s); open(p, 'w').write(s)" /tmp/sage/SageAttention/setup.py \
         && (cd /tmp/sage/SageAttention && TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 EXT_PARALLEL=2 NVCC_APPEND_FLAGS="--threads=4" \
             run python3 -m pip wheel -v --no-build-isolation --no-deps -w "$OUT/sage" .) > "$OUT/sage-build.log" 2>&1 \
-        && python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site "$OUT"/sage/*.whl \
-        && python3 -c "import sageattention, sageattention.sm90_compile; print('sageattention', sageattention.__file__, 'sm90 kernels importable')"; } 2>&1 | tee -a "$OUT/sage-build.log" | tail -5 ;;
+        && install_sage "$OUT/sage"; } 2>&1 | tee -a "$OUT/sage-build.log" | tail -5 ;;
     sage-install)  # a SageAttention 2 wheel built by sage-build, carried in .sage/
-      python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .sage/*.whl \
-        && python3 -c "import sageattention.sm90_compile; print('sageattention sm90 kernels importable')" ;;
+      install_sage .sage ;;
     quant-attention)  # the attention candidates only (~2.5 min)
       run python3 benchmarks/quant.py --parts attention --out "$OUT/quant-attention.json" ${QUANT_ARGS:-} 2>&1 | tee "$OUT/quant-attention.log" ;;
     transformer-fp8)  # 1.3B and 14B at B=1: fastdit, fastdit-fp8, diffusers eager and compiled

@@ -122,6 +122,15 @@ def prefers_scale_residual(residual, x, *args, **kwargs) -> bool:
     return prefers_norm_modulate(x)
 
 
+def tuned_launch(kind: str, dim: int, n_rows: int | None = None) -> tuple | None:
+    """``TUNED[(kind, dim)]`` (``(BLOCK_D, num_warps, ROWS, ...)``) when set and the input is
+    large (``n_rows`` None or at least 1024 programs' worth of rows), else None."""
+    tuned = TUNED.get((kind, dim))
+    if tuned is not None and (n_rows is None or n_rows >= 1024 * tuned[2]):
+        return tuned
+    return None
+
+
 def norm_launch(dim: int, n_rows: int | None = None, kind: str = "norm") -> tuple[int, int, int]:
     """``(BLOCK_D, num_warps, ROWS)`` for the row-norm kernels: a program normalises a
     ``[ROWS, BLOCK_D]`` tile of whole rows (BLOCK_D = next power of two >= D).
@@ -132,8 +141,8 @@ def norm_launch(dim: int, n_rows: int | None = None, kind: str = "norm") -> tupl
     registers and 32-64 resident warps per SM without spills (8 warps for 8192 would need
     120-190 registers). ROWS shrinks for small inputs (``n_rows``).
     """
-    tuned = TUNED.get((kind, dim))
-    if tuned is not None and (n_rows is None or n_rows >= 1024 * tuned[2]):
+    tuned = tuned_launch(kind, dim, n_rows)
+    if tuned is not None:
         return tuned
     block = next_pow2(dim)
     if block < 8192:

@@ -22,7 +22,7 @@ import triton.language as tl
 from fastdit.kernels.scaled_mm.ops import linear_fp8_scaled_mm_quantized
 from fastdit.kernels.triton import _common as K
 from fastdit.kernels.triton import _quant_common as Q
-from fastdit.kernels.triton._support import TUNED, cdiv, interpreting, norm_launch
+from fastdit.kernels.triton._support import cdiv, interpreting, norm_launch, tuned_launch
 
 @triton.jit
 def gelu_tanh_f32(x):
@@ -61,38 +61,35 @@ def _quant_fp8_chunked_kernel(x_ptr, sx_row, sx_col, out_ptr, scale_ptr, n_rows,
     rmask = rows < n_rows
     amax = tl.zeros([ROWS], tl.float32)
     for c0 in range(0, D, BLOCK_D):
-        x = _load_chunk(x_ptr, sx_row, sx_col, rows, rmask, c0, D, GELU, BLOCK_D)
+        x, _, _ = _load_chunk(x_ptr, sx_row, sx_col, rows, rmask, c0, D, GELU, BLOCK_D)
         amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
     scale, inv = Q.row_scales(amax, Q.E4M3_MAX)
     for c0 in range(0, D, BLOCK_D):
-        cols = c0 + tl.arange(0, BLOCK_D)
-        x = _load_chunk(x_ptr, sx_row, sx_col, rows, rmask, c0, D, GELU, BLOCK_D)
+        x, cols, mask = _load_chunk(x_ptr, sx_row, sx_col, rows, rmask, c0, D, GELU, BLOCK_D)
         tl.store(out_ptr + (rows * D)[:, None] + cols[None, :],
-                 Q.to_e4m3(x * inv[:, None], INTERPRET), mask=rmask[:, None] & (cols < D)[None, :])
+                 Q.to_e4m3(x * inv[:, None], INTERPRET), mask=mask)
     tl.store(scale_ptr + rows, scale, mask=rmask)
 
 
 @triton.jit
 def _load_chunk(x_ptr, sx_row, sx_col, rows, rmask, c0, D, GELU: tl.constexpr,
                 BLOCK_D: tl.constexpr):
-    """Columns ``[c0, c0 + BLOCK_D)`` of the rows in fp32 (zeros past D), GELU applied."""
+    """``(x, cols, mask)``: columns ``[c0, c0 + BLOCK_D)`` of the rows in fp32 (zeros past D),
+    GELU applied, with their column indices and in-bounds mask."""
     cols = c0 + tl.arange(0, BLOCK_D)
     mask = rmask[:, None] & (cols < D)[None, :]
     x = tl.load(x_ptr + (rows * sx_row)[:, None] + (cols * sx_col)[None, :], mask=mask,
                 other=0.0).to(tl.float32)
     if GELU:
         x = gelu_tanh_f32(x)
-    return x
+    return x, cols, mask
 
 
 def quant_launch(dim: int, n_rows: int, gelu: bool) -> tuple[int, int, int]:
     """``(BLOCK_D, num_warps, ROWS)`` of the row quantiser: a tuned entry
     ``TUNED[("quant_gelu" if gelu else "quant", D)]`` for large inputs (``BLOCK_D < D``: the
     chunked kernel), else :func:`norm_launch`'s whole rows."""
-    tuned = TUNED.get(("quant_gelu" if gelu else "quant", dim))
-    if tuned is not None and n_rows >= 1024 * tuned[2]:
-        return tuned
-    return norm_launch(dim, n_rows)
+    return tuned_launch("quant_gelu" if gelu else "quant", dim, n_rows) or norm_launch(dim, n_rows)
 
 
 def _quantize_rows(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
