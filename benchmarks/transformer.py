@@ -25,6 +25,7 @@ gets per-frame timesteps ``[B, F]`` with the first frame at t=0, as its pipeline
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import gc
 import json
@@ -262,15 +263,44 @@ def run_model(name: str, args, device, dtype, telemetry=None) -> dict:
 
 
 def run_fp8(name, model, cfg, args, device, dtype, outputs, result, warmup, repeat, telemetry):
-    """``fastdit-fp8``: ``model`` converted in place to the fp8 preset, then timed per batch;
-    cosine against the exact outputs, weight memory before and after."""
-    from fastdit.quant.apply import apply_precision, weight_bytes
+    """``fastdit-fp8``: ``model`` converted in place to the fp8 preset, then timed per batch
+    (``--fp8-batches``); cosine against the exact outputs, weight memory before and after.
+    Each ``--fp8-attention`` setting is then timed on the same converted weights with only the
+    self-attention's providers swapped (``fastdit-fp8[attention=NAME]``)."""
+    from fastdit.quant.apply import PrecisionAttention, apply_precision, attention_providers, weight_bytes
 
     before = weight_bytes(model)
     t0 = time.perf_counter()
     report = apply_precision(model, args.quantize, device)
     convert_s = time.perf_counter() - t0
-    for batch in args.batches:
+    common = {"quantize": report.precision.spec(), "weight_gb_before": before / 1e9,
+              "weight_gb_after": report.weight_bytes / 1e9, "convert_s": convert_s}
+    time_fp8(name, "fastdit-fp8", model, cfg, args, device, dtype, outputs, result, warmup,
+             repeat, telemetry, dict(common, attention_providers=list(report.attention_providers)))
+    if args.profile and device.type == "cuda":  # where the fp8 forward's time goes (issue 10)
+        result["profile_fp8"] = profile(model, inputs(cfg, 1, args.frames, args.height, args.width, device, dtype),
+                                        top=25, groups=True)
+    attend = model.attend
+    for setting in args.fp8_attention:
+        names = attention_providers(dataclasses.replace(report.precision, attention=setting), device)
+        if not names:
+            print(f"{name} fastdit-fp8[attention={setting}]: no 8-bit provider runs here, skipped", flush=True)
+            continue
+        model.attend = PrecisionAttention(names)
+        impl = f"fastdit-fp8[attention={setting}]"
+        time_fp8(name, impl, model, cfg, args, device, dtype, outputs, result, warmup, repeat,
+                 telemetry, dict(common, attention_providers=list(names)))
+        if args.profile and device.type == "cuda":
+            result[f"profile_fp8_{setting}"] = profile(
+                model, inputs(cfg, 1, args.frames, args.height, args.width, device, dtype),
+                top=25, groups=True)
+    model.attend = attend
+
+
+def time_fp8(name, impl, model, cfg, args, device, dtype, outputs, result, warmup, repeat,
+             telemetry, extra: dict) -> None:
+    """Time the converted ``model`` at each of ``--fp8-batches`` and append ``impl``'s runs."""
+    for batch in args.fp8_batches:
         x = inputs(cfg, batch, args.frames, args.height, args.width, device, dtype)
         tokens = x[0].shape[2] * x[0].shape[3] * x[0].shape[4] // 4
         flops = forward_flops(cfg, batch, tokens)
@@ -281,35 +311,30 @@ def run_fp8(name, model, cfg, args, device, dtype, outputs, result, warmup, repe
             times, gpu = timed(lambda: model(*x), warmup, repeat, device, telemetry)
             peak = peak_during(lambda: model(*x), device)
         s = statistics.median(times)
-        run = {"impl": "fastdit-fp8", "batch": batch, "tokens": tokens, "s": s, "all_s": times,
+        run = {"impl": impl, "batch": batch, "tokens": tokens, "s": s, "all_s": times,
                "tflops_equivalent": flops / s / 1e12, "first_call_s": first,
-               "peak_activation_gb": None if peak is None else peak / 1e9, "gpu": gpu,
-               "quantize": report.precision.spec(),
-               "attention_providers": list(report.attention_providers),
-               "weight_gb_before": before / 1e9, "weight_gb_after": report.weight_bytes / 1e9,
-               "convert_s": convert_s}
+               "peak_activation_gb": None if peak is None else peak / 1e9, "gpu": gpu, **extra}
         if batch in outputs:
             run["cosine_vs_fastdit"] = cosine(out, outputs[batch])
         result["runs"].append(run)
-        print(f"{name} B={batch} fastdit-fp8 {s:.4f}s {flops / s / 1e12:.0f} TFLOP/s-equiv "
+        print(f"{name} B={batch} {impl} {s:.4f}s {flops / s / 1e12:.0f} TFLOP/s-equiv "
               f"cos={run.get('cosine_vs_fastdit', float('nan')):.5f} weights "
-              f"{before / 1e9:.2f} -> {report.weight_bytes / 1e9:.2f} GB peak {_gb(peak)}",
+              f"{extra['weight_gb_before']:.2f} -> {extra['weight_gb_after']:.2f} GB peak {_gb(peak)}",
               flush=True)
-    if args.profile and device.type == "cuda":  # where the fp8 forward's time goes (issue 10)
-        result["profile_fp8"] = profile(model, inputs(cfg, 1, args.frames, args.height, args.width, device, dtype),
-                                        top=25, groups=True)
 
 
 def ratios(runs: list[dict]) -> dict:
     """fastdit (and fastdit-fp8) seconds / peer seconds, per batch size."""
     by = {(r["impl"], r["batch"]): r["s"] for r in runs}
+    ours_impls = sorted({impl for impl, _ in by if impl.startswith("fastdit-fp8[")})
     out = {}
     for (impl, batch), s in by.items():
         if not impl.startswith("diffusers"):
             continue
-        for ours in ("fastdit", "fastdit-fp8"):
+        for ours in ("fastdit", "fastdit-fp8", *ours_impls):
             if (ours, batch) in by:
-                key = f"B{batch}_vs_{impl}" if ours == "fastdit" else f"fp8_B{batch}_vs_{impl}"
+                key = {"fastdit": f"B{batch}_vs_{impl}",
+                       "fastdit-fp8": f"fp8_B{batch}_vs_{impl}"}.get(ours, f"{ours}_B{batch}_vs_{impl}")
                 out[key] = by[(ours, batch)] / s
     if all(("fastdit", b) in by and ("fastdit-fp8", b) in by for b in {b for _, b in by}):
         for batch in sorted({b for _, b in by}):
@@ -362,12 +387,21 @@ def main(argv=None) -> int:
     parser.add_argument("--impls", default="fastdit,fastdit-fp8,diffusers-eager,diffusers-compiled",
                         help="which to run (fastdit always runs: it is the reference of the others)")
     parser.add_argument("--quantize", default="fp8", help="the setting of the fastdit-fp8 runs")
+    parser.add_argument("--fp8-batches", default=None,
+                        help="batch sizes of the fastdit-fp8 runs (default: --batches)")
+    parser.add_argument("--fp8-attention", default="",
+                        help="other self-attention settings timed on the fp8 weights, e.g. sage")
     parser.add_argument("--variants", default="ffn_chunk_tokens=0,ffn_chunk_tokens=16384",
                         help="fastdit variants also timed at B=1: ffn_chunk_tokens=N or op=provider")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
+    parser.add_argument("--profile", dest="profile", action="store_true",
+                        help="profile (the default; after a --no-profile it turns profiles back on)")
     parser.add_argument("--tmp", default=None, help="folder for the time-to-first-forward checkpoint")
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.fp8_batches = ([int(b) for b in args.fp8_batches.split(",")] if args.fp8_batches
+                        else args.batches)
+    args.fp8_attention = [v.strip() for v in args.fp8_attention.split(",") if v.strip()]
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     args.impls = {v.strip() for v in args.impls.split(",") if v.strip()}
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")

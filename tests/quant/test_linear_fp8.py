@@ -121,10 +121,14 @@ def test_row_quantiser_launch_takes_a_tuned_entry_for_large_inputs_only(monkeypa
     from fastdit.kernels.triton import quant_fp8
 
     rule = S.norm_launch(8960, 32760)
+    for key in (("quant", 8960), ("quant_gelu", 8960)):
+        monkeypatch.delitem(S.TUNED, key, raising=False)
     assert quant_fp8.quant_launch(8960, 32760, True) == rule  # no entry: whole rows
     monkeypatch.setitem(S.TUNED, ("quant_gelu", 8960), (2048, 8, 2))
     assert quant_fp8.quant_launch(8960, 32760, True) == (2048, 8, 2)
     assert quant_fp8.quant_launch(8960, 32760, False) == rule  # the other kernel's key
+    monkeypatch.setitem(S.TUNED, ("quant", 8960), (16384, 8, 1))
+    assert quant_fp8.quant_launch(8960, 32760, False) == (16384, 8, 1)
     assert quant_fp8.quant_launch(8960, 1000, True) == S.norm_launch(8960, 1000)
 
 

@@ -93,10 +93,10 @@ def _warps_for(elements: int, per_thread: int = 8, max_warps: int = 32) -> int:
 
 
 # Launch parameters measured best on a GPU (benchmarks/tune_triton.py), keyed by
-# ("norm", D), ("elementwise", D), ("channel_rows", C) or ("rope", Hq, Hk, D); they take precedence over the rules
-# below for large inputs. Values: the tuple the launch function returns.
+# ("norm", D), ("elementwise", D), ("channel_rows", C), ("rope", Hq, Hk, D) or ("quant" | "quant_gelu", D); they
+# take precedence over the rules below for large inputs. Values: the tuple the launch function returns.
 # ("rms", D) is the rms_norm kernel, ("norm", D) the modulated-norm kernel.
-# Measured on an H100 (benchmarks/results/run2/tune.json).
+# Measured on an H100 (benchmarks/results/run2/tune.json) unless marked H200.
 TUNED: dict[tuple, tuple] = {
     ("norm", 1536): (2048, 4, 4),  # layer_norm_scale_shift 2.65 TB/s, residual variant 2.83
     ("norm", 5120): (8192, 16, 2),  # 1.42 / 1.95 TB/s (4 warps: 2.36 / 1.73 but spills): wide rows defer to torch.compile (below)
@@ -107,6 +107,12 @@ TUNED: dict[tuple, tuple] = {
     ("rope", 12, 12, 128): (4, 4, 4, 4),  # rope_qk_ 2.80 TB/s (best 2.85: within noise; 16-byte NeoX access)
     ("rope", 40, 40, 128): (2, 8, 8, 4),  # 2.88 TB/s (best 2.93)
     ("rope", 32, 8, 128): (8, 8, 8, 2),  # rope_qk_cache_store 2.32 TB/s
+    # the per-token e4m3 quantiser (quant_fp8.quant_launch), H200 (benchmarks/results/h200-run23/tune-tanh-gelu.json):
+    # whole rows at 4-8 warps; the rule's 16-32 warps reached 2.2-3.7 TB/s
+    ("quant", 1536): (2048, 4, 1),  # 3.49 TB/s (rule (2048, 16, 4): 2.76)
+    ("quant", 5120): (8192, 4, 1),  # 4.04 TB/s (rule (8192, 32, 1): 2.15)
+    ("quant", 8960): (16384, 8, 1),  # 3.79 TB/s (rule (16384, 32, 1): 2.83; chunked at best 3.30)
+    ("quant", 13824): (16384, 8, 1),  # 4.32 TB/s (rule: 3.67)
 }
 # Rows wider than this go to the next provider (torch.compile) for the modulated norms on a
 # GPU: on an H100 at D=5120 the whole-row kernel reached 1.7-2.4 TB/s, compiled 2.7-2.8.

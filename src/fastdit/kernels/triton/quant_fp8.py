@@ -20,15 +20,20 @@ import triton
 import triton.language as tl
 
 from fastdit.kernels.scaled_mm.ops import linear_fp8_scaled_mm_quantized
-from fastdit.kernels.triton import _common as K
 from fastdit.kernels.triton import _quant_common as Q
 from fastdit.kernels.triton._support import cdiv, interpreting, norm_launch, tuned_launch
 
 @triton.jit
 def gelu_tanh_f32(x):
-    """``x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` in fp32."""
+    """``x/2 (1 + tanh(u))``, ``u = sqrt(2/pi) (x + 0.044715 x^3)``, in fp32, computed as
+    ``x * sigmoid(2u) = x / (1 + exp(-2u))`` (the same function: ``(1 + tanh(u)) / 2 =
+    sigmoid(2u)``): one exp and one division a value, no cancellation near 0 (so no series),
+    and for very negative x ``x / (1 + e^80) ~= 0`` (the exponent clamped so that it stays
+    finite). About half the instructions of the tanh form,
+    which made the GELU quantiser compute-bound (1.2-1.9 TB/s against 3.5-4.3 without GELU,
+    h200 tune sweep)."""
     inner = (x + 0.044715 * x * x * x) * 0.7978845608028654  # sqrt(2 / pi)
-    return 0.5 * x * (1.0 + K.tanh_f32(inner))
+    return x / (1.0 + tl.exp(tl.minimum(-2.0 * inner, 80.0)))
 
 
 @triton.jit
