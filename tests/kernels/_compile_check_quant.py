@@ -36,7 +36,7 @@ def quant_calls(full: bool = False):
                                   _qkv(A, q, s), torch.bfloat16, dim**-0.5, c)))
         calls.append((f"attention fp8-out H={heads} D={dim}", lambda q=q: A.attention_quantized(
             _qkv(A, q, True), torch.bfloat16, dim**-0.5, out_fp8=True)))
-    for dim in (1536, 5120, 8960, 13824) if full else (1536, 13824):
+    for dim in (1536, 5120, 8960, 13824):
         x = torch.empty(tokens, dim, dtype=torch.bfloat16)
         calls.append((f"quantize_fp8 D={dim}", lambda x=x: quant_fp8.quantize_fp8(x)))
         calls.append((f"gelu_tanh_fp8 D={dim}", lambda x=x: quant_fp8.gelu_tanh_fp8(x)))

@@ -131,3 +131,38 @@ def test_naming_flash4_without_it_warns_and_falls_back(fresh_config, caplog):
     ref = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, q, q)))
     torch.testing.assert_close(out, ref.transpose(1, 2))
     assert any("flash4" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+@pytest.mark.parametrize("installed, smooth_k, k_is_callers", [("1.0.6", False, False),
+                                                                ("2.2.0", True, True)])
+def test_sage_wrapper_smooths_k_without_touching_the_callers_tensor(monkeypatch, installed,
+                                                                    smooth_k, k_is_callers):
+    """sageattention 1.x subtracts the key mean in place (it gets a smoothed copy and
+    ``smooth_k=False``); 2.x subtracts it in its quantisation kernel (it gets k itself)."""
+    import importlib.metadata
+
+    calls = []
+
+    def sageattn(q, k, v, *, tensor_layout, is_causal, sm_scale, smooth_k):
+        calls.append((k, smooth_k))
+        if smooth_k and installed.startswith("1."):
+            k -= k.mean(dim=1, keepdim=True)  # what 1.x does
+        return q
+
+    monkeypatch.setitem(sys.modules, "sageattention", types.SimpleNamespace(sageattn=sageattn))
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: installed if name == "sageattention" else "0")
+    libraries._sage_smooths_in_place.cache_clear()
+    try:
+        q = torch.randn(1, 6, 2, 64)
+        k = torch.randn(1, 6, 2, 64) + 3.0
+        k_before = k.clone()
+        libraries.attention_sage(q, k, q)
+    finally:
+        libraries._sage_smooths_in_place.cache_clear()
+    (passed, flag), = calls
+    assert flag is smooth_k
+    assert (passed is k) is k_is_callers
+    if not k_is_callers:
+        torch.testing.assert_close(passed, k_before - k_before.mean(dim=1, keepdim=True))
+    assert torch.equal(k, k_before)
