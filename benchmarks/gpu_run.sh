@@ -139,8 +139,8 @@ for step in $STEPS; do
       run python3 benchmarks/e2e.py --model Wan2.2-TI2V-5B --height 704 --width 1280 --frames 121 --flow-shift 5 \
         --impls ${E2E_TI2V_IMPLS:-fastdit,fastdit-fp8,diffusers-eager} ${E2E_TI2V_ARGS:-} --out "$OUT/e2e-ti2v.json" \
         --markdown "$OUT/e2e-ti2v.md" 2>&1 | tee "$OUT/e2e-ti2v.log" ;;
-    e2e-fp8)  # 1.3B, 50 steps: fastdit, fastdit-fp8 (with PSNR/SSIM against fastdit's video), diffusers compiled
-      run python3 benchmarks/e2e.py --impls fastdit,fastdit-fp8,diffusers-compiled --out "$OUT/e2e-fp8.json" \
+    e2e-fp8)  # 1.3B, 50 steps: fastdit, fastdit-fp8 (with PSNR/SSIM against fastdit's video), diffusers compiled; E2E_FP8_ARGS (e.g. "--quantize fp8:attention=sage") before BENCH_ARGS
+      run python3 benchmarks/e2e.py --impls fastdit,fastdit-fp8,diffusers-compiled --out "$OUT/e2e-fp8.json" ${E2E_FP8_ARGS:-} \
         --markdown "$OUT/e2e-fp8.md" $BENCH_ARGS 2>&1 | tee "$OUT/e2e-fp8.log" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac

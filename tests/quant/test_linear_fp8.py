@@ -233,13 +233,3 @@ def test_measures():
     assert cosine(a, a) == pytest.approx(1.0) and relative_l1(a, a) == 0.0
     assert relative_l1(a * 1.1, a) == pytest.approx(0.1)
 
-
-@pytest.mark.parametrize("dim", [1, 7, 96, 769, 1536, 3072, 5120, 8960, 13824, 14336])
-def test_row_tiles_cover_a_row_with_powers_of_two(dim):
-    pytest.importorskip("triton")
-    from fastdit.kernels.triton.quant_fp8 import row_tiles
-
-    tiles = [t for t in row_tiles(dim) if t]
-    assert all(t & (t - 1) == 0 for t in tiles) and tiles == sorted(tiles, reverse=True)
-    assert sum(tiles[:-1]) < dim <= sum(tiles)  # every tile holds some of the row
-    assert sum(tiles) - dim <= max(dim // 16, 256 - 1)  # at most 6% (or one small tile) masked
