@@ -128,9 +128,9 @@ for step in $STEPS; do
     transformer-fp8)  # 1.3B and 14B at B=1: fastdit, fastdit-fp8, diffusers eager and compiled
       run python3 benchmarks/transformer.py --models Wan2.1-T2V-1.3B,Wan2.1-T2V-14B --batches 1 --variants "" --no-profile \
         --out "$OUT/transformer-fp8.json" $BENCH_ARGS 2>&1 | tee "$OUT/transformer-fp8.log" ;;
-    ti2v)  # TI2V-5B at 704x1280x121 (per-frame timesteps): fastdit exact and fp8
+    ti2v)  # TI2V-5B at 704x1280x121 (per-frame timesteps): fastdit exact and fp8 (TI2V_ARGS="--impls fastdit,fastdit-fp8,diffusers-compiled" adds the peer)
       run python3 benchmarks/transformer.py --models Wan2.2-TI2V-5B --height 704 --width 1280 --frames 121 \
-        --batches 1 --variants "" --no-profile --impls fastdit,fastdit-fp8 --out "$OUT/transformer-ti2v.json" 2>&1 | tee "$OUT/transformer-ti2v.log" ;;
+        --batches 1 --variants "" --no-profile --impls fastdit,fastdit-fp8 --out "$OUT/transformer-ti2v.json" ${TI2V_ARGS:-} 2>&1 | tee "$OUT/transformer-ti2v.log" ;;
     e2e-all)  # 1.3B, 50 steps: fastdit, fastdit-fp8, diffusers eager and compiled (~6 min)
       run python3 benchmarks/e2e.py --impls fastdit,fastdit-fp8,diffusers-eager,diffusers-compiled \
         --out "$OUT/e2e-all.json" --markdown "$OUT/e2e-all.md" $BENCH_ARGS 2>&1 | tee "$OUT/e2e-all.log" ;;
