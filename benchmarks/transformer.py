@@ -275,23 +275,21 @@ def run_fp8(name, model, cfg, args, device, dtype, outputs, result, warmup, repe
     convert_s = time.perf_counter() - t0
     common = {"quantize": report.precision.spec(), "weight_gb_before": before / 1e9,
               "weight_gb_after": report.weight_bytes / 1e9, "convert_s": convert_s}
-    time_fp8(name, "fastdit-fp8", model, cfg, args, device, dtype, outputs, result, warmup,
-             repeat, telemetry, dict(common, attention_providers=list(report.attention_providers)))
-    if args.profile and device.type == "cuda":  # where the fp8 forward's time goes (issue 10)
-        result["profile_fp8"] = profile(model, inputs(cfg, 1, args.frames, args.height, args.width, device, dtype),
-                                        top=25, groups=True)
     attend = model.attend
+    settings = [("fastdit-fp8", attend, report.attention_providers, "profile_fp8")]
     for setting in args.fp8_attention:
         names = attention_providers(dataclasses.replace(report.precision, attention=setting), device)
         if not names:
             print(f"{name} fastdit-fp8[attention={setting}]: no 8-bit provider runs here, skipped", flush=True)
             continue
-        model.attend = PrecisionAttention(names)
-        impl = f"fastdit-fp8[attention={setting}]"
+        settings.append((f"fastdit-fp8[attention={setting}]", PrecisionAttention(names), names,
+                         f"profile_fp8_{setting}"))
+    for impl, attention, names, profile_key in settings:
+        model.attend = attention
         time_fp8(name, impl, model, cfg, args, device, dtype, outputs, result, warmup, repeat,
                  telemetry, dict(common, attention_providers=list(names)))
-        if args.profile and device.type == "cuda":
-            result[f"profile_fp8_{setting}"] = profile(
+        if args.profile and device.type == "cuda":  # where the fp8 forward's time goes (issue 10)
+            result[profile_key] = profile(
                 model, inputs(cfg, 1, args.frames, args.height, args.width, device, dtype),
                 top=25, groups=True)
     model.attend = attend

@@ -232,4 +232,3 @@ def test_measures():
     a = torch.tensor([1.0, 2.0, 3.0])
     assert cosine(a, a) == pytest.approx(1.0) and relative_l1(a, a) == 0.0
     assert relative_l1(a * 1.1, a) == pytest.approx(0.1)
-

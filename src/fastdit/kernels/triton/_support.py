@@ -113,8 +113,9 @@ TUNED: dict[tuple, tuple] = {
     ("quant", 5120): (8192, 4, 1),  # 4.04 TB/s (rule (8192, 32, 1): 2.15)
     ("quant", 8960): (16384, 8, 1),  # 3.79 TB/s (rule (16384, 32, 1): 2.83; chunked at best 3.30)
     ("quant", 13824): (16384, 8, 1),  # 4.32 TB/s (rule: 3.67)
-    # GELU + quantiser, GELU as x * sigmoid(2u) (h200-run23/tune.json; a row split into two or three
-    # power-of-two tiles to mask fewer lanes measured slower at every width, tune-split-rows.json)
+    # GELU + quantiser, swept with the GELU as x * sigmoid(2u) (h200-run23/tune.json), before the GPU
+    # path's tanh.approx (not re-swept); a row split into two or three power-of-two tiles to mask
+    # fewer lanes measured slower at every width (tune-split-rows.json)
     ("quant_gelu", 1536): (2048, 4, 2),  # 2.19 TB/s (rule (2048, 16, 4): 1.91)
     ("quant_gelu", 5120): (8192, 4, 1),  # 2.11 TB/s (rule (8192, 32, 1): 1.59)
     ("quant_gelu", 8960): (16384, 8, 1),  # 1.83 TB/s with 45% of the lanes masked (best: chunked 1024x2, 1.90)

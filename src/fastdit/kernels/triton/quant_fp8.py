@@ -5,11 +5,10 @@ per-group scales go to the Triton product of ``gemm_fp8.py``.
 A program quantises a tile of ``ROWS`` whole rows held in registers (one read of x, one
 write of the e4m3 values and one fp32 scale per row): ``amax`` along the row, then
 ``scale = amax / 448`` and ``inv = 448 / amax`` correctly rounded, ``e4m3(x * inv)``. Bits
-equal ``quant.formulas.quantize_fp8_rows``. Tiles come from ``norm_launch`` (whole rows: BLOCK_D
-is the next power of two, so a row of 8960, the FFN's hidden state, leaves 45% of a
-16384-lane tile masked). A tuned launch (``TUNED[("quant" | "quant_gelu", D)]``,
-``benchmarks/tune_triton.py --only quant``) with ``BLOCK_D < D`` runs the chunked kernel
-instead: the row in ``BLOCK_D``-wide chunks, read twice (the amax, then the quantisation; the
+equal ``quant.formulas.quantize_fp8_rows``. Tiles come from ``norm_launch`` under the kinds
+``"quant"`` and ``"quant_gelu"`` (whole rows, BLOCK_D the next power of two; the H200 entries
+of ``TUNED`` at the Wan widths, ``benchmarks/tune_triton.py --only quant``). A tuned launch
+with ``BLOCK_D < D`` runs the chunked kernel instead: the row in ``BLOCK_D``-wide chunks, read twice (the amax, then the quantisation; the
 second read mostly from L2), the same bits.
 """
 
@@ -21,7 +20,7 @@ import triton.language as tl
 
 from fastdit.kernels.scaled_mm.ops import linear_fp8_scaled_mm_quantized
 from fastdit.kernels.triton import _quant_common as Q
-from fastdit.kernels.triton._support import cdiv, interpreting, norm_launch, tuned_launch
+from fastdit.kernels.triton._support import cdiv, interpreting, norm_launch
 
 @triton.jit
 def gelu_tanh_f32(x, INTERPRET: tl.constexpr):
@@ -49,13 +48,9 @@ def _quant_fp8_rows_kernel(x_ptr, sx_row, sx_col, out_ptr, scale_ptr, n_rows, D,
     # x [n_rows, D] (strided) -> out [n_rows, D] e4m3, scale [n_rows] fp32 (per row);
     # with GELU the row is gelu_tanh(x) first
     rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
-    cols = tl.arange(0, BLOCK_D)
     rmask = rows < n_rows
-    mask = rmask[:, None] & (cols < D)[None, :]
-    x = tl.load(x_ptr + (rows * sx_row)[:, None] + (cols * sx_col)[None, :], mask=mask,
-                other=0.0).to(tl.float32)
-    if GELU:
-        x = gelu_tanh_f32(x, INTERPRET)
+    x, cols, mask = _load_chunk(x_ptr, sx_row, sx_col, rows, rmask, 0, D, GELU, BLOCK_D,
+                                INTERPRET)
     scale, inv = Q.row_scales(tl.max(tl.abs(x), axis=1), Q.E4M3_MAX)
     y = Q.to_e4m3(x * inv[:, None], INTERPRET)
     tl.store(out_ptr + (rows * D)[:, None] + cols[None, :], y, mask=mask)
@@ -99,10 +94,10 @@ def _load_chunk(x_ptr, sx_row, sx_col, rows, rmask, c0, D, GELU: tl.constexpr,
 
 
 def quant_launch(dim: int, n_rows: int, gelu: bool) -> tuple[int, int, int]:
-    """``(BLOCK_D, num_warps, ROWS)`` of the row quantiser: a tuned entry
-    ``TUNED[("quant_gelu" if gelu else "quant", D)]`` for large inputs (``BLOCK_D < D``: the
-    chunked kernel), else :func:`norm_launch`'s whole rows."""
-    return tuned_launch("quant_gelu" if gelu else "quant", dim, n_rows) or norm_launch(dim, n_rows)
+    """``(BLOCK_D, num_warps, ROWS)`` of the row quantiser: :func:`norm_launch` with the kind
+    ``"quant_gelu"`` or ``"quant"`` (a tuned entry for large inputs, ``BLOCK_D < D``: the
+    chunked kernel; else the rule's whole rows)."""
+    return norm_launch(dim, n_rows, kind="quant_gelu" if gelu else "quant")
 
 
 def _quantize_rows(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
